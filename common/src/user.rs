@@ -1,0 +1,233 @@
+//! Userspace decoding of [`SessionRecord`]s: a length-checked, alignment-free copy out of the
+//! ring buffer, and typed views of the fields the kernel stores as integers.
+
+use core::{fmt, net::IpAddr};
+
+use crate::{AF_INET, AF_INET6, COMM_LEN, SESSION_RECORD_SIZE, SessionRecord, origin};
+
+/// Why a ring-buffer item is not a session record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DecodeError {
+    /// The item is shorter than a [`SessionRecord`].
+    TooShort { len: usize },
+    /// The record's address family is neither `AF_INET` nor `AF_INET6`.
+    UnknownFamily(u16),
+    /// The record's origin is not one of [`origin`].
+    UnknownOrigin(u8),
+}
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::TooShort { len } => write!(
+                f,
+                "record of {len} bytes is shorter than a session record ({SESSION_RECORD_SIZE} bytes)"
+            ),
+            Self::UnknownFamily(family) => write!(f, "unknown address family {family}"),
+            Self::UnknownOrigin(origin) => write!(f, "unknown session origin {origin}"),
+        }
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
+/// How the session was opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// The probe did not see whether this side connected or accepted.
+    Unknown,
+    /// This side called `connect()`.
+    Active,
+    /// This side accepted the connection from a listener.
+    Passive,
+}
+
+impl TryFrom<u8> for Origin {
+    type Error = DecodeError;
+
+    fn try_from(value: u8) -> Result<Self, Self::Error> {
+        match value {
+            origin::UNKNOWN => Ok(Self::Unknown),
+            origin::ACTIVE => Ok(Self::Active),
+            origin::PASSIVE => Ok(Self::Passive),
+            other => Err(DecodeError::UnknownOrigin(other)),
+        }
+    }
+}
+
+impl SessionRecord {
+    /// Copies a record out of `bytes` (a ring-buffer item), checking its length and the
+    /// fields that have a closed set of values. Extra trailing bytes are ignored.
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        if bytes.len() < SESSION_RECORD_SIZE {
+            return Err(DecodeError::TooShort { len: bytes.len() });
+        }
+        // SAFETY: the length was checked above, `read_unaligned` copes with any alignment,
+        // and every bit pattern is a valid `SessionRecord` (integers and byte arrays only).
+        let record = unsafe { bytes.as_ptr().cast::<Self>().read_unaligned() };
+        record.local_ip()?;
+        record.origin()?;
+        Ok(record)
+    }
+
+    /// The local address.
+    pub fn local_ip(&self) -> Result<IpAddr, DecodeError> {
+        ip_from(self.family, &self.local_addr)
+    }
+
+    /// The remote address.
+    pub fn remote_ip(&self) -> Result<IpAddr, DecodeError> {
+        ip_from(self.family, &self.remote_addr)
+    }
+
+    /// How the session was opened.
+    pub fn origin(&self) -> Result<Origin, DecodeError> {
+        Origin::try_from(self.origin)
+    }
+
+    /// The owner's task name, up to its first NUL, with invalid UTF-8 replaced.
+    pub fn comm(&self) -> std::borrow::Cow<'_, str> {
+        let len = self.comm.iter().position(|&b| b == 0).unwrap_or(COMM_LEN);
+        std::string::String::from_utf8_lossy(&self.comm[..len])
+    }
+
+    /// Whether all bits of `flag` (from [`crate::flags`]) are set.
+    pub fn has(&self, flag: u32) -> bool {
+        self.flags & flag == flag
+    }
+}
+
+fn ip_from(family: u16, bytes: &[u8; 16]) -> Result<IpAddr, DecodeError> {
+    match family {
+        AF_INET => Ok(IpAddr::from([bytes[0], bytes[1], bytes[2], bytes[3]])),
+        AF_INET6 => Ok(IpAddr::from(*bytes)),
+        other => Err(DecodeError::UnknownFamily(other)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use core::net::{Ipv4Addr, Ipv6Addr};
+    use std::{string::ToString as _, vec::Vec};
+
+    use super::*;
+    use crate::flags;
+
+    fn bytes_of(record: &SessionRecord) -> Vec<u8> {
+        // SAFETY: `SessionRecord` is `repr(C)` plain data without padding holes.
+        unsafe {
+            core::slice::from_raw_parts(
+                core::ptr::from_ref(record).cast::<u8>(),
+                SESSION_RECORD_SIZE,
+            )
+        }
+        .to_vec()
+    }
+
+    fn ipv4_record() -> SessionRecord {
+        let mut comm = [0u8; COMM_LEN];
+        comm[..4].copy_from_slice(b"curl");
+        let mut local_addr = [0u8; 16];
+        local_addr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        let mut remote_addr = [0u8; 16];
+        remote_addr[..4].copy_from_slice(&[10, 1, 2, 3]);
+        SessionRecord {
+            birth_ns: 1_000,
+            close_ns: 5_000,
+            bytes_acked: 12_347,
+            bytes_received: 801,
+            pid: 4242,
+            flags: flags::BIRTH_SEEN | flags::BYTES_VALID,
+            family: AF_INET,
+            local_port: 50_000,
+            remote_port: 443,
+            origin: origin::ACTIVE,
+            _padding: 0,
+            local_addr,
+            remote_addr,
+            comm,
+        }
+    }
+
+    #[test]
+    fn decodes_an_ipv4_record_field_by_field() {
+        let record = SessionRecord::decode(&bytes_of(&ipv4_record())).unwrap();
+        assert_eq!(record, ipv4_record());
+        assert_eq!(
+            record.local_ip(),
+            Ok(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1)))
+        );
+        assert_eq!(
+            record.remote_ip(),
+            Ok(IpAddr::V4(Ipv4Addr::new(10, 1, 2, 3)))
+        );
+        assert_eq!(record.origin(), Ok(Origin::Active));
+        assert_eq!(record.comm(), "curl");
+        assert!(record.has(flags::BIRTH_SEEN));
+        assert!(record.has(flags::BYTES_VALID));
+    }
+
+    #[test]
+    fn decodes_an_ipv6_record_from_an_unaligned_buffer() {
+        let mut record = ipv4_record();
+        record.family = AF_INET6;
+        record.local_addr = Ipv6Addr::LOCALHOST.octets();
+        record.remote_addr = "2001:db8::7".parse::<Ipv6Addr>().unwrap().octets();
+        record.origin = origin::PASSIVE;
+        let mut buffer = std::vec![0xAA];
+        buffer.extend(bytes_of(&record));
+
+        let decoded = SessionRecord::decode(&buffer[1..]).unwrap();
+
+        assert_eq!(decoded.local_ip(), Ok(IpAddr::V6(Ipv6Addr::LOCALHOST)));
+        assert_eq!(
+            decoded.remote_ip(),
+            Ok("2001:db8::7".parse::<IpAddr>().unwrap())
+        );
+        assert_eq!(decoded.origin(), Ok(Origin::Passive));
+    }
+
+    #[test]
+    fn a_full_comm_without_nul_is_kept_whole() {
+        let mut record = ipv4_record();
+        record.comm = *b"sixteen-chars-xy";
+        assert_eq!(record.comm(), "sixteen-chars-xy");
+    }
+
+    #[test]
+    fn refuses_a_short_record() {
+        let bytes = bytes_of(&ipv4_record());
+        assert_eq!(
+            SessionRecord::decode(&bytes[..SESSION_RECORD_SIZE - 1]),
+            Err(DecodeError::TooShort { len: 95 })
+        );
+        assert_eq!(
+            SessionRecord::decode(&[]),
+            Err(DecodeError::TooShort { len: 0 })
+        );
+    }
+
+    #[test]
+    fn refuses_an_unknown_family_or_origin() {
+        let mut record = ipv4_record();
+        record.family = 1;
+        assert_eq!(
+            SessionRecord::decode(&bytes_of(&record)),
+            Err(DecodeError::UnknownFamily(1))
+        );
+        let mut record = ipv4_record();
+        record.origin = 9;
+        assert_eq!(
+            SessionRecord::decode(&bytes_of(&record)),
+            Err(DecodeError::UnknownOrigin(9))
+        );
+    }
+
+    #[test]
+    fn error_messages_say_what_was_wrong() {
+        assert_eq!(
+            DecodeError::TooShort { len: 3 }.to_string(),
+            "record of 3 bytes is shorter than a session record (96 bytes)"
+        );
+    }
+}

@@ -1,0 +1,122 @@
+//! Wiring and lifecycle: resolves the configuration, attaches the probe, runs the reader and
+//! the pipeline, and on SIGINT/SIGTERM shuts down in stages (stop reading and drain the ring
+//! buffer, let the pipeline finish, flush the exporter within its deadline, detach the probe),
+//! then logs the session accounting.
+
+use std::sync::Arc;
+
+use opentelemetry::trace::TracerProvider as _;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    cli::Cli,
+    console::Console,
+    error::{AgentError, with_causes},
+    events,
+    export::{self, ExportTarget, SCOPE_NAME},
+    pipeline::{self, Sinks},
+    probe::Probe,
+    shutdown,
+    stats::PipelineStats,
+};
+
+/// Records the reader may queue for the pipeline before it starts counting drops.
+const CHANNEL_CAPACITY: usize = 64 * 1024;
+
+/// Runs the agent until a signal asks it to stop.
+pub async fn run(cli: Cli) -> Result<(), AgentError> {
+    let target = ExportTarget::resolve(&cli.export, |name| std::env::var(name).ok())?;
+    let provider = target.as_ref().map(export::tracer_provider).transpose()?;
+    match &target {
+        Some(target) => tracing::info!(
+            endpoint = %target.endpoint,
+            protocol = target.protocol.name(),
+            "exporting one span per closed TCP session"
+        ),
+        None => tracing::info!(
+            "no OTLP endpoint configured: printing sessions to stdout; to export spans, pass \
+             --otlp-endpoint http://HOST:4317 --otlp-protocol grpc or set OTEL_EXPORTER_OTLP_ENDPOINT"
+        ),
+    }
+
+    let mut probe = Probe::attach()?;
+    let ring = probe.take_events()?;
+    tracing::info!(
+        reads_bytes = probe.reads_bytes,
+        "probe attached to sock:inet_sock_set_state"
+    );
+
+    let console = match target {
+        Some(_) => None,
+        None => Some(Console::start(std::io::stdout()).map_err(AgentError::Output)?),
+    };
+    let sinks = Sinks {
+        tracer: provider
+            .as_ref()
+            .map(|provider| provider.tracer(SCOPE_NAME)),
+        console,
+    };
+    let stats = Arc::new(PipelineStats::default());
+    let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+    let stop = CancellationToken::new();
+    let mut reader = tokio::spawn(events::read(ring, tx, stats.clone(), stop.clone()));
+    let mut pipeline = tokio::spawn(pipeline::run(rx, sinks, stats.clone()));
+
+    let first = tokio::select! {
+        signal = shutdown::wait_for_signal() => First::Signal(signal),
+        result = &mut reader => First::ReaderEnded(result),
+        result = &mut pipeline => First::PipelineEnded(result),
+    };
+    if let First::Signal(Ok(name)) = &first {
+        tracing::info!(
+            signal = name,
+            "shutting down: draining and flushing queued sessions"
+        );
+    }
+    // Stop reading, drain the ring buffer, and let the pipeline handle every record.
+    stop.cancel();
+    let (signal, reader_result, pipeline_result) = match first {
+        First::Signal(signal) => (Some(signal), reader.await, pipeline.await),
+        First::ReaderEnded(result) => (None, result, pipeline.await),
+        First::PipelineEnded(result) => (None, reader.await, result),
+    };
+    if let Some(provider) = provider {
+        export::shutdown(provider, cli.shutdown_timeout).await;
+    }
+    stats.log_summary(probe.counters().ok());
+    drop(probe);
+
+    match (signal, pipeline_result, reader_result) {
+        (_, Ok(Err(error)), _) => Err(AgentError::Output(error)),
+        (Some(Ok(name)), Ok(Ok(())), Ok(Ok(()))) => {
+            tracing::info!(signal = name, "stopped cleanly");
+            Ok(())
+        }
+        (Some(Err(error)), _, _) => Err(AgentError::Internal(format!(
+            "cannot listen for signals: {error}"
+        ))),
+        (_, pipeline, reader) => Err(AgentError::Internal(format!(
+            "a task ended unexpectedly: reader {}, pipeline {}",
+            describe(reader),
+            describe(pipeline)
+        ))),
+    }
+}
+
+/// What stopped the agent's main wait.
+enum First {
+    Signal(std::io::Result<&'static str>),
+    ReaderEnded(TaskResult),
+    PipelineEnded(TaskResult),
+}
+
+type TaskResult = Result<std::io::Result<()>, tokio::task::JoinError>;
+
+fn describe(result: TaskResult) -> String {
+    match result {
+        Ok(Ok(())) => "stopped".to_owned(),
+        Ok(Err(error)) => format!("failed: {}", with_causes(&error)),
+        Err(error) => format!("panicked: {error}"),
+    }
+}

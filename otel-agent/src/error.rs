@@ -1,0 +1,92 @@
+//! The agent's top-level error and the exit code each kind of failure maps to, so that
+//! scripts and supervisors can tell bad input from missing privileges from a kernel that
+//! lacks a feature. Codes follow `sysexits.h`; clap's own usage errors exit with 2.
+
+use std::process::ExitCode;
+
+use crate::{export, probe};
+
+/// Exit codes, one per kind of failure.
+pub mod exit_code {
+    /// A flag, variable or configuration value is invalid (`EX_CONFIG`).
+    pub const CONFIG: u8 = 78;
+    /// The agent lacks a privilege it needs (`EX_NOPERM`).
+    pub const NO_PERMISSION: u8 = 77;
+    /// The kernel lacks a feature the probe needs (`EX_UNAVAILABLE`).
+    pub const KERNEL_UNSUPPORTED: u8 = 69;
+    /// Writing the console output failed, for example stdout was closed (`EX_IOERR`).
+    pub const OUTPUT: u8 = 74;
+    /// Anything else: an internal failure (`EX_SOFTWARE`).
+    pub const INTERNAL: u8 = 70;
+}
+
+/// Why the agent stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Config(#[from] export::ConfigError),
+    #[error(transparent)]
+    Export(#[from] export::ExportError),
+    #[error(transparent)]
+    Probe(#[from] probe::ProbeError),
+    #[error("cannot write sessions to stdout: {0}")]
+    Output(#[source] std::io::Error),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl AgentError {
+    /// The process exit code for this error.
+    pub fn exit_code(&self) -> ExitCode {
+        ExitCode::from(match self {
+            Self::Config(_) | Self::Export(_) => exit_code::CONFIG,
+            Self::Probe(probe::ProbeError::Privileges(_)) => exit_code::NO_PERMISSION,
+            Self::Probe(error) if error.is_missing_kernel_feature() => {
+                exit_code::KERNEL_UNSUPPORTED
+            }
+            Self::Probe(_) | Self::Internal(_) => exit_code::INTERNAL,
+            Self::Output(_) => exit_code::OUTPUT,
+        })
+    }
+}
+
+/// `error` and its chain of causes on one line: `outer: cause: root cause`.
+pub fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn causes_are_chained_once() {
+        let io = std::io::Error::other("disk on fire");
+        let error = AgentError::Output(io);
+        assert_eq!(
+            with_causes(&error),
+            "cannot write sessions to stdout: disk on fire"
+        );
+    }
+
+    #[test]
+    fn each_kind_of_failure_has_its_own_code() {
+        let config = AgentError::Config(export::ConfigError::Endpoint {
+            source_name: "--otlp-endpoint".into(),
+            value: "x".into(),
+        });
+        assert_eq!(config.exit_code(), ExitCode::from(exit_code::CONFIG));
+        let output = AgentError::Output(std::io::Error::other("closed"));
+        assert_eq!(output.exit_code(), ExitCode::from(exit_code::OUTPUT));
+    }
+}

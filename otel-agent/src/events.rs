@@ -1,0 +1,58 @@
+//! Reads session records from the probe's ring buffer: waits on its fd with `AsyncFd`,
+//! drains it until empty, decodes each item (never holding one across an await) and hands
+//! the records to the pipeline through a bounded channel, counting what a full channel or a
+//! bad record costs.
+
+use std::{io, sync::Arc};
+
+use aya::maps::{MapData, RingBuf};
+use common::SessionRecord;
+use tokio::{io::unix::AsyncFd, sync::mpsc};
+use tokio_util::sync::CancellationToken;
+
+use crate::stats::PipelineStats;
+
+/// Reads until `stop` is cancelled, then drains what is left and returns, closing `tx`.
+pub async fn read(
+    ring: RingBuf<MapData>,
+    tx: mpsc::Sender<SessionRecord>,
+    stats: Arc<PipelineStats>,
+    stop: CancellationToken,
+) -> io::Result<()> {
+    // SAFETY: the ring buffer owns its map fd, which stays open and unchanged until the
+    // `AsyncFd` (which owns the ring buffer) is dropped.
+    let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+        .map_err(|error| error.into_parts().1)?;
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => break,
+            guard = ring.readable_mut() => {
+                let mut guard = guard?;
+                drain(guard.get_inner_mut(), &tx, &stats);
+                guard.clear_ready();
+            }
+        }
+    }
+    drain(ring.get_mut(), &tx, &stats);
+    Ok(())
+}
+
+/// Moves every record currently in the ring buffer to `tx`.
+fn drain(ring: &mut RingBuf<MapData>, tx: &mpsc::Sender<SessionRecord>, stats: &PipelineStats) {
+    while let Some(item) = ring.next() {
+        PipelineStats::add(&stats.records_read);
+        let decoded = SessionRecord::decode(&item);
+        drop(item);
+        match decoded {
+            Ok(record) => {
+                if tx.try_send(record).is_err() {
+                    PipelineStats::add(&stats.channel_full);
+                }
+            }
+            Err(error) => {
+                PipelineStats::add(&stats.decode_errors);
+                tracing::warn!(%error, "dropped a ring-buffer record that is not a session");
+            }
+        }
+    }
+}

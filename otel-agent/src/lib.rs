@@ -1,0 +1,20 @@
+//! otel-agent: watches every TCP session on a Linux host with an eBPF probe and turns each
+//! closed session into an OpenTelemetry span.
+//!
+//! Data flows one way: [`probe`] (kernel capture) -> [`events`] (ring buffer, decode) ->
+//! [`pipeline`] ([`session`] with [`clock`] conversion) -> [`span`] / [`console`] ->
+//! [`export`]. [`agent`] wires the stages and shuts them down; [`cli`] holds the flags.
+
+pub mod agent;
+pub mod cli;
+pub mod clock;
+pub mod console;
+pub mod error;
+pub mod events;
+pub mod export;
+pub mod pipeline;
+pub mod probe;
+pub mod session;
+pub mod shutdown;
+pub mod span;
+pub mod stats;

@@ -1,0 +1,78 @@
+//! The stage between the reader and the outputs: takes decoded records in batches, turns
+//! each into a [`Session`] with wall-clock times, and hands it to the sinks (span export
+//! and/or the tcplife console). Ends when the reader closes the channel and every record
+//! received has been handled.
+
+use std::{
+    io::{self, Stdout},
+    sync::Arc,
+};
+
+use common::SessionRecord;
+use opentelemetry_sdk::trace::SdkTracer;
+use tokio::sync::mpsc;
+
+use crate::{
+    clock::WallClock,
+    console::Console,
+    session::{Session, SessionError},
+    span,
+    stats::PipelineStats,
+};
+
+/// Records taken from the channel at once; the wall clock is sampled once per batch.
+const BATCH: usize = 1024;
+
+/// Where sessions go.
+pub struct Sinks {
+    pub tracer: Option<SdkTracer>,
+    pub console: Option<Console<Stdout>>,
+}
+
+/// Handles records until the channel closes. Fails only when the console cannot be written.
+pub async fn run(
+    mut rx: mpsc::Receiver<SessionRecord>,
+    mut sinks: Sinks,
+    stats: Arc<PipelineStats>,
+) -> io::Result<()> {
+    let mut batch = Vec::with_capacity(BATCH);
+    while rx.recv_many(&mut batch, BATCH).await > 0 {
+        let clock = WallClock::sample();
+        for record in batch.drain(..) {
+            handle(&record, clock, &mut sinks, &stats)?;
+        }
+        if let Some(console) = &mut sinks.console {
+            console.flush()?;
+        }
+    }
+    Ok(())
+}
+
+fn handle(
+    record: &SessionRecord,
+    clock: WallClock,
+    sinks: &mut Sinks,
+    stats: &PipelineStats,
+) -> io::Result<()> {
+    let session = match Session::from_record(record, clock) {
+        Ok(session) => session,
+        Err(SessionError::BirthNotSeen) => {
+            PipelineStats::add(&stats.birth_not_seen);
+            return Ok(());
+        }
+        Err(SessionError::Decode(error)) => {
+            PipelineStats::add(&stats.decode_errors);
+            tracing::warn!(%error, "dropped a session record that does not decode");
+            return Ok(());
+        }
+    };
+    if let Some(tracer) = &sinks.tracer {
+        span::record(tracer, &session);
+        PipelineStats::add(&stats.spans_recorded);
+    }
+    if let Some(console) = &mut sinks.console {
+        console.write(&session)?;
+        PipelineStats::add(&stats.lines_printed);
+    }
+    Ok(())
+}

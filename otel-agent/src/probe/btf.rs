@@ -1,0 +1,452 @@
+//! A minimal reader of the kernel's BTF (`/sys/kernel/btf/vmlinux`), enough to find the byte
+//! offset and size of a member of a named struct, looking through anonymous nested structs
+//! and unions. The format is the one in the kernel's `Documentation/bpf/btf.rst`
+//! (`include/uapi/linux/btf.h`): a header, a type section and a string section.
+//!
+//! aya-obj parses BTF too but keeps struct members private, and the crates that expose them
+//! are either LGPL or bind libbpf; the subset needed here is small.
+
+use std::path::{Path, PathBuf};
+
+/// Where the running kernel publishes its own BTF.
+pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+const MAGIC: u16 = 0xEB9F;
+const HEADER_LEN: usize = 24;
+const TYPE_HEADER_LEN: usize = 12;
+
+const KIND_INT: u32 = 1;
+const KIND_PTR: u32 = 2;
+const KIND_ARRAY: u32 = 3;
+const KIND_STRUCT: u32 = 4;
+const KIND_UNION: u32 = 5;
+const KIND_ENUM: u32 = 6;
+const KIND_FWD: u32 = 7;
+const KIND_TYPEDEF: u32 = 8;
+const KIND_VOLATILE: u32 = 9;
+const KIND_CONST: u32 = 10;
+const KIND_RESTRICT: u32 = 11;
+const KIND_FUNC: u32 = 12;
+const KIND_FUNC_PROTO: u32 = 13;
+const KIND_VAR: u32 = 14;
+const KIND_DATASEC: u32 = 15;
+const KIND_FLOAT: u32 = 16;
+const KIND_DECL_TAG: u32 = 17;
+const KIND_TYPE_TAG: u32 = 18;
+const KIND_ENUM64: u32 = 19;
+
+/// Why an offset could not be resolved.
+#[derive(Debug, thiserror::Error)]
+pub enum BtfError {
+    #[error("cannot read BTF from {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("malformed BTF: {0}")]
+    Malformed(&'static str),
+    #[error("BTF has no struct named `{0}`")]
+    StructNotFound(String),
+    #[error("BTF struct `{structure}` has no member `{member}`")]
+    MemberNotFound { structure: String, member: String },
+    #[error("BTF member `{structure}.{member}` is a bitfield or not byte aligned")]
+    NotByteAligned { structure: String, member: String },
+}
+
+/// Where a struct member lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Member {
+    /// Byte offset from the start of the struct.
+    pub offset: u32,
+    /// Size of the member's type in bytes.
+    pub size: u32,
+}
+
+/// Parsed BTF: the raw type and string sections and where each type starts.
+pub struct Btf {
+    types: Vec<u8>,
+    strings: Vec<u8>,
+    /// Byte offset in `types` of type id `i + 1` (id 0 is `void`).
+    starts: Vec<usize>,
+}
+
+impl Btf {
+    /// Reads and parses a BTF file.
+    pub fn from_file(path: &Path) -> Result<Self, BtfError> {
+        let data = std::fs::read(path).map_err(|source| BtfError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&data)
+    }
+
+    /// Parses a BTF blob in the host's byte order.
+    pub fn parse(data: &[u8]) -> Result<Self, BtfError> {
+        if data.len() < HEADER_LEN || u16::from_ne_bytes([data[0], data[1]]) != MAGIC {
+            return Err(BtfError::Malformed("bad magic or short header"));
+        }
+        let header_len = read_u32(data, 4)? as usize;
+        let section = |offset_at: usize, len_at: usize| -> Result<Vec<u8>, BtfError> {
+            let start = header_len + read_u32(data, offset_at)? as usize;
+            let end = start + read_u32(data, len_at)? as usize;
+            data.get(start..end)
+                .map(<[u8]>::to_vec)
+                .ok_or(BtfError::Malformed("section outside the file"))
+        };
+        let types = section(8, 12)?;
+        let strings = section(16, 20)?;
+        let starts = index_types(&types)?;
+        Ok(Self {
+            types,
+            strings,
+            starts,
+        })
+    }
+
+    /// Offset and size of `member` in `struct structure`, searching anonymous nested structs
+    /// and unions.
+    pub fn member(&self, structure: &str, member: &str) -> Result<Member, BtfError> {
+        let id = (1..=self.starts.len() as u32)
+            .find(|&id| {
+                self.header(id).is_ok_and(|header| {
+                    header.kind == KIND_STRUCT && self.name(header.name_off) == Some(structure)
+                })
+            })
+            .ok_or_else(|| BtfError::StructNotFound(structure.to_owned()))?;
+        let found = self
+            .find_member(id, member)?
+            .ok_or_else(|| BtfError::MemberNotFound {
+                structure: structure.to_owned(),
+                member: member.to_owned(),
+            })?;
+        if found.bitfield || found.bit_offset % 8 != 0 {
+            return Err(BtfError::NotByteAligned {
+                structure: structure.to_owned(),
+                member: member.to_owned(),
+            });
+        }
+        Ok(Member {
+            offset: found.bit_offset / 8,
+            size: self.size_of(found.type_id, 0)?,
+        })
+    }
+
+    /// `member` inside the struct or union `id`, if present.
+    fn find_member(&self, id: u32, member: &str) -> Result<Option<FoundMember>, BtfError> {
+        let header = self.header(id)?;
+        let start = self.start(id)? + TYPE_HEADER_LEN;
+        for index in 0..header.vlen as usize {
+            let at = start + index * 12;
+            let name_off = read_u32(&self.types, at)?;
+            let type_id = read_u32(&self.types, at + 4)?;
+            let raw_offset = read_u32(&self.types, at + 8)?;
+            // With kind_flag set, the top 8 bits hold a bitfield's size.
+            let (bit_offset, bitfield) = if header.kind_flag {
+                (raw_offset & 0x00ff_ffff, raw_offset >> 24 != 0)
+            } else {
+                (raw_offset, false)
+            };
+            match self.name(name_off) {
+                Some(name) if name == member => {
+                    return Ok(Some(FoundMember {
+                        bit_offset,
+                        bitfield,
+                        type_id,
+                    }));
+                }
+                Some("") | None => {
+                    let inner = self.header(type_id)?;
+                    if (inner.kind == KIND_STRUCT || inner.kind == KIND_UNION)
+                        && let Some(found) = self.find_member(type_id, member)?
+                    {
+                        return Ok(Some(FoundMember {
+                            bit_offset: bit_offset + found.bit_offset,
+                            ..found
+                        }));
+                    }
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(None)
+    }
+
+    /// Size in bytes of type `id`, looking through typedefs and qualifiers.
+    fn size_of(&self, id: u32, depth: u32) -> Result<u32, BtfError> {
+        if depth > 32 {
+            return Err(BtfError::Malformed("type chain too deep"));
+        }
+        let header = self.header(id)?;
+        match header.kind {
+            KIND_INT | KIND_STRUCT | KIND_UNION | KIND_ENUM | KIND_ENUM64 | KIND_FLOAT => {
+                Ok(header.size_or_type)
+            }
+            KIND_PTR => Ok(8),
+            KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => {
+                self.size_of(header.size_or_type, depth + 1)
+            }
+            KIND_ARRAY => {
+                let at = self.start(id)? + TYPE_HEADER_LEN;
+                let element = read_u32(&self.types, at)?;
+                let count = read_u32(&self.types, at + 8)?;
+                Ok(self.size_of(element, depth + 1)? * count)
+            }
+            _ => Err(BtfError::Malformed("member of a type without a size")),
+        }
+    }
+
+    fn start(&self, id: u32) -> Result<usize, BtfError> {
+        id.checked_sub(1)
+            .and_then(|index| self.starts.get(index as usize).copied())
+            .ok_or(BtfError::Malformed("type id out of range"))
+    }
+
+    fn header(&self, id: u32) -> Result<TypeHeader, BtfError> {
+        TypeHeader::read(&self.types, self.start(id)?)
+    }
+
+    fn name(&self, offset: u32) -> Option<&str> {
+        let tail = self.strings.get(offset as usize..)?;
+        let end = tail.iter().position(|&b| b == 0)?;
+        std::str::from_utf8(&tail[..end]).ok()
+    }
+}
+
+/// A member found by name, relative to the struct searched.
+struct FoundMember {
+    bit_offset: u32,
+    bitfield: bool,
+    type_id: u32,
+}
+
+/// The common 12-byte header of every BTF type (`struct btf_type`).
+#[derive(Clone, Copy)]
+struct TypeHeader {
+    name_off: u32,
+    vlen: u32,
+    kind: u32,
+    kind_flag: bool,
+    size_or_type: u32,
+}
+
+impl TypeHeader {
+    fn read(types: &[u8], at: usize) -> Result<Self, BtfError> {
+        let info = read_u32(types, at + 4)?;
+        Ok(Self {
+            name_off: read_u32(types, at)?,
+            vlen: info & 0xffff,
+            kind: (info >> 24) & 0x1f,
+            kind_flag: info >> 31 == 1,
+            size_or_type: read_u32(types, at + 8)?,
+        })
+    }
+
+    /// Bytes that follow the header for this kind.
+    fn trailer_len(&self) -> Result<usize, BtfError> {
+        let vlen = self.vlen as usize;
+        Ok(match self.kind {
+            KIND_INT | KIND_VAR | KIND_DECL_TAG => 4,
+            KIND_ARRAY => 12,
+            KIND_STRUCT | KIND_UNION | KIND_DATASEC | KIND_ENUM64 => vlen * 12,
+            KIND_ENUM | KIND_FUNC_PROTO => vlen * 8,
+            KIND_PTR | KIND_FWD | KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT
+            | KIND_FUNC | KIND_FLOAT | KIND_TYPE_TAG => 0,
+            _ => return Err(BtfError::Malformed("unknown type kind")),
+        })
+    }
+}
+
+fn index_types(types: &[u8]) -> Result<Vec<usize>, BtfError> {
+    let mut starts = Vec::new();
+    let mut at = 0;
+    while at < types.len() {
+        starts.push(at);
+        let header = TypeHeader::read(types, at)?;
+        at += TYPE_HEADER_LEN + header.trailer_len()?;
+    }
+    if at != types.len() {
+        return Err(BtfError::Malformed("type section ends inside a type"));
+    }
+    Ok(starts)
+}
+
+fn read_u32(data: &[u8], at: usize) -> Result<u32, BtfError> {
+    data.get(at..at + 4)
+        .map(|bytes| u32::from_ne_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
+        .ok_or(BtfError::Malformed("truncated"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Builds a BTF blob type by type, the way the kernel lays it out.
+    #[derive(Default)]
+    struct BtfBuilder {
+        types: Vec<u8>,
+        strings: Vec<u8>,
+        next_id: u32,
+    }
+
+    impl BtfBuilder {
+        fn new() -> Self {
+            Self {
+                strings: vec![0],
+                next_id: 1,
+                ..Self::default()
+            }
+        }
+
+        fn string(&mut self, s: &str) -> u32 {
+            if s.is_empty() {
+                return 0;
+            }
+            let offset = self.strings.len() as u32;
+            self.strings.extend_from_slice(s.as_bytes());
+            self.strings.push(0);
+            offset
+        }
+
+        fn push(&mut self, name: &str, kind: u32, kind_flag: bool, vlen: u32, size: u32) -> u32 {
+            let name_off = self.string(name);
+            let info = (u32::from(kind_flag) << 31) | (kind << 24) | vlen;
+            for word in [name_off, info, size] {
+                self.types.extend_from_slice(&word.to_ne_bytes());
+            }
+            let id = self.next_id;
+            self.next_id += 1;
+            id
+        }
+
+        fn int(&mut self, name: &str, size: u32) -> u32 {
+            let id = self.push(name, KIND_INT, false, 0, size);
+            self.types.extend_from_slice(&(size * 8).to_ne_bytes());
+            id
+        }
+
+        fn typedef(&mut self, name: &str, target: u32) -> u32 {
+            self.push(name, KIND_TYPEDEF, false, 0, target)
+        }
+
+        fn composite(
+            &mut self,
+            kind: u32,
+            name: &str,
+            size: u32,
+            members: &[(&str, u32, u32)],
+        ) -> u32 {
+            let id = self.push(name, kind, false, members.len() as u32, size);
+            for &(member, type_id, bit_offset) in members {
+                let name_off = self.string(member);
+                for word in [name_off, type_id, bit_offset] {
+                    self.types.extend_from_slice(&word.to_ne_bytes());
+                }
+            }
+            id
+        }
+
+        fn build(self) -> Vec<u8> {
+            let mut out = Vec::new();
+            out.extend_from_slice(&MAGIC.to_ne_bytes());
+            out.extend_from_slice(&[1, 0]);
+            for word in [
+                HEADER_LEN as u32,
+                0,
+                self.types.len() as u32,
+                self.types.len() as u32,
+                self.strings.len() as u32,
+            ] {
+                out.extend_from_slice(&word.to_ne_bytes());
+            }
+            out.extend_from_slice(&self.types);
+            out.extend_from_slice(&self.strings);
+            out
+        }
+    }
+
+    /// `struct tcp_sock { int a; union { u64 x; struct { u32 lo; u64 bytes_acked; }; }; u64 bytes_received; }`
+    fn sample() -> Btf {
+        let mut b = BtfBuilder::new();
+        let int = b.int("int", 4);
+        let ull = b.int("unsigned long long", 8);
+        let u64_ = b.typedef("u64", ull);
+        let inner = b.composite(
+            KIND_STRUCT,
+            "",
+            16,
+            &[("lo", int, 0), ("bytes_acked", u64_, 64)],
+        );
+        let union = b.composite(KIND_UNION, "", 16, &[("x", u64_, 0), ("", inner, 0)]);
+        b.composite(
+            KIND_STRUCT,
+            "tcp_sock",
+            32,
+            &[
+                ("a", int, 0),
+                ("", union, 64),
+                ("bytes_received", u64_, 192),
+            ],
+        );
+        Btf::parse(&b.build()).unwrap()
+    }
+
+    #[test]
+    fn finds_a_direct_member_through_a_typedef() {
+        assert_eq!(
+            sample().member("tcp_sock", "bytes_received").unwrap(),
+            Member {
+                offset: 24,
+                size: 8
+            }
+        );
+    }
+
+    #[test]
+    fn finds_a_member_inside_anonymous_unions_and_structs() {
+        assert_eq!(
+            sample().member("tcp_sock", "bytes_acked").unwrap(),
+            Member {
+                offset: 16,
+                size: 8
+            }
+        );
+        assert_eq!(
+            sample().member("tcp_sock", "a").unwrap(),
+            Member { offset: 0, size: 4 }
+        );
+    }
+
+    #[test]
+    fn reports_missing_structs_and_members() {
+        let btf = sample();
+        assert_eq!(
+            btf.member("udp_sock", "x").unwrap_err().to_string(),
+            "BTF has no struct named `udp_sock`"
+        );
+        assert_eq!(
+            btf.member("tcp_sock", "srtt_us").unwrap_err().to_string(),
+            "BTF struct `tcp_sock` has no member `srtt_us`"
+        );
+    }
+
+    #[test]
+    fn refuses_garbage() {
+        assert!(matches!(
+            Btf::parse(b"not btf at all, really"),
+            Err(BtfError::Malformed(_))
+        ));
+        let mut truncated = sample_bytes();
+        truncated.truncate(truncated.len() - 10);
+        assert!(matches!(
+            Btf::parse(&truncated),
+            Err(BtfError::Malformed(_))
+        ));
+    }
+
+    fn sample_bytes() -> Vec<u8> {
+        let mut b = BtfBuilder::new();
+        let int = b.int("int", 4);
+        b.composite(KIND_STRUCT, "s", 4, &[("a", int, 0)]);
+        b.build()
+    }
+}

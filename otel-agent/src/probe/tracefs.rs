@@ -1,0 +1,183 @@
+//! tracefs, which aya needs to attach a classic tracepoint: makes sure it is mounted (a fresh
+//! machine may not mount it) and checks the running kernel's `inet_sock_set_state` record
+//! layout against the one the probe was compiled with.
+
+use std::{
+    ffi::CString,
+    io,
+    path::{Path, PathBuf},
+};
+
+/// Where the agent mounts tracefs when no tracefs is mounted.
+pub const TRACEFS: &str = "/sys/kernel/tracing";
+/// The older location, under debugfs, that aya also looks at.
+const DEBUGFS_TRACING: &str = "/sys/kernel/debug/tracing";
+/// The tracepoint the probe attaches to, relative to a tracefs mount.
+const EVENT: &str = "events/sock/inet_sock_set_state";
+
+/// `(field, offset, size)` as the probe's `InetSockSetState` lays them out; see
+/// `otel-agent-ebpf/src/main.rs`.
+const EXPECTED_FIELDS: [(&str, u32, u32); 11] = [
+    ("skaddr", 8, 8),
+    ("oldstate", 16, 4),
+    ("newstate", 20, 4),
+    ("sport", 24, 2),
+    ("dport", 26, 2),
+    ("family", 28, 2),
+    ("protocol", 30, 2),
+    ("saddr", 32, 4),
+    ("daddr", 36, 4),
+    ("saddr_v6", 40, 16),
+    ("daddr_v6", 56, 16),
+];
+
+/// What stops the probe from attaching to its tracepoint.
+#[derive(Debug, thiserror::Error)]
+pub enum TracefsError {
+    #[error(
+        "tracefs is not mounted and mounting it at {TRACEFS} failed ({source}); run as root: mount -t tracefs tracefs {TRACEFS}"
+    )]
+    Mount { source: io::Error },
+    #[error(
+        "this kernel has no tracepoint sock:inet_sock_set_state ({path} is missing: {source}); otel-agent needs Linux 4.16 or newer with CONFIG_INET"
+    )]
+    TracepointMissing { path: PathBuf, source: io::Error },
+    #[error(
+        "this kernel lays out sock:inet_sock_set_state differently from what the probe expects (field {field}: expected offset {expected_offset} size {expected_size}, found {found}); please report your kernel version"
+    )]
+    Layout {
+        field: &'static str,
+        expected_offset: u32,
+        expected_size: u32,
+        found: String,
+    },
+}
+
+/// Returns a mounted tracefs, mounting one at [`TRACEFS`] when there is none. The `bool`
+/// says whether this call mounted it.
+pub fn ensure_mounted() -> Result<(PathBuf, bool), TracefsError> {
+    for candidate in [TRACEFS, DEBUGFS_TRACING] {
+        if Path::new(candidate).join("events").is_dir() {
+            return Ok((PathBuf::from(candidate), false));
+        }
+    }
+    mount_tracefs().map_err(|source| TracefsError::Mount { source })?;
+    Ok((PathBuf::from(TRACEFS), true))
+}
+
+fn mount_tracefs() -> io::Result<()> {
+    let source = CString::new("tracefs").map_err(io::Error::other)?;
+    let target = CString::new(TRACEFS).map_err(io::Error::other)?;
+    // SAFETY: every pointer is a valid NUL-terminated string or null (no mount data).
+    let result = unsafe {
+        libc::mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            source.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if result == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Checks the tracepoint's format file under `tracefs` against the probe's layout.
+pub fn check_layout(tracefs: &Path) -> Result<(), TracefsError> {
+    let path = tracefs.join(EVENT).join("format");
+    let format = std::fs::read_to_string(&path)
+        .map_err(|source| TracefsError::TracepointMissing { path, source })?;
+    check_format(&format)
+}
+
+fn check_format(format: &str) -> Result<(), TracefsError> {
+    for (field, expected_offset, expected_size) in EXPECTED_FIELDS {
+        let found = parse_field(format, field);
+        if found != Some((expected_offset, expected_size)) {
+            return Err(TracefsError::Layout {
+                field,
+                expected_offset,
+                expected_size,
+                found: found.map_or("no such field".to_owned(), |(offset, size)| {
+                    format!("offset {offset} size {size}")
+                }),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Finds `field:<type> <name>[<n>];\toffset:<o>;\tsize:<s>;` in a format file.
+fn parse_field(format: &str, name: &str) -> Option<(u32, u32)> {
+    format.lines().find_map(|line| {
+        let mut parts = line.trim().split(';').map(str::trim);
+        let declaration = parts.next()?.strip_prefix("field:")?;
+        let declared = declaration.rsplit(' ').next()?;
+        let declared = declared.split('[').next()?;
+        if declared != name {
+            return None;
+        }
+        let value = |prefix: &str| -> Option<u32> {
+            line.split(';')
+                .map(str::trim)
+                .find_map(|part| part.strip_prefix(prefix))?
+                .parse()
+                .ok()
+        };
+        Some((value("offset:")?, value("size:")?))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The format file of Linux 6.18, as read from
+    /// /sys/kernel/tracing/events/sock/inet_sock_set_state/format.
+    const FORMAT: &str = "name: inet_sock_set_state
+ID: 1558
+format:
+\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;
+\tfield:unsigned char common_flags;\toffset:2;\tsize:1;\tsigned:0;
+\tfield:unsigned char common_preempt_count;\toffset:3;\tsize:1;\tsigned:0;
+\tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;
+
+\tfield:const void * skaddr;\toffset:8;\tsize:8;\tsigned:0;
+\tfield:int oldstate;\toffset:16;\tsize:4;\tsigned:1;
+\tfield:int newstate;\toffset:20;\tsize:4;\tsigned:1;
+\tfield:__u16 sport;\toffset:24;\tsize:2;\tsigned:0;
+\tfield:__u16 dport;\toffset:26;\tsize:2;\tsigned:0;
+\tfield:__u16 family;\toffset:28;\tsize:2;\tsigned:0;
+\tfield:__u16 protocol;\toffset:30;\tsize:2;\tsigned:0;
+\tfield:__u8 saddr[4];\toffset:32;\tsize:4;\tsigned:0;
+\tfield:__u8 daddr[4];\toffset:36;\tsize:4;\tsigned:0;
+\tfield:__u8 saddr_v6[16];\toffset:40;\tsize:16;\tsigned:0;
+\tfield:__u8 daddr_v6[16];\toffset:56;\tsize:16;\tsigned:0;
+";
+
+    #[test]
+    fn accepts_the_known_layout() {
+        check_format(FORMAT).unwrap();
+        assert_eq!(parse_field(FORMAT, "saddr_v6"), Some((40, 16)));
+        assert_eq!(parse_field(FORMAT, "skaddr"), Some((8, 8)));
+    }
+
+    #[test]
+    fn names_the_first_field_that_moved() {
+        let moved = FORMAT.replace("dport;\toffset:26", "dport;\toffset:28");
+        assert_eq!(
+            check_format(&moved).unwrap_err().to_string(),
+            "this kernel lays out sock:inet_sock_set_state differently from what the probe expects (field dport: expected offset 26 size 2, found offset 28 size 2); please report your kernel version"
+        );
+        let missing = FORMAT.replace("protocol;", "proto;");
+        assert!(
+            check_format(&missing)
+                .unwrap_err()
+                .to_string()
+                .contains("field protocol")
+        );
+    }
+}

@@ -1,0 +1,205 @@
+//! The session-to-span mapping: one closed session becomes one root span whose start and
+//! end are the session's birth and close. The attribute names are listed in the README's
+//! mapping table; stable OpenTelemetry names are used where they exist, the `tcplife.*`
+//! namespace for what OpenTelemetry has no name for.
+
+use std::net::IpAddr;
+
+use common::user::Origin;
+use opentelemetry::{
+    Context, KeyValue,
+    trace::{Span as _, SpanKind, Tracer as _},
+};
+use opentelemetry_sdk::trace::SdkTracer;
+
+use crate::session::Session;
+
+/// The name of every session span: low cardinality, so it reads as one operation in Jaeger.
+pub const SPAN_NAME: &str = "tcp session";
+
+/// Attribute keys, spelled once.
+pub mod key {
+    pub const NETWORK_TRANSPORT: &str = "network.transport";
+    pub const NETWORK_TYPE: &str = "network.type";
+    pub const NETWORK_LOCAL_ADDRESS: &str = "network.local.address";
+    pub const NETWORK_LOCAL_PORT: &str = "network.local.port";
+    pub const NETWORK_PEER_ADDRESS: &str = "network.peer.address";
+    pub const NETWORK_PEER_PORT: &str = "network.peer.port";
+    pub const PROCESS_PID: &str = "process.pid";
+    /// The owner's kernel task name (16 bytes at most; a thread name, not a path).
+    pub const COMM: &str = "tcplife.comm";
+    /// `tcp_sock.bytes_acked` at close (payload sent plus SYN and FIN).
+    pub const BYTES_ACKED: &str = "tcplife.bytes_acked";
+    /// `tcp_sock.bytes_received` at close (payload received plus FIN).
+    pub const BYTES_RECEIVED: &str = "tcplife.bytes_received";
+}
+
+/// Records `session` as a finished root span on `tracer`.
+pub fn record(tracer: &SdkTracer, session: &Session) {
+    let mut span = tracer
+        .span_builder(SPAN_NAME)
+        .with_kind(kind(session.origin))
+        .with_start_time(session.start)
+        .with_attributes(attributes(session))
+        .start_with_context(tracer, &Context::new());
+    span.end_with_timestamp(session.end);
+}
+
+/// CLIENT for the side that connected, SERVER for the side that accepted.
+pub fn kind(origin: Origin) -> SpanKind {
+    match origin {
+        Origin::Active => SpanKind::Client,
+        Origin::Passive => SpanKind::Server,
+        Origin::Unknown => SpanKind::Internal,
+    }
+}
+
+/// The span's attributes.
+pub fn attributes(session: &Session) -> Vec<KeyValue> {
+    let network_type = match session.local.ip() {
+        IpAddr::V4(_) => "ipv4",
+        IpAddr::V6(_) => "ipv6",
+    };
+    let mut attributes = vec![
+        KeyValue::new(key::NETWORK_TRANSPORT, "tcp"),
+        KeyValue::new(key::NETWORK_TYPE, network_type),
+        KeyValue::new(key::NETWORK_LOCAL_ADDRESS, session.local.ip().to_string()),
+        KeyValue::new(key::NETWORK_LOCAL_PORT, i64::from(session.local.port())),
+        KeyValue::new(key::NETWORK_PEER_ADDRESS, session.remote.ip().to_string()),
+        KeyValue::new(key::NETWORK_PEER_PORT, i64::from(session.remote.port())),
+        KeyValue::new(key::PROCESS_PID, i64::from(session.pid)),
+        KeyValue::new(key::COMM, session.comm.clone()),
+    ];
+    if let Some(bytes) = session.bytes {
+        attributes.push(KeyValue::new(key::BYTES_ACKED, saturating_i64(bytes.acked)));
+        attributes.push(KeyValue::new(
+            key::BYTES_RECEIVED,
+            saturating_i64(bytes.received),
+        ));
+    }
+    attributes
+}
+
+fn saturating_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use opentelemetry::{Value, trace::TracerProvider as _};
+    use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
+
+    use super::*;
+    use crate::{clock::WallClock, session::tests::client_record};
+
+    fn export(session: &Session) -> SpanData {
+        let exporter = InMemorySpanExporter::default();
+        let provider = SdkTracerProvider::builder()
+            .with_simple_exporter(exporter.clone())
+            .build();
+        record(&provider.tracer("test"), session);
+        let mut spans = exporter.get_finished_spans().unwrap();
+        assert_eq!(spans.len(), 1);
+        spans.remove(0)
+    }
+
+    fn attribute(span: &SpanData, name: &str) -> Option<Value> {
+        span.attributes
+            .iter()
+            .find(|kv| kv.key.as_str() == name)
+            .map(|kv| kv.value.clone())
+    }
+
+    fn session() -> Session {
+        Session::from_record(
+            &client_record(),
+            WallClock::with_offset_ns(1_000_000_000_000_000_000),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_client_session_becomes_a_client_root_span_with_exact_times() {
+        let span = export(&session());
+        assert_eq!(span.name, SPAN_NAME);
+        assert_eq!(span.span_kind, SpanKind::Client);
+        assert_eq!(span.parent_span_id, opentelemetry::trace::SpanId::INVALID);
+        assert_eq!(
+            span.start_time,
+            SystemTime::UNIX_EPOCH + Duration::from_nanos(1_000_000_000_010_000_000)
+        );
+        assert_eq!(
+            span.end_time,
+            SystemTime::UNIX_EPOCH + Duration::from_nanos(1_000_000_000_011_500_000)
+        );
+    }
+
+    #[test]
+    fn every_attribute_has_its_exact_value() {
+        let span = export(&session());
+        let expected: [(&str, Value); 10] = [
+            (key::NETWORK_TRANSPORT, "tcp".into()),
+            (key::NETWORK_TYPE, "ipv4".into()),
+            (key::NETWORK_LOCAL_ADDRESS, "127.0.0.1".into()),
+            (key::NETWORK_LOCAL_PORT, 40_000_i64.into()),
+            (key::NETWORK_PEER_ADDRESS, "127.0.0.1".into()),
+            (key::NETWORK_PEER_PORT, 8080_i64.into()),
+            (key::PROCESS_PID, 777_i64.into()),
+            (key::COMM, "curl".into()),
+            (key::BYTES_ACKED, 12_347_i64.into()),
+            (key::BYTES_RECEIVED, 2_049_i64.into()),
+        ];
+        for (name, value) in &expected {
+            assert_eq!(
+                attribute(&span, name).as_ref(),
+                Some(value),
+                "attribute {name}"
+            );
+        }
+        assert_eq!(span.attributes.len(), expected.len());
+    }
+
+    #[test]
+    fn the_kind_follows_who_opened_the_session() {
+        let mut server = session();
+        server.origin = Origin::Passive;
+        assert_eq!(export(&server).span_kind, SpanKind::Server);
+        let mut unknown = session();
+        unknown.origin = Origin::Unknown;
+        assert_eq!(export(&unknown).span_kind, SpanKind::Internal);
+    }
+
+    #[test]
+    fn ipv6_sessions_say_so_and_unknown_bytes_are_left_out() {
+        let mut session = session();
+        session.local = "[::1]:40000".parse().unwrap();
+        session.remote = "[::1]:8080".parse().unwrap();
+        session.bytes = None;
+        let span = export(&session);
+        assert_eq!(attribute(&span, key::NETWORK_TYPE), Some("ipv6".into()));
+        assert_eq!(
+            attribute(&span, key::NETWORK_PEER_ADDRESS),
+            Some("::1".into())
+        );
+        assert_eq!(attribute(&span, key::BYTES_ACKED), None);
+        assert_eq!(attribute(&span, key::BYTES_RECEIVED), None);
+    }
+
+    #[test]
+    fn every_session_is_its_own_trace() {
+        let exporter = InMemorySpanExporter::default();
+        let provider = SdkTracerProvider::builder()
+            .with_simple_exporter(exporter.clone())
+            .build();
+        let tracer = provider.tracer("test");
+        record(&tracer, &session());
+        record(&tracer, &session());
+        let spans = exporter.get_finished_spans().unwrap();
+        assert_ne!(
+            spans[0].span_context.trace_id(),
+            spans[1].span_context.trace_id()
+        );
+    }
+}

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Quick start, part two: installs what the tests need (scripts/setup.sh test), then runs the
+# whole suite: formatting, clippy for the userspace crates and for the eBPF crate (on its
+# real bpfel target), the unit tests, and the privileged and end-to-end tests (root needed:
+# they load the probe into the kernel and start the rotel collector).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$HOME/.cargo/bin:$PATH"
+
+step() { printf '\n==> %s\n' "$*" >&2; }
+
+scripts/setup.sh test
+
+step "cargo fmt --check"
+cargo fmt --all --check
+
+step "clippy: userspace crates"
+cargo clippy --locked --workspace --exclude otel-agent-ebpf --all-targets -- -D warnings
+
+step "clippy: eBPF crate (bpfel-unknown-none, nightly)"
+CARGO_TARGET_DIR=target/ebpf-clippy RUSTFLAGS='--cfg=bpf_target_arch="x86_64"' \
+    cargo +nightly clippy --locked -p otel-agent-ebpf --target bpfel-unknown-none \
+    -Z build-std=core --bins -- -D warnings
+
+step "build the agent binary used by the end-to-end tests"
+cargo build --locked -p otel-agent
+
+step "unit, privileged and end-to-end tests"
+cargo test --locked --workspace --exclude otel-agent-ebpf

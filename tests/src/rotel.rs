@@ -1,0 +1,244 @@
+//! The real third-party collector used by the end-to-end tests: rotel (PyPI package `rotel`,
+//! installed by `scripts/setup.sh test`), receiving OTLP on loopback and printing every span
+//! it receives with its debug exporter, which this module parses.
+
+use std::{
+    collections::BTreeMap,
+    net::{SocketAddr, TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use crate::process::ChildGuard;
+
+/// One span as rotel printed it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceivedSpan {
+    pub name: String,
+    /// For example `SPAN_KIND_CLIENT`.
+    pub kind: String,
+    pub parent_id: String,
+    pub status_code: String,
+    pub start_ns: u128,
+    pub end_ns: u128,
+    /// Values as rotel prints them, for example `Str(tcp)` or `Int(8080)`.
+    pub attributes: BTreeMap<String, String>,
+    /// The attributes of the resource the span arrived under.
+    pub resource: BTreeMap<String, String>,
+}
+
+/// A running rotel collector listening on free loopback ports.
+pub struct Rotel {
+    pub process: ChildGuard,
+    pub grpc: SocketAddr,
+    pub http: SocketAddr,
+}
+
+impl Rotel {
+    /// Starts rotel with the blackhole exporter and detailed trace debug logs, and waits
+    /// until both OTLP receivers accept connections.
+    pub fn start(dir: &Path) -> Self {
+        let (grpc, http) = (free_port(), free_port());
+        let mut command = Command::new(binary());
+        command.args([
+            "start",
+            "--otlp-grpc-endpoint",
+            &grpc.to_string(),
+            "--otlp-http-endpoint",
+            &http.to_string(),
+            "--exporter",
+            "blackhole",
+            "--debug-log",
+            "traces",
+            "--debug-log-verbosity",
+            "detailed",
+            "--pid-file",
+            &dir.join("rotel.pid").display().to_string(),
+            "--log-file",
+            &dir.join("rotel.log").display().to_string(),
+        ]);
+        command.env("NO_COLOR", "1");
+        let process = ChildGuard::spawn(command, dir, "rotel");
+        for addr in [grpc, http] {
+            wait_until_listening(addr, &process);
+        }
+        Self {
+            process,
+            grpc,
+            http,
+        }
+    }
+
+    /// Every span rotel has printed so far.
+    pub fn spans(&self) -> Vec<ReceivedSpan> {
+        parse(&self.process.stdout_text())
+    }
+
+    /// Waits until `count` spans match `predicate`, failing the test after `timeout`.
+    pub fn wait_for_spans(
+        &self,
+        count: usize,
+        timeout: Duration,
+        predicate: impl Fn(&ReceivedSpan) -> bool,
+    ) -> Vec<ReceivedSpan> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let matching: Vec<_> = self.spans().into_iter().filter(&predicate).collect();
+            if matching.len() >= count {
+                return matching;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "rotel received {} of {count} expected spans within {timeout:?}; its output:\n{}",
+                matching.len(),
+                self.process.stdout_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// The `rotel-agent` binary: `ROTEL_AGENT` if set, else the one inside the `rotel` Python
+/// package.
+pub fn binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("ROTEL_AGENT") {
+        return PathBuf::from(path);
+    }
+    let output = Command::new("python3")
+        .args([
+            "-c",
+            "import os, rotel; print(os.path.join(os.path.dirname(rotel.__file__), 'rotel-agent'))",
+        ])
+        .output()
+        .expect("run python3 to locate rotel");
+    assert!(
+        output.status.success(),
+        "the rotel collector is not installed; run scripts/setup.sh test ({})",
+        String::from_utf8_lossy(&output.stderr).trim()
+    );
+    PathBuf::from(String::from_utf8_lossy(&output.stdout).trim())
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("find a free loopback port")
+}
+
+fn wait_until_listening(addr: SocketAddr, process: &ChildGuard) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "rotel did not listen on {addr} within 10 s; its output:\n{}{}",
+            process.stdout_text(),
+            process.stderr_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Parses rotel's detailed trace debug log: `Resource attributes:` sections followed by
+/// `Span #n` blocks with `Name`, `Kind`, `Start time`, `End time` and `Attributes:` lines.
+pub fn parse(output: &str) -> Vec<ReceivedSpan> {
+    let mut spans = Vec::new();
+    let mut resource = BTreeMap::new();
+    let mut current: Option<ReceivedSpan> = None;
+    let mut in_resource = false;
+    for line in output.lines() {
+        let trimmed = line.trim();
+        if trimmed == "Resource attributes:" {
+            spans.extend(current.take());
+            resource = BTreeMap::new();
+            in_resource = true;
+        } else if trimmed.starts_with("Span #") {
+            spans.extend(current.take());
+            in_resource = false;
+            current = Some(ReceivedSpan {
+                name: String::new(),
+                kind: String::new(),
+                parent_id: String::new(),
+                status_code: String::new(),
+                start_ns: 0,
+                end_ns: 0,
+                attributes: BTreeMap::new(),
+                resource: resource.clone(),
+            });
+        } else if let Some((key, value)) = trimmed
+            .strip_prefix("-> ")
+            .and_then(|kv| kv.split_once(": "))
+        {
+            if in_resource {
+                resource.insert(key.to_owned(), value.to_owned());
+            } else if let Some(span) = &mut current {
+                span.attributes.insert(key.to_owned(), value.to_owned());
+            }
+        } else if let Some(span) = &mut current
+            && let Some((field, value)) = trimmed.split_once(':')
+        {
+            let value = value.trim().to_owned();
+            match field.trim() {
+                "Name" => span.name = value,
+                "Kind" => span.kind = value,
+                "Parent ID" => span.parent_id = value,
+                "Status code" => span.status_code = value,
+                "Start time" => span.start_ns = value.parse().unwrap_or_default(),
+                "End time" => span.end_ns = value.parse().unwrap_or_default(),
+                _ => {}
+            }
+        }
+    }
+    spans.extend(current);
+    spans
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_spans_with_their_resource() {
+        let output = "INFO Starting Rotel.
+ResourceSpans #0
+Resource attributes:
+     -> service.name: Str(otel-agent)
+ScopeSpans #0
+InstrumentationScope otel-agent 
+Span #0
+    Trace ID       : ca0bd493afe4eb71ca14d0f7d3a13794
+    Parent ID      : 
+    ID             : 4d362fe931d0d4a4
+    Name           : tcp session
+    Kind           : SPAN_KIND_CLIENT
+Start time: 1795680689021356875
+End time: 1795680689022081642
+    Status code    : STATUS_CODE_UNSET
+    Status message : 
+Attributes:
+     -> network.local.port: Int(57560)
+     -> tcplife.comm: Str(python3)
+Span #1
+    Name           : tcp session
+    Kind           : SPAN_KIND_SERVER
+Start time: 5
+End time: 6
+Attributes:
+     -> network.local.port: Int(58753)
+";
+        let spans = parse(output);
+        assert_eq!(spans.len(), 2);
+        assert_eq!(spans[0].name, "tcp session");
+        assert_eq!(spans[0].kind, "SPAN_KIND_CLIENT");
+        assert_eq!(spans[0].parent_id, "");
+        assert_eq!(spans[0].status_code, "STATUS_CODE_UNSET");
+        assert_eq!(spans[0].start_ns, 1_795_680_689_021_356_875);
+        assert_eq!(spans[0].end_ns, 1_795_680_689_022_081_642);
+        assert_eq!(spans[0].attributes["network.local.port"], "Int(57560)");
+        assert_eq!(spans[0].attributes["tcplife.comm"], "Str(python3)");
+        assert_eq!(spans[0].resource["service.name"], "Str(otel-agent)");
+        assert_eq!(spans[1].kind, "SPAN_KIND_SERVER");
+        assert_eq!(spans[1].resource["service.name"], "Str(otel-agent)");
+    }
+}

@@ -1,0 +1,113 @@
+//! Real loopback TCP sessions with known byte counts, driven from one named thread of the
+//! test process, with the timestamps the test needs to bracket what the probe reports.
+
+use std::{
+    io::{Read, Write},
+    net::{IpAddr, SocketAddr, TcpListener, TcpStream},
+    thread,
+    time::SystemTime,
+};
+
+/// Which end closes first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Closer {
+    Client,
+    Server,
+}
+
+/// What the test did, and when (both clocks, so that both raw records and spans can be
+/// bracketed).
+#[derive(Debug, Clone, Copy)]
+pub struct Exchange {
+    pub client: SocketAddr,
+    pub server: SocketAddr,
+    /// `CLOCK_MONOTONIC` ns just before `connect()`.
+    pub before_connect_ns: u64,
+    /// `CLOCK_MONOTONIC` ns once both ends hold the established connection.
+    pub after_connect_ns: u64,
+    /// `CLOCK_MONOTONIC` ns just before the first `close()`.
+    pub before_close_ns: u64,
+    /// `CLOCK_MONOTONIC` ns just after the second `close()`.
+    pub after_close_ns: u64,
+    /// Wall clock just before `connect()`.
+    pub before_connect_wall: SystemTime,
+    /// Wall clock just after the second `close()`.
+    pub after_close_wall: SystemTime,
+}
+
+/// Name of the thread that owns every socket of an exchange: the probe must report it as
+/// the sessions' `comm`.
+pub const THREAD_NAME: &str = "tcp-test-io";
+
+/// Opens one TCP connection on `ip` (loopback), sends `client_bytes` from client to server
+/// and `server_bytes` back, then closes (`closer` first, the other end after reading EOF).
+/// Runs in a thread named [`THREAD_NAME`].
+pub fn exchange(ip: IpAddr, client_bytes: usize, server_bytes: usize, closer: Closer) -> Exchange {
+    thread::Builder::new()
+        .name(THREAD_NAME.to_owned())
+        .spawn(move || run_exchange(ip, client_bytes, server_bytes, closer))
+        .expect("spawn the traffic thread")
+        .join()
+        .expect("the traffic thread panicked")
+}
+
+fn run_exchange(ip: IpAddr, client_bytes: usize, server_bytes: usize, closer: Closer) -> Exchange {
+    let listener = TcpListener::bind(SocketAddr::new(ip, 0)).expect("bind a loopback listener");
+    let server_addr = listener.local_addr().expect("listener address");
+
+    let before_connect_wall = SystemTime::now();
+    let before_connect_ns = monotonic_ns();
+    let mut client = TcpStream::connect(server_addr).expect("connect on loopback");
+    let (mut server, _) = listener.accept().expect("accept");
+    let after_connect_ns = monotonic_ns();
+    let client_addr = client.local_addr().expect("client address");
+    drop(listener);
+
+    client
+        .write_all(&vec![b'c'; client_bytes])
+        .expect("client write");
+    read_exactly(&mut server, client_bytes);
+    server
+        .write_all(&vec![b's'; server_bytes])
+        .expect("server write");
+    read_exactly(&mut client, server_bytes);
+
+    let before_close_ns = monotonic_ns();
+    let (first, mut second) = match closer {
+        Closer::Client => (client, server),
+        Closer::Server => (server, client),
+    };
+    drop(first);
+    let mut rest = Vec::new();
+    second.read_to_end(&mut rest).expect("read until EOF");
+    assert!(
+        rest.is_empty(),
+        "unexpected {} bytes before EOF",
+        rest.len()
+    );
+    drop(second);
+    let after_close_ns = monotonic_ns();
+
+    Exchange {
+        client: client_addr,
+        server: server_addr,
+        before_connect_ns,
+        after_connect_ns,
+        before_close_ns,
+        after_close_ns,
+        before_connect_wall,
+        after_close_wall: SystemTime::now(),
+    }
+}
+
+fn read_exactly(stream: &mut TcpStream, len: usize) {
+    let mut buffer = vec![0; len];
+    stream
+        .read_exact(&mut buffer)
+        .expect("read the peer's bytes");
+}
+
+/// `CLOCK_MONOTONIC` in ns, the clock of `bpf_ktime_get_ns`.
+pub fn monotonic_ns() -> u64 {
+    u64::try_from(otel_agent::clock::read_ns(libc::CLOCK_MONOTONIC)).expect("monotonic time")
+}
