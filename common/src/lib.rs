@@ -29,14 +29,18 @@ pub mod tcp_state {
     pub const SYN_SENT: i32 = 2;
     pub const SYN_RECV: i32 = 3;
     pub const FIN_WAIT1: i32 = 4;
+    pub const FIN_WAIT2: i32 = 5;
+    pub const TIME_WAIT: i32 = 6;
     pub const CLOSE: i32 = 7;
+    pub const CLOSE_WAIT: i32 = 8;
     pub const LAST_ACK: i32 = 9;
     pub const LISTEN: i32 = 10;
+    pub const CLOSING: i32 = 11;
 }
 
 /// How the session was opened, as far as the probe saw it (`SessionRecord::origin`).
 pub mod origin {
-    /// The birth was seen but not as `SYN_SENT` or `SYN_RECV`.
+    /// The birth was not seen, or not as `SYN_SENT` or `SYN_RECV`.
     pub const UNKNOWN: u8 = 0;
     /// The socket entered `SYN_SENT`: this side called `connect()`.
     pub const ACTIVE: u8 = 1;
@@ -48,9 +52,29 @@ pub mod origin {
 pub mod flags {
     /// The probe saw the session's birth; `birth_ns` and `origin` are meaningful.
     pub const BIRTH_SEEN: u32 = 1 << 0;
-    /// The `tcp_sock` byte counters were read; `bytes_acked` and `bytes_received` are
-    /// meaningful. Unset when the running kernel's BTF did not give their offsets.
+    /// `bytes_acked` and `bytes_received` were read from `struct tcp_sock`.
     pub const BYTES_VALID: u32 = 1 << 1;
+    /// `snd_una`, `write_seq`, `rcv_nxt` and `copied_seq` were read.
+    pub const SEQ_VALID: u32 = 1 << 2;
+    /// `srtt_us`, `total_retrans`, `segs_in` and `segs_out` were read.
+    pub const HEALTH_VALID: u32 = 1 << 3;
+    /// `netns` was read.
+    pub const NETNS_VALID: u32 = 1 << 4;
+    /// The owner was cached in a system call of the owning process (connect, accept,
+    /// close, shutdown); without it, pid and comm are the task current at close.
+    pub const OWNER_FROM_SYSCALL: u32 = 1 << 5;
+}
+
+/// Bits of `SessionRecord::states`: `1 << state` for every TCP state the socket entered
+/// while the probe watched it, plus the reset events below.
+pub mod states {
+    /// `tcp:tcp_receive_reset` fired for the socket: the peer reset it.
+    pub const RESET_RECEIVED: u32 = 1 << 24;
+
+    /// The bit for TCP state `state` (from [`crate::tcp_state`]).
+    pub const fn bit(state: i32) -> u32 {
+        1 << (state as u32 & 0x1f)
+    }
 }
 
 /// One closed TCP session, written by the probe into [`EVENTS_MAP`] at `TCP_CLOSE`.
@@ -63,6 +87,9 @@ pub struct SessionRecord {
     /// Close: time since boot in ns (`bpf_ktime_get_ns`, `CLOCK_MONOTONIC`) of the change to
     /// `TCP_CLOSE`.
     pub close_ns: u64,
+    /// Time since boot in ns of the first change to `TCP_ESTABLISHED`; 0 if the session
+    /// never reached it (or its birth was not seen).
+    pub established_ns: u64,
     /// `tcp_sock.bytes_acked` at close: bytes of sequence space the peer acknowledged,
     /// SYN and FIN included. Valid only with [`flags::BYTES_VALID`].
     pub bytes_acked: u64,
@@ -73,6 +100,27 @@ pub struct SessionRecord {
     pub pid: u32,
     /// Bits from [`flags`].
     pub flags: u32,
+    /// Bits from [`states`]: the states entered and the resets seen.
+    pub states: u32,
+    /// `tcp_sock.snd_una` at close (first unacknowledged sequence number).
+    pub snd_una: u32,
+    /// `tcp_sock.write_seq` at close (end of what was queued, FIN included).
+    pub write_seq: u32,
+    /// `tcp_sock.rcv_nxt` at close (next sequence number expected).
+    pub rcv_nxt: u32,
+    /// `tcp_sock.copied_seq` at close (end of what the application read).
+    pub copied_seq: u32,
+    /// Smoothed round-trip time at close, in microseconds (`tcp_sock.srtt_us >> 3`).
+    pub srtt_us: u32,
+    /// `tcp_sock.total_retrans`: segments retransmitted over the session.
+    pub total_retrans: u32,
+    /// `tcp_sock.segs_in`: segments received.
+    pub segs_in: u32,
+    /// `tcp_sock.segs_out`: segments sent.
+    pub segs_out: u32,
+    /// Inode number of the socket's network namespace. Valid only with
+    /// [`flags::NETNS_VALID`].
+    pub netns: u32,
     /// [`AF_INET`] or [`AF_INET6`].
     pub family: u16,
     /// Local port, host byte order.
@@ -81,8 +129,8 @@ pub struct SessionRecord {
     pub remote_port: u16,
     /// One of [`origin`].
     pub origin: u8,
-    /// Keeps the layout explicit; always zero.
-    pub _padding: u8,
+    /// The state the socket left for `TCP_CLOSE`.
+    pub close_from_state: u8,
     /// Local address in network byte order: the first 4 bytes for IPv4, all 16 for IPv6.
     pub local_addr: [u8; 16],
     /// Remote address in network byte order: the first 4 bytes for IPv4, all 16 for IPv6.
@@ -93,32 +141,109 @@ pub struct SessionRecord {
 
 /// The record's size in bytes; the decoder refuses anything shorter.
 pub const SESSION_RECORD_SIZE: usize = core::mem::size_of::<SessionRecord>();
-const _: () = assert!(SESSION_RECORD_SIZE == 96);
+const _: () = assert!(SESSION_RECORD_SIZE == 144);
+
+/// Offsets of kernel struct members the probe reads, resolved by the agent from the running
+/// kernel's BTF and set as the global [`KERNEL_OFFSETS`] at load time. A group whose bit in
+/// `valid` is clear is not read.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelOffsets {
+    /// Bits from [`offsets_valid`].
+    pub valid: u32,
+    /// `struct tcp_sock` members (offsets from the start of `struct sock`).
+    pub bytes_acked: u32,
+    pub bytes_received: u32,
+    pub snd_una: u32,
+    pub write_seq: u32,
+    pub rcv_nxt: u32,
+    pub copied_seq: u32,
+    pub srtt_us: u32,
+    pub total_retrans: u32,
+    pub segs_in: u32,
+    pub segs_out: u32,
+    /// `sock.__sk_common.skc_net.net`: pointer to the socket's `struct net`.
+    pub sock_net: u32,
+    /// `net.ns.inum`: the namespace's inode number.
+    pub net_inum: u32,
+    /// From the current task to the socket behind a file descriptor:
+    /// `task_struct.files`, `files_struct.fdt`, `fdtable.fd`, `file.private_data`,
+    /// `socket.sk`.
+    pub task_files: u32,
+    pub files_fdt: u32,
+    pub fdtable_fd: u32,
+    pub file_private_data: u32,
+    pub socket_sk: u32,
+}
+
+/// Bits of `KernelOffsets::valid`, one per group of members read together.
+pub mod offsets_valid {
+    pub const BYTES: u32 = 1 << 0;
+    pub const SEQ: u32 = 1 << 1;
+    pub const HEALTH: u32 = 1 << 2;
+    pub const NETNS: u32 = 1 << 3;
+    pub const ACCEPT: u32 = 1 << 4;
+}
+
+/// Most ports one port filter holds (tcplife's `-L` / `-D` lists).
+pub const MAX_FILTER_PORTS: usize = 16;
+
+/// Kernel-side filters set as the global [`FILTERS`] at load time. Zero means "any".
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Filters {
+    /// Only sessions owned by this process (thread group) id.
+    pub pid: u32,
+    /// Never sessions owned by this process id (the agent's own, by default).
+    pub exclude_pid: u32,
+    /// Only sessions in the network namespace with this inode number.
+    pub netns: u32,
+    /// Only this family ([`AF_INET`], IPv4-mapped IPv6 included, or [`AF_INET6`]).
+    pub family: u16,
+    /// How many entries of `local_ports` are used.
+    pub local_port_count: u16,
+    /// How many entries of `remote_ports` are used.
+    pub remote_port_count: u16,
+    /// Keeps the layout explicit; always zero.
+    pub _padding: u16,
+    pub local_ports: [u16; MAX_FILTER_PORTS],
+    pub remote_ports: [u16; MAX_FILTER_PORTS],
+}
 
 /// Ring buffer carrying [`SessionRecord`]s to userspace.
 pub const EVENTS_MAP: &str = "EVENTS";
-/// Per-CPU array of `u64` loss counters, indexed by [`counter`].
+/// Per-CPU array of `u64` counters, indexed by [`counter`].
 pub const COUNTERS_MAP: &str = "COUNTERS";
-/// LRU hash: socket address to birth time and origin.
-pub const BIRTHS_MAP: &str = "BIRTHS";
-/// LRU hash: socket address to the cached owner (pid and comm).
-pub const OWNERS_MAP: &str = "OWNERS";
+/// LRU hash: socket address to what the probe knows about the socket.
+pub const SOCKETS_MAP: &str = "SOCKETS";
 
-/// Global (`u32`) set at load time: offset of `bytes_received` in `struct tcp_sock`, 0 when
-/// unknown.
-pub const TCP_SOCK_BYTES_RECEIVED_OFFSET: &str = "TCP_SOCK_BYTES_RECEIVED_OFFSET";
-/// Global (`u32`) set at load time: offset of `bytes_acked` in `struct tcp_sock`, 0 when
-/// unknown.
-pub const TCP_SOCK_BYTES_ACKED_OFFSET: &str = "TCP_SOCK_BYTES_ACKED_OFFSET";
+/// Global ([`KernelOffsets`]) with the kernel struct offsets.
+pub const KERNEL_OFFSETS: &str = "KERNEL_OFFSETS";
+/// Global ([`Filters`]) with the kernel-side filters.
+pub const FILTERS: &str = "FILTERS";
+/// Global (`u32`): 1 to report sessions whose birth was not seen, 0 to skip them.
+pub const REPORT_UNKNOWN_BIRTH: &str = "REPORT_UNKNOWN_BIRTH";
 
-/// Indices into [`COUNTERS_MAP`]: every place in the probe that can lose a session.
+/// Indices into [`COUNTERS_MAP`]: what the probe tracked, emitted, filtered and lost.
 pub mod counter {
-    /// The ring buffer had no room for a closed session's record.
-    pub const RING_BUFFER_FULL: u32 = 0;
-    /// A birth could not be stored in `BIRTHS` (map update failed).
-    pub const BIRTH_MAP_UPDATE_FAILED: u32 = 1;
-    /// An owner could not be stored in `OWNERS` (map update failed).
-    pub const OWNER_MAP_UPDATE_FAILED: u32 = 2;
+    /// Sockets whose birth was stored in `SOCKETS`.
+    pub const TRACKED: u32 = 0;
+    /// Records written to the ring buffer.
+    pub const EMITTED: u32 = 1;
+    /// The ring buffer had no room for a closed session's record (lost).
+    pub const RING_BUFFER_FULL: u32 = 2;
+    /// A birth could not be stored in `SOCKETS` (map update failed; the session will be
+    /// reported with an unknown birth).
+    pub const MAP_UPDATE_FAILED: u32 = 3;
+    /// Sessions rejected by a kernel-side filter before tracking.
+    pub const FILTERED_AT_BIRTH: u32 = 4;
+    /// Tracked sessions rejected by a filter later (local port or owner known only then).
+    pub const FILTERED_AFTER_TRACKING: u32 = 5;
+    /// Closed sessions whose birth was not seen (opened before the probe, or evicted from
+    /// the LRU map).
+    pub const BIRTH_NOT_SEEN: u32 = 6;
+    /// Closed sessions whose birth was not seen and that were skipped on request.
+    pub const UNKNOWN_BIRTH_SKIPPED: u32 = 7;
     /// Number of counters.
-    pub const COUNT: u32 = 3;
+    pub const COUNT: u32 = 8;
 }

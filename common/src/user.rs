@@ -3,7 +3,15 @@
 
 use core::{fmt, net::IpAddr};
 
-use crate::{AF_INET, AF_INET6, COMM_LEN, SESSION_RECORD_SIZE, SessionRecord, origin};
+use crate::{
+    AF_INET, AF_INET6, COMM_LEN, Filters, KernelOffsets, SESSION_RECORD_SIZE, SessionRecord, origin,
+};
+
+// SAFETY: both are `repr(C)` structs of integers and integer arrays without padding holes;
+// every bit pattern is valid.
+unsafe impl aya::Pod for KernelOffsets {}
+// SAFETY: as above.
+unsafe impl aya::Pod for Filters {}
 
 /// Why a ring-buffer item is not a session record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,12 +78,12 @@ impl SessionRecord {
         Ok(record)
     }
 
-    /// The local address.
+    /// The local address; an IPv4-mapped IPv6 address is returned as IPv4.
     pub fn local_ip(&self) -> Result<IpAddr, DecodeError> {
         ip_from(self.family, &self.local_addr)
     }
 
-    /// The remote address.
+    /// The remote address; an IPv4-mapped IPv6 address is returned as IPv4.
     pub fn remote_ip(&self) -> Result<IpAddr, DecodeError> {
         ip_from(self.family, &self.remote_addr)
     }
@@ -100,7 +108,7 @@ impl SessionRecord {
 fn ip_from(family: u16, bytes: &[u8; 16]) -> Result<IpAddr, DecodeError> {
     match family {
         AF_INET => Ok(IpAddr::from([bytes[0], bytes[1], bytes[2], bytes[3]])),
-        AF_INET6 => Ok(IpAddr::from(*bytes)),
+        AF_INET6 => Ok(IpAddr::from(*bytes).to_canonical()),
         other => Err(DecodeError::UnknownFamily(other)),
     }
 }
@@ -142,10 +150,10 @@ mod tests {
             local_port: 50_000,
             remote_port: 443,
             origin: origin::ACTIVE,
-            _padding: 0,
             local_addr,
             remote_addr,
             comm,
+            ..SessionRecord::default()
         }
     }
 
@@ -188,6 +196,22 @@ mod tests {
     }
 
     #[test]
+    fn ipv4_mapped_ipv6_addresses_are_reported_as_ipv4() {
+        let mut record = ipv4_record();
+        record.family = AF_INET6;
+        record.local_addr = "::ffff:127.0.0.1".parse::<Ipv6Addr>().unwrap().octets();
+        record.remote_addr = "::ffff:10.0.0.9".parse::<Ipv6Addr>().unwrap().octets();
+        assert_eq!(
+            record.local_ip(),
+            Ok(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1)))
+        );
+        assert_eq!(
+            record.remote_ip(),
+            Ok(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 9)))
+        );
+    }
+
+    #[test]
     fn a_full_comm_without_nul_is_kept_whole() {
         let mut record = ipv4_record();
         record.comm = *b"sixteen-chars-xy";
@@ -199,7 +223,7 @@ mod tests {
         let bytes = bytes_of(&ipv4_record());
         assert_eq!(
             SessionRecord::decode(&bytes[..SESSION_RECORD_SIZE - 1]),
-            Err(DecodeError::TooShort { len: 95 })
+            Err(DecodeError::TooShort { len: 143 })
         );
         assert_eq!(
             SessionRecord::decode(&[]),
@@ -227,7 +251,7 @@ mod tests {
     fn error_messages_say_what_was_wrong() {
         assert_eq!(
             DecodeError::TooShort { len: 3 }.to_string(),
-            "record of 3 bytes is shorter than a session record (96 bytes)"
+            "record of 3 bytes is shorter than a session record (144 bytes)"
         );
     }
 }

@@ -3,7 +3,7 @@
 //! buffer, let the pipeline finish, flush the exporter within its deadline, detach the probe),
 //! then logs the session accounting.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::SystemTime};
 
 use opentelemetry::trace::TracerProvider as _;
 use tokio::sync::mpsc;
@@ -40,10 +40,17 @@ pub async fn run(cli: Cli) -> Result<(), AgentError> {
         ),
     }
 
-    let mut probe = Probe::attach()?;
+    let agent_start = SystemTime::now();
+    let mut probe = Probe::attach(&cli.probe.options())?;
     let ring = probe.take_events()?;
+    let features = probe.features;
     tracing::info!(
-        reads_bytes = probe.reads_bytes,
+        bytes = features.bytes,
+        payload = features.payload,
+        health = features.health,
+        netns = features.netns,
+        resets = features.resets,
+        accept_owner = features.accept_owner,
         "probe attached to sock:inet_sock_set_state"
     );
 
@@ -56,6 +63,7 @@ pub async fn run(cli: Cli) -> Result<(), AgentError> {
             .as_ref()
             .map(|provider| provider.tracer(SCOPE_NAME)),
         console,
+        agent_start,
     };
     let stats = Arc::new(PipelineStats::default());
     let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
@@ -74,7 +82,9 @@ pub async fn run(cli: Cli) -> Result<(), AgentError> {
             "shutting down: draining and flushing queued sessions"
         );
     }
-    // Stop reading, drain the ring buffer, and let the pipeline handle every record.
+    // Detach first so that nothing more is written, then drain the ring buffer, and let the
+    // pipeline handle every record: the counters then reconcile exactly.
+    probe.detach();
     stop.cancel();
     let (signal, reader_result, pipeline_result) = match first {
         First::Signal(signal) => (Some(signal), reader.await, pipeline.await),
@@ -84,8 +94,13 @@ pub async fn run(cli: Cli) -> Result<(), AgentError> {
     if let Some(provider) = provider {
         export::shutdown(provider, cli.shutdown_timeout).await;
     }
-    stats.log_summary(probe.counters().ok());
-    drop(probe);
+    match probe.counters() {
+        Ok(kernel) => stats.log_summary(Some(kernel)),
+        Err(error) => {
+            tracing::warn!(%error, "cannot read the probe's counters");
+            stats.log_summary(None);
+        }
+    }
 
     match (signal, pipeline_result, reader_result) {
         (_, Ok(Err(error)), _) => Err(AgentError::Output(error)),

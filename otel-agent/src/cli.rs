@@ -2,9 +2,12 @@
 //! here is typed; how flags and the standard `OTEL_*` variables combine is decided in
 //! [`crate::export::ExportTarget::resolve`].
 
-use std::time::Duration;
+use std::{os::unix::fs::MetadataExt as _, time::Duration};
 
 use clap::{Args, Parser, ValueEnum};
+use common::{AF_INET, AF_INET6, Filters, MAX_FILTER_PORTS};
+
+use crate::probe::ProbeOptions;
 
 /// Watches every TCP session on this host and turns each closed one into an OpenTelemetry
 /// span (start = the session's birth, end = its close), exported over OTLP. Without an OTLP
@@ -14,6 +17,9 @@ use clap::{Args, Parser, ValueEnum};
 pub struct Cli {
     #[command(flatten)]
     pub export: ExportArgs,
+
+    #[command(flatten)]
+    pub probe: ProbeArgs,
 
     /// How long shutdown may take to flush queued spans to the collector before giving up.
     #[arg(
@@ -44,6 +50,140 @@ pub struct ExportArgs {
     /// OTEL_EXPORTER_OTLP_PROTOCOL apply; the default is http/protobuf.
     #[arg(long, value_name = "PROTOCOL")]
     pub otlp_protocol: Option<OtlpProtocol>,
+}
+
+/// What the probe watches, decided in the kernel at load time (tcplife's filters and more).
+#[derive(Debug, Args)]
+pub struct ProbeArgs {
+    /// Only sessions owned by this process id.
+    #[arg(short = 'p', long, env = "OTEL_AGENT_PID", value_name = "PID")]
+    pub pid: Option<u32>,
+
+    /// Only sessions with one of these local ports (comma-separated, at most 16).
+    #[arg(short = 'L', long, env = "OTEL_AGENT_LOCAL_PORTS", value_name = "PORTS", value_parser = parse_ports)]
+    pub local_ports: Option<PortList>,
+
+    /// Only sessions with one of these remote ports (comma-separated, at most 16).
+    #[arg(short = 'D', long, env = "OTEL_AGENT_REMOTE_PORTS", value_name = "PORTS", value_parser = parse_ports)]
+    pub remote_ports: Option<PortList>,
+
+    /// Only IPv4 sessions (IPv4-mapped IPv6 included).
+    #[arg(
+        short = '4',
+        long,
+        env = "OTEL_AGENT_IPV4_ONLY",
+        conflicts_with = "ipv6"
+    )]
+    pub ipv4: bool,
+
+    /// Only IPv6 sessions (IPv4-mapped IPv6 excluded).
+    #[arg(short = '6', long, env = "OTEL_AGENT_IPV6_ONLY")]
+    pub ipv6: bool,
+
+    /// Only sessions in this network namespace: an inode number (`stat -L -c %i
+    /// /proc/PID/ns/net`) or `self` for the agent's own (a sidecar's pod).
+    #[arg(long, env = "OTEL_AGENT_NETNS", value_name = "INODE|self", value_parser = parse_netns)]
+    pub netns: Option<u32>,
+
+    /// Also report the agent's own sessions (for example to the collector); by default they
+    /// are left out, so that exporting never produces more sessions to export.
+    #[arg(long, env = "OTEL_AGENT_INCLUDE_OWN_SESSIONS")]
+    pub include_own_sessions: bool,
+
+    /// Skip sessions that were already open when the agent started (tcplife's behaviour);
+    /// by default they are reported at close with the agent's start as their start.
+    #[arg(long, env = "OTEL_AGENT_SKIP_UNKNOWN_BIRTH")]
+    pub skip_unknown_birth: bool,
+
+    /// Open sockets the probe can track at once (LRU: the oldest is evicted beyond this, and
+    /// reported at close with an unknown birth).
+    #[arg(long, env = "OTEL_AGENT_MAX_TRACKED_SOCKETS", default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(64..))]
+    pub max_tracked_sockets: u32,
+
+    /// Size of the kernel-to-agent ring buffer in bytes: a power of two, at least 4096.
+    #[arg(long, env = "OTEL_AGENT_RING_BUFFER_BYTES", default_value_t = 1 << 22, value_parser = parse_ring_buffer_bytes)]
+    pub ring_buffer_bytes: u32,
+}
+
+/// Ports of one filter, at most [`MAX_FILTER_PORTS`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortList(Vec<u16>);
+
+impl ProbeArgs {
+    /// The probe's load-time options.
+    pub fn options(&self) -> ProbeOptions {
+        let mut filters = Filters {
+            pid: self.pid.unwrap_or(0),
+            exclude_pid: if self.include_own_sessions {
+                0
+            } else {
+                std::process::id()
+            },
+            netns: self.netns.unwrap_or(0),
+            family: if self.ipv4 {
+                AF_INET
+            } else if self.ipv6 {
+                AF_INET6
+            } else {
+                0
+            },
+            ..Filters::default()
+        };
+        if let Some(PortList(ports)) = &self.local_ports {
+            filters.local_ports[..ports.len()].copy_from_slice(ports);
+            filters.local_port_count = ports.len() as u16;
+        }
+        if let Some(PortList(ports)) = &self.remote_ports {
+            filters.remote_ports[..ports.len()].copy_from_slice(ports);
+            filters.remote_port_count = ports.len() as u16;
+        }
+        ProbeOptions {
+            filters,
+            report_unknown_birth: !self.skip_unknown_birth,
+            max_tracked_sockets: self.max_tracked_sockets,
+            ring_buffer_bytes: self.ring_buffer_bytes,
+        }
+    }
+}
+
+fn parse_ports(text: &str) -> Result<PortList, String> {
+    let ports = text
+        .split(',')
+        .map(|port| {
+            port.trim()
+                .parse::<u16>()
+                .ok()
+                .filter(|&port| port != 0)
+                .ok_or_else(|| format!("`{port}` is not a port (1-65535)"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if ports.len() > MAX_FILTER_PORTS {
+        return Err(format!(
+            "at most {MAX_FILTER_PORTS} ports, got {}",
+            ports.len()
+        ));
+    }
+    Ok(PortList(ports))
+}
+
+fn parse_netns(text: &str) -> Result<u32, String> {
+    if text == "self" {
+        let metadata = std::fs::metadata("/proc/self/ns/net")
+            .map_err(|error| format!("cannot read /proc/self/ns/net: {error}"))?;
+        return u32::try_from(metadata.ino())
+            .map_err(|_| "namespace inode out of range".to_owned());
+    }
+    text.parse::<u32>()
+        .ok()
+        .filter(|&inode| inode != 0)
+        .ok_or_else(|| format!("`{text}` is neither `self` nor a namespace inode number"))
+}
+
+fn parse_ring_buffer_bytes(text: &str) -> Result<u32, String> {
+    text.parse::<u32>()
+        .ok()
+        .filter(|bytes| bytes.is_power_of_two() && *bytes >= 4096)
+        .ok_or_else(|| format!("`{text}` is not a power of two of at least 4096"))
 }
 
 /// The OTLP transports the agent speaks.
@@ -110,6 +250,79 @@ mod tests {
                 .contains("[possible values: grpc, http/protobuf]"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn tcplife_filter_flags_become_kernel_filters() {
+        let cli = Cli::try_parse_from([
+            "otel-agent",
+            "-p",
+            "42",
+            "-L",
+            "80,443",
+            "-D",
+            "5432",
+            "-6",
+            "--netns",
+            "4026531840",
+            "--skip-unknown-birth",
+            "--max-tracked-sockets",
+            "1024",
+            "--ring-buffer-bytes",
+            "65536",
+        ])
+        .unwrap();
+        let options = cli.probe.options();
+        assert_eq!(options.filters.pid, 42);
+        assert_eq!(options.filters.family, AF_INET6);
+        assert_eq!(options.filters.netns, 4_026_531_840);
+        assert_eq!(options.filters.local_port_count, 2);
+        assert_eq!(&options.filters.local_ports[..3], &[80, 443, 0]);
+        assert_eq!(options.filters.remote_port_count, 1);
+        assert_eq!(options.filters.remote_ports[0], 5432);
+        assert!(!options.report_unknown_birth);
+        assert_eq!(options.max_tracked_sockets, 1024);
+        assert_eq!(options.ring_buffer_bytes, 65_536);
+    }
+
+    #[test]
+    fn defaults_filter_nothing() {
+        let options = Cli::try_parse_from(["otel-agent"]).unwrap().probe.options();
+        assert_eq!(
+            options.filters,
+            Filters {
+                exclude_pid: std::process::id(),
+                ..Filters::default()
+            }
+        );
+        let with_own = Cli::try_parse_from(["otel-agent", "--include-own-sessions"]).unwrap();
+        assert_eq!(with_own.probe.options().filters.exclude_pid, 0);
+        assert!(options.report_unknown_birth);
+    }
+
+    #[test]
+    fn bad_filter_values_name_the_flag_and_the_rule() {
+        let error = |args: &[&str]| {
+            let mut argv = vec!["otel-agent"];
+            argv.extend_from_slice(args);
+            Cli::try_parse_from(argv).unwrap_err().to_string()
+        };
+        assert!(error(&["-L", "80,x"]).contains("`x` is not a port (1-65535)"));
+        let seventeen = (1..=17)
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        assert!(error(&["-D", &seventeen]).contains("at most 16 ports, got 17"));
+        assert!(error(&["--netns", "abc"]).contains("neither `self` nor a namespace inode"));
+        assert!(error(&["--ring-buffer-bytes", "5000"]).contains("not a power of two"));
+        assert!(error(&["-4", "-6"]).contains("cannot be used with"));
+        assert!(error(&["--max-tracked-sockets", "3"]).contains("--max-tracked-sockets"));
+    }
+
+    #[test]
+    fn netns_self_is_this_process_namespace() {
+        let expected = std::fs::metadata("/proc/self/ns/net").unwrap().ino();
+        assert_eq!(parse_netns("self"), Ok(expected as u32));
     }
 
     #[test]

@@ -40,7 +40,7 @@ impl<W: Write> Console<W> {
             session.remote.port(),
             tx_kib,
             rx_kib,
-            session.duration_ns as f64 / 1e6,
+            session.duration().as_nanos() as f64 / 1e6,
         )
     }
 
@@ -53,14 +53,14 @@ impl<W: Write> Console<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{clock::WallClock, session::tests::client_record};
+    use crate::session::tests::{agent_start, client_record, clock};
 
     #[test]
     fn prints_the_header_and_tcplife_columns() {
         let mut record = client_record();
         record.comm = *b"a-very-long-comm";
         record.bytes_acked = 1_048_577;
-        let session = Session::from_record(&record, WallClock::with_offset_ns(0)).unwrap();
+        let session = Session::from_record(&record, clock(), agent_start()).unwrap();
         let mut console = Console::start(Vec::new()).unwrap();
         console.write(&session).unwrap();
         assert_eq!(

@@ -6,19 +6,14 @@
 use std::{
     io::{self, Stdout},
     sync::Arc,
+    time::SystemTime,
 };
 
 use common::SessionRecord;
 use opentelemetry_sdk::trace::SdkTracer;
 use tokio::sync::mpsc;
 
-use crate::{
-    clock::WallClock,
-    console::Console,
-    session::{Session, SessionError},
-    span,
-    stats::PipelineStats,
-};
+use crate::{clock::WallClock, console::Console, session::Session, span, stats::PipelineStats};
 
 /// Records taken from the channel at once; the wall clock is sampled once per batch.
 const BATCH: usize = 1024;
@@ -27,6 +22,8 @@ const BATCH: usize = 1024;
 pub struct Sinks {
     pub tracer: Option<SdkTracer>,
     pub console: Option<Console<Stdout>>,
+    /// When the agent started: the start of sessions whose birth the probe did not see.
+    pub agent_start: SystemTime,
 }
 
 /// Handles records until the channel closes. Fails only when the console cannot be written.
@@ -54,13 +51,9 @@ fn handle(
     sinks: &mut Sinks,
     stats: &PipelineStats,
 ) -> io::Result<()> {
-    let session = match Session::from_record(record, clock) {
+    let session = match Session::from_record(record, clock, sinks.agent_start) {
         Ok(session) => session,
-        Err(SessionError::BirthNotSeen) => {
-            PipelineStats::add(&stats.birth_not_seen);
-            return Ok(());
-        }
-        Err(SessionError::Decode(error)) => {
+        Err(error) => {
             PipelineStats::add(&stats.decode_errors);
             tracing::warn!(%error, "dropped a session record that does not decode");
             return Ok(());

@@ -8,11 +8,11 @@ use std::net::IpAddr;
 use common::user::Origin;
 use opentelemetry::{
     Context, KeyValue,
-    trace::{Span as _, SpanKind, Tracer as _},
+    trace::{Span as _, SpanKind, Status, Tracer as _},
 };
 use opentelemetry_sdk::trace::SdkTracer;
 
-use crate::session::Session;
+use crate::session::{Closer, ResetByPeer, Session};
 
 /// The name of every session span: low cardinality, so it reads as one operation in Jaeger.
 pub const SPAN_NAME: &str = "tcp session";
@@ -32,6 +32,31 @@ pub mod key {
     pub const BYTES_ACKED: &str = "tcplife.bytes_acked";
     /// `tcp_sock.bytes_received` at close (payload received plus FIN).
     pub const BYTES_RECEIVED: &str = "tcplife.bytes_received";
+    /// Payload bytes sent and acknowledged (SYN and FIN removed).
+    pub const PAYLOAD_SENT: &str = "tcplife.payload.sent";
+    /// Payload bytes received (FIN removed).
+    pub const PAYLOAD_RECEIVED: &str = "tcplife.payload.received";
+    /// Whether the probe saw the session's birth (false: the start is the agent's start).
+    pub const BIRTH_SEEN: &str = "tcplife.birth_seen";
+    /// `syscall` when pid and comm come from a system call of the owner, `close` when they
+    /// are the task current at close (best effort).
+    pub const OWNER_SOURCE: &str = "tcplife.owner_source";
+    /// Whether the session reached ESTABLISHED.
+    pub const ESTABLISHED: &str = "tcplife.established";
+    /// Birth to ESTABLISHED, microseconds.
+    pub const HANDSHAKE_US: &str = "tcplife.handshake_us";
+    /// `local`, `peer` or `simultaneous`: who sent the first FIN; `abort` when this side
+    /// ended the session without a FIN (reset sent or timeout).
+    pub const CLOSED_BY: &str = "tcplife.closed_by";
+    /// `peer` when the peer reset the session.
+    pub const RESET_BY: &str = "tcplife.reset_by";
+    /// Smoothed RTT at close, microseconds.
+    pub const RTT_US: &str = "tcplife.rtt_us";
+    pub const RETRANSMITS: &str = "tcplife.retransmits";
+    pub const SEGMENTS_IN: &str = "tcplife.segments_in";
+    pub const SEGMENTS_OUT: &str = "tcplife.segments_out";
+    /// Inode number of the socket's network namespace.
+    pub const NETNS: &str = "tcplife.netns";
 }
 
 /// Records `session` as a finished root span on `tracer`.
@@ -42,6 +67,9 @@ pub fn record(tracer: &SdkTracer, session: &Session) {
         .with_start_time(session.start)
         .with_attributes(attributes(session))
         .start_with_context(tracer, &Context::new());
+    if let Some(status) = status(session) {
+        span.set_status(status);
+    }
     span.end_with_timestamp(session.end);
 }
 
@@ -54,11 +82,27 @@ pub fn kind(origin: Origin) -> SpanKind {
     }
 }
 
+/// ERROR for a session that never connected or ended in a reset.
+pub fn status(session: &Session) -> Option<Status> {
+    let message = match (session.established, session.reset, session.closer) {
+        (false, _, _) => "connection never established",
+        (true, Some(ResetByPeer), _) => "connection reset by peer",
+        (true, None, Closer::Aborted) => "connection aborted (reset sent or timed out)",
+        (true, None, _) => return None,
+    };
+    Some(Status::error(message))
+}
+
 /// The span's attributes.
 pub fn attributes(session: &Session) -> Vec<KeyValue> {
     let network_type = match session.local.ip() {
         IpAddr::V4(_) => "ipv4",
         IpAddr::V6(_) => "ipv6",
+    };
+    let owner_source = if session.owner_from_syscall {
+        "syscall"
+    } else {
+        "close"
     };
     let mut attributes = vec![
         KeyValue::new(key::NETWORK_TRANSPORT, "tcp"),
@@ -69,13 +113,55 @@ pub fn attributes(session: &Session) -> Vec<KeyValue> {
         KeyValue::new(key::NETWORK_PEER_PORT, i64::from(session.remote.port())),
         KeyValue::new(key::PROCESS_PID, i64::from(session.pid)),
         KeyValue::new(key::COMM, session.comm.clone()),
+        KeyValue::new(key::OWNER_SOURCE, owner_source),
+        KeyValue::new(key::BIRTH_SEEN, session.birth_known),
+        KeyValue::new(key::ESTABLISHED, session.established),
     ];
+    if let Some(handshake) = session.handshake {
+        let micros = i64::try_from(handshake.as_micros()).unwrap_or(i64::MAX);
+        attributes.push(KeyValue::new(key::HANDSHAKE_US, micros));
+    }
+    let closed_by = match session.closer {
+        Closer::Local => Some("local"),
+        Closer::Peer => Some("peer"),
+        Closer::Simultaneous => Some("simultaneous"),
+        Closer::Aborted => Some("abort"),
+        Closer::Unknown => None,
+    };
+    if let Some(closed_by) = closed_by {
+        attributes.push(KeyValue::new(key::CLOSED_BY, closed_by));
+    }
+    if session.reset.is_some() {
+        attributes.push(KeyValue::new(key::RESET_BY, "peer"));
+    }
     if let Some(bytes) = session.bytes {
         attributes.push(KeyValue::new(key::BYTES_ACKED, saturating_i64(bytes.acked)));
         attributes.push(KeyValue::new(
             key::BYTES_RECEIVED,
             saturating_i64(bytes.received),
         ));
+    }
+    if let Some(payload) = session.payload {
+        attributes.push(KeyValue::new(
+            key::PAYLOAD_SENT,
+            saturating_i64(payload.sent),
+        ));
+        attributes.push(KeyValue::new(
+            key::PAYLOAD_RECEIVED,
+            saturating_i64(payload.received),
+        ));
+    }
+    if let Some(health) = session.health {
+        attributes.push(KeyValue::new(key::RTT_US, i64::from(health.srtt_us)));
+        attributes.push(KeyValue::new(
+            key::RETRANSMITS,
+            i64::from(health.total_retrans),
+        ));
+        attributes.push(KeyValue::new(key::SEGMENTS_IN, i64::from(health.segs_in)));
+        attributes.push(KeyValue::new(key::SEGMENTS_OUT, i64::from(health.segs_out)));
+    }
+    if let Some(netns) = session.netns {
+        attributes.push(KeyValue::new(key::NETNS, i64::from(netns)));
     }
     attributes
 }
@@ -92,7 +178,7 @@ mod tests {
     use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
 
     use super::*;
-    use crate::{clock::WallClock, session::tests::client_record};
+    use crate::session::tests::client_session;
 
     fn export(session: &Session) -> SpanData {
         let exporter = InMemorySpanExporter::default();
@@ -113,11 +199,7 @@ mod tests {
     }
 
     fn session() -> Session {
-        Session::from_record(
-            &client_record(),
-            WallClock::with_offset_ns(1_000_000_000_000_000_000),
-        )
-        .unwrap()
+        client_session()
     }
 
     #[test]
@@ -139,7 +221,7 @@ mod tests {
     #[test]
     fn every_attribute_has_its_exact_value() {
         let span = export(&session());
-        let expected: [(&str, Value); 10] = [
+        let expected: [(&str, Value); 22] = [
             (key::NETWORK_TRANSPORT, "tcp".into()),
             (key::NETWORK_TYPE, "ipv4".into()),
             (key::NETWORK_LOCAL_ADDRESS, "127.0.0.1".into()),
@@ -148,8 +230,20 @@ mod tests {
             (key::NETWORK_PEER_PORT, 8080_i64.into()),
             (key::PROCESS_PID, 777_i64.into()),
             (key::COMM, "curl".into()),
+            (key::OWNER_SOURCE, "syscall".into()),
+            (key::BIRTH_SEEN, true.into()),
+            (key::ESTABLISHED, true.into()),
+            (key::HANDSHAKE_US, 100_i64.into()),
+            (key::CLOSED_BY, "local".into()),
             (key::BYTES_ACKED, 12_347_i64.into()),
             (key::BYTES_RECEIVED, 2_049_i64.into()),
+            (key::PAYLOAD_SENT, 12_345_i64.into()),
+            (key::PAYLOAD_RECEIVED, 2_048_i64.into()),
+            (key::RTT_US, 42_i64.into()),
+            (key::RETRANSMITS, 1_i64.into()),
+            (key::SEGMENTS_IN, 7_i64.into()),
+            (key::SEGMENTS_OUT, 9_i64.into()),
+            (key::NETNS, 4_026_531_840_i64.into()),
         ];
         for (name, value) in &expected {
             assert_eq!(
@@ -177,6 +271,7 @@ mod tests {
         session.local = "[::1]:40000".parse().unwrap();
         session.remote = "[::1]:8080".parse().unwrap();
         session.bytes = None;
+        session.payload = None;
         let span = export(&session);
         assert_eq!(attribute(&span, key::NETWORK_TYPE), Some("ipv6".into()));
         assert_eq!(
@@ -185,6 +280,31 @@ mod tests {
         );
         assert_eq!(attribute(&span, key::BYTES_ACKED), None);
         assert_eq!(attribute(&span, key::BYTES_RECEIVED), None);
+    }
+
+    #[test]
+    fn failed_connects_and_resets_are_errors() {
+        assert_eq!(export(&session()).status, Status::Unset);
+        let mut failed = session();
+        failed.established = false;
+        assert_eq!(
+            export(&failed).status,
+            Status::error("connection never established")
+        );
+        let mut reset = session();
+        reset.reset = Some(ResetByPeer);
+        reset.closer = Closer::Unknown;
+        let span = export(&reset);
+        assert_eq!(span.status, Status::error("connection reset by peer"));
+        assert_eq!(attribute(&span, key::RESET_BY), Some("peer".into()));
+        let mut aborted = session();
+        aborted.closer = Closer::Aborted;
+        let span = export(&aborted);
+        assert_eq!(
+            span.status,
+            Status::error("connection aborted (reset sent or timed out)")
+        );
+        assert_eq!(attribute(&span, key::CLOSED_BY), Some("abort".into()));
     }
 
     #[test]

@@ -15,8 +15,6 @@ pub struct PipelineStats {
     pub decode_errors: AtomicU64,
     /// Records dropped because the pipeline's channel was full (lost).
     pub channel_full: AtomicU64,
-    /// Sessions skipped because their birth was not seen (opened before the probe).
-    pub birth_not_seen: AtomicU64,
     /// Sessions handed to the span exporter.
     pub spans_recorded: AtomicU64,
     /// Sessions printed to the console.
@@ -34,15 +32,19 @@ impl PipelineStats {
         let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         let kernel = kernel.unwrap_or_default();
         tracing::info!(
+            kernel_tracked = kernel.tracked,
+            kernel_emitted = kernel.emitted,
             records_read = get(&self.records_read),
             spans_recorded = get(&self.spans_recorded),
             lines_printed = get(&self.lines_printed),
-            skipped_birth_not_seen = get(&self.birth_not_seen),
+            birth_not_seen = kernel.birth_not_seen,
+            skipped_unknown_birth = kernel.unknown_birth_skipped,
+            filtered_at_birth = kernel.filtered_at_birth,
+            filtered_after_tracking = kernel.filtered_after_tracking,
+            lost_ring_buffer_full = kernel.ring_buffer_full,
             lost_decode_error = get(&self.decode_errors),
             lost_channel_full = get(&self.channel_full),
-            lost_ring_buffer_full = kernel.ring_buffer_full,
-            kernel_birth_map_update_failed = kernel.birth_map_update_failed,
-            kernel_owner_map_update_failed = kernel.owner_map_update_failed,
+            kernel_map_update_failed = kernel.map_update_failed,
             "session accounting"
         );
     }

@@ -3,7 +3,7 @@
 
 use std::{
     io::{Read, Write},
-    net::{IpAddr, SocketAddr, TcpListener, TcpStream},
+    net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream},
     thread,
     time::SystemTime,
 };
@@ -40,8 +40,10 @@ pub struct Exchange {
 pub const THREAD_NAME: &str = "tcp-test-io";
 
 /// Opens one TCP connection on `ip` (loopback), sends `client_bytes` from client to server
-/// and `server_bytes` back, then closes (`closer` first, the other end after reading EOF).
-/// Runs in a thread named [`THREAD_NAME`].
+/// and `server_bytes` back, then closes: `closer` shuts down its sending side first, the
+/// other end reads EOF and closes, then `closer` reads EOF and closes. Shutting down (not
+/// closing) first keeps the first closer's socket open until the peer's FIN arrives, so the
+/// FIN is always counted in its `bytes_received`. Runs in a thread named [`THREAD_NAME`].
 pub fn exchange(ip: IpAddr, client_bytes: usize, server_bytes: usize, closer: Closer) -> Exchange {
     thread::Builder::new()
         .name(THREAD_NAME.to_owned())
@@ -73,19 +75,17 @@ fn run_exchange(ip: IpAddr, client_bytes: usize, server_bytes: usize, closer: Cl
     read_exactly(&mut client, server_bytes);
 
     let before_close_ns = monotonic_ns();
-    let (first, mut second) = match closer {
+    let (mut first, mut second) = match closer {
         Closer::Client => (client, server),
         Closer::Server => (server, client),
     };
-    drop(first);
-    let mut rest = Vec::new();
-    second.read_to_end(&mut rest).expect("read until EOF");
-    assert!(
-        rest.is_empty(),
-        "unexpected {} bytes before EOF",
-        rest.len()
-    );
+    first
+        .shutdown(Shutdown::Write)
+        .expect("shut down the first closer's side");
+    read_eof(&mut second);
     drop(second);
+    read_eof(&mut first);
+    drop(first);
     let after_close_ns = monotonic_ns();
 
     Exchange {
@@ -98,6 +98,16 @@ fn run_exchange(ip: IpAddr, client_bytes: usize, server_bytes: usize, closer: Cl
         before_connect_wall,
         after_close_wall: SystemTime::now(),
     }
+}
+
+fn read_eof(stream: &mut TcpStream) {
+    let mut rest = Vec::new();
+    stream.read_to_end(&mut rest).expect("read until EOF");
+    assert!(
+        rest.is_empty(),
+        "unexpected {} bytes before EOF",
+        rest.len()
+    );
 }
 
 fn read_exactly(stream: &mut TcpStream, len: usize) {

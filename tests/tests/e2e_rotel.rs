@@ -65,26 +65,57 @@ fn start_agent(rotel: &Rotel, transport: Transport, dir: &TempDir) -> ChildGuard
     agent
 }
 
-fn expected_attributes(
+/// The attributes whose values the test knows exactly.
+struct Side {
     local: std::net::SocketAddr,
     peer: std::net::SocketAddr,
-    (acked, received): (usize, usize),
-) -> BTreeMap<String, String> {
+    closed_by: &'static str,
+    raw: (usize, usize),
+    payload: (usize, usize),
+}
+
+fn expected_attributes(side: &Side) -> BTreeMap<String, String> {
+    let netns = std::fs::metadata("/proc/self/ns/net")
+        .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+        .expect("own network namespace");
     [
         ("network.transport", "Str(tcp)".to_owned()),
         ("network.type", "Str(ipv4)".to_owned()),
-        ("network.local.address", format!("Str({})", local.ip())),
-        ("network.local.port", format!("Int({})", local.port())),
-        ("network.peer.address", format!("Str({})", peer.ip())),
-        ("network.peer.port", format!("Int({})", peer.port())),
+        ("network.local.address", format!("Str({})", side.local.ip())),
+        ("network.local.port", format!("Int({})", side.local.port())),
+        ("network.peer.address", format!("Str({})", side.peer.ip())),
+        ("network.peer.port", format!("Int({})", side.peer.port())),
         ("process.pid", format!("Int({})", std::process::id())),
         ("tcplife.comm", format!("Str({THREAD_NAME})")),
-        ("tcplife.bytes_acked", format!("Int({acked})")),
-        ("tcplife.bytes_received", format!("Int({received})")),
+        ("tcplife.owner_source", "Str(syscall)".to_owned()),
+        ("tcplife.birth_seen", "Bool(true)".to_owned()),
+        ("tcplife.established", "Bool(true)".to_owned()),
+        ("tcplife.closed_by", format!("Str({})", side.closed_by)),
+        ("tcplife.bytes_acked", format!("Int({})", side.raw.0)),
+        ("tcplife.bytes_received", format!("Int({})", side.raw.1)),
+        ("tcplife.payload.sent", format!("Int({})", side.payload.0)),
+        (
+            "tcplife.payload.received",
+            format!("Int({})", side.payload.1),
+        ),
+        ("tcplife.retransmits", "Int(0)".to_owned()),
+        ("tcplife.netns", format!("Int({netns})")),
     ]
     .into_iter()
     .map(|(key, value)| (key.to_owned(), value))
     .collect()
+}
+
+/// Takes an integer attribute out of `attributes`, failing the test if it is missing.
+fn take_int(attributes: &mut BTreeMap<String, String>, key: &str) -> u128 {
+    let value = attributes
+        .remove(key)
+        .unwrap_or_else(|| panic!("attribute {key} is missing"));
+    value
+        .strip_prefix("Int(")
+        .and_then(|v| v.strip_suffix(')'))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("attribute {key} is not an integer: {value}"))
 }
 
 fn nanos(time: std::time::SystemTime) -> u128 {
@@ -103,7 +134,23 @@ fn assert_span(
     assert_eq!(span.kind, kind);
     assert_eq!(span.parent_id, "", "every session is a root span");
     assert_eq!(span.status_code, "STATUS_CODE_UNSET");
-    assert_eq!(span.attributes, attributes);
+    // Timing-dependent attributes: within the window the test measured.
+    let mut received = span.attributes.clone();
+    let connect_window_us =
+        u128::from(exchange.after_connect_ns - exchange.before_connect_ns) / 1_000;
+    let handshake_us = take_int(&mut received, "tcplife.handshake_us");
+    assert!(
+        handshake_us <= connect_window_us,
+        "handshake {handshake_us} us"
+    );
+    let session_us = u128::from(exchange.after_close_ns - exchange.before_connect_ns) / 1_000;
+    let rtt_us = take_int(&mut received, "tcplife.rtt_us");
+    assert!(rtt_us > 0 && rtt_us <= session_us, "rtt {rtt_us} us");
+    for key in ["tcplife.segments_in", "tcplife.segments_out"] {
+        let segments = take_int(&mut received, key);
+        assert!((3..=200).contains(&segments), "{key} = {segments}");
+    }
+    assert_eq!(received, attributes);
     assert_eq!(
         span.resource.get("service.name").map(String::as_str),
         Some("Str(otel-agent)")
@@ -184,25 +231,31 @@ fn check(transport: Transport, name: &str) {
         .find(|span| ports(span) == server_ports)
         .expect("server span");
 
+    let client_side = Side {
+        local: exchange.client,
+        peer: exchange.server,
+        closed_by: "local",
+        raw: (CLIENT_BYTES + 2, SERVER_BYTES + 1),
+        payload: (CLIENT_BYTES, SERVER_BYTES),
+    };
+    let server_side = Side {
+        local: exchange.server,
+        peer: exchange.client,
+        closed_by: "peer",
+        raw: (SERVER_BYTES + 1, CLIENT_BYTES + 1),
+        payload: (SERVER_BYTES, CLIENT_BYTES),
+    };
     assert_span(
         client,
         "SPAN_KIND_CLIENT",
         &exchange,
-        expected_attributes(
-            exchange.client,
-            exchange.server,
-            (CLIENT_BYTES + 2, SERVER_BYTES + 1),
-        ),
+        expected_attributes(&client_side),
     );
     assert_span(
         server,
         "SPAN_KIND_SERVER",
         &exchange,
-        expected_attributes(
-            exchange.server,
-            exchange.client,
-            (SERVER_BYTES + 1, CLIENT_BYTES + 1),
-        ),
+        expected_attributes(&server_side),
     );
 }
 

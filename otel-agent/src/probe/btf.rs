@@ -51,6 +51,13 @@ pub enum BtfError {
     MemberNotFound { structure: String, member: String },
     #[error("BTF member `{structure}.{member}` is a bitfield or not byte aligned")]
     NotByteAligned { structure: String, member: String },
+    #[error("BTF member `{structure}.{member}` is {found} bytes wide, expected {expected}")]
+    UnexpectedSize {
+        structure: String,
+        member: String,
+        expected: u32,
+        found: u32,
+    },
 }
 
 /// Where a struct member lives.
@@ -103,32 +110,56 @@ impl Btf {
         })
     }
 
-    /// Offset and size of `member` in `struct structure`, searching anonymous nested structs
-    /// and unions.
-    pub fn member(&self, structure: &str, member: &str) -> Result<Member, BtfError> {
-        let id = (1..=self.starts.len() as u32)
+    /// Offset and size of the member at `path` in `struct structure`. `path` is a member
+    /// name, or names joined by dots to descend into nested structs (`__sk_common.skc_net`);
+    /// anonymous nested structs and unions are searched at every step.
+    pub fn member(&self, structure: &str, path: &str) -> Result<Member, BtfError> {
+        let not_found = || BtfError::MemberNotFound {
+            structure: structure.to_owned(),
+            member: path.to_owned(),
+        };
+        let mut id = (1..=self.starts.len() as u32)
             .find(|&id| {
                 self.header(id).is_ok_and(|header| {
                     header.kind == KIND_STRUCT && self.name(header.name_off) == Some(structure)
                 })
             })
             .ok_or_else(|| BtfError::StructNotFound(structure.to_owned()))?;
-        let found = self
-            .find_member(id, member)?
-            .ok_or_else(|| BtfError::MemberNotFound {
-                structure: structure.to_owned(),
-                member: member.to_owned(),
-            })?;
-        if found.bitfield || found.bit_offset % 8 != 0 {
-            return Err(BtfError::NotByteAligned {
-                structure: structure.to_owned(),
-                member: member.to_owned(),
-            });
+        let mut bit_offset = 0;
+        let mut type_id = id;
+        for (step, name) in path.split('.').enumerate() {
+            if step > 0 {
+                id = self.composite(type_id, 0)?.ok_or_else(not_found)?;
+            }
+            let found = self.find_member(id, name)?.ok_or_else(not_found)?;
+            if found.bitfield || found.bit_offset % 8 != 0 {
+                return Err(BtfError::NotByteAligned {
+                    structure: structure.to_owned(),
+                    member: path.to_owned(),
+                });
+            }
+            bit_offset += found.bit_offset;
+            type_id = found.type_id;
         }
         Ok(Member {
-            offset: found.bit_offset / 8,
-            size: self.size_of(found.type_id, 0)?,
+            offset: bit_offset / 8,
+            size: self.size_of(type_id, 0)?,
         })
+    }
+
+    /// The struct or union that type `id` is, looking through typedefs and qualifiers.
+    fn composite(&self, id: u32, depth: u32) -> Result<Option<u32>, BtfError> {
+        if depth > 32 {
+            return Err(BtfError::Malformed("type chain too deep"));
+        }
+        let header = self.header(id)?;
+        match header.kind {
+            KIND_STRUCT | KIND_UNION => Ok(Some(id)),
+            KIND_TYPEDEF | KIND_VOLATILE | KIND_CONST | KIND_RESTRICT | KIND_TYPE_TAG => {
+                self.composite(header.size_or_type, depth + 1)
+            }
+            _ => Ok(None),
+        }
     }
 
     /// `member` inside the struct or union `id`, if present.
@@ -414,6 +445,42 @@ mod tests {
             sample().member("tcp_sock", "a").unwrap(),
             Member { offset: 0, size: 4 }
         );
+    }
+
+    #[test]
+    fn follows_a_dotted_path_through_a_typedef_of_an_anonymous_struct() {
+        let mut b = BtfBuilder::new();
+        let int = b.int("int", 4);
+        let ptr = b.push("", KIND_PTR, false, 0, int);
+        let wrapper = b.composite(KIND_STRUCT, "", 8, &[("net", ptr, 0)]);
+        let possible_net = b.typedef("possible_net_t", wrapper);
+        let common = b.composite(
+            KIND_STRUCT,
+            "sock_common",
+            24,
+            &[("a", int, 0), ("skc_net", possible_net, 128)],
+        );
+        b.composite(
+            KIND_STRUCT,
+            "sock",
+            64,
+            &[("x", int, 0), ("__sk_common", common, 64)],
+        );
+        let btf = Btf::parse(&b.build()).unwrap();
+        assert_eq!(
+            btf.member("sock", "__sk_common.skc_net.net").unwrap(),
+            Member {
+                offset: 24,
+                size: 8
+            }
+        );
+        assert_eq!(
+            btf.member("sock", "__sk_common.nope")
+                .unwrap_err()
+                .to_string(),
+            "BTF struct `sock` has no member `__sk_common.nope`"
+        );
+        assert!(btf.member("sock", "x.y").is_err(), "an int has no members");
     }
 
     #[test]

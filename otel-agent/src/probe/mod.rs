@@ -1,9 +1,13 @@
-//! Loads the eBPF probe into the running kernel and attaches it to
-//! `sock:inet_sock_set_state`: checks privileges, makes sure tracefs is there, resolves
-//! `struct tcp_sock` offsets from the kernel's BTF and sets them as globals. Dropping the
-//! [`Probe`] detaches it.
+//! Loads the eBPF probe into the running kernel and attaches it: checks privileges, makes
+//! sure tracefs is there and that the tracepoints have the expected layout, resolves kernel
+//! struct offsets from BTF, sets the filters and map sizes chosen at load time, and attaches
+//! the state-change program plus the optional reset and accept programs, degrading (with a
+//! log line) where the kernel lacks one. [`Probe::detach`] (or dropping the [`Probe`])
+//! detaches the programs; the counters stay readable after detaching, so that a final
+//! reading reconciles exactly with what was read from the ring buffer.
 
 pub mod btf;
+pub mod offsets;
 pub mod privileges;
 pub mod tracefs;
 
@@ -15,15 +19,16 @@ use aya::{
     programs::TracePoint,
 };
 use common::{
-    COUNTERS_MAP, EVENTS_MAP, TCP_SOCK_BYTES_ACKED_OFFSET, TCP_SOCK_BYTES_RECEIVED_OFFSET, counter,
+    COUNTERS_MAP, EVENTS_MAP, FILTERS, Filters, KERNEL_OFFSETS, REPORT_UNKNOWN_BIRTH, SOCKETS_MAP,
+    counter, offsets_valid,
 };
 
-use self::btf::{Btf, BtfError};
+use self::tracefs::{
+    INET_SOCK_SET_STATE, SYS_EXIT_ACCEPT, SYS_EXIT_ACCEPT4, TCP_RECEIVE_RESET, Tracepoint,
+};
 
 /// The probe object built by `build.rs`.
 static PROBE_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/otel-agent"));
-
-const PROGRAM: &str = "inet_sock_set_state";
 
 /// Why the probe could not be attached.
 #[derive(Debug, thiserror::Error)]
@@ -32,10 +37,14 @@ pub enum ProbeError {
     Privileges(#[from] privileges::MissingPrivileges),
     #[error(transparent)]
     Tracefs(#[from] tracefs::TracefsError),
+    #[error(
+        "the network namespace filter needs the kernel's BTF to locate a socket's namespace, and it does not: {0}"
+    )]
+    NetnsFilterUnsupported(String),
     #[error("the kernel refused the probe: {0}")]
     Load(#[source] Box<dyn std::error::Error + Send + Sync>),
-    #[error("cannot attach the probe to sock:inet_sock_set_state: {0}")]
-    Attach(#[source] aya::programs::ProgramError),
+    #[error("cannot attach the probe to {0}: {1}")]
+    Attach(&'static str, #[source] aya::programs::ProgramError),
     #[error("the probe object has no `{0}`; rebuild otel-agent")]
     MissingObject(&'static str),
 }
@@ -45,125 +54,207 @@ impl ProbeError {
     pub fn is_missing_kernel_feature(&self) -> bool {
         matches!(
             self,
-            Self::Tracefs(
-                tracefs::TracefsError::TracepointMissing { .. }
-                    | tracefs::TracefsError::Layout { .. }
-            )
+            Self::NetnsFilterUnsupported(_)
+                | Self::Tracefs(
+                    tracefs::TracefsError::TracepointMissing { .. }
+                        | tracefs::TracefsError::Layout { .. }
+                )
         )
     }
 }
 
-/// Offsets in `struct tcp_sock` the probe reads at close.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TcpSockOffsets {
-    pub bytes_acked: u32,
-    pub bytes_received: u32,
+/// Choices made at load time.
+#[derive(Debug, Clone, Copy)]
+pub struct ProbeOptions {
+    pub filters: Filters,
+    /// Report sessions whose birth was not seen (opened before the agent).
+    pub report_unknown_birth: bool,
+    /// Entries of the LRU map of open sockets.
+    pub max_tracked_sockets: u32,
+    /// Size of the ring buffer in bytes (a power of two, at least one page).
+    pub ring_buffer_bytes: u32,
 }
 
-impl TcpSockOffsets {
-    /// Resolves the offsets from a BTF file (normally [`btf::VMLINUX_BTF`]).
-    pub fn from_btf(path: &Path) -> Result<Self, BtfError> {
-        let btf = Btf::from_file(path)?;
-        let offset = |member: &str| -> Result<u32, BtfError> {
-            let found = btf.member("tcp_sock", member)?;
-            if found.size != 8 {
-                return Err(BtfError::Malformed(
-                    "tcp_sock byte counter is not 64 bits wide",
-                ));
-            }
-            Ok(found.offset)
-        };
-        Ok(Self {
-            bytes_acked: offset("bytes_acked")?,
-            bytes_received: offset("bytes_received")?,
-        })
+impl Default for ProbeOptions {
+    fn default() -> Self {
+        Self {
+            filters: Filters::default(),
+            report_unknown_birth: true,
+            max_tracked_sockets: 1 << 16,
+            ring_buffer_bytes: 1 << 22,
+        }
     }
 }
 
-/// Loss counters kept by the probe, summed over CPUs.
+/// What the attached probe can report on this kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Features {
+    /// Byte counters (`tcp_sock.bytes_acked` / `bytes_received`).
+    pub bytes: bool,
+    /// Sequence numbers, for payload without SYN/FIN.
+    pub payload: bool,
+    /// RTT, retransmits, segment counts.
+    pub health: bool,
+    /// The socket's network namespace.
+    pub netns: bool,
+    /// Resets from the peer, from `tcp:tcp_receive_reset`.
+    pub resets: bool,
+    /// The accepting process as owner of server-side sessions (`syscalls:sys_exit_accept*`).
+    pub accept_owner: bool,
+}
+
+/// Counters kept by the probe, summed over CPUs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct KernelCounters {
+    pub tracked: u64,
+    pub emitted: u64,
     pub ring_buffer_full: u64,
-    pub birth_map_update_failed: u64,
-    pub owner_map_update_failed: u64,
+    pub map_update_failed: u64,
+    pub filtered_at_birth: u64,
+    pub filtered_after_tracking: u64,
+    pub birth_not_seen: u64,
+    pub unknown_birth_skipped: u64,
 }
 
 /// The attached probe.
 pub struct Probe {
-    ebpf: Ebpf,
-    /// Whether the probe reads `tcp_sock` byte counters.
-    pub reads_bytes: bool,
+    /// The programs and maps; `None` once detached.
+    ebpf: Option<Ebpf>,
+    counters: PerCpuArray<MapData, u64>,
+    pub features: Features,
 }
 
 impl Probe {
     /// Loads and attaches the probe.
-    pub fn attach() -> Result<Self, ProbeError> {
+    pub fn attach(options: &ProbeOptions) -> Result<Self, ProbeError> {
         privileges::check()?;
         let (tracefs_path, mounted) = tracefs::ensure_mounted()?;
         if mounted {
             tracing::info!(path = %tracefs_path.display(), "mounted tracefs, which was not mounted");
         }
-        tracefs::check_layout(&tracefs_path)?;
+        tracefs::check_layout(&tracefs_path, &INET_SOCK_SET_STATE)?;
 
-        let offsets = match TcpSockOffsets::from_btf(Path::new(btf::VMLINUX_BTF)) {
-            Ok(offsets) => Some(offsets),
-            Err(error) => {
-                tracing::warn!(
-                    %error,
-                    "sessions will have no byte counts: the kernel's BTF does not give struct tcp_sock's layout"
-                );
-                None
-            }
-        };
-        let (acked, received) = offsets.map_or((0, 0), |o| (o.bytes_acked, o.bytes_received));
+        let resolved = offsets::resolve(Path::new(btf::VMLINUX_BTF));
+        for missing in &resolved.missing {
+            tracing::warn!("sessions will have {missing}");
+        }
+        let kernel_offsets = resolved.offsets;
+        if options.filters.netns != 0 && kernel_offsets.valid & offsets_valid::NETNS == 0 {
+            return Err(ProbeError::NetnsFilterUnsupported(
+                resolved.missing.join("; "),
+            ));
+        }
+        let report_unknown_birth = u32::from(options.report_unknown_birth);
         let mut ebpf = EbpfLoader::new()
-            .override_global(TCP_SOCK_BYTES_ACKED_OFFSET, &acked, true)
-            .override_global(TCP_SOCK_BYTES_RECEIVED_OFFSET, &received, true)
+            .override_global(KERNEL_OFFSETS, &kernel_offsets, true)
+            .override_global(FILTERS, &options.filters, true)
+            .override_global(REPORT_UNKNOWN_BIRTH, &report_unknown_birth, true)
+            .map_max_entries(SOCKETS_MAP, options.max_tracked_sockets)
+            .map_max_entries(EVENTS_MAP, options.ring_buffer_bytes)
             .load(PROBE_OBJECT)
             .map_err(|error| ProbeError::Load(Box::new(error)))?;
-        let program: &mut TracePoint = ebpf
-            .program_mut(PROGRAM)
-            .ok_or(ProbeError::MissingObject(PROGRAM))?
-            .try_into()
-            .map_err(|error| ProbeError::Load(Box::new(error)))?;
-        program
-            .load()
-            .map_err(|error| ProbeError::Load(Box::new(error)))?;
-        program
-            .attach("sock", "inet_sock_set_state")
-            .map_err(ProbeError::Attach)?;
+
+        attach_tracepoint(&mut ebpf, &INET_SOCK_SET_STATE)?;
+        let resets = attach_optional(
+            &mut ebpf,
+            &tracefs_path,
+            &[TCP_RECEIVE_RESET],
+            "sessions will not say whether the peer reset them",
+        );
+        let accept_owner = kernel_offsets.valid & offsets_valid::ACCEPT != 0
+            && attach_optional(
+                &mut ebpf,
+                &tracefs_path,
+                &[SYS_EXIT_ACCEPT, SYS_EXIT_ACCEPT4],
+                "server sessions reset before close will carry the task current at close as owner",
+            );
+        let counters = ebpf
+            .take_map(COUNTERS_MAP)
+            .ok_or(ProbeError::MissingObject(COUNTERS_MAP))?;
+        let counters =
+            PerCpuArray::try_from(counters).map_err(|error| ProbeError::Load(Box::new(error)))?;
+        let valid = |bit| kernel_offsets.valid & bit != 0;
         Ok(Self {
-            ebpf,
-            reads_bytes: offsets.is_some(),
+            ebpf: Some(ebpf),
+            counters,
+            features: Features {
+                bytes: valid(offsets_valid::BYTES),
+                payload: valid(offsets_valid::SEQ),
+                health: valid(offsets_valid::HEALTH),
+                netns: valid(offsets_valid::NETNS),
+                resets,
+                accept_owner,
+            },
         })
     }
 
-    /// Takes the ring buffer of session records (once).
+    /// Takes the ring buffer of session records (once, before detaching).
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>, ProbeError> {
         let map = self
             .ebpf
-            .take_map(EVENTS_MAP)
+            .as_mut()
+            .and_then(|ebpf| ebpf.take_map(EVENTS_MAP))
             .ok_or(ProbeError::MissingObject(EVENTS_MAP))?;
         RingBuf::try_from(map).map_err(|error| ProbeError::Load(Box::new(error)))
     }
 
-    /// Reads the probe's loss counters.
+    /// Detaches every program: no record is written after this returns.
+    pub fn detach(&mut self) {
+        self.ebpf = None;
+    }
+
+    /// Reads the probe's counters.
     pub fn counters(&self) -> Result<KernelCounters, ProbeError> {
-        let map = self
-            .ebpf
-            .map(COUNTERS_MAP)
-            .ok_or(ProbeError::MissingObject(COUNTERS_MAP))?;
-        let counters = PerCpuArray::<_, u64>::try_from(map)
-            .map_err(|error| ProbeError::Load(Box::new(error)))?;
-        let sum = |index: u32| -> u64 {
-            counters
+        let sum = |index: u32| -> Result<u64, ProbeError> {
+            let values = self
+                .counters
                 .get(&index, 0)
-                .map_or(0, |values| values.iter().sum())
+                .map_err(|error| ProbeError::Load(Box::new(error)))?;
+            Ok(values.iter().sum())
         };
         Ok(KernelCounters {
-            ring_buffer_full: sum(counter::RING_BUFFER_FULL),
-            birth_map_update_failed: sum(counter::BIRTH_MAP_UPDATE_FAILED),
-            owner_map_update_failed: sum(counter::OWNER_MAP_UPDATE_FAILED),
+            tracked: sum(counter::TRACKED)?,
+            emitted: sum(counter::EMITTED)?,
+            ring_buffer_full: sum(counter::RING_BUFFER_FULL)?,
+            map_update_failed: sum(counter::MAP_UPDATE_FAILED)?,
+            filtered_at_birth: sum(counter::FILTERED_AT_BIRTH)?,
+            filtered_after_tracking: sum(counter::FILTERED_AFTER_TRACKING)?,
+            birth_not_seen: sum(counter::BIRTH_NOT_SEEN)?,
+            unknown_birth_skipped: sum(counter::UNKNOWN_BIRTH_SKIPPED)?,
         })
     }
+}
+
+fn attach_tracepoint(ebpf: &mut Ebpf, tracepoint: &Tracepoint) -> Result<(), ProbeError> {
+    let program: &mut TracePoint = ebpf
+        .program_mut(tracepoint.name)
+        .ok_or(ProbeError::MissingObject(tracepoint.name))?
+        .try_into()
+        .map_err(|error| ProbeError::Load(Box::new(error)))?;
+    program
+        .load()
+        .map_err(|error| ProbeError::Load(Box::new(error)))?;
+    program
+        .attach(tracepoint.category, tracepoint.name)
+        .map_err(|error| ProbeError::Attach(tracepoint.name, error))?;
+    Ok(())
+}
+
+/// Attaches every tracepoint of an optional feature, or warns with `consequence` and
+/// returns false.
+fn attach_optional(
+    ebpf: &mut Ebpf,
+    tracefs_path: &Path,
+    tracepoints: &[Tracepoint],
+    consequence: &str,
+) -> bool {
+    tracepoints.iter().all(|tracepoint| {
+        tracefs::check_layout(tracefs_path, tracepoint)
+            .map_err(ProbeError::from)
+            .and_then(|()| attach_tracepoint(ebpf, tracepoint))
+            .inspect_err(|error| {
+                tracing::warn!(error = %crate::error::with_causes(error), "{consequence}");
+            })
+            .is_ok()
+    })
 }

@@ -12,24 +12,54 @@ use std::{
 pub const TRACEFS: &str = "/sys/kernel/tracing";
 /// The older location, under debugfs, that aya also looks at.
 const DEBUGFS_TRACING: &str = "/sys/kernel/debug/tracing";
-/// The tracepoint the probe attaches to, relative to a tracefs mount.
-const EVENT: &str = "events/sock/inet_sock_set_state";
+/// A tracepoint the probe attaches to, with the fields the probe reads as
+/// `(field, offset, size)`, as laid out in the probe's context structs
+/// (`otel-agent-ebpf/src/main.rs`).
+pub struct Tracepoint {
+    pub category: &'static str,
+    pub name: &'static str,
+    fields: &'static [(&'static str, u32, u32)],
+}
 
-/// `(field, offset, size)` as the probe's `InetSockSetState` lays them out; see
-/// `otel-agent-ebpf/src/main.rs`.
-const EXPECTED_FIELDS: [(&str, u32, u32); 11] = [
-    ("skaddr", 8, 8),
-    ("oldstate", 16, 4),
-    ("newstate", 20, 4),
-    ("sport", 24, 2),
-    ("dport", 26, 2),
-    ("family", 28, 2),
-    ("protocol", 30, 2),
-    ("saddr", 32, 4),
-    ("daddr", 36, 4),
-    ("saddr_v6", 40, 16),
-    ("daddr_v6", 56, 16),
-];
+/// `sock:inet_sock_set_state`: every TCP state change.
+pub const INET_SOCK_SET_STATE: Tracepoint = Tracepoint {
+    category: "sock",
+    name: "inet_sock_set_state",
+    fields: &[
+        ("skaddr", 8, 8),
+        ("oldstate", 16, 4),
+        ("newstate", 20, 4),
+        ("sport", 24, 2),
+        ("dport", 26, 2),
+        ("family", 28, 2),
+        ("protocol", 30, 2),
+        ("saddr", 32, 4),
+        ("daddr", 36, 4),
+        ("saddr_v6", 40, 16),
+        ("daddr_v6", 56, 16),
+    ],
+};
+
+/// `tcp:tcp_receive_reset`: the peer reset a socket.
+pub const TCP_RECEIVE_RESET: Tracepoint = Tracepoint {
+    category: "tcp",
+    name: "tcp_receive_reset",
+    fields: &[("skaddr", 8, 8)],
+};
+
+/// `syscalls:sys_exit_accept`: `accept()` returned (ret = the new descriptor).
+pub const SYS_EXIT_ACCEPT: Tracepoint = Tracepoint {
+    category: "syscalls",
+    name: "sys_exit_accept",
+    fields: &[("ret", 16, 8)],
+};
+
+/// `syscalls:sys_exit_accept4`: `accept4()` returned (ret = the new descriptor).
+pub const SYS_EXIT_ACCEPT4: Tracepoint = Tracepoint {
+    category: "syscalls",
+    name: "sys_exit_accept4",
+    fields: &[("ret", 16, 8)],
+};
 
 /// What stops the probe from attaching to its tracepoint.
 #[derive(Debug, thiserror::Error)]
@@ -39,13 +69,20 @@ pub enum TracefsError {
     )]
     Mount { source: io::Error },
     #[error(
-        "this kernel has no tracepoint sock:inet_sock_set_state ({path} is missing: {source}); otel-agent needs Linux 4.16 or newer with CONFIG_INET"
+        "this kernel has no tracepoint {category}:{name} ({path} is missing: {source}); otel-agent needs Linux 5.17 or newer with CONFIG_INET"
     )]
-    TracepointMissing { path: PathBuf, source: io::Error },
+    TracepointMissing {
+        category: &'static str,
+        name: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
     #[error(
-        "this kernel lays out sock:inet_sock_set_state differently from what the probe expects (field {field}: expected offset {expected_offset} size {expected_size}, found {found}); please report your kernel version"
+        "this kernel lays out {category}:{name} differently from what the probe expects (field {field}: expected offset {expected_offset} size {expected_size}, found {found}); please report your kernel version"
     )]
     Layout {
+        category: &'static str,
+        name: &'static str,
         field: &'static str,
         expected_offset: u32,
         expected_size: u32,
@@ -85,19 +122,30 @@ fn mount_tracefs() -> io::Result<()> {
     }
 }
 
-/// Checks the tracepoint's format file under `tracefs` against the probe's layout.
-pub fn check_layout(tracefs: &Path) -> Result<(), TracefsError> {
-    let path = tracefs.join(EVENT).join("format");
-    let format = std::fs::read_to_string(&path)
-        .map_err(|source| TracefsError::TracepointMissing { path, source })?;
-    check_format(&format)
+/// Checks a tracepoint's format file under `tracefs` against the probe's layout.
+pub fn check_layout(tracefs: &Path, tracepoint: &Tracepoint) -> Result<(), TracefsError> {
+    let path = tracefs
+        .join("events")
+        .join(tracepoint.category)
+        .join(tracepoint.name)
+        .join("format");
+    let format =
+        std::fs::read_to_string(&path).map_err(|source| TracefsError::TracepointMissing {
+            category: tracepoint.category,
+            name: tracepoint.name,
+            path,
+            source,
+        })?;
+    check_format(&format, tracepoint)
 }
 
-fn check_format(format: &str) -> Result<(), TracefsError> {
-    for (field, expected_offset, expected_size) in EXPECTED_FIELDS {
+fn check_format(format: &str, tracepoint: &Tracepoint) -> Result<(), TracefsError> {
+    for &(field, expected_offset, expected_size) in tracepoint.fields {
         let found = parse_field(format, field);
         if found != Some((expected_offset, expected_size)) {
             return Err(TracefsError::Layout {
+                category: tracepoint.category,
+                name: tracepoint.name,
                 field,
                 expected_offset,
                 expected_size,
@@ -160,21 +208,32 @@ format:
 
     #[test]
     fn accepts_the_known_layout() {
-        check_format(FORMAT).unwrap();
+        check_format(FORMAT, &INET_SOCK_SET_STATE).unwrap();
         assert_eq!(parse_field(FORMAT, "saddr_v6"), Some((40, 16)));
         assert_eq!(parse_field(FORMAT, "skaddr"), Some((8, 8)));
+    }
+
+    #[test]
+    fn checks_the_reset_and_accept_tracepoints() {
+        let receive = "\tfield:const void * skaddr;\toffset:8;\tsize:8;\tsigned:0;\n";
+        check_format(receive, &TCP_RECEIVE_RESET).unwrap();
+        let accept = "\tfield:int __syscall_nr;\toffset:8;\tsize:4;\tsigned:1;\n\tfield:long ret;\toffset:16;\tsize:8;\tsigned:1;\n";
+        check_format(accept, &SYS_EXIT_ACCEPT4).unwrap();
+        assert!(check_format(receive, &SYS_EXIT_ACCEPT).is_err());
     }
 
     #[test]
     fn names_the_first_field_that_moved() {
         let moved = FORMAT.replace("dport;\toffset:26", "dport;\toffset:28");
         assert_eq!(
-            check_format(&moved).unwrap_err().to_string(),
+            check_format(&moved, &INET_SOCK_SET_STATE)
+                .unwrap_err()
+                .to_string(),
             "this kernel lays out sock:inet_sock_set_state differently from what the probe expects (field dport: expected offset 26 size 2, found offset 28 size 2); please report your kernel version"
         );
         let missing = FORMAT.replace("protocol;", "proto;");
         assert!(
-            check_format(&missing)
+            check_format(&missing, &INET_SOCK_SET_STATE)
                 .unwrap_err()
                 .to_string()
                 .contains("field protocol")
