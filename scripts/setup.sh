@@ -4,7 +4,7 @@
 #
 #   scripts/setup.sh build   rust-src for nightly and bpf-linker (enough to build and run)
 #   scripts/setup.sh test    build, plus rustfmt and clippy, and the test peers (the rotel
-#                            collector from PyPI)
+#                            collector from PyPI, tcplife from Debian's libbpf-tools, iproute2)
 set -euo pipefail
 
 BPF_LINKER_VERSION=0.13.0
@@ -13,11 +13,17 @@ ROTEL_VERSION=0.0.1a15
 say() { printf 'setup: %s\n' "$*" >&2; }
 die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
 
+# Components installed in a toolchain, one per line (captured, so that grep -q cannot cut
+# the pipe under pipefail).
+installed_components() {
+    rustup component list --toolchain "$1" --installed 2>/dev/null || true
+}
+
 ensure_nightly_rust_src() {
     command -v rustup >/dev/null || die "rustup is not installed; install Rust with rustup first"
     rustup run nightly rustc --version >/dev/null 2>&1 \
         || die "the nightly toolchain is missing; run: rustup toolchain install nightly"
-    if rustup component list --toolchain nightly --installed 2>/dev/null | grep -q '^rust-src'; then
+    if installed_components nightly | grep -q '^rust-src'; then
         return
     fi
     say "adding rust-src to the nightly toolchain (needed for -Z build-std=core)"
@@ -28,8 +34,9 @@ ensure_nightly_rust_src() {
 ensure_lint_components() {
     local toolchain
     for toolchain in stable nightly; do
-        if ! rustup component list --toolchain "$toolchain" --installed 2>/dev/null | grep -q '^clippy' \
-            || ! rustup component list --toolchain "$toolchain" --installed 2>/dev/null | grep -q '^rustfmt'; then
+        local components
+        components="$(installed_components "$toolchain")"
+        if ! grep -q '^clippy' <<<"$components" || ! grep -q '^rustfmt' <<<"$components"; then
             say "adding clippy and rustfmt to the $toolchain toolchain"
             rustup component add clippy rustfmt --toolchain "$toolchain" \
                 || die "could not fetch clippy/rustfmt for $toolchain; check access to the Rust component server and retry"
@@ -39,7 +46,9 @@ ensure_lint_components() {
 
 bpf_linker_ok() {
     command -v bpf-linker >/dev/null || return 1
-    bpf-linker --version 2>/dev/null | grep -q "$BPF_LINKER_VERSION"
+    local version
+    version="$(bpf-linker --version 2>/dev/null || true)"
+    grep -q "$BPF_LINKER_VERSION" <<<"$version"
 }
 
 ensure_bpf_linker() {
@@ -60,14 +69,27 @@ ensure_bpf_linker() {
     bpf_linker_ok || die "bpf-linker installed but ~/.cargo/bin is not on PATH"
 }
 
+# Debian packages the tests use: libbpf-tools (the reference tcplife) and iproute2 (ip netns).
+ensure_test_packages() {
+    if [ -x /usr/sbin/tcplife ] && command -v ip >/dev/null; then
+        return
+    fi
+    say "installing libbpf-tools and iproute2 from Debian"
+    command -v apt-get >/dev/null || die "apt-get is missing: install libbpf-tools and iproute2 by hand"
+    apt-get update -qq || die "apt-get update failed; check access to the Debian mirrors"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libbpf-tools iproute2 >/dev/null \
+        || die "could not install libbpf-tools and iproute2 with apt-get"
+}
+
 # Prints the path of the rotel-agent binary that the rotel wheel ships inside its package.
 rotel_agent_path() {
     python3 -c 'import os, rotel; print(os.path.join(os.path.dirname(rotel.__file__), "rotel-agent"))' 2>/dev/null
 }
 
 ensure_rotel() {
-    if python3 -m pip show rotel 2>/dev/null | grep -q "^Version: $ROTEL_VERSION$" \
-        && [ -x "$(rotel_agent_path)" ]; then
+    local installed
+    installed="$(python3 -m pip show rotel 2>/dev/null || true)"
+    if grep -q "^Version: $ROTEL_VERSION$" <<<"$installed" && [ -x "$(rotel_agent_path)" ]; then
         return
     fi
     say "installing the rotel OpenTelemetry collector $ROTEL_VERSION from PyPI"
@@ -79,6 +101,12 @@ ensure_rotel() {
 export PATH="$HOME/.cargo/bin:$PATH"
 case "${1:-build}" in
     build) ensure_nightly_rust_src; ensure_bpf_linker ;;
-    test) ensure_nightly_rust_src; ensure_bpf_linker; ensure_lint_components; ensure_rotel ;;
+    test)
+        ensure_nightly_rust_src
+        ensure_bpf_linker
+        ensure_lint_components
+        ensure_rotel
+        ensure_test_packages
+        ;;
     *) die "unknown target '${1}'; use 'build' or 'test'" ;;
 esac

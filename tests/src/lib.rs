@@ -1,9 +1,13 @@
 //! Helpers for the tests that need the real kernel and real peers: privilege checks, real
-//! loopback traffic ([`traffic`]), child processes that are always reaped ([`process`]), and
-//! the real rotel collector ([`rotel`]).
+//! loopback traffic from this process ([`traffic`]) or between two peer processes
+//! ([`peer`]), child processes that are always reaped ([`process`]), the real rotel collector
+//! ([`rotel`]) and the real libbpf-tools tcplife ([`tcplife`]).
 
+pub mod netns;
+pub mod peer;
 pub mod process;
 pub mod rotel;
+pub mod tcplife;
 pub mod traffic;
 
 /// Fails the test, with the command to run instead, unless it runs as root: these tests load
