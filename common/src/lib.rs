@@ -143,6 +143,30 @@ pub struct SessionRecord {
 pub const SESSION_RECORD_SIZE: usize = core::mem::size_of::<SessionRecord>();
 const _: () = assert!(SESSION_RECORD_SIZE == 144);
 
+/// What the probe keeps about a socket it tracks, in [`SOCKETS_MAP`] (keyed by the socket's
+/// kernel address).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SocketState {
+    /// `bpf_ktime_get_ns` at the first state below `TCP_FIN_WAIT1`.
+    pub birth_ns: u64,
+    /// `bpf_ktime_get_ns` at the first `TCP_ESTABLISHED`, or 0.
+    pub established_ns: u64,
+    /// Bits from [`states`].
+    pub states: u32,
+    /// The cached owner; meaningful when `owner_known` is 1.
+    pub pid: u32,
+    pub comm: [u8; COMM_LEN],
+    /// One of [`origin`].
+    pub origin: u8,
+    /// 1 once the owner was cached in one of its own system calls.
+    pub owner_known: u8,
+    /// Keeps the layout explicit; always zero.
+    pub _padding: [u8; 6],
+}
+
+const _: () = assert!(core::mem::size_of::<SocketState>() == 48);
+
 /// Offsets of kernel struct members the probe reads, resolved by the agent from the running
 /// kernel's BTF and set as the global [`KERNEL_OFFSETS`] at load time. A group whose bit in
 /// `valid` is clear is not read.
@@ -244,6 +268,10 @@ pub mod counter {
     pub const BIRTH_NOT_SEEN: u32 = 6;
     /// Closed sessions whose birth was not seen and that were skipped on request.
     pub const UNKNOWN_BIRTH_SKIPPED: u32 = 7;
+    /// Tracked entries the probe removed itself (at close, or when a filter rejected the
+    /// session later). `TRACKED - RELEASED - entries still open` is what the LRU map
+    /// evicted.
+    pub const RELEASED: u32 = 8;
     /// Number of counters.
-    pub const COUNT: u32 = 8;
+    pub const COUNT: u32 = 9;
 }

@@ -4,7 +4,8 @@
 use core::{fmt, net::IpAddr};
 
 use crate::{
-    AF_INET, AF_INET6, COMM_LEN, Filters, KernelOffsets, SESSION_RECORD_SIZE, SessionRecord, origin,
+    AF_INET, AF_INET6, COMM_LEN, Filters, KernelOffsets, SESSION_RECORD_SIZE, SessionRecord,
+    SocketState, origin,
 };
 
 // SAFETY: both are `repr(C)` structs of integers and integer arrays without padding holes;
@@ -12,6 +13,8 @@ use crate::{
 unsafe impl aya::Pod for KernelOffsets {}
 // SAFETY: as above.
 unsafe impl aya::Pod for Filters {}
+// SAFETY: as above (the padding is an explicit field).
+unsafe impl aya::Pod for SocketState {}
 
 /// Why a ring-buffer item is not a session record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -25,7 +25,7 @@ use aya_ebpf::{
 };
 use common::{
     AF_INET, AF_INET6, COMM_LEN, Filters, IPPROTO_TCP, KernelOffsets, MAX_FILTER_PORTS,
-    SessionRecord, counter, flags, offsets_valid, origin, states, tcp_state,
+    SessionRecord, SocketState as Socket, counter, flags, offsets_valid, origin, states, tcp_state,
 };
 
 /// `sock:inet_sock_set_state`, as laid out in
@@ -71,25 +71,6 @@ struct SysExit {
 
 /// Highest file descriptor the accept programs look up (bounds the fd table read).
 const MAX_FD: i64 = 1 << 20;
-
-/// What the probe knows about a socket it tracks.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct Socket {
-    /// `bpf_ktime_get_ns` at the first state below `TCP_FIN_WAIT1`.
-    birth_ns: u64,
-    /// `bpf_ktime_get_ns` at the first `TCP_ESTABLISHED`, or 0.
-    established_ns: u64,
-    /// Bits from [`states`].
-    states: u32,
-    /// The cached owner; meaningful when `owner_known` is 1.
-    pid: u32,
-    comm: [u8; COMM_LEN],
-    /// One of [`origin`].
-    origin: u8,
-    /// 1 once the owner was cached in one of its own system calls.
-    owner_known: u8,
-}
 
 #[unsafe(no_mangle)]
 static KERNEL_OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
@@ -197,6 +178,7 @@ fn on_accept(ctx: &TracePointContext) {
     let pid = current_pid();
     if !pid_allowed(pid) {
         let _ = SOCKETS.remove(skaddr);
+        count(counter::RELEASED);
         count(counter::FILTERED_AFTER_TRACKING);
         return;
     }
@@ -238,6 +220,7 @@ fn on_state_change(args: &InetSockSetState) {
         tcp_state::CLOSE => {
             let copy = *socket;
             let _ = SOCKETS.remove(skaddr);
+            count(counter::RELEASED);
             on_close(args, Some(&copy));
         }
         _ => {}
@@ -275,6 +258,7 @@ fn on_birth(args: &InetSockSetState) {
             _ => origin::UNKNOWN,
         },
         owner_known: u8::from(owner_known),
+        _padding: [0; 6],
     };
     if SOCKETS.insert(args.skaddr, socket, 0).is_ok() {
         count(counter::TRACKED);

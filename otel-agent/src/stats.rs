@@ -38,6 +38,7 @@ impl PipelineStats {
             spans_recorded = get(&self.spans_recorded),
             lines_printed = get(&self.lines_printed),
             birth_not_seen = kernel.birth_not_seen,
+            kernel_evicted = kernel.evicted(),
             skipped_unknown_birth = kernel.unknown_birth_skipped,
             filtered_at_birth = kernel.filtered_at_birth,
             filtered_after_tracking = kernel.filtered_after_tracking,

@@ -20,7 +20,7 @@ use aya::{
 };
 use common::{
     COUNTERS_MAP, EVENTS_MAP, FILTERS, Filters, KERNEL_OFFSETS, REPORT_UNKNOWN_BIRTH, SOCKETS_MAP,
-    counter, offsets_valid,
+    SocketState, counter, offsets_valid,
 };
 
 use self::tracefs::{
@@ -114,6 +114,18 @@ pub struct KernelCounters {
     pub filtered_after_tracking: u64,
     pub birth_not_seen: u64,
     pub unknown_birth_skipped: u64,
+    pub released: u64,
+    /// Entries still in the socket map when the probe was detached (`None` before).
+    pub open_at_detach: Option<u64>,
+}
+
+impl KernelCounters {
+    /// Entries the LRU socket map evicted (their sessions are reported with an unknown
+    /// birth): known once the probe is detached and the map can no longer change.
+    pub fn evicted(&self) -> Option<u64> {
+        let open = self.open_at_detach?;
+        Some(self.tracked.saturating_sub(self.released + open))
+    }
 }
 
 /// The attached probe.
@@ -121,6 +133,8 @@ pub struct Probe {
     /// The programs and maps; `None` once detached.
     ebpf: Option<Ebpf>,
     counters: PerCpuArray<MapData, u64>,
+    /// Entries left in the socket map at detach.
+    open_at_detach: Option<u64>,
     pub features: Features,
 }
 
@@ -177,6 +191,7 @@ impl Probe {
         Ok(Self {
             ebpf: Some(ebpf),
             counters,
+            open_at_detach: None,
             features: Features {
                 bytes: valid(offsets_valid::BYTES),
                 payload: valid(offsets_valid::SEQ),
@@ -198,9 +213,17 @@ impl Probe {
         RingBuf::try_from(map).map_err(|error| ProbeError::Load(Box::new(error)))
     }
 
-    /// Detaches every program: no record is written after this returns.
+    /// Detaches every program: no record is written after this returns. Counts the socket
+    /// map's entries first, for [`KernelCounters::evicted`].
     pub fn detach(&mut self) {
-        self.ebpf = None;
+        if let Some(mut ebpf) = self.ebpf.take() {
+            // Dropping the links first freezes the map before it is counted.
+            let map = ebpf.take_map(SOCKETS_MAP);
+            drop(ebpf);
+            self.open_at_detach = map
+                .and_then(|map| aya::maps::HashMap::<_, u64, SocketState>::try_from(map).ok())
+                .map(|sockets| sockets.keys().filter(Result::is_ok).count() as u64);
+        }
     }
 
     /// Reads the probe's counters.
@@ -221,6 +244,8 @@ impl Probe {
             filtered_after_tracking: sum(counter::FILTERED_AFTER_TRACKING)?,
             birth_not_seen: sum(counter::BIRTH_NOT_SEEN)?,
             unknown_birth_skipped: sum(counter::UNKNOWN_BIRTH_SKIPPED)?,
+            released: sum(counter::RELEASED)?,
+            open_at_detach: self.open_at_detach,
         })
     }
 }
