@@ -2,7 +2,7 @@
 //! here is typed; how flags and the standard `OTEL_*` variables combine is decided in
 //! [`crate::export::ExportTarget::resolve`].
 
-use std::{os::unix::fs::MetadataExt as _, time::Duration};
+use std::{os::unix::fs::MetadataExt as _, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, ValueEnum};
 use common::{AF_INET, AF_INET6, Filters, MAX_FILTER_PORTS};
@@ -100,6 +100,12 @@ pub struct ProbeArgs {
     #[arg(long, env = "OTEL_AGENT_MAX_TRACKED_SOCKETS", default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(64..))]
     pub max_tracked_sockets: u32,
 
+    /// The kernel's BTF, from which struct offsets are read (for kernels that ship it
+    /// elsewhere). Without it the agent runs, without byte counts and the facts that need
+    /// offsets.
+    #[arg(long, env = "OTEL_AGENT_BTF", value_name = "PATH", default_value = crate::probe::btf::VMLINUX_BTF)]
+    pub btf: PathBuf,
+
     /// Size of the kernel-to-agent ring buffer in bytes: a power of two, at least 4096.
     #[arg(long, env = "OTEL_AGENT_RING_BUFFER_BYTES", default_value_t = 1 << 22, value_parser = parse_ring_buffer_bytes)]
     pub ring_buffer_bytes: u32,
@@ -138,6 +144,7 @@ impl ProbeArgs {
             filters.remote_port_count = ports.len() as u16;
         }
         ProbeOptions {
+            btf: self.btf.clone(),
             filters,
             report_unknown_birth: !self.skip_unknown_birth,
             max_tracked_sockets: self.max_tracked_sockets,

@@ -184,6 +184,35 @@ fn netns_filter_keeps_only_the_namespace_sessions() {
 }
 
 #[test]
+fn without_btf_sessions_are_still_reported_without_the_fields_that_need_offsets() {
+    require_root();
+    let options = ProbeOptions {
+        btf: "/nonexistent/vmlinux".into(),
+        ..ProbeOptions::default()
+    };
+    let mut probe = Probe::attach(&options).expect("the probe attaches without BTF");
+    let features = probe.features;
+    assert!(
+        !features.bytes && !features.payload && !features.health && !features.netns,
+        "{features:?}"
+    );
+    assert!(!features.accept_owner, "accept owners need BTF offsets");
+    let mut ring = probe.take_events().expect("ring buffer");
+    let exchange = traffic::exchange("127.0.0.1".parse().unwrap(), 100, 100, Closer::Client);
+    let seen = records_matching(&mut ring, &ends(&exchange));
+    assert_eq!(seen.len(), 2);
+    for record in &seen {
+        assert_eq!(
+            record.flags,
+            flags::BIRTH_SEEN | flags::OWNER_FROM_SYSCALL,
+            "no byte, sequence, health or netns fields"
+        );
+        assert_eq!((record.bytes_acked, record.bytes_received), (0, 0));
+        assert_eq!(record.pid, std::process::id());
+    }
+}
+
+#[test]
 fn sessions_open_before_the_probe_are_reported_with_an_unknown_birth_or_skipped() {
     require_root();
     for report in [true, false] {

@@ -11,7 +11,7 @@ pub mod offsets;
 pub mod privileges;
 pub mod tracefs;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -64,8 +64,10 @@ impl ProbeError {
 }
 
 /// Choices made at load time.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ProbeOptions {
+    /// The kernel's BTF, for struct offsets.
+    pub btf: PathBuf,
     pub filters: Filters,
     /// Report sessions whose birth was not seen (opened before the agent).
     pub report_unknown_birth: bool,
@@ -78,6 +80,7 @@ pub struct ProbeOptions {
 impl Default for ProbeOptions {
     fn default() -> Self {
         Self {
+            btf: PathBuf::from(btf::VMLINUX_BTF),
             filters: Filters::default(),
             report_unknown_birth: true,
             max_tracked_sockets: 1 << 16,
@@ -148,7 +151,7 @@ impl Probe {
         }
         tracefs::check_layout(&tracefs_path, &INET_SOCK_SET_STATE)?;
 
-        let resolved = offsets::resolve(Path::new(btf::VMLINUX_BTF));
+        let resolved = offsets::resolve(&options.btf);
         for missing in &resolved.missing {
             tracing::warn!("sessions will have {missing}");
         }
