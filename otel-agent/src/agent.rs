@@ -11,13 +11,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     cli::Cli,
-    console::Console,
     error::{AgentError, with_causes},
     events,
-    export::{self, ExportTarget, SCOPE_NAME},
+    export::{self, SCOPE_NAME, config::ExportConfig},
+    outputs::{self, Outputs},
     pipeline::{self, Sinks},
     probe::Probe,
-    shutdown,
+    shutdown::Signals,
     stats::PipelineStats,
 };
 
@@ -26,14 +26,21 @@ const CHANNEL_CAPACITY: usize = 64 * 1024;
 
 /// Runs the agent until a signal asks it to stop.
 pub async fn run(cli: Cli) -> Result<(), AgentError> {
-    let target = ExportTarget::resolve(&cli.export, |name| std::env::var(name).ok())?;
-    let provider = target.as_ref().map(export::tracer_provider).transpose()?;
-    match &target {
+    let signals = Signals::install()
+        .map_err(|error| AgentError::Internal(format!("cannot listen for signals: {error}")))?;
+    let config = ExportConfig::resolve(&cli.export, |name| std::env::var(name).ok())?;
+    let Outputs { provider, console } = outputs::open(&cli, &config)?;
+    match &config.otlp {
         Some(target) => tracing::info!(
             endpoint = %target.endpoint,
             protocol = target.protocol.name(),
+            compression = ?target.compression,
+            headers = target.headers.len(),
             "exporting one span per closed TCP session"
         ),
+        None if config.sdk_disabled => {
+            tracing::info!("OTEL_SDK_DISABLED=true: not exporting spans");
+        }
         None => tracing::info!(
             "no OTLP endpoint configured: printing sessions to stdout; to export spans, pass \
              --otlp-endpoint http://HOST:4317 --otlp-protocol grpc or set OTEL_EXPORTER_OTLP_ENDPOINT"
@@ -54,10 +61,6 @@ pub async fn run(cli: Cli) -> Result<(), AgentError> {
         "probe attached to sock:inet_sock_set_state"
     );
 
-    let console = match target {
-        Some(_) => None,
-        None => Some(Console::start(std::io::stdout()).map_err(AgentError::Output)?),
-    };
     let sinks = Sinks {
         tracer: provider
             .as_ref()
@@ -72,11 +75,11 @@ pub async fn run(cli: Cli) -> Result<(), AgentError> {
     let mut pipeline = tokio::spawn(pipeline::run(rx, sinks, stats.clone()));
 
     let first = tokio::select! {
-        signal = shutdown::wait_for_signal() => First::Signal(signal),
+        signal = signals.wait() => First::Signal(signal),
         result = &mut reader => First::ReaderEnded(result),
         result = &mut pipeline => First::PipelineEnded(result),
     };
-    if let First::Signal(Ok(name)) = &first {
+    if let First::Signal(name) = &first {
         tracing::info!(
             signal = name,
             "shutting down: draining and flushing queued sessions"
@@ -104,13 +107,10 @@ pub async fn run(cli: Cli) -> Result<(), AgentError> {
 
     match (signal, pipeline_result, reader_result) {
         (_, Ok(Err(error)), _) => Err(AgentError::Output(error)),
-        (Some(Ok(name)), Ok(Ok(())), Ok(Ok(()))) => {
+        (Some(name), Ok(Ok(())), Ok(Ok(()))) => {
             tracing::info!(signal = name, "stopped cleanly");
             Ok(())
         }
-        (Some(Err(error)), _, _) => Err(AgentError::Internal(format!(
-            "cannot listen for signals: {error}"
-        ))),
         (_, pipeline, reader) => Err(AgentError::Internal(format!(
             "a task ended unexpectedly: reader {}, pipeline {}",
             describe(reader),
@@ -121,7 +121,7 @@ pub async fn run(cli: Cli) -> Result<(), AgentError> {
 
 /// What stopped the agent's main wait.
 enum First {
-    Signal(std::io::Result<&'static str>),
+    Signal(&'static str),
     ReaderEnded(TaskResult),
     PipelineEnded(TaskResult),
 }

@@ -24,13 +24,18 @@ pub mod exit_code {
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     #[error(transparent)]
-    Config(#[from] export::ConfigError),
+    Config(#[from] export::config::ConfigError),
     #[error(transparent)]
     Export(#[from] export::ExportError),
     #[error(transparent)]
     Probe(#[from] probe::ProbeError),
     #[error("cannot write sessions to stdout: {0}")]
     Output(#[source] std::io::Error),
+    #[error("cannot open the JSON output {path}: {source}; check the path and its permissions")]
+    JsonOutput {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Internal(String),
 }
@@ -39,7 +44,7 @@ impl AgentError {
     /// The process exit code for this error.
     pub fn exit_code(&self) -> ExitCode {
         ExitCode::from(match self {
-            Self::Config(_) | Self::Export(_) => exit_code::CONFIG,
+            Self::Config(_) | Self::Export(_) | Self::JsonOutput { .. } => exit_code::CONFIG,
             Self::Probe(probe::ProbeError::Privileges(_)) => exit_code::NO_PERMISSION,
             Self::Probe(error) if error.is_missing_kernel_feature() => {
                 exit_code::KERNEL_UNSUPPORTED
@@ -81,9 +86,10 @@ mod tests {
 
     #[test]
     fn each_kind_of_failure_has_its_own_code() {
-        let config = AgentError::Config(export::ConfigError::Endpoint {
+        let config = AgentError::Config(export::config::ConfigError {
             source_name: "--otlp-endpoint".into(),
             value: "x".into(),
+            expected: "a URL".into(),
         });
         assert_eq!(config.exit_code(), ExitCode::from(exit_code::CONFIG));
         let output = AgentError::Output(std::io::Error::other("closed"));

@@ -14,8 +14,8 @@ use opentelemetry_sdk::trace::SdkTracer;
 
 use crate::session::{Closer, ResetByPeer, Session};
 
-/// The name of every session span: low cardinality, so it reads as one operation in Jaeger.
-pub const SPAN_NAME: &str = "tcp session";
+/// The name of a session whose opening side is unknown.
+pub const UNKNOWN_SPAN_NAME: &str = "tcp session";
 
 /// Attribute keys, spelled once.
 pub mod key {
@@ -25,6 +25,12 @@ pub mod key {
     pub const NETWORK_LOCAL_PORT: &str = "network.local.port";
     pub const NETWORK_PEER_ADDRESS: &str = "network.peer.address";
     pub const NETWORK_PEER_PORT: &str = "network.peer.port";
+    /// The side that accepted: the peer for a CLIENT span, this side for a SERVER span.
+    pub const SERVER_ADDRESS: &str = "server.address";
+    pub const SERVER_PORT: &str = "server.port";
+    /// The side that connected.
+    pub const CLIENT_ADDRESS: &str = "client.address";
+    pub const CLIENT_PORT: &str = "client.port";
     pub const PROCESS_PID: &str = "process.pid";
     /// The owner's kernel task name (16 bytes at most; a thread name, not a path).
     pub const COMM: &str = "tcplife.comm";
@@ -62,7 +68,7 @@ pub mod key {
 /// Records `session` as a finished root span on `tracer`.
 pub fn record(tracer: &SdkTracer, session: &Session) {
     let mut span = tracer
-        .span_builder(SPAN_NAME)
+        .span_builder(name(session))
         .with_kind(kind(session.origin))
         .with_start_time(session.start)
         .with_attributes(attributes(session))
@@ -71,6 +77,16 @@ pub fn record(tracer: &SdkTracer, session: &Session) {
         span.set_status(status);
     }
     span.end_with_timestamp(session.end);
+}
+
+/// A low-cardinality name that reads well in Jaeger's operation list: the server's port,
+/// which identifies the service, never the client's ephemeral one.
+pub fn name(session: &Session) -> String {
+    match session.origin {
+        Origin::Active => format!("tcp connect :{}", session.remote.port()),
+        Origin::Passive => format!("tcp accept :{}", session.local.port()),
+        Origin::Unknown => UNKNOWN_SPAN_NAME.to_owned(),
+    }
 }
 
 /// CLIENT for the side that connected, SERVER for the side that accepted.
@@ -117,6 +133,17 @@ pub fn attributes(session: &Session) -> Vec<KeyValue> {
         KeyValue::new(key::BIRTH_SEEN, session.birth_known),
         KeyValue::new(key::ESTABLISHED, session.established),
     ];
+    let roles = match session.origin {
+        Origin::Active => Some((session.remote, session.local)),
+        Origin::Passive => Some((session.local, session.remote)),
+        Origin::Unknown => None,
+    };
+    if let Some((server, client)) = roles {
+        attributes.push(KeyValue::new(key::SERVER_ADDRESS, server.ip().to_string()));
+        attributes.push(KeyValue::new(key::SERVER_PORT, i64::from(server.port())));
+        attributes.push(KeyValue::new(key::CLIENT_ADDRESS, client.ip().to_string()));
+        attributes.push(KeyValue::new(key::CLIENT_PORT, i64::from(client.port())));
+    }
     if let Some(handshake) = session.handshake {
         let micros = i64::try_from(handshake.as_micros()).unwrap_or(i64::MAX);
         attributes.push(KeyValue::new(key::HANDSHAKE_US, micros));
@@ -205,7 +232,7 @@ mod tests {
     #[test]
     fn a_client_session_becomes_a_client_root_span_with_exact_times() {
         let span = export(&session());
-        assert_eq!(span.name, SPAN_NAME);
+        assert_eq!(span.name, "tcp connect :8080");
         assert_eq!(span.span_kind, SpanKind::Client);
         assert_eq!(span.parent_span_id, opentelemetry::trace::SpanId::INVALID);
         assert_eq!(
@@ -221,13 +248,17 @@ mod tests {
     #[test]
     fn every_attribute_has_its_exact_value() {
         let span = export(&session());
-        let expected: [(&str, Value); 22] = [
+        let expected: [(&str, Value); 26] = [
             (key::NETWORK_TRANSPORT, "tcp".into()),
             (key::NETWORK_TYPE, "ipv4".into()),
             (key::NETWORK_LOCAL_ADDRESS, "127.0.0.1".into()),
             (key::NETWORK_LOCAL_PORT, 40_000_i64.into()),
             (key::NETWORK_PEER_ADDRESS, "127.0.0.1".into()),
             (key::NETWORK_PEER_PORT, 8080_i64.into()),
+            (key::SERVER_ADDRESS, "127.0.0.1".into()),
+            (key::SERVER_PORT, 8080_i64.into()),
+            (key::CLIENT_ADDRESS, "127.0.0.1".into()),
+            (key::CLIENT_PORT, 40_000_i64.into()),
             (key::PROCESS_PID, 777_i64.into()),
             (key::COMM, "curl".into()),
             (key::OWNER_SOURCE, "syscall".into()),
@@ -256,13 +287,21 @@ mod tests {
     }
 
     #[test]
-    fn the_kind_follows_who_opened_the_session() {
+    fn the_kind_name_and_roles_follow_who_opened_the_session() {
         let mut server = session();
         server.origin = Origin::Passive;
-        assert_eq!(export(&server).span_kind, SpanKind::Server);
+        let span = export(&server);
+        assert_eq!(span.span_kind, SpanKind::Server);
+        assert_eq!(span.name, "tcp accept :40000", "the local, listening port");
+        assert_eq!(attribute(&span, key::SERVER_PORT), Some(40_000_i64.into()));
+        assert_eq!(attribute(&span, key::CLIENT_PORT), Some(8080_i64.into()));
         let mut unknown = session();
         unknown.origin = Origin::Unknown;
-        assert_eq!(export(&unknown).span_kind, SpanKind::Internal);
+        let span = export(&unknown);
+        assert_eq!(span.span_kind, SpanKind::Internal);
+        assert_eq!(span.name, "tcp session");
+        assert_eq!(attribute(&span, key::SERVER_PORT), None, "roles unknown");
+        assert_eq!(attribute(&span, key::CLIENT_ADDRESS), None);
     }
 
     #[test]
