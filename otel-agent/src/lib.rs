@@ -10,6 +10,7 @@ pub mod agent;
 pub mod cli;
 pub mod clock;
 pub mod console;
+pub mod container;
 pub mod error;
 pub mod events;
 pub mod export;
