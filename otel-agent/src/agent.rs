@@ -3,7 +3,7 @@
 //! buffer, let the pipeline finish, flush the exporter within its deadline, detach the probe),
 //! then logs the session accounting.
 
-use std::{sync::Arc, time::SystemTime};
+use std::{path::Path, sync::Arc, time::SystemTime};
 
 use opentelemetry::trace::TracerProvider as _;
 use tokio::sync::mpsc;
@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     cli::Cli,
+    container::{ContainerIdCache, proc_shows_host_pids},
     error::{AgentError, with_causes},
     events,
     export::{self, SCOPE_NAME, config::ExportConfig},
@@ -67,6 +68,7 @@ pub async fn run(cli: Cli) -> Result<(), AgentError> {
             .map(|provider| provider.tracer(SCOPE_NAME)),
         console,
         agent_start,
+        containers: container_ids(),
     };
     let stats = Arc::new(PipelineStats::default());
     let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
@@ -116,6 +118,24 @@ pub async fn run(cli: Cli) -> Result<(), AgentError> {
             describe(reader),
             describe(pipeline)
         ))),
+    }
+}
+
+/// A container id cache, when this agent sees the host's pids (on the host, or in a
+/// container with the host's pid namespace); otherwise spans go without `container.id`.
+fn container_ids() -> Option<ContainerIdCache> {
+    match proc_shows_host_pids(Path::new("/proc")) {
+        Ok(true) => Some(ContainerIdCache::new()),
+        Ok(false) => {
+            tracing::info!(
+                "spans will carry no container.id: this agent does not see the host's pids (run it with the host's pid namespace)"
+            );
+            None
+        }
+        Err(error) => {
+            tracing::warn!(%error, "spans will carry no container.id: cannot read /proc");
+            None
+        }
     }
 }
 

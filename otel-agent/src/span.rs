@@ -63,6 +63,8 @@ pub mod key {
     pub const SEGMENTS_OUT: &str = "tcplife.segments_out";
     /// Inode number of the socket's network namespace.
     pub const NETNS: &str = "tcplife.netns";
+    /// The owner's container, from its cgroup.
+    pub const CONTAINER_ID: &str = "container.id";
 }
 
 /// Records `session` as a finished root span on `tracer`.
@@ -189,6 +191,9 @@ pub fn attributes(session: &Session) -> Vec<KeyValue> {
     }
     if let Some(netns) = session.netns {
         attributes.push(KeyValue::new(key::NETNS, i64::from(netns)));
+    }
+    if let Some(container_id) = &session.container_id {
+        attributes.push(KeyValue::new(key::CONTAINER_ID, container_id.to_string()));
     }
     attributes
 }
@@ -319,6 +324,18 @@ mod tests {
         );
         assert_eq!(attribute(&span, key::BYTES_ACKED), None);
         assert_eq!(attribute(&span, key::BYTES_RECEIVED), None);
+    }
+
+    #[test]
+    fn a_containerised_owner_adds_its_container_id() {
+        assert_eq!(attribute(&export(&session()), key::CONTAINER_ID), None);
+        let mut session = session();
+        let id = "4f2a".repeat(16);
+        session.container_id = Some(id.as_str().into());
+        assert_eq!(
+            attribute(&export(&session), key::CONTAINER_ID),
+            Some(id.into())
+        );
     }
 
     #[test]
