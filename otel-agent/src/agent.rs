@@ -5,7 +5,6 @@
 
 use std::{path::Path, sync::Arc, time::SystemTime};
 
-use opentelemetry::trace::TracerProvider as _;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -14,12 +13,13 @@ use crate::{
     container::{ContainerIdCache, proc_shows_host_pids},
     error::{AgentError, with_causes},
     events,
-    export::{self, SCOPE_NAME, config::ExportConfig},
+    export::config::ExportConfig,
+    metrics::SelfMetrics,
     outputs::{self, Outputs},
     pipeline::{self, Sinks},
     probe::Probe,
     shutdown::Signals,
-    stats::PipelineStats,
+    stats::{PipelineStats, Snapshot},
 };
 
 /// Records the reader may queue for the pipeline before it starts counting drops.
@@ -30,7 +30,7 @@ pub async fn run(cli: Cli) -> Result<(), AgentError> {
     let signals = Signals::install()
         .map_err(|error| AgentError::Internal(format!("cannot listen for signals: {error}")))?;
     let config = ExportConfig::resolve(&cli.export, |name| std::env::var(name).ok())?;
-    let Outputs { provider, console } = outputs::open(&cli, &config)?;
+    let Outputs { exporters, console } = outputs::open(&cli, &config)?;
     match &config.otlp {
         Some(target) => tracing::info!(
             endpoint = %target.endpoint,
@@ -63,9 +63,7 @@ pub async fn run(cli: Cli) -> Result<(), AgentError> {
     );
 
     let sinks = Sinks {
-        tracer: provider
-            .as_ref()
-            .map(|provider| provider.tracer(SCOPE_NAME)),
+        outputs: exporters.handles(),
         console,
         agent_start,
         containers: container_ids(),
@@ -76,10 +74,35 @@ pub async fn run(cli: Cli) -> Result<(), AgentError> {
     let mut reader = tokio::spawn(events::read(ring, tx, stats.clone(), stop.clone()));
     let mut pipeline = tokio::spawn(pipeline::run(rx, sinks, stats.clone()));
 
-    let first = tokio::select! {
-        signal = signals.wait() => First::Signal(signal),
-        result = &mut reader => First::ReaderEnded(result),
-        result = &mut pipeline => First::PipelineEnded(result),
+    let outputs = exporters.handles();
+    let self_metrics = match &config.otlp {
+        Some(target) => Some(SelfMetrics::start(target, cli.stats_interval)?),
+        None => None,
+    };
+    let snapshot = |probe: &Probe| {
+        let kernel = probe.counters().unwrap_or_else(|error| {
+            tracing::warn!(%error, "cannot read the probe's counters");
+            Default::default()
+        });
+        Snapshot::take(kernel, &stats, &outputs)
+    };
+    let mut ticker = tokio::time::interval(cli.stats_interval);
+    ticker.tick().await;
+    let wait_for_signal = signals.wait();
+    tokio::pin!(wait_for_signal);
+    let first = loop {
+        tokio::select! {
+            signal = &mut wait_for_signal => break First::Signal(signal),
+            result = &mut reader => break First::ReaderEnded(result),
+            result = &mut pipeline => break First::PipelineEnded(result),
+            _ = ticker.tick() => {
+                let now = snapshot(&probe);
+                now.log("periodic");
+                if let Some(metrics) = &self_metrics {
+                    metrics.update(now);
+                }
+            }
+        }
     };
     if let First::Signal(name) = &first {
         tracing::info!(
@@ -96,15 +119,12 @@ pub async fn run(cli: Cli) -> Result<(), AgentError> {
         First::ReaderEnded(result) => (None, result, pipeline.await),
         First::PipelineEnded(result) => (None, reader.await, result),
     };
-    if let Some(provider) = provider {
-        export::shutdown(provider, cli.shutdown_timeout).await;
-    }
-    match probe.counters() {
-        Ok(kernel) => stats.log_summary(Some(kernel)),
-        Err(error) => {
-            tracing::warn!(%error, "cannot read the probe's counters");
-            stats.log_summary(None);
-        }
+    exporters.shutdown().await;
+    let last = snapshot(&probe);
+    last.log("final");
+    if let Some(metrics) = self_metrics {
+        metrics.update(last);
+        metrics.shutdown().await;
     }
 
     match (signal, pipeline_result, reader_result) {

@@ -33,6 +33,16 @@ pub struct Cli {
     )]
     pub shutdown_timeout: Duration,
 
+    /// How often the agent logs its session accounting and exports its self-metrics (to
+    /// the OTLP collector, when exporting).
+    #[arg(
+        long,
+        env = "OTEL_AGENT_STATS_INTERVAL",
+        default_value = "60s",
+        value_parser = parse_duration
+    )]
+    pub stats_interval: Duration,
+
     /// Log filter for the agent's own logs on stderr, in `tracing` EnvFilter syntax
     /// (for example `info` or `otel_agent=debug`).
     #[arg(long, env = "OTEL_AGENT_LOG", default_value = "info")]

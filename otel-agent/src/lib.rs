@@ -14,6 +14,7 @@ pub mod container;
 pub mod error;
 pub mod events;
 pub mod export;
+pub mod metrics;
 pub mod outputs;
 pub mod pipeline;
 pub mod probe;

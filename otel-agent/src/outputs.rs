@@ -8,14 +8,12 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use opentelemetry_sdk::trace::SdkTracerProvider;
-
 use crate::{
     cli::Cli,
     console::{Console, ConsoleFormat},
     error::AgentError,
     export::{
-        self,
+        Exporters,
         config::{ConfigError, ExportConfig},
     },
 };
@@ -66,7 +64,7 @@ impl Plan {
 
 /// The opened outputs.
 pub struct Outputs {
-    pub provider: Option<SdkTracerProvider>,
+    pub exporters: Exporters,
     pub console: Option<Console<Stdout>>,
 }
 
@@ -91,7 +89,12 @@ pub fn open(cli: &Cli, config: &ExportConfig) -> Result<Outputs, AgentError> {
                 })?,
         )),
     };
-    let provider = export::tracer_provider(config, json, cli.export.resource_per_process)?;
+    let exporters = Exporters::start(
+        config,
+        json,
+        cli.export.resource_per_process,
+        cli.shutdown_timeout,
+    )?;
     let format = ConsoleFormat {
         time: cli.output.time,
         timestamp: cli.output.timestamp,
@@ -103,7 +106,7 @@ pub fn open(cli: &Cli, config: &ExportConfig) -> Result<Outputs, AgentError> {
     } else {
         None
     };
-    Ok(Outputs { provider, console })
+    Ok(Outputs { exporters, console })
 }
 
 #[cfg(test)]

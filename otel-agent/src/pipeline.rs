@@ -10,11 +10,14 @@ use std::{
 };
 
 use common::SessionRecord;
-use opentelemetry_sdk::trace::SdkTracer;
 use tokio::sync::mpsc;
 
 use crate::{
-    clock::WallClock, console::Console, container::ContainerIdCache, session::Session, span,
+    clock::WallClock,
+    console::Console,
+    container::ContainerIdCache,
+    export::{self, OutputHandle},
+    session::Session,
     stats::PipelineStats,
 };
 
@@ -23,7 +26,8 @@ const BATCH: usize = 1024;
 
 /// Where sessions go.
 pub struct Sinks {
-    pub tracer: Option<SdkTracer>,
+    /// The export outputs (OTLP, JSON lines); empty when nothing is exported.
+    pub outputs: Vec<OutputHandle>,
     pub console: Option<Console<Stdout>>,
     /// When the agent started: the start of sessions whose birth the probe did not see.
     pub agent_start: SystemTime,
@@ -67,13 +71,12 @@ fn handle(
     if let Some(containers) = &mut sinks.containers {
         session.container_id = containers.container_id(session.pid);
     }
-    if let Some(tracer) = &sinks.tracer {
-        span::record(tracer, &session);
-        PipelineStats::add(&stats.spans_recorded);
-    }
     if let Some(console) = &mut sinks.console {
         console.write(&session)?;
         PipelineStats::add(&stats.lines_printed);
+    }
+    if !sinks.outputs.is_empty() {
+        export::push_all(&sinks.outputs, session);
     }
     Ok(())
 }

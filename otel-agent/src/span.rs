@@ -7,12 +7,17 @@ use std::net::IpAddr;
 
 use common::user::Origin;
 use opentelemetry::{
-    Context, KeyValue,
-    trace::{Span as _, SpanKind, Status, Tracer as _},
+    InstrumentationScope, KeyValue,
+    trace::{SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceState},
 };
-use opentelemetry_sdk::trace::SdkTracer;
+use opentelemetry_sdk::trace::{
+    IdGenerator as _, RandomIdGenerator, SpanData, SpanEvents, SpanLinks,
+};
 
 use crate::session::{Closer, ResetByPeer, Session};
+
+/// The instrumentation scope of every span.
+pub const SCOPE_NAME: &str = "otel-agent";
 
 /// The name of a session whose opening side is unknown.
 pub const UNKNOWN_SPAN_NAME: &str = "tcp session";
@@ -67,18 +72,44 @@ pub mod key {
     pub const CONTAINER_ID: &str = "container.id";
 }
 
-/// Records `session` as a finished root span on `tracer`.
-pub fn record(tracer: &SdkTracer, session: &Session) {
-    let mut span = tracer
-        .span_builder(name(session))
-        .with_kind(kind(session.origin))
-        .with_start_time(session.start)
-        .with_attributes(attributes(session))
-        .start_with_context(tracer, &Context::new());
-    if let Some(status) = status(session) {
-        span.set_status(status);
+/// Builds the finished span of `session`: the root of a new trace (fresh random trace and
+/// span ids from `ids`), sampled, in the agent's instrumentation `scope`. Spans are built
+/// directly, not through a tracer, so that the export queue can hold sessions (small) and
+/// build spans only when it sends them.
+pub fn span_data(
+    session: &Session,
+    ids: &RandomIdGenerator,
+    scope: &InstrumentationScope,
+) -> SpanData {
+    let span_context = SpanContext::new(
+        ids.new_trace_id(),
+        ids.new_span_id(),
+        TraceFlags::SAMPLED,
+        false,
+        TraceState::default(),
+    );
+    SpanData {
+        span_context,
+        parent_span_id: SpanId::INVALID,
+        parent_span_is_remote: false,
+        span_kind: kind(session.origin),
+        name: name(session).into(),
+        start_time: session.start,
+        end_time: session.end,
+        attributes: attributes(session),
+        dropped_attributes_count: 0,
+        events: SpanEvents::default(),
+        links: SpanLinks::default(),
+        status: status(session).unwrap_or(Status::Unset),
+        instrumentation_scope: scope.clone(),
     }
-    span.end_with_timestamp(session.end);
+}
+
+/// The agent's instrumentation scope.
+pub fn scope() -> InstrumentationScope {
+    InstrumentationScope::builder(SCOPE_NAME)
+        .with_version(env!("CARGO_PKG_VERSION"))
+        .build()
 }
 
 /// A low-cardinality name that reads well in Jaeger's operation list: the server's port,
@@ -206,18 +237,17 @@ fn saturating_i64(value: u64) -> i64 {
 mod tests {
     use std::time::{Duration, SystemTime};
 
-    use opentelemetry::{Value, trace::TracerProvider as _};
-    use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
+    use opentelemetry::Value;
+    use opentelemetry_sdk::trace::{InMemorySpanExporter, SpanExporter as _};
 
     use super::*;
     use crate::session::tests::client_session;
 
+    /// Builds the session's span and passes it through the SDK's in-memory exporter.
     fn export(session: &Session) -> SpanData {
         let exporter = InMemorySpanExporter::default();
-        let provider = SdkTracerProvider::builder()
-            .with_simple_exporter(exporter.clone())
-            .build();
-        record(&provider.tracer("test"), session);
+        let span = span_data(session, &RandomIdGenerator::default(), &scope());
+        block_on(exporter.export(vec![span])).unwrap();
         let mut spans = exporter.get_finished_spans().unwrap();
         assert_eq!(spans.len(), 1);
         spans.remove(0)
@@ -364,18 +394,27 @@ mod tests {
     }
 
     #[test]
-    fn every_session_is_its_own_trace() {
-        let exporter = InMemorySpanExporter::default();
-        let provider = SdkTracerProvider::builder()
-            .with_simple_exporter(exporter.clone())
-            .build();
-        let tracer = provider.tracer("test");
-        record(&tracer, &session());
-        record(&tracer, &session());
-        let spans = exporter.get_finished_spans().unwrap();
+    fn every_session_is_its_own_sampled_trace_in_the_agent_scope() {
+        let ids = RandomIdGenerator::default();
+        let first = span_data(&session(), &ids, &scope());
+        let second = span_data(&session(), &ids, &scope());
         assert_ne!(
-            spans[0].span_context.trace_id(),
-            spans[1].span_context.trace_id()
+            first.span_context.trace_id(),
+            second.span_context.trace_id()
         );
+        assert!(first.span_context.is_sampled());
+        assert_eq!(first.instrumentation_scope.name(), "otel-agent");
+        assert_eq!(
+            first.instrumentation_scope.version(),
+            Some(env!("CARGO_PKG_VERSION"))
+        );
+    }
+
+    /// Runs a future that completes without waiting (the in-memory exporter's).
+    fn block_on<F: Future>(future: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(future)
     }
 }

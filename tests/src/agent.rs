@@ -20,7 +20,7 @@ pub fn command(args: &[&str], env: &[(&str, &str)]) -> Command {
 
 /// Starts the agent and waits until its probe is attached.
 pub fn start(args: &[&str], env: &[(&str, &str)], dir: &Path) -> ChildGuard {
-    let agent = ChildGuard::spawn(command(args, env), dir, "agent");
+    let mut agent = ChildGuard::spawn(command(args, env), dir, "agent");
     agent.wait_for_output(Duration::from_secs(20), "the probe to attach", |output| {
         output.contains("probe attached")
     });

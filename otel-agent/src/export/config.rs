@@ -10,6 +10,7 @@ use std::{path::PathBuf, time::Duration};
 use crate::cli::{ExportArgs, OtlpProtocol};
 
 const TRACES_PATH: &str = "v1/traces";
+const METRICS_PATH: &str = "v1/metrics";
 
 /// The OTLP exporter's default timeout (specification: 10 s).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -58,6 +59,8 @@ pub struct OtlpTarget {
     pub protocol: OtlpProtocol,
     /// The full URL the exporter sends to (for HTTP, including `/v1/traces`).
     pub endpoint: String,
+    /// Where the agent's self-metrics go (for HTTP, including `/v1/metrics`).
+    pub metrics_endpoint: String,
     /// Request headers (for example authentication tokens). Never logged.
     pub headers: Vec<(String, String)>,
     pub compression: Compression,
@@ -149,17 +152,23 @@ fn resolve_otlp(
             None => OtlpProtocol::HttpProtobuf,
         },
     };
-    let (source, endpoint) = if let Some(base) = &args.otlp_endpoint {
-        ("--otlp-endpoint".to_owned(), signal_url(base, protocol))
+    let (source, endpoint, base) = if let Some(base) = &args.otlp_endpoint {
+        let url = signal_url(base, TRACES_PATH, protocol);
+        ("--otlp-endpoint".to_owned(), url, Some(base.clone()))
     } else if let Some(url) = env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
-        ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT".to_owned(), url)
+        let base = env("OTEL_EXPORTER_OTLP_ENDPOINT");
+        ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT".to_owned(), url, base)
     } else if let Some(base) = env("OTEL_EXPORTER_OTLP_ENDPOINT") {
-        (
-            "OTEL_EXPORTER_OTLP_ENDPOINT".to_owned(),
-            signal_url(&base, protocol),
-        )
+        let url = signal_url(&base, TRACES_PATH, protocol);
+        ("OTEL_EXPORTER_OTLP_ENDPOINT".to_owned(), url, Some(base))
     } else {
         return Ok(None);
+    };
+    // Self-metrics: the signal-specific variable, else the base, else next to the traces.
+    let metrics_endpoint = match (env("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"), &base) {
+        (Some(url), _) => url,
+        (None, Some(base)) => signal_url(base, METRICS_PATH, protocol),
+        (None, None) => endpoint.replace(TRACES_PATH, METRICS_PATH),
     };
     if !is_http_url(&endpoint) {
         let value = args.otlp_endpoint.clone().unwrap_or(endpoint);
@@ -220,6 +229,7 @@ fn resolve_otlp(
     Ok(Some(OtlpTarget {
         protocol,
         endpoint,
+        metrics_endpoint,
         headers,
         compression,
         timeout,
@@ -249,18 +259,26 @@ fn resolve_batch(
         "OTEL_BSP_MAX_QUEUE_SIZE",
         defaults.max_queue_size,
     )?;
+    let batch_source = args
+        .bsp_max_export_batch_size
+        .or_else(|| env("OTEL_BSP_MAX_EXPORT_BATCH_SIZE").map(|_| 0));
     let max_export_batch_size = count(
         args.bsp_max_export_batch_size,
         "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
         defaults.max_export_batch_size,
     )?;
-    if max_export_batch_size > max_queue_size {
-        return Err(ConfigError::new(
-            "--bsp-max-export-batch-size/OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
-            &max_export_batch_size.to_string(),
-            &format!("at most the queue size ({max_queue_size})"),
-        ));
-    }
+    let max_export_batch_size = match batch_source {
+        // The specification's default batch never exceeds a smaller queue.
+        None => max_export_batch_size.min(max_queue_size),
+        Some(_) if max_export_batch_size > max_queue_size => {
+            return Err(ConfigError::new(
+                "--bsp-max-export-batch-size/OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
+                &max_export_batch_size.to_string(),
+                &format!("at most the queue size ({max_queue_size})"),
+            ));
+        }
+        Some(_) => max_export_batch_size,
+    };
     let scheduled_delay = match (args.bsp_schedule_delay, env("OTEL_BSP_SCHEDULE_DELAY")) {
         (Some(delay), _) => delay,
         (None, Some(value)) => parse_millis("OTEL_BSP_SCHEDULE_DELAY", &value)?,
@@ -347,12 +365,13 @@ fn percent_decode(text: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-/// The traces URL for a base endpoint: gRPC uses it as is, HTTP appends `v1/traces` to its
-/// path, as the OTLP exporter specification says for `OTEL_EXPORTER_OTLP_ENDPOINT`.
-fn signal_url(base: &str, protocol: OtlpProtocol) -> String {
+/// A signal's URL for a base endpoint: gRPC uses it as is, HTTP appends `v1/traces` or
+/// `v1/metrics` to its path, as the OTLP exporter specification says for
+/// `OTEL_EXPORTER_OTLP_ENDPOINT`.
+fn signal_url(base: &str, path: &str, protocol: OtlpProtocol) -> String {
     match protocol {
         OtlpProtocol::Grpc => base.to_owned(),
-        OtlpProtocol::HttpProtobuf => format!("{}/{TRACES_PATH}", base.trim_end_matches('/')),
+        OtlpProtocol::HttpProtobuf => format!("{}/{path}", base.trim_end_matches('/')),
     }
 }
 
@@ -434,6 +453,7 @@ mod tests {
             OtlpTarget {
                 protocol: OtlpProtocol::Grpc,
                 endpoint: "http://127.0.0.1:4317".into(),
+                metrics_endpoint: "http://127.0.0.1:4317".into(),
                 headers: vec![],
                 compression: Compression::None,
                 timeout: DEFAULT_TIMEOUT,
@@ -443,6 +463,7 @@ mod tests {
         let http = otlp(&["--otlp-endpoint", "http://127.0.0.1:4318/"], &[]);
         assert_eq!(http.protocol, OtlpProtocol::HttpProtobuf);
         assert_eq!(http.endpoint, "http://127.0.0.1:4318/v1/traces");
+        assert_eq!(http.metrics_endpoint, "http://127.0.0.1:4318/v1/metrics");
     }
 
     #[test]
@@ -468,6 +489,7 @@ mod tests {
         let from_env = otlp(&[], &env);
         assert_eq!(from_env.protocol, OtlpProtocol::HttpProtobuf);
         assert_eq!(from_env.endpoint, "http://traces:9999/custom");
+        assert_eq!(from_env.metrics_endpoint, "http://generic:4318/v1/metrics");
         assert_eq!(
             from_env.headers,
             vec![

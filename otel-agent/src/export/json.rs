@@ -72,8 +72,7 @@ impl SpanExporter for JsonLinesExporter {
 
 #[cfg(test)]
 mod tests {
-    use opentelemetry::trace::TracerProvider as _;
-    use opentelemetry_sdk::trace::SdkTracerProvider;
+    use opentelemetry_sdk::trace::RandomIdGenerator;
 
     use super::*;
     use crate::{session::tests::client_session, span};
@@ -95,15 +94,18 @@ mod tests {
     #[test]
     fn writes_one_otlp_json_request_per_batch() {
         let out = Shared::default();
-        let provider = SdkTracerProvider::builder()
-            .with_simple_exporter(JsonLinesExporter::new(Box::new(out.clone())))
-            .with_resource(
-                Resource::builder_empty()
-                    .with_service_name("otel-agent")
-                    .build(),
-            )
-            .build();
-        span::record(&provider.tracer("otel-agent"), &client_session());
+        let mut exporter = JsonLinesExporter::new(Box::new(out.clone()));
+        exporter.set_resource(
+            &Resource::builder_empty()
+                .with_service_name("otel-agent")
+                .build(),
+        );
+        let span = span::span_data(
+            &client_session(),
+            &RandomIdGenerator::default(),
+            &span::scope(),
+        );
+        exporter.write(vec![span]).unwrap();
         let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
         assert_eq!(text.lines().count(), 1);
         let json: serde_json::Value = serde_json::from_str(text.trim()).unwrap();

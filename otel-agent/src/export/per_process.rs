@@ -82,8 +82,8 @@ impl<E: SpanExporter> SpanExporter for PerProcessExporter<E> {
 
 #[cfg(test)]
 mod tests {
-    use opentelemetry::{KeyValue, trace::TracerProvider as _};
-    use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider};
+    use opentelemetry::KeyValue;
+    use opentelemetry_sdk::trace::{InMemorySpanExporter, RandomIdGenerator};
 
     use super::*;
     use crate::{session::tests::client_session, span};
@@ -120,26 +120,27 @@ mod tests {
             spans: InMemorySpanExporter::default(),
         };
         let seen = recorder.seen.clone();
-        let exporter = PerProcessExporter::new(recorder);
-        let provider = SdkTracerProvider::builder()
-            .with_batch_exporter(exporter)
-            .with_resource(
-                Resource::builder_empty()
-                    .with_attributes([KeyValue::new("service.name", "otel-agent")])
-                    .build(),
-            )
-            .build();
-        let tracer = provider.tracer("otel-agent");
+        let mut exporter = PerProcessExporter::new(recorder);
+        exporter.set_resource(
+            &Resource::builder_empty()
+                .with_attributes([KeyValue::new("service.name", "otel-agent")])
+                .build(),
+        );
         let mut nginx = client_session();
         nginx.comm = "nginx".into();
         nginx.pid = 10;
         let mut curl = client_session();
         curl.comm = "curl".into();
         curl.pid = 20;
-        span::record(&tracer, &nginx);
-        span::record(&tracer, &curl);
-        span::record(&tracer, &nginx);
-        provider.shutdown().unwrap();
+        let ids = RandomIdGenerator::default();
+        let batch = [&nginx, &curl, &nginx]
+            .map(|session| span::span_data(session, &ids, &span::scope()))
+            .to_vec();
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(exporter.export(batch))
+            .unwrap();
         let mut seen = seen.lock().unwrap().clone();
         seen.sort();
         assert_eq!(seen, vec![("curl".to_owned(), 1), ("nginx".to_owned(), 2)]);
