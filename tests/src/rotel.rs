@@ -39,12 +39,19 @@ impl Rotel {
     /// Starts rotel with the blackhole exporter and detailed trace debug logs, and waits
     /// until both OTLP receivers accept connections.
     pub fn start(dir: &Path) -> Self {
-        Self::start_on(dir, "rotel", free_port(), free_port())
+        Self::start_on(dir, "rotel", free_port(), free_port(), &["traces"])
     }
 
-    /// Starts rotel on the given ports, its output in `<dir>/<name>.stdout` (a restart on
-    /// the same ports keeps the earlier run's output).
-    pub fn start_on(dir: &Path, name: &str, grpc: SocketAddr, http: SocketAddr) -> Self {
+    /// Starts rotel on the given ports, printing the signals in `debug` (`traces`,
+    /// `metrics`), its output in `<dir>/<name>.stdout` (a restart on the same ports keeps the
+    /// earlier run's output).
+    pub fn start_on(
+        dir: &Path,
+        name: &str,
+        grpc: SocketAddr,
+        http: SocketAddr,
+        debug: &[&str],
+    ) -> Self {
         let mut command = Command::new(binary());
         command.args([
             "start",
@@ -54,8 +61,6 @@ impl Rotel {
             &http.to_string(),
             "--exporter",
             "blackhole",
-            "--debug-log",
-            "traces",
             "--debug-log-verbosity",
             "detailed",
             "--pid-file",
@@ -63,6 +68,9 @@ impl Rotel {
             "--log-file",
             &dir.join(format!("{name}.log")).display().to_string(),
         ]);
+        for signal in debug {
+            command.args(["--debug-log", signal]);
+        }
         command.env("NO_COLOR", "1");
         let process = ChildGuard::spawn(command, dir, name);
         for addr in [grpc, http] {

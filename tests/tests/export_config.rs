@@ -77,16 +77,54 @@ fn wait_for_exchange(receiver: &Receiver, exchange: &Exchange) -> Vec<Received> 
     )
 }
 
+/// What one agent run against a receiver produced.
+struct Run {
+    received: Vec<Received>,
+    exchange: Exchange,
+    /// The agent's stderr and stdout.
+    logs: String,
+}
+
+/// Runs the agent with `args` and `env` (`{url}` stands for the receiver's URL), makes one
+/// exchange, stops the agent, and waits for the exchange's two spans at `receiver`.
+fn run_against(
+    receiver: &Receiver,
+    tls: bool,
+    name: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Run {
+    require_root();
+    let dir = TempDir::new(name);
+    let url = receiver.url(tls);
+    let args: Vec<String> = args.iter().map(|arg| arg.replace("{url}", &url)).collect();
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(key, value)| ((*key).to_owned(), value.replace("{url}", &url)))
+        .collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut agent = agent::start(&args, &env, dir.path());
+    let exchange = exchange();
+    agent::stop(&mut agent);
+    let received = wait_for_exchange(receiver, &exchange);
+    Run {
+        received,
+        exchange,
+        logs: agent.stderr_text() + &agent.stdout_text(),
+    }
+}
+
 #[test]
 fn grpc_headers_and_gzip_from_flags_reach_the_collector_and_are_never_logged() {
-    require_root();
-    let dir = TempDir::new("grpc-headers");
     let receiver = Receiver::start(Kind::Grpc);
-    let url = receiver.url(false);
-    let mut agent = agent::start(
+    let run = run_against(
+        &receiver,
+        false,
+        "grpc-headers",
         &[
             "--otlp-endpoint",
-            &url,
+            "{url}",
             "--otlp-protocol",
             "grpc",
             "--otlp-headers",
@@ -95,39 +133,30 @@ fn grpc_headers_and_gzip_from_flags_reach_the_collector_and_are_never_logged() {
             "gzip",
         ],
         &[],
-        dir.path(),
     );
-    let exchange = exchange();
-    agent::stop(&mut agent);
-    let received = wait_for_exchange(&receiver, &exchange);
-    for request in &received {
-        assert_eq!(
-            request.headers.get("authorization").map(String::as_str),
-            Some("Bearer s3cr3t-t0ken")
-        );
-        assert_eq!(
-            request.headers.get("x-tenant").map(String::as_str),
-            Some("acme")
-        );
+    for request in &run.received {
+        let header = |name: &str| request.headers.get(name).map(String::as_str);
+        assert_eq!(header("authorization"), Some("Bearer s3cr3t-t0ken"));
+        assert_eq!(header("x-tenant"), Some("acme"));
         assert!(request.gzip, "grpc-encoding: gzip");
     }
-    let logs = agent.stderr_text() + &agent.stdout_text();
     assert!(
-        !logs.contains("s3cr3t"),
-        "the token must never be logged:\n{logs}"
+        !run.logs.contains("s3cr3t"),
+        "the token must never be logged:\n{}",
+        run.logs
     );
 }
 
 #[test]
 fn http_headers_gzip_and_service_name_from_variables_take_effect() {
-    require_root();
-    let dir = TempDir::new("http-env");
     let receiver = Receiver::start(Kind::Http);
-    let url = receiver.url(false);
-    let mut agent = agent::start(
+    let run = run_against(
+        &receiver,
+        false,
+        "http-env",
         &[],
         &[
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", &url),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "{url}"),
             ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
             ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "x-api-key=k3y"),
             ("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip"),
@@ -137,18 +166,14 @@ fn http_headers_gzip_and_service_name_from_variables_take_effect() {
                 "deployment.environment.name=test,host.name=override",
             ),
         ],
-        dir.path(),
     );
-    let exchange = exchange();
-    agent::stop(&mut agent);
-    let received = wait_for_exchange(&receiver, &exchange);
-    let request = &received[0];
+    let request = &run.received[0];
     assert_eq!(
         request.headers.get("x-api-key").map(String::as_str),
         Some("k3y")
     );
     assert!(request.gzip, "content-encoding: gzip");
-    let (resource, _) = spans_of(&received, &exchange)[0];
+    let (resource, _) = spans_of(&run.received, &run.exchange)[0];
     assert_eq!(
         string(resource, "service.name").as_deref(),
         Some("checkout-node")
@@ -204,10 +229,9 @@ fn batch_size_and_schedule_delay_take_effect() {
 
 fn tls_roundtrip(kind: Kind, mutual: bool, name: &str) {
     require_root();
-    let dir = TempDir::new(name);
-    let pki = Pki::create(dir.path());
+    let pki_dir = TempDir::new(&format!("{name}-pki"));
+    let pki = Pki::create(pki_dir.path());
     let receiver = Receiver::start_with(kind, Some((&pki, mutual)));
-    let url = receiver.url(true);
     let protocol = match kind {
         Kind::Grpc => "grpc",
         Kind::Http => "http/protobuf",
@@ -217,7 +241,7 @@ fn tls_roundtrip(kind: Kind, mutual: bool, name: &str) {
     let key = pki.client_key_file.display().to_string();
     let mut args = vec![
         "--otlp-endpoint",
-        &url,
+        "{url}",
         "--otlp-protocol",
         protocol,
         "--otlp-certificate",
@@ -231,11 +255,8 @@ fn tls_roundtrip(kind: Kind, mutual: bool, name: &str) {
             &key,
         ]);
     }
-    let mut agent = agent::start(&args, &[], dir.path());
-    let exchange = exchange();
-    agent::stop(&mut agent);
-    let received = wait_for_exchange(&receiver, &exchange);
-    assert_eq!(spans_of(&received, &exchange).len(), 2);
+    let run = run_against(&receiver, true, name, &args, &[]);
+    assert_eq!(spans_of(&run.received, &run.exchange).len(), 2);
 }
 
 #[test]
@@ -255,37 +276,28 @@ fn grpc_over_tls_without_client_certificate() {
 
 #[test]
 fn resource_per_process_makes_each_process_a_service() {
-    require_root();
-    let dir = TempDir::new("per-process");
     let receiver = Receiver::start(Kind::Grpc);
-    let url = receiver.url(false);
-    let mut agent = agent::start(
+    let run = run_against(
+        &receiver,
+        false,
+        "per-process",
         &[
             "--otlp-endpoint",
-            &url,
+            "{url}",
             "--otlp-protocol",
             "grpc",
             "--resource-per-process",
         ],
         &[],
-        dir.path(),
     );
-    let exchange = exchange();
-    agent::stop(&mut agent);
-    let received = wait_for_exchange(&receiver, &exchange);
-    for (resource, span) in spans_of(&received, &exchange) {
+    let pid = i64::from(std::process::id());
+    for (resource, span) in spans_of(&run.received, &run.exchange) {
         assert_eq!(
             string(resource, "service.name").as_deref(),
             Some(THREAD_NAME)
         );
-        assert_eq!(
-            int(resource, "process.pid"),
-            Some(i64::from(std::process::id()))
-        );
-        assert_eq!(
-            int(&span.attributes, "process.pid"),
-            Some(i64::from(std::process::id()))
-        );
+        assert_eq!(int(resource, "process.pid"), Some(pid));
+        assert_eq!(int(&span.attributes, "process.pid"), Some(pid));
         assert_eq!(
             string(resource, "telemetry.distro.name").as_deref(),
             Some("otel-agent")

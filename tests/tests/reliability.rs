@@ -62,7 +62,7 @@ fn a_collector_outage_keeps_the_agent_running_bounded_and_accounted() {
     let dir = TempDir::new("outage");
     let grpc = rotel::free_port();
     let http = rotel::free_port();
-    let first = Rotel::start_on(dir.path(), "rotel-1", grpc, http);
+    let first = Rotel::start_on(dir.path(), "rotel-1", grpc, http, &["traces"]);
     let endpoint = format!("http://{grpc}");
     let queue = QUEUE.to_string();
     let mut agent = agent::start(
@@ -105,7 +105,7 @@ fn a_collector_outage_keeps_the_agent_running_bounded_and_accounted() {
     );
 
     // It comes back on the same port: what the queue held is delivered.
-    let second = Rotel::start_on(dir.path(), "rotel-2", grpc, http);
+    let second = Rotel::start_on(dir.path(), "rotel-2", grpc, http, &["traces"]);
     let deadline = Instant::now() + Duration::from_secs(45);
     loop {
         let now = last_line_fields(&agent.stderr_text(), &["export accounting", "periodic"]);
@@ -324,28 +324,14 @@ fn last_value(rotel_output: &str, metric: &str) -> Option<u64> {
 fn self_metrics_reach_the_collector_and_match_the_final_accounting() {
     require_root();
     let dir = TempDir::new("self-metrics");
-    let grpc = rotel::free_port();
-    let http = rotel::free_port();
-    let mut command = std::process::Command::new(rotel::binary());
-    command.args([
-        "start",
-        "--otlp-grpc-endpoint",
-        &grpc.to_string(),
-        "--otlp-http-endpoint",
-        &http.to_string(),
-        "--exporter",
-        "blackhole",
-        "--debug-log",
-        "metrics",
-        "--debug-log-verbosity",
-        "detailed",
-        "--pid-file",
-        &dir.path().join("r.pid").display().to_string(),
-        "--log-file",
-        &dir.path().join("r.log").display().to_string(),
-    ]);
-    let collector = otel_agent_tests::process::ChildGuard::spawn(command, dir.path(), "rotel");
-    std::thread::sleep(Duration::from_millis(500));
+    let collector = Rotel::start_on(
+        dir.path(),
+        "rotel",
+        rotel::free_port(),
+        rotel::free_port(),
+        &["metrics"],
+    );
+    let grpc = collector.grpc;
     let endpoint = format!("http://{grpc}");
     let mut agent = agent::start(
         &[
@@ -363,7 +349,7 @@ fn self_metrics_reach_the_collector_and_match_the_final_accounting() {
     std::thread::sleep(Duration::from_millis(700));
     agent::stop(&mut agent);
     std::thread::sleep(Duration::from_millis(500));
-    let output = collector.stdout_text();
+    let output = collector.process.stdout_text();
     for metric in SELF_METRICS {
         assert!(
             output.contains(&format!("-> Name: {metric}")),
