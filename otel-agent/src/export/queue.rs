@@ -61,6 +61,15 @@ struct Shared {
     stats: Arc<QueueStats>,
 }
 
+impl Shared {
+    /// The queue, even if a panic poisoned its lock: a session is never lost to that.
+    fn sessions(&self) -> std::sync::MutexGuard<'_, VecDeque<Arc<Session>>> {
+        self.sessions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
 impl ExportQueue {
     pub fn new(settings: BatchSettings, stats: Arc<QueueStats>) -> Self {
         Self {
@@ -77,9 +86,7 @@ impl ExportQueue {
     pub fn push(&self, session: Arc<Session>) {
         let shared = &self.shared;
         let len = {
-            let Ok(mut sessions) = shared.sessions.lock() else {
-                return;
-            };
+            let mut sessions = shared.sessions();
             if sessions.len() >= shared.settings.max_queue_size {
                 QueueStats::add(&shared.stats.dropped_queue_full, 1);
                 return;
@@ -95,7 +102,7 @@ impl ExportQueue {
 
     /// Sessions waiting.
     pub fn depth(&self) -> usize {
-        self.shared.sessions.lock().map_or(0, |s| s.len())
+        self.shared.sessions().len()
     }
 
     /// Runs the worker that exports through `exporter` until `stop` is cancelled, then keeps
@@ -198,17 +205,13 @@ impl ExportQueue {
                 ?deadline,
                 "spans not exported before the shutdown deadline"
             );
-            if let Ok(mut sessions) = self.shared.sessions.lock() {
-                sessions.clear();
-            }
+            self.shared.sessions().clear();
         }
     }
 
     /// A copy (of `Arc`s) of the first batch, left in the queue until it is exported.
     fn front_batch(&self) -> Vec<Arc<Session>> {
-        let Ok(sessions) = self.shared.sessions.lock() else {
-            return Vec::new();
-        };
+        let sessions = self.shared.sessions();
         let n = sessions
             .len()
             .min(self.shared.settings.max_export_batch_size);
@@ -216,10 +219,9 @@ impl ExportQueue {
     }
 
     fn pop(&self, n: usize) {
-        if let Ok(mut sessions) = self.shared.sessions.lock() {
-            let n = n.min(sessions.len());
-            sessions.drain(..n);
-        }
+        let mut sessions = self.shared.sessions();
+        let n = n.min(sessions.len());
+        sessions.drain(..n);
     }
 }
 
