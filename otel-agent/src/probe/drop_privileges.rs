@@ -6,13 +6,20 @@
 //! Linux keeps credentials per thread (`capset(2)`: "a thread can only change its own
 //! capabilities"), and the runtime's and exporter's threads exist before the probe is
 //! attached. So the calling thread drops its own, then every other thread of the process
-//! drops its own in a signal handler ([`SIGNAL`]) that makes only raw system calls, the way
+//! drops its own in a signal handler ([`signal`]) that makes only raw system calls, the way
 //! glibc broadcasts `setuid`; `/proc/self/task/*/status` is then read back to verify every
 //! thread. Threads created afterwards inherit the empty sets.
+//!
+//! One exception, decided by [`kept_after_attach`]: before Linux 6.5, while
+//! `kernel.unprivileged_bpf_disabled` is set (the default on most distributions), the kernel
+//! refuses every `bpf()` command without `CAP_BPF`, even on open map descriptors, and the
+//! agent reads the probe's counters that way at shutdown; there it keeps `CAP_BPF` alone.
+//! Linux 6.5 moved that check to map creation and program loading (commit "bpf: move
+//! unprivileged checks into map_create() and bpf_prog_load()").
 
 use std::{
     io,
-    sync::atomic::{AtomicUsize, Ordering},
+    sync::atomic::{AtomicU64, AtomicUsize, Ordering},
     time::{Duration, Instant},
 };
 
@@ -31,8 +38,13 @@ pub fn signal() -> libc::c_int {
     libc::SIGRTMAX()
 }
 
+/// `CAP_BPF` from `include/uapi/linux/capability.h`.
+pub const CAP_BPF: u32 = 39;
+
 /// Handlers that have run, in any thread.
 static HANDLED: AtomicUsize = AtomicUsize::new(0);
+/// The capabilities the handler keeps in the effective and permitted sets.
+static KEEP: AtomicU64 = AtomicU64::new(0);
 
 /// `struct __user_cap_header_struct`.
 #[repr(C)]
@@ -82,7 +94,14 @@ impl CapSets {
 
     /// No capability in any set, and `no_new_privs` set.
     pub fn is_dropped(&self) -> bool {
-        (self.effective | self.permitted | self.inheritable | self.ambient) == 0
+        self.is_dropped_except(0)
+    }
+
+    /// No capability but those of `keep` in the effective and permitted sets, none in the
+    /// others, and `no_new_privs` set.
+    pub fn is_dropped_except(&self, keep: u64) -> bool {
+        (self.effective | self.permitted) & !keep == 0
+            && (self.inheritable | self.ambient) == 0
             && self.no_new_privs
     }
 }
@@ -92,7 +111,9 @@ impl CapSets {
 pub struct Dropped {
     /// The calling thread's sets before the drop.
     pub before: CapSets,
-    /// Threads of the process verified to hold nothing afterwards.
+    /// The capabilities kept (a mask; 0 for none).
+    pub kept: u64,
+    /// Threads of the process verified to hold nothing else afterwards.
     pub threads: usize,
 }
 
@@ -115,8 +136,16 @@ pub enum DropError {
 /// Clears every capability set and sets `PR_SET_NO_NEW_PRIVS` in every thread of the process,
 /// then verifies it.
 pub fn drop_all() -> Result<Dropped, DropError> {
+    drop_all_except(0)
+}
+
+/// Like [`drop_all`], keeping the capabilities of `keep` (a mask) in the effective and
+/// permitted sets (if held).
+pub fn drop_all_except(keep: u64) -> Result<Dropped, DropError> {
     let before = read_sets("/proc/thread-self/status")?;
-    drop_this_thread().map_err(|(what, source)| DropError::Syscall { what, source })?;
+    let keep = keep & before.permitted;
+    KEEP.store(keep, Ordering::SeqCst);
+    drop_this_thread(keep).map_err(|(what, source)| DropError::Syscall { what, source })?;
     install_handler().map_err(|source| DropError::Syscall {
         what: "install the signal handler that drops the other threads' capabilities",
         source,
@@ -126,7 +155,7 @@ pub fn drop_all() -> Result<Dropped, DropError> {
     for _ in 0..ROUNDS {
         let holding: Vec<Thread> = threads()?
             .into_iter()
-            .filter(|thread| !thread.sets.is_dropped())
+            .filter(|thread| !thread.sets.is_dropped_except(keep))
             .collect();
         if holding.is_empty() {
             break;
@@ -151,7 +180,7 @@ pub fn drop_all() -> Result<Dropped, DropError> {
     let threads = threads()?;
     let holding: Vec<Thread> = threads
         .iter()
-        .filter(|thread| !thread.sets.is_dropped())
+        .filter(|thread| !thread.sets.is_dropped_except(keep))
         .cloned()
         .collect();
     if !holding.is_empty() {
@@ -159,15 +188,45 @@ pub fn drop_all() -> Result<Dropped, DropError> {
     }
     Ok(Dropped {
         before,
+        kept: keep,
         threads: threads.len(),
     })
 }
 
-/// Drops every capability, once the probe is attached, and logs what was dropped; a failure is
-/// a warning, not fatal (the agent then runs with the privileges it was started with).
+/// The capabilities to keep after attach on this kernel: `CAP_BPF` before Linux 6.5 when
+/// `kernel.unprivileged_bpf_disabled` is set (see the module's documentation), else none.
+/// What cannot be read counts as set, so that the shutdown accounting keeps working.
+pub fn kept_after_attach(release: &str, unprivileged_bpf_disabled: Option<&str>) -> u64 {
+    let mut parts = release.split(['.', '-']);
+    let version = parts
+        .next()
+        .and_then(|major| major.parse::<u32>().ok())
+        .zip(parts.next().and_then(|minor| minor.parse::<u32>().ok()));
+    let checks_every_command = version.is_none_or(|version| version < (6, 5));
+    let disabled = unprivileged_bpf_disabled.is_none_or(|value| value.trim() != "0");
+    if checks_every_command && disabled {
+        1 << CAP_BPF
+    } else {
+        0
+    }
+}
+
+/// Drops every capability once the probe is attached (but `CAP_BPF` where
+/// [`kept_after_attach`] says so) and logs what was dropped; a failure is a warning, not
+/// fatal (the agent then runs with the privileges it was started with).
 pub fn drop_after_attach() {
-    match drop_all() {
-        Ok(Dropped { before, threads }) => tracing::info!(
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let disabled = std::fs::read_to_string("/proc/sys/kernel/unprivileged_bpf_disabled").ok();
+    let keep = kept_after_attach(release.trim(), disabled.as_deref());
+    match drop_all_except(keep) {
+        Ok(Dropped { kept, threads, .. }) if kept != 0 => tracing::info!(
+            kernel = release.trim(),
+            threads,
+            "dropped every capability but CAP_BPF and set no_new_privs: before Linux 6.5, with kernel.unprivileged_bpf_disabled set, reading the probe's counters at shutdown needs CAP_BPF"
+        ),
+        Ok(Dropped {
+            before, threads, ..
+        }) => tracing::info!(
             effective = %format_args!("{:016x}", before.effective),
             permitted = %format_args!("{:016x}", before.permitted),
             inheritable = %format_args!("{:016x}", before.inheritable),
@@ -250,7 +309,7 @@ fn read_sets(path: &str) -> Result<CapSets, DropError> {
 
 /// Sets `no_new_privs` and clears the ambient, effective, permitted and inheritable sets of
 /// the calling thread. Only raw system calls: also run inside the signal handler.
-fn drop_this_thread() -> Result<(), (&'static str, io::Error)> {
+fn drop_this_thread(keep: u64) -> Result<(), (&'static str, io::Error)> {
     let (one, zero): (libc::c_ulong, libc::c_ulong) = (1, 0);
     // SAFETY: prctl with integer arguments only changes this thread's flags.
     if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, one, zero, zero, zero) } != 0 {
@@ -268,7 +327,13 @@ fn drop_this_thread() -> Result<(), (&'static str, io::Error)> {
         version: LINUX_CAPABILITY_VERSION_3,
         pid: 0,
     };
-    let data = [CapData::default(); 2];
+    // Version 3 splits each 64-bit set into two 32-bit words, low word first.
+    let word = |shift: u32| CapData {
+        effective: (keep >> shift) as u32,
+        permitted: (keep >> shift) as u32,
+        inheritable: 0,
+    };
+    let data = [word(0), word(32)];
     // SAFETY: capset reads one header and, for version 3, two data structs, all valid here;
     // pid 0 is the calling thread, and lowering capabilities needs no privilege.
     if unsafe { libc::syscall(libc::SYS_capset, &raw const header, data.as_ptr()) } != 0 {
@@ -288,7 +353,7 @@ extern "C" fn drop_in_signalled_thread(_: libc::c_int) {
     // SAFETY: as above.
     let saved = unsafe { *errno };
     // A failure shows when the caller reads this thread's status back.
-    let _ = drop_this_thread();
+    let _ = drop_this_thread(KEEP.load(Ordering::SeqCst));
     HANDLED.fetch_add(1, Ordering::SeqCst);
     // SAFETY: as above.
     unsafe { *errno = saved };
@@ -363,5 +428,40 @@ mod tests {
             }
             .is_dropped()
         );
+        let only_bpf = CapSets {
+            effective: 1 << CAP_BPF,
+            permitted: 1 << CAP_BPF,
+            ..dropped
+        };
+        assert!(!only_bpf.is_dropped());
+        assert!(only_bpf.is_dropped_except(1 << CAP_BPF));
+        assert!(
+            !CapSets {
+                inheritable: 1 << CAP_BPF,
+                ..only_bpf
+            }
+            .is_dropped_except(1 << CAP_BPF)
+        );
+    }
+
+    #[test]
+    fn cap_bpf_is_kept_only_where_the_kernel_checks_every_bpf_command() {
+        let bpf = 1 << CAP_BPF;
+        assert_eq!(kept_after_attach("6.18.0-1-amd64", Some("2\n")), 0);
+        assert_eq!(kept_after_attach("6.5.0", Some("1")), 0);
+        assert_eq!(kept_after_attach("6.4.16-generic", Some("2")), bpf);
+        assert_eq!(kept_after_attach("5.15.0-91-generic", Some("1")), bpf);
+        assert_eq!(kept_after_attach("5.15.0-91-generic", Some("0\n")), 0);
+        assert_eq!(
+            kept_after_attach("5.10.0", None),
+            bpf,
+            "unknown sysctl: keep"
+        );
+        assert_eq!(
+            kept_after_attach("garbage", Some("2")),
+            bpf,
+            "unknown release: keep"
+        );
+        assert_eq!(kept_after_attach("6", Some("2")), bpf);
     }
 }
