@@ -2,8 +2,9 @@
 # Soak test (not part of scripts/test.sh or CI): runs the release agent exporting over OTLP/gRPC
 # to a real rotel collector (blackhole exporter) while a bounded loop drives loopback TCP
 # churn, samples the agent's resident memory every 10 s, then stops the agent with SIGINT and
-# checks its final `session accounting` line: kernel_emitted == records_read and every lost_*
-# counter 0. Needs root (the probe) and what `scripts/setup.sh test` installs (rotel).
+# checks its final `session accounting` and `export accounting` lines: kernel_emitted ==
+# records_read == exported and every lost_* counter 0. Needs root (the probe) and what
+# `scripts/setup.sh test` installs (rotel).
 #
 #   scripts/soak.sh [DURATION_SECONDS]     default 600 (10 minutes), or SOAK_DURATION
 #   SOAK_RATE=200 scripts/soak.sh 60       connections per second (two sessions each)
@@ -146,32 +147,42 @@ wait "$AGENT_PID" || AGENT_STATUS=$?
 AGENT_PID=""
 ELAPSED=$((SECONDS - STARTED))
 
-ACCOUNTING="$(grep "session accounting" "$DIR/agent.stderr" | tail -n 1 || true)"
-[ -n "$ACCOUNTING" ] || { cat "$DIR/agent.stderr" >&2; die "no session accounting line from the agent"; }
-counter() { grep -o " $1=[0-9]*" <<<"$ACCOUNTING" | cut -d= -f2; }
+# The final accounting: one `session accounting` line and one `export accounting` line per
+# output (the OTLP exporter here), both with when="final".
+ACCOUNTING="$(grep 'when="final"' "$DIR/agent.stderr" | grep "session accounting" | tail -n 1 || true)"
+EXPORT="$(grep 'when="final"' "$DIR/agent.stderr" | grep "export accounting" | tail -n 1 || true)"
+[ -n "$ACCOUNTING" ] && [ -n "$EXPORT" ] \
+    || { cat "$DIR/agent.stderr" >&2; die "no final session and export accounting lines from the agent"; }
+counter() { grep -o " $1=[0-9]*" <<<"$2" | cut -d= -f2; }
+RECORDS="$(counter records_read "$ACCOUNTING")"
+EXPORTED="$(counter exported "$EXPORT")"
 RSS_MAX=0
 for kib in "${RSS_SAMPLES[@]}"; do [ "$kib" -gt "$RSS_MAX" ] && RSS_MAX=$kib; done
 
 echo "duration:          ${ELAPSED} s (asked ${DURATION} s, ${RATE} connections/s)"
 echo "connections made:  ${CONNECTIONS} (two sessions each)"
-echo "sessions:          records_read=$(counter records_read) spans_recorded=$(counter spans_recorded)"
+echo "sessions:          records_read=${RECORDS} exported=${EXPORTED}"
 echo "agent RSS (KiB):   first=${RSS_SAMPLES[0]} last=${RSS_SAMPLES[-1]} max=${RSS_MAX} (${#RSS_SAMPLES[@]} samples, every ${SAMPLE_EVERY} s)"
 echo "agent exit status: ${AGENT_STATUS}"
-echo "accounting:        ${ACCOUNTING#*session accounting }"
+echo "session accounting: ${ACCOUNTING#*session accounting }"
+echo "export accounting:  ${EXPORT#*export accounting }"
 
 FAILED=0
 if [ "$AGENT_STATUS" -ne 0 ]; then
     echo "FAIL: the agent exited with ${AGENT_STATUS}, not 0"; FAILED=1
 fi
-if [ "$(counter kernel_emitted)" != "$(counter records_read)" ]; then
-    echo "FAIL: kernel_emitted=$(counter kernel_emitted) != records_read=$(counter records_read)"; FAILED=1
+if [ "$(counter kernel_emitted "$ACCOUNTING")" != "$RECORDS" ]; then
+    echo "FAIL: kernel_emitted=$(counter kernel_emitted "$ACCOUNTING") != records_read=${RECORDS}"; FAILED=1
 fi
-LOST="$(grep -o 'lost_[a-z_]*=[0-9]*' <<<"$ACCOUNTING" | grep -v '=0$' || true)"
+LOST="$(grep -o 'lost_[a-z_]*=[0-9]*' <<<"$ACCOUNTING $EXPORT" | grep -v '=0$' || true)"
 if [ -n "$LOST" ]; then
     echo "FAIL: sessions lost: $(tr '\n' ' ' <<<"$LOST")"; FAILED=1
 fi
-if [ "$(counter spans_recorded)" -lt $((2 * CONNECTIONS)) ]; then
-    echo "FAIL: fewer spans ($(counter spans_recorded)) than the driver's sessions ($((2 * CONNECTIONS)))"; FAILED=1
+if [ "$EXPORTED" != "$RECORDS" ]; then
+    echo "FAIL: exported=${EXPORTED} != records_read=${RECORDS}"; FAILED=1
 fi
-[ "$FAILED" -eq 0 ] && echo "OK: kernel_emitted == records_read, no lost_* counter above 0"
+if [ "$RECORDS" -lt $((2 * CONNECTIONS)) ]; then
+    echo "FAIL: fewer sessions read (${RECORDS}) than the driver made ($((2 * CONNECTIONS)))"; FAILED=1
+fi
+[ "$FAILED" -eq 0 ] && echo "OK: kernel_emitted == records_read == exported, no lost_* counter above 0"
 exit "$FAILED"

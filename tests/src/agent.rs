@@ -85,12 +85,13 @@ pub fn log_lines(stderr: &str, level: &str) -> Vec<String> {
         .collect()
 }
 
-/// The counters of the agent's `session accounting` line (logged at shutdown), by name.
+/// The counters of the agent's final `session accounting` line (logged at shutdown), by
+/// name.
 pub fn accounting(stderr: &str) -> std::collections::BTreeMap<String, u64> {
     let line = stderr
         .lines()
-        .find(|line| line.contains("session accounting"))
-        .unwrap_or_else(|| panic!("no session accounting line in:\n{stderr}"));
+        .find(|line| line.contains("session accounting") && line.contains("when=\"final\""))
+        .unwrap_or_else(|| panic!("no final session accounting line in:\n{stderr}"));
     line.split_whitespace()
         .filter_map(|pair| {
             let (name, value) = pair.split_once('=')?;
