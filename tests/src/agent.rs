@@ -117,12 +117,15 @@ pub fn assert_nothing_lost(stderr: &str) {
     assert!(lost.is_empty(), "lost sessions: {lost:?}");
 }
 
-/// The fields of the `-s` (CSV) console lines whose local port is `port`:
+/// The fields of the `-s` (CSV) console lines of the sessions from local port `local` to
+/// remote port `remote` (both: another session may reuse one of the two ports):
 /// `PID,COMM,IP,LADDR,LPORT,RADDR,RPORT,TX_KB,RX_KB,MS`.
-pub fn csv_lines_for_port(stdout: &str, port: u16) -> Vec<Vec<String>> {
+pub fn csv_lines_for_ports(stdout: &str, local: u16, remote: u16) -> Vec<Vec<String>> {
     stdout
         .lines()
         .map(|line| line.split(',').map(str::to_owned).collect::<Vec<_>>())
-        .filter(|fields| fields.len() == 10 && fields[4] == port.to_string())
+        .filter(|fields| {
+            fields.len() == 10 && fields[4] == local.to_string() && fields[6] == remote.to_string()
+        })
         .collect()
 }

@@ -177,13 +177,13 @@ fn control_characters_in_a_task_name_never_reach_the_console() {
     .join()
     .expect("the traffic thread");
     agent.wait_for_output(Duration::from_secs(10), "both console lines", |output| {
-        !agent::csv_lines_for_port(output, ports.0).is_empty()
-            && !agent::csv_lines_for_port(output, ports.1).is_empty()
+        !agent::csv_lines_for_ports(output, ports.0, ports.1).is_empty()
+            && !agent::csv_lines_for_ports(output, ports.1, ports.0).is_empty()
     });
     agent::stop(&mut agent);
     let stdout = agent.stdout_text();
-    for port in [ports.0, ports.1] {
-        let lines = agent::csv_lines_for_port(&stdout, port);
+    for (local, remote) in [ports, (ports.1, ports.0)] {
+        let lines = agent::csv_lines_for_ports(&stdout, local, remote);
         assert_eq!(lines.len(), 1, "{stdout:?}");
         assert_eq!(lines[0][0], std::process::id().to_string());
         assert_eq!(lines[0][1], SANITISED_COMM, "{stdout:?}");

@@ -77,13 +77,13 @@ fn assert_reports_a_session_then_stops(agent: &mut ChildGuard) {
     let exchange = traffic::exchange(IpAddr::from([127, 0, 0, 1]), 5_000, 70_000, Closer::Client);
     let (client, server) = (exchange.client, exchange.server);
     agent.wait_for_output(Duration::from_secs(10), "both console lines", |output| {
-        !agent::csv_lines_for_port(output, client.port()).is_empty()
-            && !agent::csv_lines_for_port(output, server.port()).is_empty()
+        !agent::csv_lines_for_ports(output, client.port(), server.port()).is_empty()
+            && !agent::csv_lines_for_ports(output, server.port(), client.port()).is_empty()
     });
     agent::stop(agent);
     let stdout = agent.stdout_text();
     let expect = |local: SocketAddr, remote: SocketAddr, tx_kib: &str, rx_kib: &str| {
-        let lines = agent::csv_lines_for_port(&stdout, local.port());
+        let lines = agent::csv_lines_for_ports(&stdout, local.port(), remote.port());
         assert_eq!(lines.len(), 1, "{stdout}");
         let line = &lines[0];
         // The kernel's task name is 15 bytes at most.
