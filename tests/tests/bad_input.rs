@@ -121,7 +121,9 @@ fn a_tracepoint_laid_out_differently_exits_69_naming_the_field() {
 fn without_btf_the_agent_runs_and_warns_once_about_what_it_leaves_out() {
     require_root();
     let dir = TempDir::new("bad-input-btf");
-    let mut agent = agent::start(&["--btf", "/nonexistent"], &[], dir.path());
+    // Only this test's sessions (none): other traffic on the host cannot add log lines.
+    let pid = std::process::id().to_string();
+    let mut agent = agent::start(&["--btf", "/nonexistent", "-p", &pid], &[], dir.path());
     agent::stop(&mut agent);
     let stderr = agent.stderr_text();
     assert_eq!(
@@ -154,7 +156,8 @@ const SANITISED_COMM: &str = "?[2Jevil?x?y?z";
 fn control_characters_in_a_task_name_never_reach_the_console() {
     require_root();
     let dir = TempDir::new("bad-input-comm");
-    let mut agent = agent::start(&["-s"], &[], dir.path());
+    let pid = std::process::id().to_string();
+    let mut agent = agent::start(&["-s", "-p", &pid], &[], dir.path());
     // One session owned by a thread with the hostile name.
     let ports = thread::spawn(|| {
         let name = CString::new(HOSTILE_COMM).expect("no NUL inside");

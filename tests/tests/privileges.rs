@@ -72,7 +72,8 @@ fn assert_every_thread_dropped(pid: u32) -> usize {
 
 /// Makes one loopback session (5,000 bytes up, 70,000 down, client closes first) and checks
 /// both of its console lines (`-s`), then stops the agent (exit 0) and checks that nothing
-/// was lost.
+/// was lost. The agent runs with `-p <this test's pid>`, so that other traffic on the host
+/// (a benchmark, say) can neither fill its ring buffer nor reuse the ports checked.
 fn assert_reports_a_session_then_stops(agent: &mut ChildGuard) {
     let exchange = traffic::exchange(IpAddr::from([127, 0, 0, 1]), 5_000, 70_000, Closer::Client);
     let (client, server) = (exchange.client, exchange.server);
@@ -134,7 +135,8 @@ fn after_attach_no_thread_holds_a_capability_and_sessions_are_still_reported() {
         field(&own, "CapInh"),
         field(&own, "CapAmb"),
     );
-    let mut agent = agent::start(&["-s"], &[], dir.path());
+    let pid = std::process::id().to_string();
+    let mut agent = agent::start(&["-s", "-p", &pid], &[], dir.path());
 
     let threads = assert_every_thread_dropped(agent.id());
     assert!(
@@ -190,13 +192,17 @@ fn the_documented_minimal_privileges_are_enough() {
             "000000c000000004",
         ),
     ];
+    let pid = std::process::id().to_string();
+    let own_sessions = ["-s", "-p", pid.as_str()];
     for (what, setpriv, effective) in minimal {
         let dir = TempDir::new("privileges-minimal");
         // Neither may mount tracefs: mount it in a private namespace if the host has none.
         let wrapper = mountns::wrapper(ENSURE_TRACEFS, &setpriv);
         let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
-        let mut agent =
-            agent::start_command(agent::wrapped_command(&wrapper, &["-s"], &[]), dir.path());
+        let mut agent = agent::start_command(
+            agent::wrapped_command(&wrapper, &own_sessions, &[]),
+            dir.path(),
+        );
         assert_every_thread_dropped(agent.id());
         let line = drop_line(&agent.stderr_text());
         assert!(
