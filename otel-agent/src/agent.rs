@@ -52,6 +52,7 @@ pub async fn run(cli: Cli) -> Result<(), AgentError> {
     let mut probe = Probe::attach(&cli.probe.options())?;
     let ring = probe.take_events()?;
     let features = probe.features;
+    crate::probe::drop_privileges::drop_after_attach();
     tracing::info!(
         bytes = features.bytes,
         payload = features.payload,

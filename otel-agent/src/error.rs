@@ -45,7 +45,7 @@ impl AgentError {
     pub fn exit_code(&self) -> ExitCode {
         ExitCode::from(match self {
             Self::Config(_) | Self::Export(_) | Self::JsonOutput { .. } => exit_code::CONFIG,
-            Self::Probe(probe::ProbeError::Privileges(_)) => exit_code::NO_PERMISSION,
+            Self::Probe(error) if error.is_missing_privilege() => exit_code::NO_PERMISSION,
             Self::Probe(error) if error.is_missing_kernel_feature() => {
                 exit_code::KERNEL_UNSUPPORTED
             }
@@ -94,5 +94,41 @@ mod tests {
         assert_eq!(config.exit_code(), ExitCode::from(exit_code::CONFIG));
         let output = AgentError::Output(std::io::Error::other("closed"));
         assert_eq!(output.exit_code(), ExitCode::from(exit_code::OUTPUT));
+    }
+
+    fn tracefs(error: probe::tracefs::TracefsError) -> AgentError {
+        AgentError::Probe(probe::ProbeError::Tracefs(error))
+    }
+
+    #[test]
+    fn tracefs_failures_are_privileges_or_kernel_features() {
+        use probe::tracefs::TracefsError;
+        let os = std::io::Error::from_raw_os_error;
+        let privileges = ExitCode::from(exit_code::NO_PERMISSION);
+        let kernel = ExitCode::from(exit_code::KERNEL_UNSUPPORTED);
+        let mount = |errno| tracefs(TracefsError::Mount { source: os(errno) });
+        assert_eq!(mount(libc::EPERM).exit_code(), privileges);
+        assert_eq!(mount(libc::EACCES).exit_code(), privileges);
+        assert_eq!(
+            mount(libc::ENODEV).exit_code(),
+            kernel,
+            "no tracefs in the kernel"
+        );
+        let not_readable = tracefs(TracefsError::NotReadable {
+            path: "/sys/kernel/tracing".into(),
+            source: os(libc::EACCES),
+        });
+        assert_eq!(not_readable.exit_code(), privileges);
+        let missing = tracefs(TracefsError::TracepointMissing {
+            category: "sock",
+            name: "inet_sock_set_state",
+            path: "/sys/kernel/tracing/events/sock/inet_sock_set_state/format".into(),
+            source: os(libc::ENOENT),
+        });
+        assert_eq!(missing.exit_code(), kernel);
+        assert_eq!(
+            with_causes(&not_readable),
+            "this process cannot read tracefs at /sys/kernel/tracing (Permission denied (os error 13)): it is readable by root only; run otel-agent as root, or grant CAP_DAC_READ_SEARCH as well: setcap cap_bpf,cap_perfmon,cap_dac_read_search+ep otel-agent"
+        );
     }
 }
