@@ -129,3 +129,9 @@ pub fn csv_lines_for_ports(stdout: &str, local: u16, remote: u16) -> Vec<Vec<Str
         })
         .collect()
 }
+
+/// Arguments that keep the agent to the sessions of this test process (`-p <pid>`), so that
+/// other traffic on a busy host cannot fill its queues or ring buffer during a test.
+pub fn only_this_process() -> [String; 2] {
+    ["-p".to_owned(), std::process::id().to_string()]
+}

@@ -34,7 +34,14 @@ fn start_agent(rotel: &Rotel, transport: Transport, dir: &TempDir) -> ChildGuard
         Transport::GrpcByFlags => {
             let endpoint = format!("http://{}", rotel.grpc);
             agent::start(
-                &["--otlp-endpoint", &endpoint, "--otlp-protocol", "grpc"],
+                &[
+                    "-p",
+                    &std::process::id().to_string(),
+                    "--otlp-endpoint",
+                    &endpoint,
+                    "--otlp-protocol",
+                    "grpc",
+                ],
                 &[],
                 dir.path(),
             )
@@ -42,7 +49,7 @@ fn start_agent(rotel: &Rotel, transport: Transport, dir: &TempDir) -> ChildGuard
         Transport::HttpByEnvironment => {
             let endpoint = format!("http://{}", rotel.http);
             agent::start(
-                &[],
+                &["-p", &std::process::id().to_string()],
                 &[
                     ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
                     ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),

@@ -97,7 +97,8 @@ fn run_against(
     require_root();
     let dir = TempDir::new(name);
     let url = receiver.url(tls);
-    let args: Vec<String> = args.iter().map(|arg| arg.replace("{url}", &url)).collect();
+    let mut args: Vec<String> = args.iter().map(|arg| arg.replace("{url}", &url)).collect();
+    args.extend(agent::only_this_process());
     let env: Vec<(String, String)> = env
         .iter()
         .map(|(key, value)| ((*key).to_owned(), value.replace("{url}", &url)))
@@ -203,6 +204,8 @@ fn batch_size_and_schedule_delay_take_effect() {
     let url = receiver.url(false);
     let mut agent = agent::start(
         &[
+            "-p",
+            &std::process::id().to_string(),
             "--otlp-endpoint",
             &url,
             "--otlp-protocol",
@@ -311,7 +314,16 @@ fn json_lines_carry_the_same_spans_in_otlp_json() {
     let dir = TempDir::new("json-lines");
     let path = dir.path().join("spans.jsonl");
     let path_text = path.display().to_string();
-    let mut agent = agent::start(&["--json-output", &path_text], &[], dir.path());
+    let mut agent = agent::start(
+        &[
+            "-p",
+            &std::process::id().to_string(),
+            "--json-output",
+            &path_text,
+        ],
+        &[],
+        dir.path(),
+    );
     let exchange = exchange();
     agent::stop(&mut agent);
     let text = std::fs::read_to_string(&path).expect("the JSON lines file");
@@ -358,7 +370,14 @@ fn sdk_disabled_exports_nothing_and_prints_sessions() {
     let receiver = Receiver::start(Kind::Grpc);
     let url = receiver.url(false);
     let mut agent = agent::start(
-        &["--otlp-endpoint", &url, "--otlp-protocol", "grpc"],
+        &[
+            "-p",
+            &std::process::id().to_string(),
+            "--otlp-endpoint",
+            &url,
+            "--otlp-protocol",
+            "grpc",
+        ],
         &[("OTEL_SDK_DISABLED", "true")],
         dir.path(),
     );

@@ -67,6 +67,8 @@ fn a_collector_outage_keeps_the_agent_running_bounded_and_accounted() {
     let queue = QUEUE.to_string();
     let mut agent = agent::start(
         &[
+            "-p",
+            &std::process::id().to_string(),
             "--otlp-endpoint",
             &endpoint,
             "--otlp-protocol",
@@ -135,11 +137,15 @@ fn a_collector_outage_keeps_the_agent_running_bounded_and_accounted() {
         number(&export, "lost_queue_full"),
         number(&export, "lost_at_shutdown"),
     );
+    let lost_before_export =
+        number(&sessions, "lost_channel_full") + number(&sessions, "lost_decode_error");
     assert_eq!(
-        exported + queue_full + at_shutdown,
+        exported + queue_full + at_shutdown + lost_before_export,
         read,
-        "exported + dropped = seen: {export:?}"
+        "exported + dropped = seen: {sessions:?} {export:?}"
     );
+    // This test's own sessions (-p): the exchanges, plus its probes of rotel's ports.
+    assert!(read >= 2 * (20 + 150 + 10), "{sessions:?}");
     assert!(
         queue_full >= 1,
         "the outage overflowed the queue: {export:?}"
@@ -168,7 +174,14 @@ fn sigterm_flushes_queued_spans() {
     let url = receiver.url(false);
     // The default 5 s schedule delay: only the shutdown flush can deliver in time.
     let mut agent = agent::start(
-        &["--otlp-endpoint", &url, "--otlp-protocol", "grpc"],
+        &[
+            "-p",
+            &std::process::id().to_string(),
+            "--otlp-endpoint",
+            &url,
+            "--otlp-protocol",
+            "grpc",
+        ],
         &[],
         dir.path(),
     );
@@ -224,6 +237,8 @@ fn a_second_signal_exits_at_once() {
     let endpoint = format!("http://{}", closed_endpoint());
     let mut agent = agent::start(
         &[
+            "-p",
+            &std::process::id().to_string(),
             "--otlp-endpoint",
             &endpoint,
             "--otlp-protocol",
@@ -261,6 +276,8 @@ fn the_shutdown_deadline_holds_and_what_is_left_is_counted() {
     let endpoint = format!("http://{}", closed_endpoint());
     let mut agent = agent::start(
         &[
+            "-p",
+            &std::process::id().to_string(),
             "--otlp-endpoint",
             &endpoint,
             "--otlp-protocol",
@@ -335,6 +352,8 @@ fn self_metrics_reach_the_collector_and_match_the_final_accounting() {
     let endpoint = format!("http://{grpc}");
     let mut agent = agent::start(
         &[
+            "-p",
+            &std::process::id().to_string(),
             "--otlp-endpoint",
             &endpoint,
             "--otlp-protocol",
