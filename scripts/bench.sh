@@ -110,6 +110,15 @@ peak_rss_kb() {
     awk '/^VmHWM:/ { print $2 }' "/proc/$1/status" 2>/dev/null
 }
 
+# Processes other than ours holding BPF programs during a run (their probes would add
+# their cost to it): writes them to foreign.MODE.ROUND.txt and prints "foreign_bpf=N".
+foreign_bpf() {
+    local file="$OUT_DIR/foreign.$1.$2.txt"
+    shift 2
+    python3 "$REPORT" foreign "$@" >"$file"
+    echo "foreign_bpf=$(grep -c . "$file" || true)"
+}
+
 # Runs the churn workload; prints its summary line.
 churn() {
     local log="$1" out
@@ -216,8 +225,10 @@ stop_collector() {
 # --- the three modes ---------------------------------------------------------------------
 run_a() {
     local round="$1" line
+    local foreign
+    foreign="$(foreign_bpf a "$round")"
     line="$(churn "$OUT_DIR/churn.a.$round.log")"
-    echo "mode=a round=$round $line" >>"$RESULTS"
+    echo "mode=a round=$round $line $foreign" >>"$RESULTS"
     say "round $round a (nothing attached): $line"
 }
 
@@ -234,12 +245,14 @@ run_b() {
         [ "$SECONDS" -lt "$deadline" ] || die "tcplife did not attach within 30 s"
         sleep 0.05
     done
+    local foreign
+    foreign="$(foreign_bpf b "$round" "$pid")"
     line="$(churn "$OUT_DIR/churn.b.$round.log")"
     progs="$(python3 "$REPORT" progs "$pid")"
     stop_and_sample "$pid"
     stats_off
     echo "$progs" >"$OUT_DIR/progs.b.$round.txt"
-    echo "mode=b round=$round $line $(grep '^total ' <<<"$progs" | cut -d' ' -f2-) cpu_ticks=$STOP_TICKS vmhwm_kb=$STOP_HWM_KB exit=$STOP_RC" >>"$RESULTS"
+    echo "mode=b round=$round $line $(grep '^total ' <<<"$progs" | cut -d' ' -f2-) cpu_ticks=$STOP_TICKS vmhwm_kb=$STOP_HWM_KB exit=$STOP_RC $foreign" >>"$RESULTS"
     say "round $round b (tcplife > /dev/null): $line"
 }
 
@@ -262,6 +275,8 @@ run_c() {
     done
     cpu0="$(cpu_ticks "$pid")"
     collector0="$(cpu_ticks "$COLLECTOR_PID")"
+    local foreign
+    foreign="$(foreign_bpf c "$round" "$pid")"
     line="$(churn "$OUT_DIR/churn.c.$round.log")"
     progs="$(python3 "$REPORT" progs "$pid")"
     stop_and_sample "$pid"
@@ -271,7 +286,7 @@ run_c() {
     echo "$progs" >"$OUT_DIR/progs.c.$round.txt"
     accounting="$(grep -o 'session accounting .*' "$err" | tail -n 1 | sed 's/^session accounting //')"
     [ -n "$accounting" ] || say "round $round: the agent logged no session accounting line (exit $STOP_RC; see $err)"
-    echo "mode=c round=$round $line $(grep '^total ' <<<"$progs" | cut -d' ' -f2-) cpu_ticks=$((STOP_TICKS - cpu0)) cpu_ticks_total=$STOP_TICKS vmhwm_kb=$STOP_HWM_KB exit=$STOP_RC received=${RECEIVED:-0} collector_cpu_ticks=$((collector1 - collector0)) $accounting" >>"$RESULTS"
+    echo "mode=c round=$round $line $(grep '^total ' <<<"$progs" | cut -d' ' -f2-) cpu_ticks=$((STOP_TICKS - cpu0)) cpu_ticks_total=$STOP_TICKS vmhwm_kb=$STOP_HWM_KB exit=$STOP_RC received=${RECEIVED:-0} collector_cpu_ticks=$((collector1 - collector0)) $foreign $accounting" >>"$RESULTS"
     say "round $round c (otel-agent -> $COLLECTOR): $line"
 }
 

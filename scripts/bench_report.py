@@ -10,6 +10,9 @@
   bench_report.py links PID
       How many BPF links PID holds (tcplife holds one per attached program).
 
+  bench_report.py foreign [PID...]
+      Processes other than PID... that hold BPF programs, one line each.
+
   bench_report.py summary RESULTS MACHINE COLLECTOR
       The summary of a run: medians, ratios, session accounting, kernel cost, agent CPU
       and memory, and the targets of issue 5.
@@ -82,6 +85,23 @@ def progs(pid):
         )
     per_hit = total_ns / total_cnt if total_cnt else 0.0
     print(f"total progs={count} run_cnt={total_cnt} run_time_ns={total_ns} ns_per_hit={per_hit:.1f}")
+
+
+def foreign(exclude):
+    """Other processes holding BPF programs (another agent or tcplife would add its cost to
+    every run): one "pid=... comm=... progs=..." line each."""
+    for entry in sorted(os.listdir("/proc"), key=lambda e: (len(e), e)):
+        if not entry.isdigit() or entry in exclude:
+            continue
+        ids = prog_ids(entry)
+        if not ids:
+            continue
+        try:
+            with open(f"/proc/{entry}/comm") as f:
+                comm = f.read().strip()
+        except OSError:
+            continue
+        print(f"pid={entry} comm={comm} progs={len(ids)}")
 
 
 def parse_results(path):
@@ -163,6 +183,12 @@ def summary(results_path, machine_path, collector):
         f"median {med['a']:>10.0f} {med['b']:>11.0f} {med['c']:>10.0f} "
         f"{median(ratios_b):>6.3f} {median(ratios_c):>6.3f}   (ratios: median of per-round ratios)"
     )
+    foreign_runs = [r for r in rows if integer(r, "foreign_bpf")]
+    if foreign_runs:
+        print(
+            f"WARNING: {len(foreign_runs)} runs had BPF programs of other processes loaded "
+            "(another agent or tracer adds its kernel cost to every run): see foreign.*.txt"
+        )
     errors = sum(integer(r, "client_errors") + integer(r, "server_errors") for r in rows)
     if errors:
         print(f"churn errors over all runs: {errors} (see the churn.*.log files)")
@@ -296,6 +322,8 @@ def main(argv):
         progs(argv[2])
     elif len(argv) == 3 and argv[1] == "links":
         links(argv[2])
+    elif len(argv) >= 2 and argv[1] == "foreign":
+        foreign(set(argv[2:]))
     elif len(argv) == 5 and argv[1] == "summary":
         summary(argv[2], argv[3], argv[4])
     else:
