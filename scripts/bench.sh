@@ -11,7 +11,7 @@
 # sessions and its peak RSS. PERFORMANCE.md describes the figures.
 #
 # Settings (environment):
-#   ROUNDS=3            rounds of (a, b, c)
+#   ROUNDS=5            rounds of (a, b, c), in rotating order
 #   DURATION=10s        churn duration per run (the churn also stops at MAX_CONNECTIONS)
 #   MAX_CONNECTIONS=2000000
 #   CHURN_THREADS=8     client threads (and as many server threads)
@@ -28,7 +28,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 
-ROUNDS="${ROUNDS:-3}"
+ROUNDS="${ROUNDS:-5}"
 DURATION="${DURATION:-10s}"
 MAX_CONNECTIONS="${MAX_CONNECTIONS:-2000000}"
 CHURN_THREADS="${CHURN_THREADS:-8}"

@@ -189,6 +189,13 @@ def summary(results_path, machine_path, collector):
             f"WARNING: {len(foreign_runs)} runs had BPF programs of other processes loaded "
             "(another agent or tracer adds its kernel cost to every run): see foreign.*.txt"
         )
+    for mode, who in (("a", "nothing attached"), ("b", "tcplife"), ("c", "otel-agent")):
+        rates = [num(r, "rate_per_s") for r in by_mode[mode].values()]
+        if len(rates) > 1 and min(rates) > 0:
+            print(
+                f"spread of {mode} ({who}): {min(rates):.0f} to {max(rates):.0f} "
+                f"(max/min {max(rates) / min(rates):.2f}; the machine's own noise)"
+            )
     errors = sum(integer(r, "client_errors") + integer(r, "server_errors") for r in rows)
     if errors:
         print(f"churn errors over all runs: {errors} (see the churn.*.log files)")
