@@ -224,9 +224,14 @@ def summary(results_path, machine_path, collector):
         ("records_read", "records_read"),
         ("lost_decode_error", "lost_decode_error"),
         ("lost_channel_full", "lost_channel_full"),
-        ("spans_recorded", "spans_recorded"),
+        ("enqueued (otlp export queue)", "enqueued"),
+        ("lost_queue_full", "lost_queue_full"),
+        ("exported", "exported"),
+        ("lost_at_shutdown", "lost_at_shutdown"),
+        ("queued at exit", "queued"),
+        ("export_errors (retried)", "export_errors"),
         (f"received by {collector}", "received"),
-        ("sdk_dropped (recorded - received)", None),
+        ("uncounted (exported - received)", None),
         ("birth_not_seen", "birth_not_seen"),
         ("kernel_evicted", "kernel_evicted"),
         ("kernel_map_update_failed", "kernel_map_update_failed"),
@@ -240,31 +245,31 @@ def summary(results_path, machine_path, collector):
         for r in c_rows:
             if label.startswith("workload"):
                 values.append(2 * integer(r, "connections"))
-            elif label.startswith("sdk_dropped"):
-                values.append(integer(r, "spans_recorded") - integer(r, "received"))
+            elif label.startswith("uncounted"):
+                values.append(integer(r, "exported") - integer(r, "received"))
             else:
                 values.append(integer(r, key))
         print(f"{label:>38}" + "".join(f"{v:>12}" for v in values))
     for r in c_rows:
-        emitted, read = integer(r, "kernel_emitted"), integer(r, "records_read")
-        recorded, received = integer(r, "spans_recorded"), integer(r, "received")
-        counted = (
-            integer(r, "lost_ring_buffer_full")
-            + integer(r, "lost_decode_error")
-            + integer(r, "lost_channel_full")
-        )
-        sdk = recorded - received
-        lost_total += counted + sdk
+        g = lambda key: integer(r, key)  # noqa: E731
+        ring, decode, channel = g("lost_ring_buffer_full"), g("lost_decode_error"), g("lost_channel_full")
+        queue_full, at_shutdown = g("lost_queue_full"), g("lost_at_shutdown")
+        counted = ring + decode + channel + queue_full + at_shutdown
+        uncounted = g("exported") - g("received")
+        lost_total += counted + abs(uncounted)
         exact = (
-            read == emitted
-            and recorded == read - integer(r, "lost_decode_error") - integer(r, "lost_channel_full")
-            and received == recorded
+            "exported" in r
+            and g("records_read") == g("kernel_emitted")
+            and g("enqueued") + queue_full == g("records_read") - decode - channel
+            and g("exported") + at_shutdown + g("queued") == g("enqueued")
+            and g("received") == g("exported")
         )
         reconciled &= exact
+        saw = g("kernel_emitted") + ring
         print(
-            f"  round {r['round']}: kernel saw {emitted + integer(r, 'lost_ring_buffer_full')} closed sessions "
-            f"({emitted + integer(r, 'lost_ring_buffer_full') - 2 * integer(r, 'connections')} beyond the workload's), "
-            f"exported {received}, lost {counted} counted + {sdk} uncounted (SDK): "
+            f"  round {r['round']}: kernel saw {saw} closed sessions "
+            f"({saw - 2 * g('connections')} beyond the workload's), exported {g('exported')}, "
+            f"{collector} received {g('received')}, lost {counted} (counted) + {uncounted} (uncounted): "
             f"{'reconciles exactly' if exact else 'DOES NOT reconcile'}; agent exit {r.get('exit', '?')}"
         )
 

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Quick start, part two: installs what the tests need (scripts/setup.sh test), then runs the
 # whole suite: formatting, clippy for the userspace crates and for the eBPF crate (on its
-# real bpfel target), the unit tests, and the privileged and end-to-end tests (root needed:
-# they load the probe into the kernel and start the rotel collector).
+# real bpfel target), the static checks of the deployment files, the unit tests, and the
+# privileged and end-to-end tests (root needed: they load the probe into the kernel and
+# start the rotel collector and tcplife).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -21,6 +22,9 @@ step "clippy: eBPF crate (bpfel-unknown-none, nightly)"
 CARGO_TARGET_DIR=target/ebpf-clippy RUSTFLAGS='--cfg=bpf_target_arch="x86_64"' \
     cargo +nightly clippy --locked -p otel-agent-ebpf --target bpfel-unknown-none \
     -Z build-std=core --bins -- -D warnings
+
+step "deployment files: collector config, docker-compose, Kubernetes manifests, Dockerfile"
+scripts/check-deploy.sh
 
 step "build the agent binary used by the end-to-end tests"
 cargo build --locked -p otel-agent

@@ -1,6 +1,7 @@
 //! A counting OTLP/gRPC trace receiver: it accepts `ExportTraceService/Export` requests,
 //! decodes them fully (as a collector does), counts requests and spans, and throws the spans
-//! away. It is the benchmark's "test receiver": unlike a collector with a blackhole
+//! away. It also accepts (and discards) the agent's self-metrics, so that they do not show
+//! up as export errors. It is the benchmark's "test receiver": unlike a collector with a blackhole
 //! exporter, it says exactly how many spans arrived.
 
 use std::{
@@ -12,9 +13,15 @@ use std::{
     },
 };
 
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-    trace_service_server::{TraceService, TraceServiceServer},
+use opentelemetry_proto::tonic::collector::{
+    metrics::v1::{
+        ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+        metrics_service_server::{MetricsService, MetricsServiceServer},
+    },
+    trace::v1::{
+        ExportTraceServiceRequest, ExportTraceServiceResponse,
+        trace_service_server::{TraceService, TraceServiceServer},
+    },
 };
 use tokio::{net::TcpListener, sync::Notify};
 use tonic::{Request, Response, Status};
@@ -97,6 +104,18 @@ impl TraceService for CountingSink {
     }
 }
 
+#[tonic::async_trait]
+impl MetricsService for CountingSink {
+    async fn export(
+        &self,
+        _request: Request<ExportMetricsServiceRequest>,
+    ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
+        Ok(Response::new(ExportMetricsServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
 /// Largest request accepted, bytes (the exporter's batches of 512 spans are well below).
 const MAX_REQUEST_BYTES: usize = 64 * 1024 * 1024;
 
@@ -109,11 +128,12 @@ pub async fn serve(
     // Without TCP_NODELAY, the server's small frames (window updates, the response) wait
     // for the client's delayed ACK: about 40 ms per request on loopback.
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let sink = CountingSink::new(counts);
     tonic::transport::Server::builder()
         .add_service(
-            TraceServiceServer::new(CountingSink::new(counts))
-                .max_decoding_message_size(MAX_REQUEST_BYTES),
+            TraceServiceServer::new(sink.clone()).max_decoding_message_size(MAX_REQUEST_BYTES),
         )
+        .add_service(MetricsServiceServer::new(sink).max_decoding_message_size(MAX_REQUEST_BYTES))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
 }

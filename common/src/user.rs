@@ -96,10 +96,22 @@ impl SessionRecord {
         Origin::try_from(self.origin)
     }
 
-    /// The owner's task name, up to its first NUL, with invalid UTF-8 replaced.
+    /// The owner's task name, up to its first NUL, safe to print and export: invalid UTF-8
+    /// becomes U+FFFD and every control character (C0, DEL and C1: a process sets its name
+    /// to any bytes with `prctl(PR_SET_NAME)`, escape sequences and newlines included)
+    /// becomes `?`.
     pub fn comm(&self) -> std::borrow::Cow<'_, str> {
         let len = self.comm.iter().position(|&b| b == 0).unwrap_or(COMM_LEN);
-        std::string::String::from_utf8_lossy(&self.comm[..len])
+        let text = std::string::String::from_utf8_lossy(&self.comm[..len]);
+        if text.chars().any(char::is_control) {
+            let replaced = text
+                .chars()
+                .map(|c| if c.is_control() { '?' } else { c })
+                .collect();
+            std::borrow::Cow::Owned(replaced)
+        } else {
+            text
+        }
     }
 
     /// Whether all bits of `flag` (from [`crate::flags`]) are set.
@@ -221,6 +233,40 @@ mod tests {
         assert_eq!(record.comm(), "sixteen-chars-xy");
     }
 
+    fn comm_of(bytes: &[u8]) -> std::string::String {
+        let mut record = ipv4_record();
+        record.comm = [0; COMM_LEN];
+        record.comm[..bytes.len()].copy_from_slice(bytes);
+        record.comm().into_owned()
+    }
+
+    #[test]
+    fn control_characters_in_comm_become_question_marks() {
+        assert_eq!(comm_of(b"\x1b[31mred\x1b[0m"), "?[31mred?[0m");
+        assert_eq!(comm_of(b"two\nlines\r\t"), "two?lines??");
+        assert_eq!(comm_of(b"bell\x07del\x7f"), "bell?del?");
+        assert_eq!(comm_of(b"\x01\x02\x03\x1f"), "????");
+        // C1 controls, encoded in UTF-8: NEL (U+0085) and CSI (U+009B).
+        assert_eq!(comm_of(b"a\xc2\x85b\xc2\x9bc"), "a?b?c");
+        // Printable non-ASCII and punctuation stay as they are.
+        assert_eq!(comm_of("caf\u{e9} x,y".as_bytes()), "caf\u{e9} x,y");
+    }
+
+    #[test]
+    fn invalid_utf8_in_comm_is_replaced_and_controls_too() {
+        assert_eq!(comm_of(b"bad\xff\xfe"), "bad\u{fffd}\u{fffd}");
+        assert_eq!(comm_of(b"\xc3\x1b"), "\u{fffd}?");
+        // A 16-byte name without NUL, cut in the middle of a character by the kernel.
+        assert_eq!(comm_of(b"fifteen-chars-\xc3\xa9"), "fifteen-chars-\u{e9}");
+        assert_eq!(comm_of(b"fifteen-chars-x\xc3"), "fifteen-chars-x\u{fffd}");
+    }
+
+    #[test]
+    fn a_clean_comm_is_borrowed() {
+        let record = ipv4_record();
+        assert!(matches!(record.comm(), std::borrow::Cow::Borrowed("curl")));
+    }
+
     #[test]
     fn refuses_a_short_record() {
         let bytes = bytes_of(&ipv4_record());
@@ -256,5 +302,167 @@ mod tests {
             DecodeError::TooShort { len: 3 }.to_string(),
             "record of 3 bytes is shorter than a session record (144 bytes)"
         );
+    }
+
+    /// Property tests: any bytes decode to a record or to the error that names what is
+    /// wrong, never a panic; a valid record survives encode and decode unchanged.
+    mod properties {
+        use core::mem::offset_of;
+        use std::vec::Vec;
+
+        use proptest::{collection::vec, prelude::*};
+
+        use super::{super::*, bytes_of};
+        use crate::flags;
+
+        /// A record with every field arbitrary but the family and origin, which decoding
+        /// checks.
+        fn valid_record() -> impl Strategy<Value = SessionRecord> {
+            (
+                any::<[u64; 5]>(),
+                any::<[u32; 12]>(),
+                prop_oneof![Just(AF_INET), Just(AF_INET6)],
+                any::<[u16; 2]>(),
+                (0u8..=2, any::<u8>()),
+                any::<[[u8; 16]; 3]>(),
+            )
+                .prop_map(
+                    |(wide, narrow, family, ports, (origin, close_from), bytes)| {
+                        let [
+                            birth_ns,
+                            close_ns,
+                            established_ns,
+                            bytes_acked,
+                            bytes_received,
+                        ] = wide;
+                        let [
+                            pid,
+                            flags,
+                            states,
+                            snd_una,
+                            write_seq,
+                            rcv_nxt,
+                            copied_seq,
+                            srtt_us,
+                            total_retrans,
+                            segs_in,
+                            segs_out,
+                            netns,
+                        ] = narrow;
+                        let [local_addr, remote_addr, comm] = bytes;
+                        SessionRecord {
+                            birth_ns,
+                            close_ns,
+                            established_ns,
+                            bytes_acked,
+                            bytes_received,
+                            pid,
+                            flags,
+                            states,
+                            snd_una,
+                            write_seq,
+                            rcv_nxt,
+                            copied_seq,
+                            srtt_us,
+                            total_retrans,
+                            segs_in,
+                            segs_out,
+                            netns,
+                            family,
+                            local_port: ports[0],
+                            remote_port: ports[1],
+                            origin,
+                            close_from_state: close_from,
+                            local_addr,
+                            remote_addr,
+                            comm,
+                        }
+                    },
+                )
+        }
+
+        /// The error `decode` must return for `bytes`, computed independently, or `None`.
+        fn expected_error(bytes: &[u8]) -> Option<DecodeError> {
+            if bytes.len() < SESSION_RECORD_SIZE {
+                return Some(DecodeError::TooShort { len: bytes.len() });
+            }
+            let at = offset_of!(SessionRecord, family);
+            let family = u16::from_ne_bytes([bytes[at], bytes[at + 1]]);
+            let origin = bytes[offset_of!(SessionRecord, origin)];
+            if family != AF_INET && family != AF_INET6 {
+                Some(DecodeError::UnknownFamily(family))
+            } else if origin > origin::PASSIVE {
+                Some(DecodeError::UnknownOrigin(origin))
+            } else {
+                None
+            }
+        }
+
+        /// Uses every accessor of a decoded record: none may panic, and `comm` is clean.
+        fn use_every_accessor(record: &SessionRecord) -> Result<(), TestCaseError> {
+            prop_assert!(record.local_ip().is_ok());
+            prop_assert!(record.remote_ip().is_ok());
+            prop_assert!(record.origin().is_ok());
+            let comm = record.comm();
+            prop_assert!(!comm.chars().any(char::is_control), "{:?}", comm);
+            prop_assert!(comm.chars().count() <= COMM_LEN);
+            let _ = record.has(flags::BIRTH_SEEN);
+            Ok(())
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2048))]
+
+            #[test]
+            fn arbitrary_bytes_decode_or_fail_with_the_right_error(
+                mut bytes in vec(any::<u8>(), 0..2 * SESSION_RECORD_SIZE),
+                make_valid: bool,
+            ) {
+                // Half the long inputs get a valid family and origin, to reach the Ok path.
+                if make_valid && bytes.len() >= SESSION_RECORD_SIZE {
+                    let at = offset_of!(SessionRecord, family);
+                    let family = if bytes[at] % 2 == 0 { AF_INET } else { AF_INET6 };
+                    bytes[at..at + 2].copy_from_slice(&family.to_ne_bytes());
+                    let at = offset_of!(SessionRecord, origin);
+                    bytes[at] %= 3;
+                }
+                match (SessionRecord::decode(&bytes), expected_error(&bytes)) {
+                    (Ok(record), None) => {
+                        prop_assert_eq!(bytes_of(&record), &bytes[..SESSION_RECORD_SIZE]);
+                        use_every_accessor(&record)?;
+                    }
+                    (result, expected) => prop_assert_eq!(result.err(), expected),
+                }
+            }
+
+            #[test]
+            fn a_valid_record_round_trips(
+                record in valid_record(),
+                misalign in 0usize..8,
+                trailing in vec(any::<u8>(), 0..16),
+            ) {
+                let mut buffer: Vec<u8> = std::vec![0xA5; misalign];
+                buffer.extend(bytes_of(&record));
+                buffer.extend(&trailing);
+                let decoded = SessionRecord::decode(&buffer[misalign..]);
+                prop_assert_eq!(decoded, Ok(record));
+                use_every_accessor(&record)?;
+            }
+
+            #[test]
+            fn comm_is_always_printable_and_keeps_printable_ascii(comm: [u8; COMM_LEN]) {
+                let mut record = SessionRecord { comm, ..SessionRecord::default() };
+                let printed = record.comm().into_owned();
+                prop_assert!(!printed.chars().any(char::is_control), "{:?}", printed);
+                // Printable ASCII up to the first NUL comes out unchanged.
+                let end = comm.iter().position(|&b| b == 0).unwrap_or(COMM_LEN);
+                for byte in &mut record.comm[..end] {
+                    *byte = b' ' + *byte % 95;
+                }
+                let ascii: std::string::String =
+                    record.comm[..end].iter().map(|&b| char::from(b)).collect();
+                prop_assert_eq!(record.comm(), ascii.as_str());
+            }
+        }
     }
 }

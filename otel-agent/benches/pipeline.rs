@@ -1,19 +1,19 @@
 //! Userspace benchmark (issue 5), `cargo bench -p otel-agent --bench pipeline`:
 //!
 //! - per session, with criterion: decoding a ring-buffer record, building the `Session`,
-//!   building its attributes, recording its span into an SDK provider whose processor drops
-//!   it, converting a batch of spans to OTLP protobuf messages, and encoding them;
+//!   building its attributes, building its span (`span::span_data`), converting a batch of
+//!   spans to OTLP protobuf messages, and encoding them;
 //! - the whole pipeline: synthetic ring-buffer records -> decode -> the agent's pipeline
-//!   stage -> the agent's batching OTLP/gRPC exporter -> a counting receiver on loopback.
-//!   Everything but the receiver runs pinned to one CPU, the receiver on another, so the
-//!   rate is what one core sustains. It reports what the receiver counted, so spans the
-//!   SDK's batch processor drops (queue full) show up as a difference.
+//!   stage -> the agent's export queue and OTLP/gRPC exporter -> a counting receiver on
+//!   loopback. Everything but the receiver runs pinned to one CPU, the receiver on
+//!   another, so the rate is what one core sustains. It reports the export queue's counters
+//!   and what the receiver counted, which must agree.
 //!
 //! Environment: `PIPELINE_SESSIONS` (default 200000), `PIPELINE_RUNS` (3),
 //! `PIPELINE_WINDOW` (1536: sessions in flight in the paced mode), `PIPELINE_CPU` (0: the
 //! core the pipeline is pinned to), `BENCH_PIPELINE=0` to skip the
-//! pipeline part; the SDK's `OTEL_BSP_*` variables apply to the exporter as in the agent
-//! (see [`pipeline_modes`]). A criterion filter argument that does not match `pipeline`
+//! pipeline part; the export configuration comes from the agent's own command line and
+//! environment handling, so `OTEL_BSP_*` apply as in the agent (see [`pipeline_modes`]). A criterion filter argument that does not match `pipeline`
 //! skips the pipeline part; `pipeline` alone runs it (criterion then matches nothing).
 //!
 //! Keep this thin: it calls the agent's public stages and nothing else, so that it follows
@@ -26,9 +26,9 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
+use clap::Parser as _;
 use common::{AF_INET, COMM_LEN, SESSION_RECORD_SIZE, SessionRecord, flags, origin, states};
 use criterion::{BatchSize, Criterion, Throughput};
-use opentelemetry::{Context, trace::TracerProvider as _};
 use opentelemetry_proto::{
     tonic::collector::trace::v1::ExportTraceServiceRequest,
     transform::{
@@ -36,16 +36,13 @@ use opentelemetry_proto::{
         trace::tonic::group_spans_by_resource_and_scope,
     },
 };
-use opentelemetry_sdk::{
-    Resource,
-    error::OTelSdkResult,
-    trace::{InMemorySpanExporter, SdkTracerProvider, Span, SpanData, SpanProcessor},
-};
+use opentelemetry_sdk::trace::{RandomIdGenerator, SpanData};
 use otel_agent::{
-    cli::OtlpProtocol,
+    cli::Cli,
     clock::WallClock,
-    export::{self, ExportTarget, SCOPE_NAME},
+    export::{Exporters, config::ExportConfig},
     pipeline::{self, Sinks},
+    resource::agent_resource,
     session::Session,
     span,
     stats::PipelineStats,
@@ -110,42 +107,16 @@ fn bytes_of(record: &SessionRecord) -> Vec<u8> {
     .to_vec()
 }
 
-/// A span processor that drops every finished span: span building without export.
-#[derive(Debug)]
-struct DropSpans;
-
-impl SpanProcessor for DropSpans {
-    fn on_start(&self, _span: &mut Span, _cx: &Context) {}
-    fn on_end(&self, span: SpanData) {
-        black_box(span);
-    }
-    fn force_flush(&self) -> OTelSdkResult {
-        Ok(())
-    }
-    fn shutdown_with_timeout(&self, _timeout: Duration) -> OTelSdkResult {
-        Ok(())
-    }
-}
-
-fn resource() -> Resource {
-    Resource::builder()
-        .with_service_name(export::DEFAULT_SERVICE_NAME)
-        .build()
-}
-
-/// `EXPORT_BATCH` finished spans, as the batch processor hands them to the exporter.
+/// `EXPORT_BATCH` finished spans, as the export queue hands them to the exporter.
 fn span_batch(clock: WallClock, agent_start: SystemTime) -> Vec<SpanData> {
-    let exporter = InMemorySpanExporter::default();
-    let provider = SdkTracerProvider::builder()
-        .with_simple_exporter(exporter.clone())
-        .with_resource(resource())
-        .build();
-    let tracer = provider.tracer(SCOPE_NAME);
-    for i in 0..EXPORT_BATCH as u64 {
-        let session = Session::from_record(&record(i), clock, agent_start).expect("decodes");
-        span::record(&tracer, &session);
-    }
-    exporter.get_finished_spans().expect("spans")
+    let ids = RandomIdGenerator::default();
+    let scope = span::scope();
+    (0..EXPORT_BATCH as u64)
+        .map(|i| {
+            let session = Session::from_record(&record(i), clock, agent_start).expect("decodes");
+            span::span_data(&session, &ids, &scope)
+        })
+        .collect()
 }
 
 fn per_session(c: &mut Criterion) {
@@ -166,18 +137,15 @@ fn per_session(c: &mut Criterion) {
     group.bench_function("span_attributes", |b| {
         b.iter(|| span::attributes(black_box(&session)));
     });
-    let provider = SdkTracerProvider::builder()
-        .with_span_processor(DropSpans)
-        .with_resource(resource())
-        .build();
-    let tracer = provider.tracer(SCOPE_NAME);
-    group.bench_function("span_record", |b| {
-        b.iter(|| span::record(&tracer, black_box(&session)));
+    let ids = RandomIdGenerator::default();
+    let scope = span::scope();
+    group.bench_function("span_data", |b| {
+        b.iter(|| span::span_data(black_box(&session), &ids, &scope));
     });
     group.finish();
 
     let spans = span_batch(clock, agent_start);
-    let resource = ResourceAttributesWithSchema::from(&resource());
+    let resource = ResourceAttributesWithSchema::from(&agent_resource());
     let request = ExportTraceServiceRequest {
         resource_spans: group_spans_by_resource_and_scope(spans.clone(), &resource),
     };
@@ -204,7 +172,11 @@ fn per_session(c: &mut Criterion) {
 /// One measured run of the whole pipeline.
 struct PipelineRun {
     sessions: u64,
-    spans_recorded: u64,
+    /// The export queue's counters.
+    enqueued: u64,
+    exported: u64,
+    lost_queue_full: u64,
+    lost_at_shutdown: u64,
     received: u64,
     elapsed: Duration,
     /// CPU time of everything but the receiver thread.
@@ -348,15 +320,26 @@ async fn pipeline_run(
     let process_cpu_before = cpu_time(libc::CLOCK_PROCESS_CPUTIME_ID);
     let start = Instant::now();
 
-    let target = ExportTarget {
-        protocol: OtlpProtocol::Grpc,
-        endpoint: format!("http://{}", receiver.addr),
-    };
-    let provider = export::tracer_provider(&target).expect("tracer provider");
+    // The agent's own flag and environment handling decides the export configuration.
+    let endpoint = format!("http://{}", receiver.addr);
+    let cli = Cli::try_parse_from([
+        "otel-agent",
+        "--otlp-endpoint",
+        endpoint.as_str(),
+        "--otlp-protocol",
+        "grpc",
+    ])
+    .expect("agent command line");
+    let config =
+        ExportConfig::resolve(&cli.export, |name| std::env::var(name).ok()).expect("config");
+    let exporters =
+        Exporters::start(&config, None, false, Duration::from_secs(30)).expect("exporter");
+    let outputs = exporters.handles();
     let sinks = Sinks {
-        tracer: Some(provider.tracer(SCOPE_NAME)),
+        outputs: outputs.clone(),
         console: None,
         agent_start: SystemTime::now(),
+        containers: None,
     };
     let stats = Arc::new(PipelineStats::default());
     // The agent's channel capacity; the reader here waits instead of dropping, so that the
@@ -377,16 +360,20 @@ async fn pipeline_run(
     }
     drop(tx);
     stage.await.expect("pipeline task").expect("pipeline");
-    let flushed = export::shutdown(provider, Duration::from_secs(30)).await;
-    assert!(flushed, "the exporter did not flush within 30 s");
+    exporters.shutdown().await;
     let elapsed = start.elapsed();
     let receiver_cpu = receiver.cpu() - receiver_cpu_before;
     let cpu = (cpu_time(libc::CLOCK_PROCESS_CPUTIME_ID) - process_cpu_before)
         .saturating_sub(receiver_cpu);
 
+    let queue = &outputs[0].stats;
+    let get = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
     PipelineRun {
         sessions,
-        spans_recorded: stats.spans_recorded.load(Ordering::Relaxed),
+        enqueued: get(&queue.enqueued),
+        exported: get(&queue.exported),
+        lost_queue_full: get(&queue.dropped_queue_full),
+        lost_at_shutdown: get(&queue.dropped_at_shutdown),
         received: receiver.counts.spans() - received_before,
         elapsed,
         cpu,
@@ -404,7 +391,7 @@ fn pipeline_throughput(mode: &str, window: Option<u64>) {
     let receiver = Receiver::start(receiver_cpu);
     pin_to(cpu).expect("pin the pipeline");
     println!(
-        "pipeline mode={mode}: {sessions} sessions per run, {runs} runs, in flight at most {}, OTEL_BSP_MAX_QUEUE_SIZE={}; producer, pipeline and exporter on CPU {cpu}, receiver on {}",
+        "pipeline mode={mode}: {sessions} sessions per run, {runs} runs, in flight at most {}, OTEL_BSP_MAX_QUEUE_SIZE={}; producer, pipeline and export worker on CPU {cpu}, receiver on {}",
         window.map_or_else(|| "unlimited".to_owned(), |w| w.to_string()),
         std::env::var("OTEL_BSP_MAX_QUEUE_SIZE").unwrap_or_else(|_| "unset (2048)".to_owned()),
         receiver_cpu.map_or_else(
@@ -423,11 +410,13 @@ fn pipeline_throughput(mode: &str, window: Option<u64>) {
     for run in 1..=runs {
         let result = runtime.block_on(pipeline_run(&receiver, sessions, &records, window));
         println!(
-            "pipeline mode={mode} run={run} sessions={} spans_recorded={} received={} sdk_dropped={} elapsed_s={:.3} received_per_s={:.0} cpu_s={:.3} received_per_cpu_s={:.0} receiver_cpu_s={:.3}",
+            "pipeline mode={mode} run={run} sessions={} enqueued={} exported={} received={} lost_queue_full={} lost_at_shutdown={} elapsed_s={:.3} received_per_s={:.0} cpu_s={:.3} received_per_cpu_s={:.0} receiver_cpu_s={:.3}",
             result.sessions,
-            result.spans_recorded,
+            result.enqueued,
+            result.exported,
             result.received,
-            result.spans_recorded - result.received,
+            result.lost_queue_full,
+            result.lost_at_shutdown,
             result.elapsed.as_secs_f64(),
             result.received_per_s(),
             result.cpu.as_secs_f64(),
@@ -440,9 +429,16 @@ fn pipeline_throughput(mode: &str, window: Option<u64>) {
         values.sort_by(f64::total_cmp);
         values[values.len() / 2]
     };
-    let dropped: u64 = results.iter().map(|r| r.spans_recorded - r.received).sum();
+    let lost: u64 = results
+        .iter()
+        .map(|r| r.lost_queue_full + r.lost_at_shutdown)
+        .sum();
+    let uncounted: u64 = results
+        .iter()
+        .map(|r| r.sessions - r.received - r.lost_queue_full - r.lost_at_shutdown)
+        .sum();
     println!(
-        "pipeline mode={mode} median received_per_s={:.0} received_per_cpu_s={:.0} sdk_dropped_total={dropped}",
+        "pipeline mode={mode} median received_per_s={:.0} received_per_cpu_s={:.0} lost_counted_total={lost} lost_uncounted_total={uncounted}",
         median(results.iter().map(PipelineRun::received_per_s).collect()),
         median(
             results
@@ -453,12 +449,12 @@ fn pipeline_throughput(mode: &str, window: Option<u64>) {
     );
 }
 
-/// Runs the pipeline part twice, each in a child process of this binary (so that the
-/// SDK reads its `OTEL_BSP_*` variables afresh, and CPU time covers only the pipeline), both
-/// with the batch processor as the agent configures it (unless `OTEL_BSP_*` is set):
+/// Runs the pipeline part twice, each in a child process of this binary (so that CPU time
+/// covers only the pipeline), both with the export queue as the agent configures it
+/// (unless `OTEL_BSP_*` is set):
 /// - `unpaced`: records arrive as fast as the pipeline takes them, like a burst from the
-///   ring buffer. The processor's queue (2048 spans) fills and it drops spans without the
-///   agent counting them: `sdk_dropped` shows how many.
+///   ring buffer. The export queue (2048 sessions) fills and drops, counting the drops
+///   (`lost_queue_full`).
 /// - `paced`: at most `PIPELINE_WINDOW` (default 1536, below the queue's 2048) sessions in
 ///   flight, so nothing is dropped: `received_per_s` is the rate the whole pipeline
 ///   sustains without loss, and `received_per_cpu_s` what one core would sustain if the

@@ -3,22 +3,23 @@
 //! buffer, let the pipeline finish, flush the exporter within its deadline, detach the probe),
 //! then logs the session accounting.
 
-use std::{sync::Arc, time::SystemTime};
+use std::{path::Path, sync::Arc, time::SystemTime};
 
-use opentelemetry::trace::TracerProvider as _;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     cli::Cli,
-    console::Console,
+    container::{ContainerIdCache, proc_shows_host_pids},
     error::{AgentError, with_causes},
     events,
-    export::{self, ExportTarget, SCOPE_NAME},
+    export::config::ExportConfig,
+    metrics::SelfMetrics,
+    outputs::{self, Outputs},
     pipeline::{self, Sinks},
     probe::Probe,
-    shutdown,
-    stats::PipelineStats,
+    shutdown::Signals,
+    stats::{PipelineStats, Snapshot},
 };
 
 /// Records the reader may queue for the pipeline before it starts counting drops.
@@ -26,14 +27,21 @@ const CHANNEL_CAPACITY: usize = 64 * 1024;
 
 /// Runs the agent until a signal asks it to stop.
 pub async fn run(cli: Cli) -> Result<(), AgentError> {
-    let target = ExportTarget::resolve(&cli.export, |name| std::env::var(name).ok())?;
-    let provider = target.as_ref().map(export::tracer_provider).transpose()?;
-    match &target {
+    let signals = Signals::install()
+        .map_err(|error| AgentError::Internal(format!("cannot listen for signals: {error}")))?;
+    let config = ExportConfig::resolve(&cli.export, |name| std::env::var(name).ok())?;
+    let Outputs { exporters, console } = outputs::open(&cli, &config)?;
+    match &config.otlp {
         Some(target) => tracing::info!(
             endpoint = %target.endpoint,
             protocol = target.protocol.name(),
+            compression = ?target.compression,
+            headers = target.headers.len(),
             "exporting one span per closed TCP session"
         ),
+        None if config.sdk_disabled => {
+            tracing::info!("OTEL_SDK_DISABLED=true: not exporting spans");
+        }
         None => tracing::info!(
             "no OTLP endpoint configured: printing sessions to stdout; to export spans, pass \
              --otlp-endpoint http://HOST:4317 --otlp-protocol grpc or set OTEL_EXPORTER_OTLP_ENDPOINT"
@@ -44,6 +52,7 @@ pub async fn run(cli: Cli) -> Result<(), AgentError> {
     let mut probe = Probe::attach(&cli.probe.options())?;
     let ring = probe.take_events()?;
     let features = probe.features;
+    crate::probe::drop_privileges::drop_after_attach();
     tracing::info!(
         bytes = features.bytes,
         payload = features.payload,
@@ -54,16 +63,11 @@ pub async fn run(cli: Cli) -> Result<(), AgentError> {
         "probe attached to sock:inet_sock_set_state"
     );
 
-    let console = match target {
-        Some(_) => None,
-        None => Some(Console::start(std::io::stdout()).map_err(AgentError::Output)?),
-    };
     let sinks = Sinks {
-        tracer: provider
-            .as_ref()
-            .map(|provider| provider.tracer(SCOPE_NAME)),
+        outputs: exporters.handles(),
         console,
         agent_start,
+        containers: container_ids(),
     };
     let stats = Arc::new(PipelineStats::default());
     let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
@@ -71,12 +75,37 @@ pub async fn run(cli: Cli) -> Result<(), AgentError> {
     let mut reader = tokio::spawn(events::read(ring, tx, stats.clone(), stop.clone()));
     let mut pipeline = tokio::spawn(pipeline::run(rx, sinks, stats.clone()));
 
-    let first = tokio::select! {
-        signal = shutdown::wait_for_signal() => First::Signal(signal),
-        result = &mut reader => First::ReaderEnded(result),
-        result = &mut pipeline => First::PipelineEnded(result),
+    let outputs = exporters.handles();
+    let self_metrics = match &config.otlp {
+        Some(target) => Some(SelfMetrics::start(target, cli.stats_interval)?),
+        None => None,
     };
-    if let First::Signal(Ok(name)) = &first {
+    let snapshot = |probe: &Probe| {
+        let kernel = probe.counters().unwrap_or_else(|error| {
+            tracing::warn!(%error, "cannot read the probe's counters");
+            Default::default()
+        });
+        Snapshot::take(kernel, &stats, &outputs)
+    };
+    let mut ticker = tokio::time::interval(cli.stats_interval);
+    ticker.tick().await;
+    let wait_for_signal = signals.wait();
+    tokio::pin!(wait_for_signal);
+    let first = loop {
+        tokio::select! {
+            signal = &mut wait_for_signal => break First::Signal(signal),
+            result = &mut reader => break First::ReaderEnded(result),
+            result = &mut pipeline => break First::PipelineEnded(result),
+            _ = ticker.tick() => {
+                let now = snapshot(&probe);
+                now.log("periodic");
+                if let Some(metrics) = &self_metrics {
+                    metrics.update(now);
+                }
+            }
+        }
+    };
+    if let First::Signal(name) = &first {
         tracing::info!(
             signal = name,
             "shutting down: draining and flushing queued sessions"
@@ -91,26 +120,20 @@ pub async fn run(cli: Cli) -> Result<(), AgentError> {
         First::ReaderEnded(result) => (None, result, pipeline.await),
         First::PipelineEnded(result) => (None, reader.await, result),
     };
-    if let Some(provider) = provider {
-        export::shutdown(provider, cli.shutdown_timeout).await;
-    }
-    match probe.counters() {
-        Ok(kernel) => stats.log_summary(Some(kernel)),
-        Err(error) => {
-            tracing::warn!(%error, "cannot read the probe's counters");
-            stats.log_summary(None);
-        }
+    exporters.shutdown().await;
+    let last = snapshot(&probe);
+    last.log("final");
+    if let Some(metrics) = self_metrics {
+        metrics.update(last);
+        metrics.shutdown().await;
     }
 
     match (signal, pipeline_result, reader_result) {
         (_, Ok(Err(error)), _) => Err(AgentError::Output(error)),
-        (Some(Ok(name)), Ok(Ok(())), Ok(Ok(()))) => {
+        (Some(name), Ok(Ok(())), Ok(Ok(()))) => {
             tracing::info!(signal = name, "stopped cleanly");
             Ok(())
         }
-        (Some(Err(error)), _, _) => Err(AgentError::Internal(format!(
-            "cannot listen for signals: {error}"
-        ))),
         (_, pipeline, reader) => Err(AgentError::Internal(format!(
             "a task ended unexpectedly: reader {}, pipeline {}",
             describe(reader),
@@ -119,9 +142,27 @@ pub async fn run(cli: Cli) -> Result<(), AgentError> {
     }
 }
 
+/// A container id cache, when this agent sees the host's pids (on the host, or in a
+/// container with the host's pid namespace); otherwise spans go without `container.id`.
+fn container_ids() -> Option<ContainerIdCache> {
+    match proc_shows_host_pids(Path::new("/proc")) {
+        Ok(true) => Some(ContainerIdCache::new()),
+        Ok(false) => {
+            tracing::info!(
+                "spans will carry no container.id: this agent does not see the host's pids (run it with the host's pid namespace)"
+            );
+            None
+        }
+        Err(error) => {
+            tracing::warn!(%error, "spans will carry no container.id: cannot read /proc");
+            None
+        }
+    }
+}
+
 /// What stopped the agent's main wait.
 enum First {
-    Signal(std::io::Result<&'static str>),
+    Signal(&'static str),
     ReaderEnded(TaskResult),
     PipelineEnded(TaskResult),
 }

@@ -1,6 +1,6 @@
 //! The command line: every flag, its `--help` text and its environment equivalent. Parsing
-//! here is typed; how flags and the standard `OTEL_*` variables combine is decided in
-//! [`crate::export::ExportTarget::resolve`].
+//! here is typed; how the export flags and the standard `OTEL_*` variables combine (and
+//! their validation) is decided in [`crate::export::config`].
 
 use std::{os::unix::fs::MetadataExt as _, path::PathBuf, time::Duration};
 
@@ -21,6 +21,9 @@ pub struct Cli {
     #[command(flatten)]
     pub probe: ProbeArgs,
 
+    #[command(flatten)]
+    pub output: OutputArgs,
+
     /// How long shutdown may take to flush queued spans to the collector before giving up.
     #[arg(
         long,
@@ -30,26 +33,120 @@ pub struct Cli {
     )]
     pub shutdown_timeout: Duration,
 
+    /// How often the agent logs its session accounting and exports its self-metrics (to
+    /// the OTLP collector, when exporting).
+    #[arg(
+        long,
+        env = "OTEL_AGENT_STATS_INTERVAL",
+        default_value = "60s",
+        value_parser = parse_duration
+    )]
+    pub stats_interval: Duration,
+
     /// Log filter for the agent's own logs on stderr, in `tracing` EnvFilter syntax
     /// (for example `info` or `otel_agent=debug`).
     #[arg(long, env = "OTEL_AGENT_LOG", default_value = "info")]
     pub log: String,
 }
 
-/// Where spans go.
+/// Where spans go and how they are batched. Flags win over the standard variables named in
+/// each help text.
 #[derive(Debug, Args)]
 pub struct ExportArgs {
     /// OTLP base endpoint, for example http://127.0.0.1:4317 (gRPC) or
-    /// http://127.0.0.1:4318 (HTTP; /v1/traces is appended). Without this flag the standard
-    /// OTEL_EXPORTER_OTLP_TRACES_ENDPOINT (used as is) and OTEL_EXPORTER_OTLP_ENDPOINT apply;
-    /// with none of them, sessions are printed to stdout instead of exported.
+    /// http://127.0.0.1:4318 (HTTP; /v1/traces is appended); https:// for TLS. Environment:
+    /// OTEL_EXPORTER_OTLP_TRACES_ENDPOINT (used as is), OTEL_EXPORTER_OTLP_ENDPOINT. With
+    /// none of them, sessions are printed to stdout instead of exported.
     #[arg(long, value_name = "URL")]
     pub otlp_endpoint: Option<String>,
 
-    /// OTLP transport. Without this flag the standard OTEL_EXPORTER_OTLP_TRACES_PROTOCOL and
-    /// OTEL_EXPORTER_OTLP_PROTOCOL apply; the default is http/protobuf.
+    /// OTLP transport. Environment: OTEL_EXPORTER_OTLP_TRACES_PROTOCOL,
+    /// OTEL_EXPORTER_OTLP_PROTOCOL. Default: http/protobuf.
     #[arg(long, value_name = "PROTOCOL")]
     pub otlp_protocol: Option<OtlpProtocol>,
+
+    /// Request headers, for example an authentication token: comma-separated key=value
+    /// pairs, values percent-encoded. Environment: OTEL_EXPORTER_OTLP_TRACES_HEADERS,
+    /// OTEL_EXPORTER_OTLP_HEADERS. Never logged.
+    #[arg(long, value_name = "KEY=VALUE,...")]
+    pub otlp_headers: Option<String>,
+
+    /// Compression of export requests: gzip or none. Environment:
+    /// OTEL_EXPORTER_OTLP_TRACES_COMPRESSION, OTEL_EXPORTER_OTLP_COMPRESSION. Default: none.
+    #[arg(long, value_name = "gzip|none")]
+    pub otlp_compression: Option<String>,
+
+    /// Timeout of one export request, like 10s. Environment (milliseconds):
+    /// OTEL_EXPORTER_OTLP_TRACES_TIMEOUT, OTEL_EXPORTER_OTLP_TIMEOUT. Default: 10s.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub otlp_timeout: Option<Duration>,
+
+    /// CA certificate (PEM) that signed the collector's certificate, for an https://
+    /// endpoint. Environment: OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE,
+    /// OTEL_EXPORTER_OTLP_CERTIFICATE.
+    #[arg(long, value_name = "PATH")]
+    pub otlp_certificate: Option<PathBuf>,
+
+    /// Client certificate (PEM) for mutual TLS. Environment:
+    /// OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE, OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE.
+    #[arg(long, value_name = "PATH")]
+    pub otlp_client_certificate: Option<PathBuf>,
+
+    /// Private key (PEM) of the client certificate. Environment:
+    /// OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY, OTEL_EXPORTER_OTLP_CLIENT_KEY.
+    #[arg(long, value_name = "PATH")]
+    pub otlp_client_key: Option<PathBuf>,
+
+    /// Spans queued for export at most; beyond it spans are dropped (and counted).
+    /// Environment: OTEL_BSP_MAX_QUEUE_SIZE. Default: 2048.
+    #[arg(long, value_name = "SPANS", value_parser = parse_positive)]
+    pub bsp_max_queue_size: Option<usize>,
+
+    /// Spans sent in one export request at most. Environment:
+    /// OTEL_BSP_MAX_EXPORT_BATCH_SIZE. Default: 512.
+    #[arg(long, value_name = "SPANS", value_parser = parse_positive)]
+    pub bsp_max_export_batch_size: Option<usize>,
+
+    /// Longest wait before queued spans are exported, like 5s. Environment (milliseconds):
+    /// OTEL_BSP_SCHEDULE_DELAY. Default: 5s.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub bsp_schedule_delay: Option<Duration>,
+
+    /// One resource per observed process (service.name = its comm, process.pid), so that
+    /// Jaeger and Tempo show each program as its own service, instead of one otel-agent
+    /// resource for every session.
+    #[arg(long, env = "OTEL_AGENT_RESOURCE_PER_PROCESS")]
+    pub resource_per_process: bool,
+}
+
+/// Local outputs: tcplife's console and OTLP JSON lines.
+#[derive(Debug, Args)]
+pub struct OutputArgs {
+    /// Print tcplife lines on stdout even when exporting (without an endpoint they are
+    /// printed anyway).
+    #[arg(long, env = "OTEL_AGENT_CONSOLE")]
+    pub console: bool,
+
+    /// tcplife -T: a TIME column (HH:MM:SS, local time of the close).
+    #[arg(short = 'T', long, env = "OTEL_AGENT_CONSOLE_TIME")]
+    pub time: bool,
+
+    /// tcplife -t: a TIME(s) column (seconds since the first session printed).
+    #[arg(short = 't', long, env = "OTEL_AGENT_CONSOLE_TIMESTAMP")]
+    pub timestamp: bool,
+
+    /// tcplife -w: wide columns that fit IPv6 addresses, and an IP version column.
+    #[arg(short = 'w', long, env = "OTEL_AGENT_CONSOLE_WIDE")]
+    pub wide: bool,
+
+    /// tcplife -s: comma-separated values.
+    #[arg(short = 's', long, env = "OTEL_AGENT_CONSOLE_CSV")]
+    pub csv: bool,
+
+    /// Also write every span as OTLP JSON (one ExportTraceServiceRequest per line) to this
+    /// file, or to stdout with `-`.
+    #[arg(long, env = "OTEL_AGENT_JSON_OUTPUT", value_name = "PATH|-")]
+    pub json_output: Option<PathBuf>,
 }
 
 /// What the probe watches, decided in the kernel at load time (tcplife's filters and more).
@@ -212,6 +309,14 @@ impl OtlpProtocol {
             Self::HttpProtobuf => "http/protobuf",
         }
     }
+}
+
+/// Parses a positive integer.
+fn parse_positive(text: &str) -> Result<usize, String> {
+    text.parse::<usize>()
+        .ok()
+        .filter(|&n| n > 0)
+        .ok_or_else(|| format!("`{text}` is not a positive integer"))
 }
 
 /// Parses `500ms`, `5s` or `2m`.

@@ -24,13 +24,18 @@ pub mod exit_code {
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     #[error(transparent)]
-    Config(#[from] export::ConfigError),
+    Config(#[from] export::config::ConfigError),
     #[error(transparent)]
     Export(#[from] export::ExportError),
     #[error(transparent)]
     Probe(#[from] probe::ProbeError),
     #[error("cannot write sessions to stdout: {0}")]
     Output(#[source] std::io::Error),
+    #[error("cannot open the JSON output {path}: {source}; check the path and its permissions")]
+    JsonOutput {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Internal(String),
 }
@@ -39,8 +44,8 @@ impl AgentError {
     /// The process exit code for this error.
     pub fn exit_code(&self) -> ExitCode {
         ExitCode::from(match self {
-            Self::Config(_) | Self::Export(_) => exit_code::CONFIG,
-            Self::Probe(probe::ProbeError::Privileges(_)) => exit_code::NO_PERMISSION,
+            Self::Config(_) | Self::Export(_) | Self::JsonOutput { .. } => exit_code::CONFIG,
+            Self::Probe(error) if error.is_missing_privilege() => exit_code::NO_PERMISSION,
             Self::Probe(error) if error.is_missing_kernel_feature() => {
                 exit_code::KERNEL_UNSUPPORTED
             }
@@ -81,12 +86,49 @@ mod tests {
 
     #[test]
     fn each_kind_of_failure_has_its_own_code() {
-        let config = AgentError::Config(export::ConfigError::Endpoint {
+        let config = AgentError::Config(export::config::ConfigError {
             source_name: "--otlp-endpoint".into(),
             value: "x".into(),
+            expected: "a URL".into(),
         });
         assert_eq!(config.exit_code(), ExitCode::from(exit_code::CONFIG));
         let output = AgentError::Output(std::io::Error::other("closed"));
         assert_eq!(output.exit_code(), ExitCode::from(exit_code::OUTPUT));
+    }
+
+    fn tracefs(error: probe::tracefs::TracefsError) -> AgentError {
+        AgentError::Probe(probe::ProbeError::Tracefs(error))
+    }
+
+    #[test]
+    fn tracefs_failures_are_privileges_or_kernel_features() {
+        use probe::tracefs::TracefsError;
+        let os = std::io::Error::from_raw_os_error;
+        let privileges = ExitCode::from(exit_code::NO_PERMISSION);
+        let kernel = ExitCode::from(exit_code::KERNEL_UNSUPPORTED);
+        let mount = |errno| tracefs(TracefsError::Mount { source: os(errno) });
+        assert_eq!(mount(libc::EPERM).exit_code(), privileges);
+        assert_eq!(mount(libc::EACCES).exit_code(), privileges);
+        assert_eq!(
+            mount(libc::ENODEV).exit_code(),
+            kernel,
+            "no tracefs in the kernel"
+        );
+        let not_readable = tracefs(TracefsError::NotReadable {
+            path: "/sys/kernel/tracing".into(),
+            source: os(libc::EACCES),
+        });
+        assert_eq!(not_readable.exit_code(), privileges);
+        let missing = tracefs(TracefsError::TracepointMissing {
+            category: "sock",
+            name: "inet_sock_set_state",
+            path: "/sys/kernel/tracing/events/sock/inet_sock_set_state/format".into(),
+            source: os(libc::ENOENT),
+        });
+        assert_eq!(missing.exit_code(), kernel);
+        assert_eq!(
+            with_causes(&not_readable),
+            "this process cannot read tracefs at /sys/kernel/tracing (Permission denied (os error 13)): it is readable by root only; run otel-agent as root, or grant CAP_DAC_READ_SEARCH as well: setcap cap_bpf,cap_perfmon,cap_dac_read_search+ep otel-agent"
+        );
     }
 }

@@ -3,17 +3,22 @@
 //!
 //! Data flows one way: [`probe`] (kernel capture) -> [`events`] (ring buffer, decode) ->
 //! [`pipeline`] ([`session`] with [`clock`] conversion) -> [`span`] / [`console`] ->
-//! [`export`]. [`agent`] wires the stages and shuts them down; [`cli`] holds the flags.
+//! [`export`] (under the [`resource`]). [`agent`] wires the stages and shuts them down,
+//! [`outputs`] decides where sessions go; [`cli`] holds the flags.
 
 pub mod agent;
 pub mod cli;
 pub mod clock;
 pub mod console;
+pub mod container;
 pub mod error;
 pub mod events;
 pub mod export;
+pub mod metrics;
+pub mod outputs;
 pub mod pipeline;
 pub mod probe;
+pub mod resource;
 pub mod session;
 pub mod shutdown;
 pub mod span;

@@ -1,7 +1,7 @@
 //! The stage between the reader and the outputs: takes decoded records in batches, turns
-//! each into a [`Session`] with wall-clock times, and hands it to the sinks (span export
-//! and/or the tcplife console). Ends when the reader closes the channel and every record
-//! received has been handled.
+//! each into a [`Session`] with wall-clock times (and the owner's container), and hands it
+//! to the sinks (span export and/or the tcplife console). Ends when the reader closes the
+//! channel and every record received has been handled.
 
 use std::{
     io::{self, Stdout},
@@ -10,20 +10,29 @@ use std::{
 };
 
 use common::SessionRecord;
-use opentelemetry_sdk::trace::SdkTracer;
 use tokio::sync::mpsc;
 
-use crate::{clock::WallClock, console::Console, session::Session, span, stats::PipelineStats};
+use crate::{
+    clock::WallClock,
+    console::Console,
+    container::ContainerIdCache,
+    export::{self, OutputHandle},
+    session::Session,
+    stats::PipelineStats,
+};
 
 /// Records taken from the channel at once; the wall clock is sampled once per batch.
 const BATCH: usize = 1024;
 
 /// Where sessions go.
 pub struct Sinks {
-    pub tracer: Option<SdkTracer>,
+    /// The export outputs (OTLP, JSON lines); empty when nothing is exported.
+    pub outputs: Vec<OutputHandle>,
     pub console: Option<Console<Stdout>>,
     /// When the agent started: the start of sessions whose birth the probe did not see.
     pub agent_start: SystemTime,
+    /// Container ids by pid, when `/proc` shows the host's pids (the probe reports those).
+    pub containers: Option<ContainerIdCache>,
 }
 
 /// Handles records until the channel closes. Fails only when the console cannot be written.
@@ -51,7 +60,7 @@ fn handle(
     sinks: &mut Sinks,
     stats: &PipelineStats,
 ) -> io::Result<()> {
-    let session = match Session::from_record(record, clock, sinks.agent_start) {
+    let mut session = match Session::from_record(record, clock, sinks.agent_start) {
         Ok(session) => session,
         Err(error) => {
             PipelineStats::add(&stats.decode_errors);
@@ -59,13 +68,15 @@ fn handle(
             return Ok(());
         }
     };
-    if let Some(tracer) = &sinks.tracer {
-        span::record(tracer, &session);
-        PipelineStats::add(&stats.spans_recorded);
+    if let Some(containers) = &mut sinks.containers {
+        session.container_id = containers.container_id(session.pid);
     }
     if let Some(console) = &mut sinks.console {
         console.write(&session)?;
         PipelineStats::add(&stats.lines_printed);
+    }
+    if !sinks.outputs.is_empty() {
+        export::push_all(&sinks.outputs, session);
     }
     Ok(())
 }

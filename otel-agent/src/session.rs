@@ -5,6 +5,7 @@
 
 use std::{
     net::SocketAddr,
+    sync::Arc,
     time::{Duration, SystemTime},
 };
 
@@ -102,6 +103,9 @@ pub struct Session {
     pub health: Option<TcpHealth>,
     /// Inode number of the socket's network namespace.
     pub netns: Option<u32>,
+    /// The owner's container (`container.id`), filled in by the pipeline when the agent
+    /// sees the host's pids.
+    pub container_id: Option<Arc<str>>,
 }
 
 /// Why a record does not become a session.
@@ -185,6 +189,7 @@ impl Session {
                 segs_out: record.segs_out,
             }),
             netns: record.has(flags::NETNS_VALID).then_some(record.netns),
+            container_id: None,
         })
     }
 
@@ -328,6 +333,7 @@ pub(crate) mod tests {
                     segs_out: 9
                 }),
                 netns: Some(4_026_531_840),
+                container_id: None,
             }
         );
         assert_eq!(client_session().duration(), Duration::from_micros(1_500));

@@ -7,15 +7,20 @@ use std::net::IpAddr;
 
 use common::user::Origin;
 use opentelemetry::{
-    Context, KeyValue,
-    trace::{Span as _, SpanKind, Status, Tracer as _},
+    InstrumentationScope, KeyValue,
+    trace::{SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceState},
 };
-use opentelemetry_sdk::trace::SdkTracer;
+use opentelemetry_sdk::trace::{
+    IdGenerator as _, RandomIdGenerator, SpanData, SpanEvents, SpanLinks,
+};
 
 use crate::session::{Closer, ResetByPeer, Session};
 
-/// The name of every session span: low cardinality, so it reads as one operation in Jaeger.
-pub const SPAN_NAME: &str = "tcp session";
+/// The instrumentation scope of every span.
+pub const SCOPE_NAME: &str = "otel-agent";
+
+/// The name of a session whose opening side is unknown.
+pub const UNKNOWN_SPAN_NAME: &str = "tcp session";
 
 /// Attribute keys, spelled once.
 pub mod key {
@@ -25,6 +30,12 @@ pub mod key {
     pub const NETWORK_LOCAL_PORT: &str = "network.local.port";
     pub const NETWORK_PEER_ADDRESS: &str = "network.peer.address";
     pub const NETWORK_PEER_PORT: &str = "network.peer.port";
+    /// The side that accepted: the peer for a CLIENT span, this side for a SERVER span.
+    pub const SERVER_ADDRESS: &str = "server.address";
+    pub const SERVER_PORT: &str = "server.port";
+    /// The side that connected.
+    pub const CLIENT_ADDRESS: &str = "client.address";
+    pub const CLIENT_PORT: &str = "client.port";
     pub const PROCESS_PID: &str = "process.pid";
     /// The owner's kernel task name (16 bytes at most; a thread name, not a path).
     pub const COMM: &str = "tcplife.comm";
@@ -57,20 +68,58 @@ pub mod key {
     pub const SEGMENTS_OUT: &str = "tcplife.segments_out";
     /// Inode number of the socket's network namespace.
     pub const NETNS: &str = "tcplife.netns";
+    /// The owner's container, from its cgroup.
+    pub const CONTAINER_ID: &str = "container.id";
 }
 
-/// Records `session` as a finished root span on `tracer`.
-pub fn record(tracer: &SdkTracer, session: &Session) {
-    let mut span = tracer
-        .span_builder(SPAN_NAME)
-        .with_kind(kind(session.origin))
-        .with_start_time(session.start)
-        .with_attributes(attributes(session))
-        .start_with_context(tracer, &Context::new());
-    if let Some(status) = status(session) {
-        span.set_status(status);
+/// Builds the finished span of `session`: the root of a new trace (fresh random trace and
+/// span ids from `ids`), sampled, in the agent's instrumentation `scope`. Spans are built
+/// directly, not through a tracer, so that the export queue can hold sessions (small) and
+/// build spans only when it sends them.
+pub fn span_data(
+    session: &Session,
+    ids: &RandomIdGenerator,
+    scope: &InstrumentationScope,
+) -> SpanData {
+    let span_context = SpanContext::new(
+        ids.new_trace_id(),
+        ids.new_span_id(),
+        TraceFlags::SAMPLED,
+        false,
+        TraceState::default(),
+    );
+    SpanData {
+        span_context,
+        parent_span_id: SpanId::INVALID,
+        parent_span_is_remote: false,
+        span_kind: kind(session.origin),
+        name: name(session).into(),
+        start_time: session.start,
+        end_time: session.end,
+        attributes: attributes(session),
+        dropped_attributes_count: 0,
+        events: SpanEvents::default(),
+        links: SpanLinks::default(),
+        status: status(session).unwrap_or(Status::Unset),
+        instrumentation_scope: scope.clone(),
     }
-    span.end_with_timestamp(session.end);
+}
+
+/// The agent's instrumentation scope.
+pub fn scope() -> InstrumentationScope {
+    InstrumentationScope::builder(SCOPE_NAME)
+        .with_version(env!("CARGO_PKG_VERSION"))
+        .build()
+}
+
+/// A low-cardinality name that reads well in Jaeger's operation list: the server's port,
+/// which identifies the service, never the client's ephemeral one.
+pub fn name(session: &Session) -> String {
+    match session.origin {
+        Origin::Active => format!("tcp connect :{}", session.remote.port()),
+        Origin::Passive => format!("tcp accept :{}", session.local.port()),
+        Origin::Unknown => UNKNOWN_SPAN_NAME.to_owned(),
+    }
 }
 
 /// CLIENT for the side that connected, SERVER for the side that accepted.
@@ -117,6 +166,17 @@ pub fn attributes(session: &Session) -> Vec<KeyValue> {
         KeyValue::new(key::BIRTH_SEEN, session.birth_known),
         KeyValue::new(key::ESTABLISHED, session.established),
     ];
+    let roles = match session.origin {
+        Origin::Active => Some((session.remote, session.local)),
+        Origin::Passive => Some((session.local, session.remote)),
+        Origin::Unknown => None,
+    };
+    if let Some((server, client)) = roles {
+        attributes.push(KeyValue::new(key::SERVER_ADDRESS, server.ip().to_string()));
+        attributes.push(KeyValue::new(key::SERVER_PORT, i64::from(server.port())));
+        attributes.push(KeyValue::new(key::CLIENT_ADDRESS, client.ip().to_string()));
+        attributes.push(KeyValue::new(key::CLIENT_PORT, i64::from(client.port())));
+    }
     if let Some(handshake) = session.handshake {
         let micros = i64::try_from(handshake.as_micros()).unwrap_or(i64::MAX);
         attributes.push(KeyValue::new(key::HANDSHAKE_US, micros));
@@ -163,6 +223,9 @@ pub fn attributes(session: &Session) -> Vec<KeyValue> {
     if let Some(netns) = session.netns {
         attributes.push(KeyValue::new(key::NETNS, i64::from(netns)));
     }
+    if let Some(container_id) = &session.container_id {
+        attributes.push(KeyValue::new(key::CONTAINER_ID, container_id.to_string()));
+    }
     attributes
 }
 
@@ -174,18 +237,17 @@ fn saturating_i64(value: u64) -> i64 {
 mod tests {
     use std::time::{Duration, SystemTime};
 
-    use opentelemetry::{Value, trace::TracerProvider as _};
-    use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
+    use opentelemetry::Value;
+    use opentelemetry_sdk::trace::{InMemorySpanExporter, SpanExporter as _};
 
     use super::*;
     use crate::session::tests::client_session;
 
+    /// Builds the session's span and passes it through the SDK's in-memory exporter.
     fn export(session: &Session) -> SpanData {
         let exporter = InMemorySpanExporter::default();
-        let provider = SdkTracerProvider::builder()
-            .with_simple_exporter(exporter.clone())
-            .build();
-        record(&provider.tracer("test"), session);
+        let span = span_data(session, &RandomIdGenerator::default(), &scope());
+        block_on(exporter.export(vec![span])).unwrap();
         let mut spans = exporter.get_finished_spans().unwrap();
         assert_eq!(spans.len(), 1);
         spans.remove(0)
@@ -205,7 +267,7 @@ mod tests {
     #[test]
     fn a_client_session_becomes_a_client_root_span_with_exact_times() {
         let span = export(&session());
-        assert_eq!(span.name, SPAN_NAME);
+        assert_eq!(span.name, "tcp connect :8080");
         assert_eq!(span.span_kind, SpanKind::Client);
         assert_eq!(span.parent_span_id, opentelemetry::trace::SpanId::INVALID);
         assert_eq!(
@@ -221,13 +283,17 @@ mod tests {
     #[test]
     fn every_attribute_has_its_exact_value() {
         let span = export(&session());
-        let expected: [(&str, Value); 22] = [
+        let expected: [(&str, Value); 26] = [
             (key::NETWORK_TRANSPORT, "tcp".into()),
             (key::NETWORK_TYPE, "ipv4".into()),
             (key::NETWORK_LOCAL_ADDRESS, "127.0.0.1".into()),
             (key::NETWORK_LOCAL_PORT, 40_000_i64.into()),
             (key::NETWORK_PEER_ADDRESS, "127.0.0.1".into()),
             (key::NETWORK_PEER_PORT, 8080_i64.into()),
+            (key::SERVER_ADDRESS, "127.0.0.1".into()),
+            (key::SERVER_PORT, 8080_i64.into()),
+            (key::CLIENT_ADDRESS, "127.0.0.1".into()),
+            (key::CLIENT_PORT, 40_000_i64.into()),
             (key::PROCESS_PID, 777_i64.into()),
             (key::COMM, "curl".into()),
             (key::OWNER_SOURCE, "syscall".into()),
@@ -256,13 +322,21 @@ mod tests {
     }
 
     #[test]
-    fn the_kind_follows_who_opened_the_session() {
+    fn the_kind_name_and_roles_follow_who_opened_the_session() {
         let mut server = session();
         server.origin = Origin::Passive;
-        assert_eq!(export(&server).span_kind, SpanKind::Server);
+        let span = export(&server);
+        assert_eq!(span.span_kind, SpanKind::Server);
+        assert_eq!(span.name, "tcp accept :40000", "the local, listening port");
+        assert_eq!(attribute(&span, key::SERVER_PORT), Some(40_000_i64.into()));
+        assert_eq!(attribute(&span, key::CLIENT_PORT), Some(8080_i64.into()));
         let mut unknown = session();
         unknown.origin = Origin::Unknown;
-        assert_eq!(export(&unknown).span_kind, SpanKind::Internal);
+        let span = export(&unknown);
+        assert_eq!(span.span_kind, SpanKind::Internal);
+        assert_eq!(span.name, "tcp session");
+        assert_eq!(attribute(&span, key::SERVER_PORT), None, "roles unknown");
+        assert_eq!(attribute(&span, key::CLIENT_ADDRESS), None);
     }
 
     #[test]
@@ -280,6 +354,18 @@ mod tests {
         );
         assert_eq!(attribute(&span, key::BYTES_ACKED), None);
         assert_eq!(attribute(&span, key::BYTES_RECEIVED), None);
+    }
+
+    #[test]
+    fn a_containerised_owner_adds_its_container_id() {
+        assert_eq!(attribute(&export(&session()), key::CONTAINER_ID), None);
+        let mut session = session();
+        let id = "4f2a".repeat(16);
+        session.container_id = Some(id.as_str().into());
+        assert_eq!(
+            attribute(&export(&session), key::CONTAINER_ID),
+            Some(id.into())
+        );
     }
 
     #[test]
@@ -308,18 +394,27 @@ mod tests {
     }
 
     #[test]
-    fn every_session_is_its_own_trace() {
-        let exporter = InMemorySpanExporter::default();
-        let provider = SdkTracerProvider::builder()
-            .with_simple_exporter(exporter.clone())
-            .build();
-        let tracer = provider.tracer("test");
-        record(&tracer, &session());
-        record(&tracer, &session());
-        let spans = exporter.get_finished_spans().unwrap();
+    fn every_session_is_its_own_sampled_trace_in_the_agent_scope() {
+        let ids = RandomIdGenerator::default();
+        let first = span_data(&session(), &ids, &scope());
+        let second = span_data(&session(), &ids, &scope());
         assert_ne!(
-            spans[0].span_context.trace_id(),
-            spans[1].span_context.trace_id()
+            first.span_context.trace_id(),
+            second.span_context.trace_id()
         );
+        assert!(first.span_context.is_sampled());
+        assert_eq!(first.instrumentation_scope.name(), "otel-agent");
+        assert_eq!(
+            first.instrumentation_scope.version(),
+            Some(env!("CARGO_PKG_VERSION"))
+        );
+    }
+
+    /// Runs a future that completes without waiting (the in-memory exporter's).
+    fn block_on<F: Future>(future: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(future)
     }
 }

@@ -1,10 +1,11 @@
 //! The agent's own accounting: every session the pipeline receives, every place one can be
-//! lost, and every span handed to the exporter. Names are spelled here once; the shutdown
-//! summary logs them together with the probe's kernel counters.
+//! lost (in the kernel, in the pipeline, in each export queue), and every span exported.
+//! Names are spelled here once; a [`Snapshot`] feeds the periodic and final log lines and
+//! the self-metrics.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::probe::KernelCounters;
+use crate::{export::OutputHandle, probe::KernelCounters};
 
 /// Userspace counters, shared between the reader and the pipeline.
 #[derive(Debug, Default)]
@@ -15,8 +16,6 @@ pub struct PipelineStats {
     pub decode_errors: AtomicU64,
     /// Records dropped because the pipeline's channel was full (lost).
     pub channel_full: AtomicU64,
-    /// Sessions handed to the span exporter.
-    pub spans_recorded: AtomicU64,
     /// Sessions printed to the console.
     pub lines_printed: AtomicU64,
 }
@@ -26,27 +25,94 @@ impl PipelineStats {
     pub fn add(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
     }
+}
 
-    /// Logs every counter, userspace and kernel, in one line.
-    pub fn log_summary(&self, kernel: Option<KernelCounters>) {
+/// One export output's counters at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ExportSnapshot {
+    /// `otlp` or `json`.
+    pub output: &'static str,
+    pub enqueued: u64,
+    pub exported: u64,
+    pub dropped_queue_full: u64,
+    pub dropped_at_shutdown: u64,
+    pub export_errors: u64,
+    pub queue_depth: u64,
+}
+
+/// Every counter at one moment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    pub kernel: KernelCounters,
+    pub records_read: u64,
+    pub decode_errors: u64,
+    pub channel_full: u64,
+    pub lines_printed: u64,
+    pub exports: Vec<ExportSnapshot>,
+}
+
+impl Snapshot {
+    /// Reads every counter now.
+    pub fn take(
+        kernel: KernelCounters,
+        pipeline: &PipelineStats,
+        outputs: &[OutputHandle],
+    ) -> Self {
         let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
-        let kernel = kernel.unwrap_or_default();
+        Self {
+            kernel,
+            records_read: get(&pipeline.records_read),
+            decode_errors: get(&pipeline.decode_errors),
+            channel_full: get(&pipeline.channel_full),
+            lines_printed: get(&pipeline.lines_printed),
+            exports: outputs
+                .iter()
+                .map(|output| ExportSnapshot {
+                    output: output.name,
+                    enqueued: get(&output.stats.enqueued),
+                    exported: get(&output.stats.exported),
+                    dropped_queue_full: get(&output.stats.dropped_queue_full),
+                    dropped_at_shutdown: get(&output.stats.dropped_at_shutdown),
+                    export_errors: get(&output.stats.export_errors),
+                    queue_depth: output.queue.depth() as u64,
+                })
+                .collect(),
+        }
+    }
+
+    /// Logs every counter: one `session accounting` line, and one `export accounting` line
+    /// per output. `when` says which (`periodic` or `final`).
+    pub fn log(&self, when: &'static str) {
+        let kernel = &self.kernel;
         tracing::info!(
+            when,
             kernel_tracked = kernel.tracked,
             kernel_emitted = kernel.emitted,
-            records_read = get(&self.records_read),
-            spans_recorded = get(&self.spans_recorded),
-            lines_printed = get(&self.lines_printed),
+            records_read = self.records_read,
+            lines_printed = self.lines_printed,
             birth_not_seen = kernel.birth_not_seen,
             kernel_evicted = kernel.evicted(),
             skipped_unknown_birth = kernel.unknown_birth_skipped,
             filtered_at_birth = kernel.filtered_at_birth,
             filtered_after_tracking = kernel.filtered_after_tracking,
             lost_ring_buffer_full = kernel.ring_buffer_full,
-            lost_decode_error = get(&self.decode_errors),
-            lost_channel_full = get(&self.channel_full),
+            lost_decode_error = self.decode_errors,
+            lost_channel_full = self.channel_full,
             kernel_map_update_failed = kernel.map_update_failed,
             "session accounting"
         );
+        for export in &self.exports {
+            tracing::info!(
+                when,
+                output = export.output,
+                enqueued = export.enqueued,
+                exported = export.exported,
+                queued = export.queue_depth,
+                lost_queue_full = export.dropped_queue_full,
+                lost_at_shutdown = export.dropped_at_shutdown,
+                export_errors = export.export_errors,
+                "export accounting"
+            );
+        }
     }
 }

@@ -1,11 +1,16 @@
 //! Helpers for the tests that need the real kernel and real peers: privilege checks, real
 //! loopback traffic from this process ([`traffic`]) or between two peer processes
-//! ([`peer`]), child processes that are always reaped ([`process`]), the real rotel collector
-//! ([`rotel`]) and the real libbpf-tools tcplife ([`tcplife`]).
+//! ([`peer`]), a private mount namespace that hides tracefs ([`mountns`]), child processes
+//! that are always reaped ([`process`]), the real rotel collector ([`rotel`]), an
+//! in-process OTLP receiver for exact assertions on headers, compression, batching and TLS
+//! ([`receiver`]) and the real libbpf-tools tcplife ([`tcplife`]).
 
+pub mod agent;
+pub mod mountns;
 pub mod netns;
 pub mod peer;
 pub mod process;
+pub mod receiver;
 pub mod rotel;
 pub mod tcplife;
 pub mod traffic;

@@ -48,12 +48,37 @@ pub fn run(
     closed_port: u16,
     netns: Option<&str>,
 ) -> PeerRun {
+    run_with(
+        binary,
+        ip,
+        scenario,
+        closed_port,
+        netns,
+        Duration::ZERO,
+        |_| {},
+    )
+}
+
+/// As [`run`], calling `server_ready` with the server's pid once it listens and before the
+/// client starts, and keeping the server process alive for `server_linger` after its
+/// session, as a long-running service would be.
+pub fn run_with(
+    binary: &Path,
+    ip: IpAddr,
+    scenario: &'static str,
+    closed_port: u16,
+    netns: Option<&str>,
+    server_linger: Duration,
+    server_ready: impl FnOnce(u32),
+) -> PeerRun {
     let ip_text = ip.to_string();
+    let linger_text = server_linger.as_millis().to_string();
     let (server, server_port) = if scenario == "refused" {
         (None, closed_port)
     } else {
-        let mut server = spawn(binary, netns, &["server", &ip_text, scenario]);
+        let mut server = spawn(binary, netns, &["server", &ip_text, scenario, &linger_text]);
         let port = read_tagged(&mut server, "PORT");
+        server_ready(server.id());
         (Some(server), port)
     };
     let port_text = server_port.to_string();

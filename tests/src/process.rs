@@ -33,6 +33,11 @@ impl ChildGuard {
         }
     }
 
+    /// The child's pid.
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Sends `signal` to this child (and only to it).
     pub fn signal(&self, signal: libc::c_int) {
         let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits");
@@ -64,13 +69,22 @@ impl ChildGuard {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }
 
-    /// Polls stdout+stderr until `predicate` holds, failing the test after `timeout`.
-    pub fn wait_for_output(&self, timeout: Duration, what: &str, predicate: impl Fn(&str) -> bool) {
+    /// Polls stdout+stderr until `predicate` holds, failing the test after `timeout` or as
+    /// soon as the child exits.
+    pub fn wait_for_output(
+        &mut self,
+        timeout: Duration,
+        what: &str,
+        predicate: impl Fn(&str) -> bool,
+    ) {
         let deadline = Instant::now() + timeout;
         loop {
             let output = format!("{}{}", self.stdout_text(), self.stderr_text());
             if predicate(&output) {
                 return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("the child exited ({status}) before {what}; output:\n{output}");
             }
             assert!(
                 Instant::now() < deadline,

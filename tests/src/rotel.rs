@@ -39,7 +39,19 @@ impl Rotel {
     /// Starts rotel with the blackhole exporter and detailed trace debug logs, and waits
     /// until both OTLP receivers accept connections.
     pub fn start(dir: &Path) -> Self {
-        let (grpc, http) = (free_port(), free_port());
+        Self::start_on(dir, "rotel", free_port(), free_port(), &["traces"])
+    }
+
+    /// Starts rotel on the given ports, printing the signals in `debug` (`traces`,
+    /// `metrics`), its output in `<dir>/<name>.stdout` (a restart on the same ports keeps the
+    /// earlier run's output).
+    pub fn start_on(
+        dir: &Path,
+        name: &str,
+        grpc: SocketAddr,
+        http: SocketAddr,
+        debug: &[&str],
+    ) -> Self {
         let mut command = Command::new(binary());
         command.args([
             "start",
@@ -49,17 +61,18 @@ impl Rotel {
             &http.to_string(),
             "--exporter",
             "blackhole",
-            "--debug-log",
-            "traces",
             "--debug-log-verbosity",
             "detailed",
             "--pid-file",
-            &dir.join("rotel.pid").display().to_string(),
+            &dir.join(format!("{name}.pid")).display().to_string(),
             "--log-file",
-            &dir.join("rotel.log").display().to_string(),
+            &dir.join(format!("{name}.log")).display().to_string(),
         ]);
+        for signal in debug {
+            command.args(["--debug-log", signal]);
+        }
         command.env("NO_COLOR", "1");
-        let process = ChildGuard::spawn(command, dir, "rotel");
+        let process = ChildGuard::spawn(command, dir, name);
         for addr in [grpc, http] {
             wait_until_listening(addr, &process);
         }

@@ -35,7 +35,7 @@ pub fn start(dir: &Path) -> ChildGuard {
     );
     let mut command = Command::new("stdbuf");
     command.args(["-oL", TCPLIFE, "-w"]);
-    let process = ChildGuard::spawn(command, dir, "tcplife");
+    let mut process = ChildGuard::spawn(command, dir, "tcplife");
     process.wait_for_output(Duration::from_secs(20), "tcplife's header", |output| {
         output.contains("RX_KB")
     });

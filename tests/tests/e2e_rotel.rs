@@ -8,10 +8,11 @@
 //! system calls, widened by [`WALL_TOLERANCE_NS`] on each side for the error of converting
 //! monotonic to wall-clock time and the kernel's deferred close processing.
 
-use std::{collections::BTreeMap, process::Command, time::Duration};
+use std::{collections::BTreeMap, time::Duration};
 
 use otel_agent_tests::{
-    process::{ChildGuard, TempDir, agent_binary},
+    agent,
+    process::{ChildGuard, TempDir},
     require_root,
     rotel::{ReceivedSpan, Rotel},
     traffic::{self, Closer, Exchange, THREAD_NAME},
@@ -29,46 +30,42 @@ enum Transport {
 }
 
 fn start_agent(rotel: &Rotel, transport: Transport, dir: &TempDir) -> ChildGuard {
-    let mut command = Command::new(agent_binary());
-    for name in [
-        "OTEL_EXPORTER_OTLP_ENDPOINT",
-        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-        "OTEL_EXPORTER_OTLP_PROTOCOL",
-        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
-        "OTEL_SERVICE_NAME",
-        "OTEL_RESOURCE_ATTRIBUTES",
-    ] {
-        command.env_remove(name);
-    }
     match transport {
         Transport::GrpcByFlags => {
-            command.args([
-                "--otlp-endpoint",
-                &format!("http://{}", rotel.grpc),
-                "--otlp-protocol",
-                "grpc",
-            ]);
+            let endpoint = format!("http://{}", rotel.grpc);
+            agent::start(
+                &[
+                    "-p",
+                    &std::process::id().to_string(),
+                    "--otlp-endpoint",
+                    &endpoint,
+                    "--otlp-protocol",
+                    "grpc",
+                ],
+                &[],
+                dir.path(),
+            )
         }
         Transport::HttpByEnvironment => {
-            command
-                .env(
-                    "OTEL_EXPORTER_OTLP_ENDPOINT",
-                    format!("http://{}", rotel.http),
-                )
-                .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf");
+            let endpoint = format!("http://{}", rotel.http);
+            agent::start(
+                &["-p", &std::process::id().to_string()],
+                &[
+                    ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+                    ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+                ],
+                dir.path(),
+            )
         }
     }
-    let agent = ChildGuard::spawn(command, dir.path(), "agent");
-    agent.wait_for_output(Duration::from_secs(20), "the probe to attach", |output| {
-        output.contains("probe attached")
-    });
-    agent
 }
 
 /// The attributes whose values the test knows exactly.
 struct Side {
     local: std::net::SocketAddr,
     peer: std::net::SocketAddr,
+    server: std::net::SocketAddr,
+    client: std::net::SocketAddr,
     closed_by: &'static str,
     raw: (usize, usize),
     payload: (usize, usize),
@@ -85,6 +82,10 @@ fn expected_attributes(side: &Side) -> BTreeMap<String, String> {
         ("network.local.port", format!("Int({})", side.local.port())),
         ("network.peer.address", format!("Str({})", side.peer.ip())),
         ("network.peer.port", format!("Int({})", side.peer.port())),
+        ("server.address", format!("Str({})", side.server.ip())),
+        ("server.port", format!("Int({})", side.server.port())),
+        ("client.address", format!("Str({})", side.client.ip())),
+        ("client.port", format!("Int({})", side.client.port())),
         ("process.pid", format!("Int({})", std::process::id())),
         ("tcplife.comm", format!("Str({THREAD_NAME})")),
         ("tcplife.owner_source", "Str(syscall)".to_owned()),
@@ -126,11 +127,11 @@ fn nanos(time: std::time::SystemTime) -> u128 {
 
 fn assert_span(
     span: &ReceivedSpan,
-    kind: &str,
+    (name, kind): (&str, &str),
     exchange: &Exchange,
     attributes: BTreeMap<String, String>,
 ) {
-    assert_eq!(span.name, "tcp session");
+    assert_eq!(span.name, name);
     assert_eq!(span.kind, kind);
     assert_eq!(span.parent_id, "", "every session is a root span");
     assert_eq!(span.status_code, "STATUS_CODE_UNSET");
@@ -151,10 +152,7 @@ fn assert_span(
         assert!((3..=200).contains(&segments), "{key} = {segments}");
     }
     assert_eq!(received, attributes);
-    assert_eq!(
-        span.resource.get("service.name").map(String::as_str),
-        Some("Str(otel-agent)")
-    );
+    assert_eq!(span.resource, expected_resource());
     let window = nanos(exchange.before_connect_wall) - WALL_TOLERANCE_NS
         ..=nanos(exchange.after_close_wall) + WALL_TOLERANCE_NS;
     assert!(
@@ -192,14 +190,7 @@ fn check(transport: Transport, name: &str) {
         Closer::Client,
     );
     // Ctrl-C must flush what is queued (the batch delay is 5 s, longer than this test waits).
-    agent.signal(libc::SIGINT);
-    let status = agent.wait(Duration::from_secs(15));
-    assert_eq!(
-        status.code(),
-        Some(0),
-        "agent stderr:\n{}",
-        agent.stderr_text()
-    );
+    agent::stop(&mut agent);
 
     let ports = |span: &ReceivedSpan| {
         (
@@ -234,6 +225,8 @@ fn check(transport: Transport, name: &str) {
     let client_side = Side {
         local: exchange.client,
         peer: exchange.server,
+        server: exchange.server,
+        client: exchange.client,
         closed_by: "local",
         raw: (CLIENT_BYTES + 2, SERVER_BYTES + 1),
         payload: (CLIENT_BYTES, SERVER_BYTES),
@@ -241,22 +234,47 @@ fn check(transport: Transport, name: &str) {
     let server_side = Side {
         local: exchange.server,
         peer: exchange.client,
+        server: exchange.server,
+        client: exchange.client,
         closed_by: "peer",
         raw: (SERVER_BYTES + 1, CLIENT_BYTES + 1),
         payload: (SERVER_BYTES, CLIENT_BYTES),
     };
+    let server_port = exchange.server.port();
     assert_span(
         client,
-        "SPAN_KIND_CLIENT",
+        (&format!("tcp connect :{server_port}"), "SPAN_KIND_CLIENT"),
         &exchange,
         expected_attributes(&client_side),
     );
     assert_span(
         server,
-        "SPAN_KIND_SERVER",
+        (&format!("tcp accept :{server_port}"), "SPAN_KIND_SERVER"),
         &exchange,
         expected_attributes(&server_side),
     );
+}
+
+/// The resource rotel must receive: the agent's, with this host and kernel.
+fn expected_resource() -> BTreeMap<String, String> {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").expect("hostname");
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("kernel release");
+    let version = env!("CARGO_PKG_VERSION");
+    [
+        ("service.name", "Str(otel-agent)".to_owned()),
+        ("service.version", format!("Str({version})")),
+        ("host.name", format!("Str({})", host.trim())),
+        ("os.type", "Str(linux)".to_owned()),
+        ("os.version", format!("Str({})", release.trim())),
+        ("telemetry.distro.name", "Str(otel-agent)".to_owned()),
+        ("telemetry.distro.version", format!("Str({version})")),
+        ("telemetry.sdk.name", "Str(opentelemetry)".to_owned()),
+        ("telemetry.sdk.language", "Str(rust)".to_owned()),
+        ("telemetry.sdk.version", "Str(0.33.1)".to_owned()),
+    ]
+    .into_iter()
+    .map(|(key, value)| (key.to_owned(), value))
+    .collect()
 }
 
 #[test]

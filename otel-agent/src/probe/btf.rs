@@ -14,6 +14,9 @@ pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 const MAGIC: u16 = 0xEB9F;
 const HEADER_LEN: usize = 24;
 const TYPE_HEADER_LEN: usize = 12;
+/// How deep a type chain (typedefs, qualifiers, arrays, nested anonymous members) may go:
+/// kernel types nest a few levels; a malformed file may loop.
+const MAX_DEPTH: u32 = 32;
 
 const KIND_INT: u32 = 1;
 const KIND_PTR: u32 = 2;
@@ -94,9 +97,11 @@ impl Btf {
         }
         let header_len = read_u32(data, 4)? as usize;
         let section = |offset_at: usize, len_at: usize| -> Result<Vec<u8>, BtfError> {
-            let start = header_len + read_u32(data, offset_at)? as usize;
-            let end = start + read_u32(data, len_at)? as usize;
-            data.get(start..end)
+            let offset = read_u32(data, offset_at)? as usize;
+            let len = read_u32(data, len_at)? as usize;
+            header_len
+                .checked_add(offset)
+                .and_then(|start| data.get(start..start.checked_add(len)?))
                 .map(<[u8]>::to_vec)
                 .ok_or(BtfError::Malformed("section outside the file"))
         };
@@ -131,14 +136,14 @@ impl Btf {
             if step > 0 {
                 id = self.composite(type_id, 0)?.ok_or_else(not_found)?;
             }
-            let found = self.find_member(id, name)?.ok_or_else(not_found)?;
+            let found = self.find_member(id, name, 0)?.ok_or_else(not_found)?;
             if found.bitfield || found.bit_offset % 8 != 0 {
                 return Err(BtfError::NotByteAligned {
                     structure: structure.to_owned(),
                     member: path.to_owned(),
                 });
             }
-            bit_offset += found.bit_offset;
+            bit_offset = add_offsets(bit_offset, found.bit_offset)?;
             type_id = found.type_id;
         }
         Ok(Member {
@@ -149,7 +154,7 @@ impl Btf {
 
     /// The struct or union that type `id` is, looking through typedefs and qualifiers.
     fn composite(&self, id: u32, depth: u32) -> Result<Option<u32>, BtfError> {
-        if depth > 32 {
+        if depth > MAX_DEPTH {
             return Err(BtfError::Malformed("type chain too deep"));
         }
         let header = self.header(id)?;
@@ -162,8 +167,17 @@ impl Btf {
         }
     }
 
-    /// `member` inside the struct or union `id`, if present.
-    fn find_member(&self, id: u32, member: &str) -> Result<Option<FoundMember>, BtfError> {
+    /// `member` inside the struct or union `id`, if present, searching anonymous members
+    /// `depth` levels down already.
+    fn find_member(
+        &self,
+        id: u32,
+        member: &str,
+        depth: u32,
+    ) -> Result<Option<FoundMember>, BtfError> {
+        if depth > MAX_DEPTH {
+            return Err(BtfError::Malformed("type chain too deep"));
+        }
         let header = self.header(id)?;
         let start = self.start(id)? + TYPE_HEADER_LEN;
         for index in 0..header.vlen as usize {
@@ -188,10 +202,10 @@ impl Btf {
                 Some("") | None => {
                     let inner = self.header(type_id)?;
                     if (inner.kind == KIND_STRUCT || inner.kind == KIND_UNION)
-                        && let Some(found) = self.find_member(type_id, member)?
+                        && let Some(found) = self.find_member(type_id, member, depth + 1)?
                     {
                         return Ok(Some(FoundMember {
-                            bit_offset: bit_offset + found.bit_offset,
+                            bit_offset: add_offsets(bit_offset, found.bit_offset)?,
                             ..found
                         }));
                     }
@@ -204,7 +218,7 @@ impl Btf {
 
     /// Size in bytes of type `id`, looking through typedefs and qualifiers.
     fn size_of(&self, id: u32, depth: u32) -> Result<u32, BtfError> {
-        if depth > 32 {
+        if depth > MAX_DEPTH {
             return Err(BtfError::Malformed("type chain too deep"));
         }
         let header = self.header(id)?;
@@ -220,7 +234,9 @@ impl Btf {
                 let at = self.start(id)? + TYPE_HEADER_LEN;
                 let element = read_u32(&self.types, at)?;
                 let count = read_u32(&self.types, at + 8)?;
-                Ok(self.size_of(element, depth + 1)? * count)
+                self.size_of(element, depth + 1)?
+                    .checked_mul(count)
+                    .ok_or(BtfError::Malformed("array size overflows"))
             }
             _ => Err(BtfError::Malformed("member of a type without a size")),
         }
@@ -299,6 +315,11 @@ fn index_types(types: &[u8]) -> Result<Vec<usize>, BtfError> {
         return Err(BtfError::Malformed("type section ends inside a type"));
     }
     Ok(starts)
+}
+
+fn add_offsets(a: u32, b: u32) -> Result<u32, BtfError> {
+    a.checked_add(b)
+        .ok_or(BtfError::Malformed("member offset overflows"))
 }
 
 fn read_u32(data: &[u8], at: usize) -> Result<u32, BtfError> {
@@ -515,5 +536,191 @@ mod tests {
         let int = b.int("int", 4);
         b.composite(KIND_STRUCT, "s", 4, &[("a", int, 0)]);
         b.build()
+    }
+
+    /// Property tests: whatever the bytes, parsing and lookups return a value or an error,
+    /// never panic, loop or overflow the stack.
+    mod properties {
+        use proptest::{collection::vec, prelude::*};
+
+        use super::super::*;
+
+        /// The names in the generated string section, and those the lookups ask for.
+        const NAMES: [&str; 7] = [
+            "",
+            "s",
+            "a",
+            "tcp_sock",
+            "bytes_acked",
+            "__sk_common",
+            "skc_net",
+        ];
+
+        /// One `struct btf_type` with its trailer, fields drawn from small ranges (so that
+        /// ids and names refer to each other, forming chains and cycles) or from anywhere.
+        #[derive(Debug, Clone)]
+        struct RawType {
+            name_off: u32,
+            info: u32,
+            size_or_type: u32,
+            trailer: Vec<u32>,
+        }
+
+        /// Offsets of [`NAMES`] in the string section `blob` builds.
+        fn name_offsets() -> Vec<u32> {
+            NAMES
+                .iter()
+                .scan(0, |at, name| {
+                    let offset = *at;
+                    *at += name.len() as u32 + 1;
+                    Some(offset)
+                })
+                .collect()
+        }
+
+        /// A word of a type: a name, a small id, size or count, or anything.
+        fn word() -> impl Strategy<Value = u32> {
+            prop_oneof![
+                3 => prop::sample::select(name_offsets()),
+                4 => 0u32..12,
+                1 => any::<u32>(),
+            ]
+        }
+
+        fn raw_type() -> impl Strategy<Value = RawType> {
+            let kind = prop_oneof![
+                3 => Just(KIND_STRUCT),
+                1 => Just(KIND_UNION),
+                1 => Just(KIND_TYPEDEF),
+                1 => Just(KIND_ARRAY),
+                1 => Just(KIND_INT),
+                3 => 1u32..=19,
+                1 => 0u32..32,
+            ];
+            // Trailer words as (name, type, bit offset) triples, the layout of a member; an
+            // array reads one as (element type, index type, count).
+            let member = (
+                prop_oneof![6 => prop::sample::select(name_offsets()), 1 => any::<u32>()],
+                prop_oneof![6 => 0u32..12, 1 => any::<u32>()],
+                prop_oneof![4 => (0u32..8).prop_map(|bytes| bytes * 8), 1 => any::<u32>()],
+            )
+                .prop_map(|(a, b, c)| [a, b, c]);
+            let pool = vec(member, 4).prop_map(|triples| triples.concat());
+            (kind, any::<bool>(), 0u32..4, word(), word(), pool).prop_map(
+                |(kind, kind_flag, vlen, name_off, size_or_type, pool)| {
+                    let header = TypeHeader {
+                        name_off,
+                        vlen,
+                        kind,
+                        kind_flag,
+                        size_or_type,
+                    };
+                    // An unknown kind gets no trailer (and is refused by the parser).
+                    let words = header.trailer_len().map_or(0, |len| len / 4);
+                    RawType {
+                        name_off,
+                        info: (u32::from(kind_flag) << 31) | (kind << 24) | vlen,
+                        size_or_type,
+                        trailer: pool[..words].to_vec(),
+                    }
+                },
+            )
+        }
+
+        fn blob(types: &[RawType]) -> Vec<u8> {
+            let mut strings = Vec::new();
+            for name in NAMES {
+                strings.extend_from_slice(name.as_bytes());
+                strings.push(0);
+            }
+            let mut section = Vec::new();
+            for t in types {
+                for word in [t.name_off, t.info, t.size_or_type]
+                    .iter()
+                    .chain(&t.trailer)
+                {
+                    section.extend_from_slice(&word.to_ne_bytes());
+                }
+            }
+            let mut out = Vec::new();
+            out.extend_from_slice(&MAGIC.to_ne_bytes());
+            out.extend_from_slice(&[1, 0]);
+            let lens = [section.len() as u32, strings.len() as u32];
+            for word in [HEADER_LEN as u32, 0, lens[0], lens[0], lens[1]] {
+                out.extend_from_slice(&word.to_ne_bytes());
+            }
+            out.extend_from_slice(&section);
+            out.extend_from_slice(&strings);
+            out
+        }
+
+        /// Every name as a struct, with every name and every dotted pair of names as a path.
+        fn look_up_everything(btf: &Btf) {
+            for structure in NAMES {
+                for first in NAMES {
+                    let _ = btf.member(structure, first);
+                    for second in NAMES {
+                        let _ = btf.member(structure, &format!("{first}.{second}"));
+                    }
+                }
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(1024))]
+
+            #[test]
+            fn arbitrary_bytes_never_panic(mut data in vec(any::<u8>(), 0..512), magic: bool) {
+                if magic && data.len() >= 2 {
+                    data[..2].copy_from_slice(&MAGIC.to_ne_bytes());
+                }
+                if let Ok(btf) = Btf::parse(&data) {
+                    look_up_everything(&btf);
+                }
+            }
+
+            #[test]
+            fn well_framed_garbage_types_never_panic(types in vec(raw_type(), 0..12)) {
+                let data = blob(&types);
+                if let Ok(btf) = Btf::parse(&data) {
+                    look_up_everything(&btf);
+                }
+                // Every truncation of a framed blob is refused or parsed, never a panic.
+                for cut in [1, 5, 13] {
+                    if let Some(len) = data.len().checked_sub(cut) {
+                        let _ = Btf::parse(&data[..len]).map(|btf| look_up_everything(&btf));
+                    }
+                }
+            }
+        }
+
+        #[test]
+        fn a_struct_that_contains_itself_is_refused_not_a_stack_overflow() {
+            // struct s { <anonymous> struct s; } : a loop only a malformed file can have.
+            let mut b = super::BtfBuilder::new();
+            b.composite(KIND_STRUCT, "s", 4, &[("", 1, 0)]);
+            let btf = Btf::parse(&b.build()).unwrap();
+            assert_eq!(
+                btf.member("s", "a").unwrap_err().to_string(),
+                "malformed BTF: type chain too deep"
+            );
+        }
+
+        #[test]
+        fn an_array_whose_size_overflows_is_refused() {
+            // struct s { u64 a[0x4000_0000]; }: 8 GiB does not fit a u32 size.
+            let mut b = super::BtfBuilder::new();
+            let ull = b.int("unsigned long long", 8);
+            let array = b.push("", KIND_ARRAY, false, 0, 0);
+            for word in [ull, ull, 0x4000_0000] {
+                b.types.extend_from_slice(&word.to_ne_bytes());
+            }
+            b.composite(KIND_STRUCT, "s", 8, &[("a", array, 0)]);
+            let btf = Btf::parse(&b.build()).unwrap();
+            assert_eq!(
+                btf.member("s", "a").unwrap_err().to_string(),
+                "malformed BTF: array size overflows"
+            );
+        }
     }
 }

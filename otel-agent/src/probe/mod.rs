@@ -7,6 +7,7 @@
 //! reading reconciles exactly with what was read from the ring buffer.
 
 pub mod btf;
+pub mod drop_privileges;
 pub mod offsets;
 pub mod privileges;
 pub mod tracefs;
@@ -50,16 +51,23 @@ pub enum ProbeError {
 }
 
 impl ProbeError {
-    /// Whether the cause is the kernel lacking a feature (rather than privileges or a bug).
+    /// Whether more privileges would fix it (capabilities, or access to tracefs).
+    pub fn is_missing_privilege(&self) -> bool {
+        match self {
+            Self::Privileges(_) => true,
+            Self::Tracefs(error) => error.is_missing_privilege(),
+            _ => false,
+        }
+    }
+
+    /// Whether the cause is the kernel lacking a feature (rather than privileges or a bug):
+    /// no tracefs, a missing tracepoint, an unexpected layout, no BTF for a filter.
     pub fn is_missing_kernel_feature(&self) -> bool {
-        matches!(
-            self,
-            Self::NetnsFilterUnsupported(_)
-                | Self::Tracefs(
-                    tracefs::TracefsError::TracepointMissing { .. }
-                        | tracefs::TracefsError::Layout { .. }
-                )
-        )
+        match self {
+            Self::NetnsFilterUnsupported(_) => true,
+            Self::Tracefs(error) => !error.is_missing_privilege(),
+            _ => false,
+        }
     }
 }
 

@@ -9,7 +9,7 @@ const CAP_BPF: u32 = 39;
 /// The agent lacks a capability it needs.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "otel-agent needs CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN) to load its probe, and this process has {held}; run it as root (sudo otel-agent) or grant them: setcap cap_bpf,cap_perfmon+ep otel-agent"
+    "otel-agent needs CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN) to load its probe, and this process has {held}; run it as root (sudo otel-agent) or grant them, with CAP_DAC_READ_SEARCH to read tracefs when not root: setcap cap_bpf,cap_perfmon,cap_dac_read_search+ep otel-agent"
 )]
 pub struct MissingPrivileges {
     held: String,
@@ -60,6 +60,9 @@ mod tests {
             "otel-agent needs CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN) to load its probe, and this process has neither;"
         ));
         let error = check_status("CapEff:\t0000008000000000\n").unwrap_err();
-        assert!(error.to_string().contains("this process has only CAP_BPF;"));
+        assert_eq!(
+            error.to_string(),
+            "otel-agent needs CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN) to load its probe, and this process has only CAP_BPF; run it as root (sudo otel-agent) or grant them, with CAP_DAC_READ_SEARCH to read tracefs when not root: setcap cap_bpf,cap_perfmon,cap_dac_read_search+ep otel-agent"
+        );
     }
 }

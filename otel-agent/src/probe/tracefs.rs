@@ -69,6 +69,11 @@ pub enum TracefsError {
     )]
     Mount { source: io::Error },
     #[error(
+        "this process cannot read tracefs at {} ({source}): it is readable by root only; run otel-agent as root, or grant CAP_DAC_READ_SEARCH as well: setcap cap_bpf,cap_perfmon,cap_dac_read_search+ep otel-agent",
+        path.display()
+    )]
+    NotReadable { path: PathBuf, source: io::Error },
+    #[error(
         "this kernel has no tracepoint {category}:{name} ({path} is missing: {source}); otel-agent needs Linux 5.17 or newer with CONFIG_INET"
     )]
     TracepointMissing {
@@ -90,12 +95,34 @@ pub enum TracefsError {
     },
 }
 
+impl TracefsError {
+    /// Whether more privileges would fix it: tracefs not readable, or not mounted and this
+    /// process may not mount it (`EPERM` without `CAP_SYS_ADMIN`). Otherwise the kernel lacks
+    /// something.
+    pub fn is_missing_privilege(&self) -> bool {
+        match self {
+            Self::NotReadable { .. } => true,
+            // EPERM and EACCES.
+            Self::Mount { source } => source.kind() == io::ErrorKind::PermissionDenied,
+            Self::TracepointMissing { .. } | Self::Layout { .. } => false,
+        }
+    }
+}
+
 /// Returns a mounted tracefs, mounting one at [`TRACEFS`] when there is none. The `bool`
-/// says whether this call mounted it.
+/// says whether this call mounted it. A tracefs this process may not read (it is mode 0700,
+/// owned by root) is reported as such, not mistaken for a missing one.
 pub fn ensure_mounted() -> Result<(PathBuf, bool), TracefsError> {
     for candidate in [TRACEFS, DEBUGFS_TRACING] {
-        if Path::new(candidate).join("events").is_dir() {
-            return Ok((PathBuf::from(candidate), false));
+        match std::fs::metadata(Path::new(candidate).join("events")) {
+            Ok(metadata) if metadata.is_dir() => return Ok((PathBuf::from(candidate), false)),
+            Err(source) if source.kind() == io::ErrorKind::PermissionDenied => {
+                return Err(TracefsError::NotReadable {
+                    path: PathBuf::from(candidate),
+                    source,
+                });
+            }
+            Ok(_) | Err(_) => {}
         }
     }
     mount_tracefs().map_err(|source| TracefsError::Mount { source })?;
@@ -129,13 +156,18 @@ pub fn check_layout(tracefs: &Path, tracepoint: &Tracepoint) -> Result<(), Trace
         .join(tracepoint.category)
         .join(tracepoint.name)
         .join("format");
-    let format =
-        std::fs::read_to_string(&path).map_err(|source| TracefsError::TracepointMissing {
-            category: tracepoint.category,
-            name: tracepoint.name,
-            path,
-            source,
-        })?;
+    let format = std::fs::read_to_string(&path).map_err(|source| {
+        if source.kind() == io::ErrorKind::PermissionDenied {
+            TracefsError::NotReadable { path, source }
+        } else {
+            TracefsError::TracepointMissing {
+                category: tracepoint.category,
+                name: tracepoint.name,
+                path,
+                source,
+            }
+        }
+    })?;
     check_format(&format, tracepoint)
 }
 

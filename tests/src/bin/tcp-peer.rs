@@ -5,7 +5,9 @@
 //! scenario ran as planned.
 //!
 //! ```text
-//! tcp-peer server IP SCENARIO          prints "PORT <port>", serves one connection
+//! tcp-peer server IP SCENARIO [LINGER_MS]
+//!                                      prints "PORT <port>", serves one connection, then
+//!                                      stays alive LINGER_MS (as a service would)
 //! tcp-peer client IP PORT SCENARIO     prints "LOCAL <port>", runs the client side
 //! ```
 //!
@@ -31,6 +33,9 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
         ["server", ip, scenario] => server(parse_ip(ip), scenario),
+        ["server", ip, scenario, linger_ms] => server(parse_ip(ip), scenario).map(|()| {
+            std::thread::sleep(Duration::from_millis(linger_ms.parse().unwrap_or(0)));
+        }),
         ["client", ip, port, scenario] => {
             client(parse_ip(ip), port.parse().expect("port"), scenario)
         }

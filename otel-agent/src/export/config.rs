@@ -1,0 +1,617 @@
+//! Decides the export configuration from the flags and the standard OpenTelemetry
+//! variables, in one place and as a pure function: a flag wins over the signal-specific
+//! variable (`OTEL_EXPORTER_OTLP_TRACES_*`), which wins over the generic one
+//! (`OTEL_EXPORTER_OTLP_*`); batching comes from the flags or `OTEL_BSP_*`. Every value is
+//! validated here, so that a bad one stops the agent with a message naming its source and
+//! the accepted values (the SDK would silently ignore it).
+
+use std::{path::PathBuf, time::Duration};
+
+use crate::cli::{ExportArgs, OtlpProtocol};
+
+const TRACES_PATH: &str = "v1/traces";
+const METRICS_PATH: &str = "v1/metrics";
+
+/// The OTLP exporter's default timeout (specification: 10 s).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A configuration value the agent cannot use.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{source_name}=`{value}` is invalid: {expected}")]
+pub struct ConfigError {
+    /// The flag or variable the value came from.
+    pub source_name: String,
+    pub value: String,
+    /// What is accepted instead.
+    pub expected: String,
+}
+
+impl ConfigError {
+    fn new(source_name: &str, value: &str, expected: &str) -> Self {
+        Self {
+            source_name: source_name.to_owned(),
+            value: value.to_owned(),
+            expected: expected.to_owned(),
+        }
+    }
+}
+
+/// Compression of export requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    None,
+    Gzip,
+}
+
+/// TLS files for an `https` endpoint.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// CA certificate (PEM) that signed the collector's certificate.
+    pub ca_certificate: Option<PathBuf>,
+    /// Client certificate and key (PEM), for mutual TLS.
+    pub client_certificate: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+}
+
+/// Where and how to send spans over OTLP.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OtlpTarget {
+    pub protocol: OtlpProtocol,
+    /// The full URL the exporter sends to (for HTTP, including `/v1/traces`).
+    pub endpoint: String,
+    /// Where the agent's self-metrics go (for HTTP, including `/v1/metrics`).
+    pub metrics_endpoint: String,
+    /// Request headers (for example authentication tokens). Never logged.
+    pub headers: Vec<(String, String)>,
+    pub compression: Compression,
+    pub timeout: Duration,
+    pub tls: TlsFiles,
+}
+
+/// The batch span processor's settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchSettings {
+    pub max_queue_size: usize,
+    pub max_export_batch_size: usize,
+    pub scheduled_delay: Duration,
+}
+
+impl Default for BatchSettings {
+    /// The specification's defaults.
+    fn default() -> Self {
+        Self {
+            max_queue_size: 2048,
+            max_export_batch_size: 512,
+            scheduled_delay: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The whole export configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportConfig {
+    /// `None`: no endpoint configured, or `OTEL_SDK_DISABLED=true`.
+    pub otlp: Option<OtlpTarget>,
+    /// `OTEL_SDK_DISABLED=true`.
+    pub sdk_disabled: bool,
+    pub batch: BatchSettings,
+}
+
+impl ExportConfig {
+    /// Combines the flags with the environment, read through `env`.
+    pub fn resolve(
+        args: &ExportArgs,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        // The OpenTelemetry specification treats an empty variable as unset.
+        let env = |name: &str| env(name).filter(|value| !value.trim().is_empty());
+        let sdk_disabled = match env("OTEL_SDK_DISABLED") {
+            Some(value) => parse_bool("OTEL_SDK_DISABLED", &value)?,
+            None => false,
+        };
+        let batch = resolve_batch(args, &env)?;
+        let otlp = if sdk_disabled {
+            None
+        } else {
+            resolve_otlp(args, &env)?
+        };
+        Ok(Self {
+            otlp,
+            sdk_disabled,
+            batch,
+        })
+    }
+}
+
+/// The first of the flag (named `flag`), `OTEL_EXPORTER_OTLP_TRACES_<suffix>` and
+/// `OTEL_EXPORTER_OTLP_<suffix>` that is set, with the name of its source.
+fn pick(
+    flag: (&'static str, Option<String>),
+    suffix: &str,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Option<(String, String)> {
+    if let (name, Some(value)) = flag {
+        return Some((name.to_owned(), value));
+    }
+    [
+        format!("OTEL_EXPORTER_OTLP_TRACES_{suffix}"),
+        format!("OTEL_EXPORTER_OTLP_{suffix}"),
+    ]
+    .into_iter()
+    .find_map(|name| env(&name).map(|value| (name, value)))
+}
+
+fn resolve_otlp(
+    args: &ExportArgs,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<Option<OtlpTarget>, ConfigError> {
+    let protocol = match args.otlp_protocol {
+        Some(protocol) => protocol,
+        None => match pick(("--otlp-protocol", None), "PROTOCOL", env) {
+            Some((source, value)) => parse_protocol(&source, &value)?,
+            None => OtlpProtocol::HttpProtobuf,
+        },
+    };
+    let (source, endpoint, base) = if let Some(base) = &args.otlp_endpoint {
+        let url = signal_url(base, TRACES_PATH, protocol);
+        ("--otlp-endpoint".to_owned(), url, Some(base.clone()))
+    } else if let Some(url) = env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
+        let base = env("OTEL_EXPORTER_OTLP_ENDPOINT");
+        ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT".to_owned(), url, base)
+    } else if let Some(base) = env("OTEL_EXPORTER_OTLP_ENDPOINT") {
+        let url = signal_url(&base, TRACES_PATH, protocol);
+        ("OTEL_EXPORTER_OTLP_ENDPOINT".to_owned(), url, Some(base))
+    } else {
+        return Ok(None);
+    };
+    // Self-metrics: the signal-specific variable, else the base, else next to the traces.
+    let metrics_endpoint = match (env("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"), &base) {
+        (Some(url), _) => url,
+        (None, Some(base)) => signal_url(base, METRICS_PATH, protocol),
+        (None, None) => endpoint.replace(TRACES_PATH, METRICS_PATH),
+    };
+    if !is_http_url(&endpoint) {
+        let value = args.otlp_endpoint.clone().unwrap_or(endpoint);
+        return Err(ConfigError::new(
+            &source,
+            &value,
+            "a URL with http:// or https:// and a host, like http://127.0.0.1:4317",
+        ));
+    }
+    let headers = match pick(
+        ("--otlp-headers", args.otlp_headers.clone()),
+        "HEADERS",
+        env,
+    ) {
+        Some((source, value)) => parse_headers(&source, &value)?,
+        None => Vec::new(),
+    };
+    let compression = match pick(
+        ("--otlp-compression", args.otlp_compression.clone()),
+        "COMPRESSION",
+        env,
+    ) {
+        Some((source, value)) => parse_compression(&source, &value)?,
+        None => Compression::None,
+    };
+    let timeout = match (
+        args.otlp_timeout,
+        pick(("--otlp-timeout", None), "TIMEOUT", env),
+    ) {
+        (Some(timeout), _) => timeout,
+        (None, Some((source, value))) => parse_millis(&source, &value)?,
+        (None, None) => DEFAULT_TIMEOUT,
+    };
+    let file = |flag: &'static str, value: &Option<PathBuf>, suffix: &str| {
+        pick(
+            (flag, value.as_ref().map(|p| p.display().to_string())),
+            suffix,
+            env,
+        )
+        .map(|(_, path)| PathBuf::from(path))
+    };
+    let tls = TlsFiles {
+        ca_certificate: file("--otlp-certificate", &args.otlp_certificate, "CERTIFICATE"),
+        client_certificate: file(
+            "--otlp-client-certificate",
+            &args.otlp_client_certificate,
+            "CLIENT_CERTIFICATE",
+        ),
+        client_key: file("--otlp-client-key", &args.otlp_client_key, "CLIENT_KEY"),
+    };
+    if tls.client_certificate.is_some() != tls.client_key.is_some() {
+        return Err(ConfigError::new(
+            "--otlp-client-certificate/--otlp-client-key",
+            "only one of them",
+            "both a client certificate and its key, or neither",
+        ));
+    }
+    Ok(Some(OtlpTarget {
+        protocol,
+        endpoint,
+        metrics_endpoint,
+        headers,
+        compression,
+        timeout,
+        tls,
+    }))
+}
+
+fn resolve_batch(
+    args: &ExportArgs,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<BatchSettings, ConfigError> {
+    let defaults = BatchSettings::default();
+    let count = |flag: Option<usize>, name: &str, default: usize| -> Result<usize, ConfigError> {
+        match (flag, env(name)) {
+            (Some(value), _) => Ok(value),
+            (None, Some(value)) => value
+                .trim()
+                .parse::<usize>()
+                .ok()
+                .filter(|&n| n > 0)
+                .ok_or_else(|| ConfigError::new(name, &value, "a positive integer")),
+            (None, None) => Ok(default),
+        }
+    };
+    let max_queue_size = count(
+        args.bsp_max_queue_size,
+        "OTEL_BSP_MAX_QUEUE_SIZE",
+        defaults.max_queue_size,
+    )?;
+    let batch_source = args
+        .bsp_max_export_batch_size
+        .or_else(|| env("OTEL_BSP_MAX_EXPORT_BATCH_SIZE").map(|_| 0));
+    let max_export_batch_size = count(
+        args.bsp_max_export_batch_size,
+        "OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
+        defaults.max_export_batch_size,
+    )?;
+    let max_export_batch_size = match batch_source {
+        // The specification's default batch never exceeds a smaller queue.
+        None => max_export_batch_size.min(max_queue_size),
+        Some(_) if max_export_batch_size > max_queue_size => {
+            return Err(ConfigError::new(
+                "--bsp-max-export-batch-size/OTEL_BSP_MAX_EXPORT_BATCH_SIZE",
+                &max_export_batch_size.to_string(),
+                &format!("at most the queue size ({max_queue_size})"),
+            ));
+        }
+        Some(_) => max_export_batch_size,
+    };
+    let scheduled_delay = match (args.bsp_schedule_delay, env("OTEL_BSP_SCHEDULE_DELAY")) {
+        (Some(delay), _) => delay,
+        (None, Some(value)) => parse_millis("OTEL_BSP_SCHEDULE_DELAY", &value)?,
+        (None, None) => defaults.scheduled_delay,
+    };
+    Ok(BatchSettings {
+        max_queue_size,
+        max_export_batch_size,
+        scheduled_delay,
+    })
+}
+
+fn parse_protocol(source: &str, value: &str) -> Result<OtlpProtocol, ConfigError> {
+    match value.trim() {
+        "grpc" => Ok(OtlpProtocol::Grpc),
+        "http/protobuf" => Ok(OtlpProtocol::HttpProtobuf),
+        _ => Err(ConfigError::new(source, value, "grpc or http/protobuf")),
+    }
+}
+
+fn parse_compression(source: &str, value: &str) -> Result<Compression, ConfigError> {
+    match value.trim() {
+        "gzip" => Ok(Compression::Gzip),
+        "none" => Ok(Compression::None),
+        _ => Err(ConfigError::new(source, value, "gzip or none")),
+    }
+}
+
+fn parse_bool(source: &str, value: &str) -> Result<bool, ConfigError> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(ConfigError::new(source, value, "true or false")),
+    }
+}
+
+/// Durations in `OTEL_*` variables are integer milliseconds.
+fn parse_millis(source: &str, value: &str) -> Result<Duration, ConfigError> {
+    value
+        .trim()
+        .parse::<u64>()
+        .map(Duration::from_millis)
+        .map_err(|_| ConfigError::new(source, value, "an integer number of milliseconds"))
+}
+
+/// `key1=value1,key2=value2`, values percent-decoded (W3C baggage format, as the
+/// specification says for `OTEL_EXPORTER_OTLP_HEADERS`).
+fn parse_headers(source: &str, value: &str) -> Result<Vec<(String, String)>, ConfigError> {
+    // The message never repeats the value: headers usually carry secrets.
+    let invalid = || ConfigError::new(source, "<redacted>", "comma-separated key=value pairs");
+    value
+        .split(',')
+        .filter(|pair| !pair.trim().is_empty())
+        .map(|pair| {
+            let (key, value) = pair.split_once('=').ok_or_else(invalid)?;
+            let key = key.trim();
+            let valid_key = !key.is_empty()
+                && key
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+            if !valid_key {
+                return Err(invalid());
+            }
+            let value = percent_decode(value.trim()).ok_or_else(invalid)?;
+            Ok((key.to_ascii_lowercase(), value))
+        })
+        .collect()
+}
+
+fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        if bytes[index] == b'%' {
+            let hex = text.get(index + 1..index + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            index += 3;
+        } else {
+            out.push(bytes[index]);
+            index += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// A signal's URL for a base endpoint: gRPC uses it as is, HTTP appends `v1/traces` or
+/// `v1/metrics` to its path, as the OTLP exporter specification says for
+/// `OTEL_EXPORTER_OTLP_ENDPOINT`.
+fn signal_url(base: &str, path: &str, protocol: OtlpProtocol) -> String {
+    match protocol {
+        OtlpProtocol::Grpc => base.to_owned(),
+        OtlpProtocol::HttpProtobuf => format!("{}/{path}", base.trim_end_matches('/')),
+    }
+}
+
+fn is_http_url(url: &str) -> bool {
+    url.parse::<http::Uri>().is_ok_and(|uri| {
+        matches!(uri.scheme_str(), Some("http" | "https"))
+            && uri.host().is_some_and(|h| !h.is_empty())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+    use crate::cli::Cli;
+
+    fn args(argv: &[&str]) -> ExportArgs {
+        let mut full = vec!["otel-agent"];
+        full.extend_from_slice(argv);
+        Cli::try_parse_from(full).unwrap().export
+    }
+
+    fn env_of<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |name| {
+            pairs
+                .iter()
+                .find(|(key, _)| *key == name)
+                .map(|(_, value)| (*value).to_owned())
+        }
+    }
+
+    fn otlp(argv: &[&str], env: &[(&str, &str)]) -> OtlpTarget {
+        ExportConfig::resolve(&args(argv), env_of(env))
+            .unwrap()
+            .otlp
+            .expect("an OTLP target")
+    }
+
+    fn error(argv: &[&str], env: &[(&str, &str)]) -> String {
+        ExportConfig::resolve(&args(argv), env_of(env))
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn nothing_configured_means_no_export_and_default_batching() {
+        let config = ExportConfig::resolve(&args(&[]), env_of(&[])).unwrap();
+        assert_eq!(
+            config,
+            ExportConfig {
+                otlp: None,
+                sdk_disabled: false,
+                batch: BatchSettings::default(),
+            }
+        );
+        let empty = [("OTEL_EXPORTER_OTLP_ENDPOINT", " ")];
+        assert_eq!(
+            ExportConfig::resolve(&args(&[]), env_of(&empty))
+                .unwrap()
+                .otlp,
+            None
+        );
+    }
+
+    #[test]
+    fn the_flag_endpoint_is_a_base_url_like_the_generic_variable() {
+        let grpc = otlp(
+            &[
+                "--otlp-endpoint",
+                "http://127.0.0.1:4317",
+                "--otlp-protocol",
+                "grpc",
+            ],
+            &[],
+        );
+        assert_eq!(
+            grpc,
+            OtlpTarget {
+                protocol: OtlpProtocol::Grpc,
+                endpoint: "http://127.0.0.1:4317".into(),
+                metrics_endpoint: "http://127.0.0.1:4317".into(),
+                headers: vec![],
+                compression: Compression::None,
+                timeout: DEFAULT_TIMEOUT,
+                tls: TlsFiles::default(),
+            }
+        );
+        let http = otlp(&["--otlp-endpoint", "http://127.0.0.1:4318/"], &[]);
+        assert_eq!(http.protocol, OtlpProtocol::HttpProtobuf);
+        assert_eq!(http.endpoint, "http://127.0.0.1:4318/v1/traces");
+        assert_eq!(http.metrics_endpoint, "http://127.0.0.1:4318/v1/metrics");
+    }
+
+    #[test]
+    fn flags_win_over_signal_variables_which_win_over_generic_ones() {
+        let env = [
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://generic:4318"),
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                "http://traces:9999/custom",
+            ),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/protobuf"),
+            ("OTEL_EXPORTER_OTLP_HEADERS", "authorization=generic"),
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+                "Authorization=Bearer%20t0ken,x-tenant=a",
+            ),
+            ("OTEL_EXPORTER_OTLP_COMPRESSION", "none"),
+            ("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "gzip"),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "2500"),
+            ("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", "/ca.pem"),
+        ];
+        let from_env = otlp(&[], &env);
+        assert_eq!(from_env.protocol, OtlpProtocol::HttpProtobuf);
+        assert_eq!(from_env.endpoint, "http://traces:9999/custom");
+        assert_eq!(from_env.metrics_endpoint, "http://generic:4318/v1/metrics");
+        assert_eq!(
+            from_env.headers,
+            vec![
+                ("authorization".to_owned(), "Bearer t0ken".to_owned()),
+                ("x-tenant".to_owned(), "a".to_owned())
+            ]
+        );
+        assert_eq!(from_env.compression, Compression::Gzip);
+        assert_eq!(from_env.timeout, Duration::from_millis(2500));
+        assert_eq!(from_env.tls.ca_certificate, Some(PathBuf::from("/ca.pem")));
+
+        let from_flags = otlp(
+            &[
+                "--otlp-endpoint",
+                "http://flag:4317",
+                "--otlp-protocol",
+                "grpc",
+                "--otlp-headers",
+                "x-key=flag",
+                "--otlp-compression",
+                "none",
+                "--otlp-timeout",
+                "3s",
+            ],
+            &env,
+        );
+        assert_eq!(from_flags.protocol, OtlpProtocol::Grpc);
+        assert_eq!(from_flags.endpoint, "http://flag:4317");
+        assert_eq!(
+            from_flags.headers,
+            vec![("x-key".to_owned(), "flag".to_owned())]
+        );
+        assert_eq!(from_flags.compression, Compression::None);
+        assert_eq!(from_flags.timeout, Duration::from_secs(3));
+    }
+
+    #[test]
+    fn batching_comes_from_flags_or_bsp_variables() {
+        let env = [
+            ("OTEL_BSP_MAX_QUEUE_SIZE", "100"),
+            ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "10"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "250"),
+        ];
+        let config = ExportConfig::resolve(&args(&[]), env_of(&env)).unwrap();
+        assert_eq!(
+            config.batch,
+            BatchSettings {
+                max_queue_size: 100,
+                max_export_batch_size: 10,
+                scheduled_delay: Duration::from_millis(250),
+            }
+        );
+        let flags = args(&[
+            "--bsp-max-export-batch-size",
+            "5",
+            "--bsp-schedule-delay",
+            "1s",
+        ]);
+        let config = ExportConfig::resolve(&flags, env_of(&env)).unwrap();
+        assert_eq!(config.batch.max_export_batch_size, 5);
+        assert_eq!(config.batch.scheduled_delay, Duration::from_secs(1));
+        assert_eq!(config.batch.max_queue_size, 100);
+    }
+
+    #[test]
+    fn sdk_disabled_turns_export_off() {
+        let env = [
+            ("OTEL_SDK_DISABLED", "TRUE"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://x:4318"),
+        ];
+        let config = ExportConfig::resolve(&args(&[]), env_of(&env)).unwrap();
+        assert!(config.sdk_disabled);
+        assert_eq!(config.otlp, None);
+    }
+
+    #[test]
+    fn invalid_values_name_their_source_and_the_accepted_values() {
+        let endpoint = [("OTEL_EXPORTER_OTLP_ENDPOINT", "http://x:4318")];
+        let with = |extra: (&'static str, &'static str)| vec![endpoint[0], extra];
+        assert_eq!(
+            error(&[], &with(("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"))),
+            "OTEL_EXPORTER_OTLP_PROTOCOL=`http/json` is invalid: grpc or http/protobuf"
+        );
+        assert_eq!(
+            error(&["--otlp-endpoint", "127.0.0.1:4317"], &[]),
+            "--otlp-endpoint=`127.0.0.1:4317` is invalid: a URL with http:// or https:// and a host, like http://127.0.0.1:4317"
+        );
+        assert_eq!(
+            error(
+                &[],
+                &with(("OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "zstd"))
+            ),
+            "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION=`zstd` is invalid: gzip or none"
+        );
+        assert_eq!(
+            error(&[], &with(("OTEL_EXPORTER_OTLP_TIMEOUT", "10s"))),
+            "OTEL_EXPORTER_OTLP_TIMEOUT=`10s` is invalid: an integer number of milliseconds"
+        );
+        assert_eq!(
+            error(
+                &[],
+                &with(("OTEL_EXPORTER_OTLP_HEADERS", "secret-token-without-key"))
+            ),
+            "OTEL_EXPORTER_OTLP_HEADERS=`<redacted>` is invalid: comma-separated key=value pairs"
+        );
+        assert_eq!(
+            error(&[], &[("OTEL_BSP_MAX_QUEUE_SIZE", "0")]),
+            "OTEL_BSP_MAX_QUEUE_SIZE=`0` is invalid: a positive integer"
+        );
+        assert_eq!(
+            error(&["--bsp-max-export-batch-size", "4096"], &[]),
+            "--bsp-max-export-batch-size/OTEL_BSP_MAX_EXPORT_BATCH_SIZE=`4096` is invalid: at most the queue size (2048)"
+        );
+        assert_eq!(
+            error(&[], &[("OTEL_SDK_DISABLED", "yes")]),
+            "OTEL_SDK_DISABLED=`yes` is invalid: true or false"
+        );
+        assert!(
+            error(&["--otlp-client-certificate", "/c.pem"], &endpoint)
+                .contains("both a client certificate and its key, or neither")
+        );
+        let ftp = [("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "ftp://x/")];
+        assert!(error(&[], &ftp).starts_with("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=`ftp://x/`"));
+    }
+}

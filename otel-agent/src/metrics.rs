@@ -1,0 +1,173 @@
+//! Self-telemetry: the agent's accounting ([`Snapshot`]) exported as OTLP metrics to the
+//! same collector as the spans, every stats interval. Every metric name is spelled here.
+//!
+//! | metric | kind | attributes | meaning |
+//! |---|---|---|---|
+//! | `otel_agent.sessions.closed` | counter | | records the probe wrote (closed sessions) |
+//! | `otel_agent.sessions.read` | counter | | records the agent read from the ring buffer |
+//! | `otel_agent.sessions.exported` | counter | `output` | sessions whose spans an output exported |
+//! | `otel_agent.sessions.lost` | counter | `cause` (`ring_buffer_full`, `decode_error`, `channel_full`, `queue_full`, `shutdown`), `output` | sessions lost, by cause |
+//! | `otel_agent.sessions.filtered` | counter | `stage` (`birth`, `after_tracking`) | sessions a filter rejected |
+//! | `otel_agent.sessions.birth_not_seen` | counter | | sessions reported with an unknown birth |
+//! | `otel_agent.export.errors` | counter | `output` | failed export attempts (each retried) |
+//! | `otel_agent.export.queue.depth` | gauge | `output` | sessions waiting for export |
+
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use opentelemetry::{
+    KeyValue,
+    metrics::{AsyncInstrument, Meter, MeterProvider as _},
+};
+use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
+
+use crate::{
+    export::{self, ExportError, config::OtlpTarget},
+    resource::agent_resource,
+    stats::Snapshot,
+};
+
+/// The running self-telemetry.
+pub struct SelfMetrics {
+    provider: SdkMeterProvider,
+    latest: Arc<Mutex<Snapshot>>,
+}
+
+type Observe = fn(&Snapshot, &dyn AsyncInstrument<u64>);
+
+impl SelfMetrics {
+    /// Starts exporting to `target` every `interval`.
+    pub fn start(target: &OtlpTarget, interval: Duration) -> Result<Self, ExportError> {
+        let reader = PeriodicReader::builder(export::metric_exporter(target)?)
+            .with_interval(interval)
+            .build();
+        let provider = SdkMeterProvider::builder()
+            .with_reader(reader)
+            .with_resource(agent_resource())
+            .build();
+        let latest = Arc::new(Mutex::new(Snapshot::default()));
+        register(&provider.meter("otel-agent"), &latest);
+        Ok(Self { provider, latest })
+    }
+
+    /// Makes `snapshot` what the next export reports.
+    pub fn update(&self, snapshot: Snapshot) {
+        if let Ok(mut latest) = self.latest.lock() {
+            *latest = snapshot;
+        }
+    }
+
+    /// Exports the last snapshot and stops.
+    pub async fn shutdown(self) {
+        let provider = self.provider;
+        match tokio::task::spawn_blocking(move || provider.shutdown()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "the last self-metrics were not exported"),
+            Err(error) => tracing::warn!(%error, "the self-metrics shutdown failed"),
+        }
+    }
+}
+
+fn register(meter: &Meter, latest: &Arc<Mutex<Snapshot>>) {
+    let counter = |name: &'static str, description: &'static str, observe: Observe| {
+        let latest = latest.clone();
+        meter
+            .u64_observable_counter(name)
+            .with_description(description)
+            .with_callback(move |instrument| {
+                if let Ok(snapshot) = latest.lock() {
+                    observe(&snapshot, instrument);
+                }
+            })
+            .build();
+    };
+    counter(
+        "otel_agent.sessions.closed",
+        "Closed sessions the probe recorded",
+        |s, i| {
+            i.observe(s.kernel.emitted, &[]);
+        },
+    );
+    counter(
+        "otel_agent.sessions.read",
+        "Session records read from the ring buffer",
+        |s, i| {
+            i.observe(s.records_read, &[]);
+        },
+    );
+    counter(
+        "otel_agent.sessions.exported",
+        "Sessions exported, by output",
+        |s, i| {
+            for export in &s.exports {
+                i.observe(export.exported, &[KeyValue::new("output", export.output)]);
+            }
+        },
+    );
+    counter(
+        "otel_agent.sessions.lost",
+        "Sessions lost, by cause",
+        |s, i| {
+            let cause = |cause: &'static str| [KeyValue::new("cause", cause)];
+            i.observe(s.kernel.ring_buffer_full, &cause("ring_buffer_full"));
+            i.observe(s.decode_errors, &cause("decode_error"));
+            i.observe(s.channel_full, &cause("channel_full"));
+            for export in &s.exports {
+                let output = KeyValue::new("output", export.output);
+                let with = |cause: &'static str| [KeyValue::new("cause", cause), output.clone()];
+                i.observe(export.dropped_queue_full, &with("queue_full"));
+                i.observe(export.dropped_at_shutdown, &with("shutdown"));
+            }
+        },
+    );
+    counter(
+        "otel_agent.sessions.filtered",
+        "Sessions rejected by a filter",
+        |s, i| {
+            i.observe(
+                s.kernel.filtered_at_birth,
+                &[KeyValue::new("stage", "birth")],
+            );
+            i.observe(
+                s.kernel.filtered_after_tracking,
+                &[KeyValue::new("stage", "after_tracking")],
+            );
+        },
+    );
+    counter(
+        "otel_agent.sessions.birth_not_seen",
+        "Sessions reported with an unknown birth",
+        |s, i| {
+            i.observe(s.kernel.birth_not_seen, &[]);
+        },
+    );
+    counter(
+        "otel_agent.export.errors",
+        "Failed export attempts, by output",
+        |s, i| {
+            for export in &s.exports {
+                i.observe(
+                    export.export_errors,
+                    &[KeyValue::new("output", export.output)],
+                );
+            }
+        },
+    );
+    let latest = latest.clone();
+    meter
+        .u64_observable_gauge("otel_agent.export.queue.depth")
+        .with_description("Sessions waiting for export, by output")
+        .with_callback(move |instrument| {
+            if let Ok(snapshot) = latest.lock() {
+                for export in &snapshot.exports {
+                    instrument.observe(
+                        export.queue_depth,
+                        &[KeyValue::new("output", export.output)],
+                    );
+                }
+            }
+        })
+        .build();
+}

@@ -1,0 +1,137 @@
+//! Runs the real `otel-agent` binary as a child process with a clean OpenTelemetry
+//! environment: only the flags and variables a test gives reach it.
+
+use std::{path::Path, process::Command, time::Duration};
+
+use crate::process::{ChildGuard, agent_binary};
+
+/// A command for the agent binary with every `OTEL_*` variable of the test's own
+/// environment removed.
+pub fn command(args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut command = Command::new(agent_binary());
+    for (name, _) in std::env::vars() {
+        if name.starts_with("OTEL_") {
+            command.env_remove(name);
+        }
+    }
+    command.args(args).envs(env.iter().copied());
+    command
+}
+
+/// Like [`command`], with the agent run through `wrapper` (a program and its arguments that
+/// end by executing the rest of its command line, such as `setpriv ...` or `unshare ...`):
+/// `wrapper... <agent binary> args...`. The wrapper must `exec` the agent, so that the child's
+/// pid is the agent's.
+pub fn wrapped_command(wrapper: &[&str], args: &[&str], env: &[(&str, &str)]) -> Command {
+    let (program, wrapper_args) = wrapper.split_first().expect("a wrapper program");
+    let mut command = Command::new(program);
+    for (name, _) in std::env::vars() {
+        if name.starts_with("OTEL_") {
+            command.env_remove(name);
+        }
+    }
+    command
+        .args(wrapper_args)
+        .arg(agent_binary())
+        .args(args)
+        .envs(env.iter().copied());
+    command
+}
+
+/// Starts the agent and waits until its probe is attached.
+pub fn start(args: &[&str], env: &[(&str, &str)], dir: &Path) -> ChildGuard {
+    start_command(command(args, env), dir)
+}
+
+/// Starts `command` (the agent, possibly wrapped) and waits until its probe is attached.
+pub fn start_command(command: Command, dir: &Path) -> ChildGuard {
+    let mut agent = ChildGuard::spawn(command, dir, "agent");
+    agent.wait_for_output(Duration::from_secs(20), "the probe to attach", |output| {
+        output.contains("probe attached")
+    });
+    agent
+}
+
+/// Runs `command` (the agent, possibly wrapped), which must fail at start-up, and returns
+/// its exit code and stderr.
+pub fn run_to_failure(command: Command, dir: &Path) -> (Option<i32>, String) {
+    let mut agent = ChildGuard::spawn(command, dir, "agent");
+    let status = agent.wait(Duration::from_secs(20));
+    (status.code(), agent.stderr_text())
+}
+
+/// Stops the agent with SIGINT and checks that it flushed and exited 0.
+pub fn stop(agent: &mut ChildGuard) {
+    agent.signal(libc::SIGINT);
+    let status = agent.wait(Duration::from_secs(15));
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "agent stderr:\n{}",
+        agent.stderr_text()
+    );
+}
+
+/// The agent's log lines at `level` (`ERROR`, `WARN`, `INFO`) as `target: message`, without
+/// the timestamp and level.
+pub fn log_lines(stderr: &str, level: &str) -> Vec<String> {
+    stderr
+        .lines()
+        .filter_map(|line| {
+            let (_timestamp, rest) = line.split_once(' ')?;
+            let (found, rest) = rest.trim_start().split_once(' ')?;
+            (found == level).then(|| rest.to_owned())
+        })
+        .collect()
+}
+
+/// The counters of the agent's final `session accounting` line (logged at shutdown), by
+/// name.
+pub fn accounting(stderr: &str) -> std::collections::BTreeMap<String, u64> {
+    let line = stderr
+        .lines()
+        .find(|line| line.contains("session accounting") && line.contains("when=\"final\""))
+        .unwrap_or_else(|| panic!("no final session accounting line in:\n{stderr}"));
+    line.split_whitespace()
+        .filter_map(|pair| {
+            let (name, value) = pair.split_once('=')?;
+            Some((name.to_owned(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Fails the test unless the accounting reconciles: every record the kernel emitted was
+/// read, and no `lost_*` counter is above zero.
+pub fn assert_nothing_lost(stderr: &str) {
+    let counters = accounting(stderr);
+    assert_eq!(
+        counters.get("kernel_emitted"),
+        counters.get("records_read"),
+        "{counters:?}"
+    );
+    assert!(counters.contains_key("kernel_emitted"), "{counters:?}");
+    let lost: Vec<_> = counters
+        .iter()
+        .filter(|(name, value)| name.starts_with("lost_") && **value != 0)
+        .collect();
+    assert!(lost.is_empty(), "lost sessions: {lost:?}");
+}
+
+/// The fields of the `-s` (CSV) console lines of the sessions from local port `local` to
+/// remote port `remote` (both: another session may reuse one of the two ports):
+/// `PID,COMM,IP,LADDR,LPORT,RADDR,RPORT,TX_KB,RX_KB,MS`.
+pub fn csv_lines_for_ports(stdout: &str, local: u16, remote: u16) -> Vec<Vec<String>> {
+    stdout
+        .lines()
+        .map(|line| line.split(',').map(str::to_owned).collect::<Vec<_>>())
+        .filter(|fields| {
+            fields.len() == 10 && fields[4] == local.to_string() && fields[6] == remote.to_string()
+        })
+        .collect()
+}
+
+/// Arguments that keep the agent to the sessions of this test process (`-p <pid>`), so that
+/// other traffic on a busy host cannot fill its queues or ring buffer during a test.
+pub fn only_this_process() -> [String; 2] {
+    ["-p".to_owned(), std::process::id().to_string()]
+}

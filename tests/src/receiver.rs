@@ -1,0 +1,345 @@
+//! An in-process OTLP receiver for exact assertions that rotel cannot give: it records every
+//! export request with its headers and whether it arrived compressed. gRPC (tonic, the
+//! generated `TraceService`) and HTTP/protobuf (hyper), each in plaintext or TLS, the TLS
+//! variants optionally requiring a client certificate ([`Pki`] makes throwaway certificates).
+
+use std::{
+    collections::BTreeMap,
+    io::Read as _,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use http_body_util::{BodyExt as _, Full};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+    trace_service_server::{TraceService, TraceServiceServer},
+};
+use prost::Message as _;
+use tokio::{net::TcpListener, sync::oneshot};
+
+/// One export request as received.
+#[derive(Debug, Clone)]
+pub struct Received {
+    /// Request headers (gRPC metadata), lower-case names.
+    pub headers: BTreeMap<String, String>,
+    /// Whether the body arrived gzip-compressed.
+    pub gzip: bool,
+    pub request: ExportTraceServiceRequest,
+}
+
+impl Received {
+    /// Number of spans in the request.
+    pub fn span_count(&self) -> usize {
+        self.request
+            .resource_spans
+            .iter()
+            .flat_map(|r| &r.scope_spans)
+            .map(|s| s.spans.len())
+            .sum()
+    }
+}
+
+type Log = Arc<Mutex<Vec<Received>>>;
+
+/// Transport of a receiver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Grpc,
+    Http,
+}
+
+/// A running receiver on a loopback port; stops when dropped.
+pub struct Receiver {
+    pub addr: SocketAddr,
+    log: Log,
+    stop: Option<oneshot::Sender<()>>,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Receiver {
+    /// Starts a plaintext receiver.
+    pub fn start(kind: Kind) -> Self {
+        Self::start_with(kind, None)
+    }
+
+    /// Starts a receiver; with `tls`, it serves TLS with the PKI's server certificate and, if
+    /// `require_client_certificate`, requires a client certificate signed by its CA.
+    pub fn start_with(kind: Kind, tls: Option<(&Pki, bool)>) -> Self {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("receiver runtime");
+        let log = Log::default();
+        let (stop, stopped) = oneshot::channel();
+        let listener = runtime
+            .block_on(TcpListener::bind("127.0.0.1:0"))
+            .expect("bind the receiver");
+        let addr = listener.local_addr().expect("receiver address");
+        let tls = tls.map(|(pki, require)| tls_config(pki, require));
+        match kind {
+            Kind::Grpc => {
+                let service = TraceServiceServer::new(Recorder(log.clone()))
+                    .accept_compressed(tonic::codec::CompressionEncoding::Gzip);
+                let mut builder = tonic::transport::Server::builder();
+                if let Some(tls) = tls {
+                    builder = builder.tls_config(tls.0).expect("server TLS");
+                }
+                let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+                runtime.spawn(builder.add_service(service).serve_with_incoming_shutdown(
+                    incoming,
+                    async {
+                        let _ = stopped.await;
+                    },
+                ));
+            }
+            Kind::Http => {
+                runtime.spawn(serve_http(listener, log.clone(), tls.map(|t| t.1), stopped));
+            }
+        }
+        Self {
+            addr,
+            log,
+            stop: Some(stop),
+            runtime: Some(runtime),
+        }
+    }
+
+    /// The base URL to give the agent.
+    pub fn url(&self, tls: bool) -> String {
+        let scheme = if tls { "https" } else { "http" };
+        format!("{scheme}://localhost:{}", self.addr.port())
+    }
+
+    /// Every request received so far.
+    pub fn received(&self) -> Vec<Received> {
+        self.log.lock().expect("receiver log").clone()
+    }
+
+    /// Waits until `predicate` holds for what was received, failing after `timeout`.
+    pub fn wait_for(
+        &self,
+        timeout: Duration,
+        what: &str,
+        predicate: impl Fn(&[Received]) -> bool,
+    ) -> Vec<Received> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let received = self.received();
+            if predicate(&received) {
+                return received;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "waited {timeout:?} for {what}; received {} requests",
+                received.len()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_timeout(Duration::from_secs(1));
+        }
+    }
+}
+
+struct Recorder(Log);
+
+#[tonic::async_trait]
+impl TraceService for Recorder {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let headers: BTreeMap<String, String> = request
+            .metadata()
+            .clone()
+            .into_headers()
+            .iter()
+            .map(|(name, value)| {
+                (
+                    name.as_str().to_owned(),
+                    value.to_str().unwrap_or("").to_owned(),
+                )
+            })
+            .collect();
+        let gzip = headers.get("grpc-encoding").map(String::as_str) == Some("gzip");
+        self.0.lock().expect("receiver log").push(Received {
+            headers,
+            gzip,
+            request: request.into_inner(),
+        });
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+/// Serves OTLP/HTTP (protobuf) on `listener` until `stopped`, with TLS if given.
+async fn serve_http(
+    listener: TcpListener,
+    log: Log,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    mut stopped: oneshot::Receiver<()>,
+) {
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = &mut stopped => return,
+        };
+        let Ok((stream, _)) = accepted else { continue };
+        let log = log.clone();
+        let acceptor = acceptor.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request| {
+                let log = log.clone();
+                async move { handle_http(request, &log).await }
+            });
+            let builder = hyper::server::conn::http1::Builder::new();
+            match acceptor {
+                Some(acceptor) => {
+                    if let Ok(stream) = acceptor.accept(stream).await {
+                        let io = hyper_util::rt::TokioIo::new(stream);
+                        let _ = builder.serve_connection(io, service).await;
+                    }
+                }
+                None => {
+                    let io = hyper_util::rt::TokioIo::new(stream);
+                    let _ = builder.serve_connection(io, service).await;
+                }
+            }
+        });
+    }
+}
+
+async fn handle_http(
+    request: hyper::Request<hyper::body::Incoming>,
+    log: &Log,
+) -> Result<hyper::Response<Full<bytes::Bytes>>, hyper::Error> {
+    let headers: BTreeMap<String, String> = request
+        .headers()
+        .iter()
+        .map(|(name, value)| {
+            (
+                name.as_str().to_owned(),
+                value.to_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    let body = request.into_body().collect().await?.to_bytes();
+    let gzip = headers.get("content-encoding").map(String::as_str) == Some("gzip");
+    let body = if gzip {
+        let mut plain = Vec::new();
+        flate2::read::GzDecoder::new(&body[..])
+            .read_to_end(&mut plain)
+            .expect("a gzip body");
+        plain
+    } else {
+        body.to_vec()
+    };
+    let request = ExportTraceServiceRequest::decode(&body[..]).expect("an OTLP protobuf body");
+    log.lock().expect("receiver log").push(Received {
+        headers,
+        gzip,
+        request,
+    });
+    let response = ExportTraceServiceResponse::default().encode_to_vec();
+    Ok(hyper::Response::builder()
+        .header("content-type", "application/x-protobuf")
+        .body(Full::new(bytes::Bytes::from(response)))
+        .expect("a response"))
+}
+
+/// Server TLS for both transports: tonic's config and a rustls config for hyper.
+fn tls_config(
+    pki: &Pki,
+    require_client_certificate: bool,
+) -> (tonic::transport::ServerTlsConfig, Arc<rustls::ServerConfig>) {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let identity = tonic::transport::Identity::from_pem(&pki.server_cert_pem, &pki.server_key_pem);
+    let mut tonic_tls = tonic::transport::ServerTlsConfig::new().identity(identity);
+    if require_client_certificate {
+        tonic_tls = tonic_tls.client_ca_root(tonic::transport::Certificate::from_pem(&pki.ca_pem));
+    }
+    let certs = vec![rustls::pki_types::CertificateDer::from(
+        pki.server_cert_der.clone(),
+    )];
+    let key =
+        rustls::pki_types::PrivateKeyDer::try_from(pki.server_key_der.clone()).expect("server key");
+    let builder = rustls::ServerConfig::builder();
+    let rustls_tls = if require_client_certificate {
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(rustls::pki_types::CertificateDer::from(pki.ca_der.clone()))
+            .expect("CA");
+        let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots))
+            .build()
+            .expect("client verifier");
+        builder.with_client_cert_verifier(verifier)
+    } else {
+        builder.with_no_client_auth()
+    }
+    .with_single_cert(certs, key)
+    .expect("server certificate");
+    (tonic_tls, Arc::new(rustls_tls))
+}
+
+/// A throwaway CA with a server certificate for `localhost`/127.0.0.1 and a client
+/// certificate, written as PEM files into a directory.
+pub struct Pki {
+    pub ca_pem: String,
+    ca_der: Vec<u8>,
+    server_cert_pem: String,
+    server_cert_der: Vec<u8>,
+    server_key_pem: String,
+    server_key_der: Vec<u8>,
+    /// PEM files for the agent's flags.
+    pub ca_file: PathBuf,
+    pub client_cert_file: PathBuf,
+    pub client_key_file: PathBuf,
+}
+
+impl Pki {
+    pub fn create(dir: &Path) -> Self {
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("CA key"))
+            .expect("CA certificate");
+        let server_key = KeyPair::generate().expect("server key");
+        let server = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+            .expect("server params")
+            .signed_by(&server_key, &ca)
+            .expect("server certificate");
+        let client_key = KeyPair::generate().expect("client key");
+        let client = CertificateParams::new(vec!["otel-agent".to_owned()])
+            .expect("client params")
+            .signed_by(&client_key, &ca)
+            .expect("client certificate");
+        let write = |name: &str, contents: &str| {
+            let path = dir.join(name);
+            std::fs::write(&path, contents).expect("write a PEM file");
+            path
+        };
+        Self {
+            ca_pem: ca.pem(),
+            ca_der: ca.der().to_vec(),
+            server_cert_pem: server.pem(),
+            server_cert_der: server.der().to_vec(),
+            server_key_pem: server_key.serialize_pem(),
+            server_key_der: server_key.serialize_der(),
+            ca_file: write("ca.pem", &ca.pem()),
+            client_cert_file: write("client.pem", &client.pem()),
+            client_key_file: write("client-key.pem", &client_key.serialize_pem()),
+        }
+    }
+}
