@@ -18,6 +18,7 @@
 #   COLLECTOR=rotel     rotel | sink (the counting receiver in bench/)
 #   BPF_STATS=1         enable kernel.bpf_stats_enabled during b and c (restored after)
 #   AGENT_ARGS=         extra flags for otel-agent
+#   AGENT=target/release/otel-agent   the agent binary (to compare builds; SKIP_BUILD=1)
 #   OUT_DIR=            where logs and results go (default: a new /tmp/otel-agent-bench.*)
 #   SKIP_SETUP=0 SKIP_BUILD=0
 #
@@ -39,7 +40,7 @@ SKIP_SETUP="${SKIP_SETUP:-0}"
 SKIP_BUILD="${SKIP_BUILD:-0}"
 
 TCPLIFE=/usr/sbin/tcplife
-AGENT=target/release/otel-agent
+AGENT="${AGENT:-target/release/otel-agent}"
 CHURN=target/release/churn
 SINK=target/release/otlp-sink
 REPORT=scripts/bench_report.py

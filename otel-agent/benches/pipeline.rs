@@ -10,7 +10,7 @@
 //!   and what the receiver counted, which must agree.
 //!
 //! Environment: `PIPELINE_SESSIONS` (default 200000), `PIPELINE_RUNS` (3),
-//! `PIPELINE_WINDOW` (1536: sessions in flight in the paced mode), `PIPELINE_CPU` (0: the
+//! `PIPELINE_WINDOW` (1024: sessions in flight in the paced mode), `PIPELINE_CPU` (0: the
 //! core the pipeline is pinned to), `BENCH_PIPELINE=0` to skip the
 //! pipeline part; the export configuration comes from the agent's own command line and
 //! environment handling, so `OTEL_BSP_*` apply as in the agent (see [`pipeline_modes`]). A criterion filter argument that does not match `pipeline`
@@ -455,8 +455,9 @@ fn pipeline_throughput(mode: &str, window: Option<u64>) {
 /// - `unpaced`: records arrive as fast as the pipeline takes them, like a burst from the
 ///   ring buffer. The export queue (2048 sessions) fills and drops, counting the drops
 ///   (`lost_queue_full`).
-/// - `paced`: at most `PIPELINE_WINDOW` (default 1536, below the queue's 2048) sessions in
-///   flight, so nothing is dropped: `received_per_s` is the rate the whole pipeline
+/// - `paced`: at most `PIPELINE_WINDOW` (default 1024) sessions in flight, so nothing is
+///   dropped (the queue, 2048, also holds the batch being exported until the receiver has
+///   answered: 1024 + 512 leaves a margin): `received_per_s` is the rate the whole pipeline
 ///   sustains without loss, and `received_per_cpu_s` what one core would sustain if the
 ///   pipeline had it to itself.
 fn pipeline_modes(quick: bool) {
@@ -491,7 +492,7 @@ fn pipeline_selected() -> bool {
 
 fn main() {
     if let Ok(mode) = std::env::var("PIPELINE_CHILD") {
-        let window = (mode == "paced").then(|| env_or("PIPELINE_WINDOW", 1_536));
+        let window = (mode == "paced").then(|| env_or("PIPELINE_WINDOW", 1_024));
         pipeline_throughput(&mode, window);
         return;
     }
