@@ -5,6 +5,7 @@
 #   scripts/setup.sh build   rust-src for nightly and bpf-linker (enough to build and run)
 #   scripts/setup.sh test    build, plus rustfmt and clippy, and the test peers (the rotel
 #                            collector from PyPI, tcplife from Debian's libbpf-tools, iproute2)
+#   scripts/setup.sh bench   test, plus bpftool (Debian's bpftool) for scripts/bench.sh
 set -euo pipefail
 
 BPF_LINKER_VERSION=0.13.0
@@ -81,6 +82,18 @@ ensure_test_packages() {
         || die "could not install libbpf-tools and iproute2 with apt-get"
 }
 
+# bpftool reads the probes' kernel statistics (run_time_ns, run_cnt) for scripts/bench.sh.
+ensure_bench_packages() {
+    if command -v bpftool >/dev/null; then
+        return
+    fi
+    say "installing bpftool from Debian"
+    command -v apt-get >/dev/null || die "apt-get is missing: install bpftool by hand"
+    apt-get update -qq || die "apt-get update failed; check access to the Debian mirrors"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bpftool >/dev/null \
+        || die "could not install bpftool with apt-get"
+}
+
 # Prints the path of the rotel-agent binary that the rotel wheel ships inside its package.
 rotel_agent_path() {
     python3 -c 'import os, rotel; print(os.path.join(os.path.dirname(rotel.__file__), "rotel-agent"))' 2>/dev/null
@@ -108,5 +121,13 @@ case "${1:-build}" in
         ensure_rotel
         ensure_test_packages
         ;;
-    *) die "unknown target '${1}'; use 'build' or 'test'" ;;
+    bench)
+        ensure_nightly_rust_src
+        ensure_bpf_linker
+        ensure_lint_components
+        ensure_rotel
+        ensure_test_packages
+        ensure_bench_packages
+        ;;
+    *) die "unknown target '${1}'; use 'build', 'test' or 'bench'" ;;
 esac
