@@ -135,3 +135,19 @@ pub fn csv_lines_for_ports(stdout: &str, local: u16, remote: u16) -> Vec<Vec<Str
 pub fn only_this_process() -> [String; 2] {
     ["-p".to_owned(), std::process::id().to_string()]
 }
+
+/// Starts the agent exporting over gRPC to `endpoint`, kept to this test process's sessions,
+/// with `extra` flags.
+pub fn start_grpc(endpoint: &str, extra: &[&str], dir: &Path) -> ChildGuard {
+    let pid = std::process::id().to_string();
+    let mut args = vec![
+        "-p",
+        &pid,
+        "--otlp-endpoint",
+        endpoint,
+        "--otlp-protocol",
+        "grpc",
+    ];
+    args.extend_from_slice(extra);
+    start(&args, &[], dir)
+}

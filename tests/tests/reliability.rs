@@ -65,14 +65,9 @@ fn a_collector_outage_keeps_the_agent_running_bounded_and_accounted() {
     let first = Rotel::start_on(dir.path(), "rotel-1", grpc, http, &["traces"]);
     let endpoint = format!("http://{grpc}");
     let queue = QUEUE.to_string();
-    let mut agent = agent::start(
+    let mut agent = agent::start_grpc(
+        &endpoint,
         &[
-            "-p",
-            &std::process::id().to_string(),
-            "--otlp-endpoint",
-            &endpoint,
-            "--otlp-protocol",
-            "grpc",
             "--bsp-max-queue-size",
             &queue,
             "--bsp-schedule-delay",
@@ -80,7 +75,6 @@ fn a_collector_outage_keeps_the_agent_running_bounded_and_accounted() {
             "--stats-interval",
             "500ms",
         ],
-        &[],
         dir.path(),
     );
     let pid = agent.id();
@@ -172,19 +166,8 @@ fn sigterm_flushes_queued_spans() {
     let dir = TempDir::new("sigterm");
     let receiver = Receiver::start(Kind::Grpc);
     let url = receiver.url(false);
-    // The default 5 s schedule delay: only the shutdown flush can deliver in time.
-    let mut agent = agent::start(
-        &[
-            "-p",
-            &std::process::id().to_string(),
-            "--otlp-endpoint",
-            &url,
-            "--otlp-protocol",
-            "grpc",
-        ],
-        &[],
-        dir.path(),
-    );
+    // A one-minute schedule delay: only the shutdown flush can deliver in time.
+    let mut agent = agent::start_grpc(&url, &["--bsp-schedule-delay", "60s"], dir.path());
     let exchange = traffic::exchange("127.0.0.1".parse().unwrap(), 10, 10, Closer::Client);
     std::thread::sleep(Duration::from_millis(200));
     assert!(
@@ -235,20 +218,7 @@ fn a_second_signal_exits_at_once() {
     require_root();
     let dir = TempDir::new("second-signal");
     let endpoint = format!("http://{}", closed_endpoint());
-    let mut agent = agent::start(
-        &[
-            "-p",
-            &std::process::id().to_string(),
-            "--otlp-endpoint",
-            &endpoint,
-            "--otlp-protocol",
-            "grpc",
-            "--shutdown-timeout",
-            "60s",
-        ],
-        &[],
-        dir.path(),
-    );
+    let mut agent = agent::start_grpc(&endpoint, &["--shutdown-timeout", "60s"], dir.path());
     traffic::exchange("127.0.0.1".parse().unwrap(), 10, 10, Closer::Client);
     std::thread::sleep(Duration::from_millis(200));
     let started = Instant::now();
@@ -274,20 +244,7 @@ fn the_shutdown_deadline_holds_and_what_is_left_is_counted() {
     require_root();
     let dir = TempDir::new("deadline");
     let endpoint = format!("http://{}", closed_endpoint());
-    let mut agent = agent::start(
-        &[
-            "-p",
-            &std::process::id().to_string(),
-            "--otlp-endpoint",
-            &endpoint,
-            "--otlp-protocol",
-            "grpc",
-            "--shutdown-timeout",
-            "2s",
-        ],
-        &[],
-        dir.path(),
-    );
+    let mut agent = agent::start_grpc(&endpoint, &["--shutdown-timeout", "2s"], dir.path());
     exchanges(3);
     std::thread::sleep(Duration::from_millis(200));
     let started = Instant::now();
@@ -350,20 +307,7 @@ fn self_metrics_reach_the_collector_and_match_the_final_accounting() {
     );
     let grpc = collector.grpc;
     let endpoint = format!("http://{grpc}");
-    let mut agent = agent::start(
-        &[
-            "-p",
-            &std::process::id().to_string(),
-            "--otlp-endpoint",
-            &endpoint,
-            "--otlp-protocol",
-            "grpc",
-            "--stats-interval",
-            "500ms",
-        ],
-        &[],
-        dir.path(),
-    );
+    let mut agent = agent::start_grpc(&endpoint, &["--stats-interval", "500ms"], dir.path());
     exchanges(2);
     std::thread::sleep(Duration::from_millis(700));
     agent::stop(&mut agent);
