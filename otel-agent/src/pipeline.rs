@@ -42,41 +42,50 @@ pub async fn run(
     stats: Arc<PipelineStats>,
 ) -> io::Result<()> {
     let mut batch = Vec::with_capacity(BATCH);
+    let mut to_export = Vec::with_capacity(if sinks.outputs.is_empty() { 0 } else { BATCH });
     while rx.recv_many(&mut batch, BATCH).await > 0 {
         let clock = WallClock::sample();
         for record in batch.drain(..) {
-            handle(&record, clock, &mut sinks, &stats)?;
+            if let Some(session) = handle(&record, clock, &mut sinks, &stats)? {
+                to_export.push(Arc::new(session));
+            }
         }
         if let Some(console) = &mut sinks.console {
             console.flush()?;
+        }
+        if !to_export.is_empty() {
+            export::push_all(&sinks.outputs, &to_export);
+            to_export.clear();
         }
     }
     Ok(())
 }
 
+/// Converts one record and prints it; returns the session when it is to be exported.
 fn handle(
     record: &SessionRecord,
     clock: WallClock,
     sinks: &mut Sinks,
     stats: &PipelineStats,
-) -> io::Result<()> {
+) -> io::Result<Option<Session>> {
     let mut session = match Session::from_record(record, clock, sinks.agent_start) {
         Ok(session) => session,
         Err(error) => {
             PipelineStats::add(&stats.decode_errors);
             tracing::warn!(%error, "dropped a session record that does not decode");
-            return Ok(());
+            return Ok(None);
         }
     };
-    if let Some(containers) = &mut sinks.containers {
-        session.container_id = containers.container_id(session.pid);
-    }
     if let Some(console) = &mut sinks.console {
         console.write(&session)?;
         PipelineStats::add(&stats.lines_printed);
     }
-    if !sinks.outputs.is_empty() {
-        export::push_all(&sinks.outputs, session);
+    if sinks.outputs.is_empty() {
+        return Ok(None);
     }
-    Ok(())
+    // Only spans carry container.id: the console needs no /proc lookup.
+    if let Some(containers) = &mut sinks.containers {
+        session.container_id = containers.container_id(session.pid);
+    }
+    Ok(Some(session))
 }

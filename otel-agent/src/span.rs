@@ -3,7 +3,7 @@
 //! mapping table; stable OpenTelemetry names are used where they exist, the `tcplife.*`
 //! namespace for what OpenTelemetry has no name for.
 
-use std::net::IpAddr;
+use std::{net::IpAddr, sync::Arc};
 
 use common::user::Origin;
 use opentelemetry::{
@@ -153,12 +153,15 @@ pub fn attributes(session: &Session) -> Vec<KeyValue> {
     } else {
         "close"
     };
+    // Each address is formatted once and shared by its network.* and server/client.* values.
+    let local_address: Arc<str> = session.local.ip().to_string().into();
+    let peer_address: Arc<str> = session.remote.ip().to_string().into();
     let mut attributes = vec![
         KeyValue::new(key::NETWORK_TRANSPORT, "tcp"),
         KeyValue::new(key::NETWORK_TYPE, network_type),
-        KeyValue::new(key::NETWORK_LOCAL_ADDRESS, session.local.ip().to_string()),
+        KeyValue::new(key::NETWORK_LOCAL_ADDRESS, local_address.clone()),
         KeyValue::new(key::NETWORK_LOCAL_PORT, i64::from(session.local.port())),
-        KeyValue::new(key::NETWORK_PEER_ADDRESS, session.remote.ip().to_string()),
+        KeyValue::new(key::NETWORK_PEER_ADDRESS, peer_address.clone()),
         KeyValue::new(key::NETWORK_PEER_PORT, i64::from(session.remote.port())),
         KeyValue::new(key::PROCESS_PID, i64::from(session.pid)),
         KeyValue::new(key::COMM, session.comm.clone()),
@@ -166,16 +169,18 @@ pub fn attributes(session: &Session) -> Vec<KeyValue> {
         KeyValue::new(key::BIRTH_SEEN, session.birth_known),
         KeyValue::new(key::ESTABLISHED, session.established),
     ];
+    let local = (local_address, session.local.port());
+    let peer = (peer_address, session.remote.port());
     let roles = match session.origin {
-        Origin::Active => Some((session.remote, session.local)),
-        Origin::Passive => Some((session.local, session.remote)),
+        Origin::Active => Some((peer, local)),
+        Origin::Passive => Some((local, peer)),
         Origin::Unknown => None,
     };
-    if let Some((server, client)) = roles {
-        attributes.push(KeyValue::new(key::SERVER_ADDRESS, server.ip().to_string()));
-        attributes.push(KeyValue::new(key::SERVER_PORT, i64::from(server.port())));
-        attributes.push(KeyValue::new(key::CLIENT_ADDRESS, client.ip().to_string()));
-        attributes.push(KeyValue::new(key::CLIENT_PORT, i64::from(client.port())));
+    if let Some(((server_address, server_port), (client_address, client_port))) = roles {
+        attributes.push(KeyValue::new(key::SERVER_ADDRESS, server_address));
+        attributes.push(KeyValue::new(key::SERVER_PORT, i64::from(server_port)));
+        attributes.push(KeyValue::new(key::CLIENT_ADDRESS, client_address));
+        attributes.push(KeyValue::new(key::CLIENT_PORT, i64::from(client_port)));
     }
     if let Some(handshake) = session.handshake {
         let micros = i64::try_from(handshake.as_micros()).unwrap_or(i64::MAX);

@@ -169,11 +169,10 @@ impl Output {
     }
 }
 
-/// Hands a session to every output's queue.
-pub fn push_all(outputs: &[OutputHandle], session: Session) {
-    let session = Arc::new(session);
+/// Hands a batch of sessions to every output's queue, one lock per queue.
+pub fn push_all(outputs: &[OutputHandle], sessions: &[Arc<Session>]) {
     for output in outputs {
-        output.queue.push(session.clone());
+        output.queue.push(sessions);
     }
 }
 

@@ -82,19 +82,24 @@ impl ExportQueue {
         }
     }
 
-    /// Queues a session, or counts it dropped when the queue is full.
-    pub fn push(&self, session: Arc<Session>) {
+    /// Queues sessions under one lock; those that do not fit are counted as dropped.
+    pub fn push(&self, batch: &[Arc<Session>]) {
         let shared = &self.shared;
-        let len = {
+        let (accepted, len) = {
             let mut sessions = shared.sessions();
-            if sessions.len() >= shared.settings.max_queue_size {
-                QueueStats::add(&shared.stats.dropped_queue_full, 1);
-                return;
-            }
-            sessions.push_back(session);
-            sessions.len()
+            let room = shared
+                .settings
+                .max_queue_size
+                .saturating_sub(sessions.len());
+            let accepted = batch.len().min(room);
+            sessions.extend(batch[..accepted].iter().cloned());
+            (accepted, sessions.len())
         };
-        QueueStats::add(&shared.stats.enqueued, 1);
+        QueueStats::add(&shared.stats.enqueued, accepted as u64);
+        QueueStats::add(
+            &shared.stats.dropped_queue_full,
+            (batch.len() - accepted) as u64,
+        );
         if len >= shared.settings.max_export_batch_size {
             shared.ready.notify_one();
         }
@@ -301,9 +306,8 @@ mod tests {
     async fn a_full_queue_drops_and_counts_and_the_rest_is_exported_in_order() {
         let stats = Arc::new(QueueStats::default());
         let queue = ExportQueue::new(settings(3, 2), stats.clone());
-        for port in 1..=5 {
-            queue.push(session(port));
-        }
+        let sessions: Vec<_> = (1..=5).map(session).collect();
+        queue.push(&sessions);
         assert_eq!(get(&stats.dropped_queue_full), 2);
         let exporter = Arc::new(Flaky::default());
         let stop = CancellationToken::new();
@@ -342,9 +346,7 @@ mod tests {
             stop.clone(),
             Duration::from_secs(1),
         ));
-        for port in [7, 8, 9] {
-            queue.push(session(port));
-        }
+        queue.push(&[session(7), session(8), session(9)]);
         let deadline = Instant::now() + Duration::from_secs(5);
         while get(&stats.exported) < 3 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -368,9 +370,7 @@ mod tests {
             failures: usize::MAX,
             ..Flaky::default()
         });
-        for port in [1, 2, 3, 4] {
-            queue.push(session(port));
-        }
+        queue.push(&[session(1), session(2), session(3), session(4)]);
         let stop = CancellationToken::new();
         stop.cancel();
         queue
