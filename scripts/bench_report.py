@@ -227,6 +227,7 @@ def summary(results_path, machine_path, collector):
         ("enqueued (otlp export queue)", "enqueued"),
         ("lost_queue_full", "lost_queue_full"),
         ("exported", "exported"),
+        ("lost_rejected (by the collector)", "lost_rejected"),
         ("lost_at_shutdown", "lost_at_shutdown"),
         ("queued at exit", "queued"),
         ("export_errors (retried)", "export_errors"),
@@ -254,14 +255,15 @@ def summary(results_path, machine_path, collector):
         g = lambda key: integer(r, key)  # noqa: E731
         ring, decode, channel = g("lost_ring_buffer_full"), g("lost_decode_error"), g("lost_channel_full")
         queue_full, at_shutdown = g("lost_queue_full"), g("lost_at_shutdown")
-        counted = ring + decode + channel + queue_full + at_shutdown
+        rejected = g("lost_rejected")
+        counted = ring + decode + channel + queue_full + at_shutdown + rejected
         uncounted = g("exported") - g("received")
         lost_total += counted + abs(uncounted)
         exact = (
             "exported" in r
             and g("records_read") == g("kernel_emitted")
             and g("enqueued") + queue_full == g("records_read") - decode - channel
-            and g("exported") + at_shutdown + g("queued") == g("enqueued")
+            and g("exported") + rejected + at_shutdown + g("queued") == g("enqueued")
             and g("received") == g("exported")
         )
         reconciled &= exact

@@ -1,8 +1,8 @@
 //! Userspace benchmark (issue 5), `cargo bench -p otel-agent --bench pipeline`:
 //!
 //! - per session, with criterion: decoding a ring-buffer record, building the `Session`,
-//!   building its attributes, building its span (`span::span_data`), converting a batch of
-//!   spans to OTLP protobuf messages, and encoding them;
+//!   formatting its span's text (name, addresses), visiting its attributes, and encoding a
+//!   batch of sessions into one OTLP request (per span);
 //! - the whole pipeline: synthetic ring-buffer records -> decode -> the agent's pipeline
 //!   stage -> the agent's export queue and OTLP/gRPC exporter -> a counting receiver on
 //!   loopback. Everything but the receiver runs pinned to one CPU, the receiver on
@@ -28,27 +28,18 @@ use std::{
 
 use clap::Parser as _;
 use common::{AF_INET, COMM_LEN, SESSION_RECORD_SIZE, SessionRecord, flags, origin, states};
-use criterion::{BatchSize, Criterion, Throughput};
-use opentelemetry_proto::{
-    tonic::collector::trace::v1::ExportTraceServiceRequest,
-    transform::{
-        common::tonic::ResourceAttributesWithSchema,
-        trace::tonic::group_spans_by_resource_and_scope,
-    },
-};
-use opentelemetry_sdk::trace::{RandomIdGenerator, SpanData};
+use criterion::{Criterion, Throughput};
 use otel_agent::{
     cli::Cli,
     clock::WallClock,
-    export::{Exporters, config::ExportConfig},
+    export::{Exporters, config::ExportConfig, encode::RequestEncoder},
     pipeline::{self, Sinks},
     resource::agent_resource,
     session::Session,
-    span,
+    span::{self, SpanText},
     stats::PipelineStats,
 };
 use otel_agent_bench::sink::{self, Counts};
-use prost::Message as _;
 use tokio::sync::mpsc;
 
 /// Spans per OTLP request: the batch span processor's default `max_export_batch_size`.
@@ -107,15 +98,10 @@ fn bytes_of(record: &SessionRecord) -> Vec<u8> {
     .to_vec()
 }
 
-/// `EXPORT_BATCH` finished spans, as the export queue hands them to the exporter.
-fn span_batch(clock: WallClock, agent_start: SystemTime) -> Vec<SpanData> {
-    let ids = RandomIdGenerator::default();
-    let scope = span::scope();
+/// `EXPORT_BATCH` sessions, as the export queue hands them to the encoder.
+fn session_batch(clock: WallClock, agent_start: SystemTime) -> Vec<Arc<Session>> {
     (0..EXPORT_BATCH as u64)
-        .map(|i| {
-            let session = Session::from_record(&record(i), clock, agent_start).expect("decodes");
-            span::span_data(&session, &ids, &scope)
-        })
+        .map(|i| Arc::new(Session::from_record(&record(i), clock, agent_start).expect("decodes")))
         .collect()
 }
 
@@ -134,37 +120,34 @@ fn per_session(c: &mut Criterion) {
     group.bench_function("session_from_record", |b| {
         b.iter(|| Session::from_record(black_box(&record), clock, agent_start));
     });
-    group.bench_function("span_attributes", |b| {
-        b.iter(|| span::attributes(black_box(&session)));
+    let mut text = SpanText::default();
+    group.bench_function("span_text", |b| {
+        b.iter(|| text.fill(black_box(&session)));
     });
-    let ids = RandomIdGenerator::default();
-    let scope = span::scope();
-    group.bench_function("span_data", |b| {
-        b.iter(|| span::span_data(black_box(&session), &ids, &scope));
+    group.bench_function("span_attributes", |b| {
+        b.iter(|| {
+            let mut count = 0_usize;
+            span::attributes(black_box(&session), &text, |key, value| {
+                black_box((key, value));
+                count += 1;
+            });
+            count
+        });
     });
     group.finish();
 
-    let spans = span_batch(clock, agent_start);
-    let resource = ResourceAttributesWithSchema::from(&agent_resource());
-    let request = ExportTraceServiceRequest {
-        resource_spans: group_spans_by_resource_and_scope(spans.clone(), &resource),
-    };
+    let batch = session_batch(clock, agent_start);
+    let mut encoder = RequestEncoder::new(&agent_resource(), false);
+    let request = encoder.encode(&batch);
     println!(
         "otlp: one request of {EXPORT_BATCH} spans encodes to {} bytes ({} bytes per span)",
-        request.encoded_len(),
-        request.encoded_len() / EXPORT_BATCH
+        request.len(),
+        request.len() / EXPORT_BATCH
     );
     let mut group = c.benchmark_group("otlp_per_span");
     group.throughput(Throughput::Elements(EXPORT_BATCH as u64));
-    group.bench_function("transform", |b| {
-        b.iter_batched(
-            || spans.clone(),
-            |spans| group_spans_by_resource_and_scope(spans, &resource),
-            BatchSize::LargeInput,
-        );
-    });
     group.bench_function("encode", |b| {
-        b.iter(|| black_box(&request).encode_to_vec());
+        b.iter(|| encoder.encode(black_box(&batch)));
     });
     group.finish();
 }

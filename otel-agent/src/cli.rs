@@ -97,8 +97,8 @@ pub struct ExportArgs {
     #[arg(long, value_name = "PATH")]
     pub otlp_client_key: Option<PathBuf>,
 
-    /// Spans queued for export at most; beyond it spans are dropped (and counted).
-    /// Environment: OTEL_BSP_MAX_QUEUE_SIZE. Default: 2048.
+    /// Spans held for export at most (waiting, in flight or awaiting a retry); beyond it
+    /// spans are dropped (and counted). Environment: OTEL_BSP_MAX_QUEUE_SIZE. Default: 32768.
     #[arg(long, value_name = "SPANS", value_parser = parse_positive)]
     pub bsp_max_queue_size: Option<usize>,
 
@@ -111,6 +111,12 @@ pub struct ExportArgs {
     /// OTEL_BSP_SCHEDULE_DELAY. Default: 5s.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub bsp_schedule_delay: Option<Duration>,
+
+    /// Export requests in flight at once: the next batch is encoded and sent while the
+    /// collector still works on earlier ones. Environment: OTEL_BSP_MAX_CONCURRENT_EXPORTS.
+    /// Default: 4.
+    #[arg(long, value_name = "REQUESTS", value_parser = parse_positive)]
+    pub bsp_max_concurrent_exports: Option<usize>,
 
     /// One resource per observed process (service.name = its comm, process.pid), so that
     /// Jaeger and Tempo show each program as its own service, instead of one otel-agent

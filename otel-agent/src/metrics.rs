@@ -119,6 +119,7 @@ fn register(meter: &Meter, latest: &Arc<Mutex<Snapshot>>) {
                 let with = |cause: &'static str| [KeyValue::new("cause", cause), output.clone()];
                 i.observe(export.dropped_queue_full, &with("queue_full"));
                 i.observe(export.dropped_at_shutdown, &with("shutdown"));
+                i.observe(export.rejected, &with("rejected_by_collector"));
             }
         },
     );

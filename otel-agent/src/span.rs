@@ -1,18 +1,15 @@
 //! The session-to-span mapping: one closed session becomes one root span whose start and
 //! end are the session's birth and close. The attribute names are listed in the README's
 //! mapping table; stable OpenTelemetry names are used where they exist, the `tcplife.*`
-//! namespace for what OpenTelemetry has no name for.
+//! namespace for what OpenTelemetry has no name for. The mapping is written once, as
+//! values handed to a visitor, so that spans are encoded straight into OTLP protobuf
+//! ([`crate::export::encode`]) without allocating; the tests check it against the
+//! OpenTelemetry SDK's own span objects.
 
-use std::{net::IpAddr, sync::Arc};
+use std::net::IpAddr;
 
 use common::user::Origin;
-use opentelemetry::{
-    InstrumentationScope, KeyValue,
-    trace::{SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceState},
-};
-use opentelemetry_sdk::trace::{
-    IdGenerator as _, RandomIdGenerator, SpanData, SpanEvents, SpanLinks,
-};
+use opentelemetry::{InstrumentationScope, trace::SpanKind};
 
 use crate::session::{Closer, ResetByPeer, Session};
 
@@ -72,36 +69,44 @@ pub mod key {
     pub const CONTAINER_ID: &str = "container.id";
 }
 
-/// Builds the finished span of `session`: the root of a new trace (fresh random trace and
-/// span ids from `ids`), sampled, in the agent's instrumentation `scope`. Spans are built
-/// directly, not through a tracer, so that the export queue can hold sessions (small) and
-/// build spans only when it sends them.
-pub fn span_data(
-    session: &Session,
-    ids: &RandomIdGenerator,
-    scope: &InstrumentationScope,
-) -> SpanData {
-    let span_context = SpanContext::new(
-        ids.new_trace_id(),
-        ids.new_span_id(),
-        TraceFlags::SAMPLED,
-        false,
-        TraceState::default(),
-    );
-    SpanData {
-        span_context,
-        parent_span_id: SpanId::INVALID,
-        parent_span_is_remote: false,
-        span_kind: kind(session.origin),
-        name: name(session).into(),
-        start_time: session.start,
-        end_time: session.end,
-        attributes: attributes(session),
-        dropped_attributes_count: 0,
-        events: SpanEvents::default(),
-        links: SpanLinks::default(),
-        status: status(session).unwrap_or(Status::Unset),
-        instrumentation_scope: scope.clone(),
+/// A span attribute's value, borrowed for the time it takes to encode it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttributeValue<'a> {
+    Str(&'a str),
+    Int(i64),
+    Bool(bool),
+}
+
+/// The text of a span (its name and its addresses), formatted into buffers that are reused
+/// from one span to the next, so that building a span allocates nothing.
+#[derive(Debug, Default)]
+pub struct SpanText {
+    name: String,
+    local_address: String,
+    peer_address: String,
+}
+
+impl SpanText {
+    /// Formats `session`'s name and addresses.
+    pub fn fill(&mut self, session: &Session) {
+        use std::fmt::Write as _;
+        self.name.clear();
+        // Writing to a String cannot fail.
+        let _ = match session.origin {
+            Origin::Active => write!(self.name, "tcp connect :{}", session.remote.port()),
+            Origin::Passive => write!(self.name, "tcp accept :{}", session.local.port()),
+            Origin::Unknown => self.name.write_str(UNKNOWN_SPAN_NAME),
+        };
+        self.local_address.clear();
+        let _ = write!(self.local_address, "{}", session.local.ip());
+        self.peer_address.clear();
+        let _ = write!(self.peer_address, "{}", session.remote.ip());
+    }
+
+    /// A low-cardinality name that reads well in Jaeger's operation list: the server's
+    /// port, which identifies the service, never the client's ephemeral one.
+    pub fn name(&self) -> &str {
+        &self.name
     }
 }
 
@@ -110,16 +115,6 @@ pub fn scope() -> InstrumentationScope {
     InstrumentationScope::builder(SCOPE_NAME)
         .with_version(env!("CARGO_PKG_VERSION"))
         .build()
-}
-
-/// A low-cardinality name that reads well in Jaeger's operation list: the server's port,
-/// which identifies the service, never the client's ephemeral one.
-pub fn name(session: &Session) -> String {
-    match session.origin {
-        Origin::Active => format!("tcp connect :{}", session.remote.port()),
-        Origin::Passive => format!("tcp accept :{}", session.local.port()),
-        Origin::Unknown => UNKNOWN_SPAN_NAME.to_owned(),
-    }
 }
 
 /// CLIENT for the side that connected, SERVER for the side that accepted.
@@ -131,19 +126,25 @@ pub fn kind(origin: Origin) -> SpanKind {
     }
 }
 
-/// ERROR for a session that never connected or ended in a reset.
-pub fn status(session: &Session) -> Option<Status> {
-    let message = match (session.established, session.reset, session.closer) {
-        (false, _, _) => "connection never established",
-        (true, Some(ResetByPeer), _) => "connection reset by peer",
-        (true, None, Closer::Aborted) => "connection aborted (reset sent or timed out)",
-        (true, None, _) => return None,
-    };
-    Some(Status::error(message))
+/// The description of an ERROR status, for a session that never connected or ended in a
+/// reset; `None` leaves the status unset.
+pub fn error_message(session: &Session) -> Option<&'static str> {
+    match (session.established, session.reset, session.closer) {
+        (false, _, _) => Some("connection never established"),
+        (true, Some(ResetByPeer), _) => Some("connection reset by peer"),
+        (true, None, Closer::Aborted) => Some("connection aborted (reset sent or timed out)"),
+        (true, None, _) => None,
+    }
 }
 
-/// The span's attributes.
-pub fn attributes(session: &Session) -> Vec<KeyValue> {
+/// Calls `visit` with each of the span's attributes, in order; `text` holds the session's
+/// formatted addresses ([`SpanText::fill`]).
+pub fn attributes(
+    session: &Session,
+    text: &SpanText,
+    mut visit: impl FnMut(&'static str, AttributeValue<'_>),
+) {
+    use AttributeValue::{Bool, Int, Str};
     let network_type = match session.local.ip() {
         IpAddr::V4(_) => "ipv4",
         IpAddr::V6(_) => "ipv6",
@@ -153,22 +154,19 @@ pub fn attributes(session: &Session) -> Vec<KeyValue> {
     } else {
         "close"
     };
-    // Each address is formatted once and shared by its network.* and server/client.* values.
-    let local_address: Arc<str> = session.local.ip().to_string().into();
-    let peer_address: Arc<str> = session.remote.ip().to_string().into();
-    let mut attributes = vec![
-        KeyValue::new(key::NETWORK_TRANSPORT, "tcp"),
-        KeyValue::new(key::NETWORK_TYPE, network_type),
-        KeyValue::new(key::NETWORK_LOCAL_ADDRESS, local_address.clone()),
-        KeyValue::new(key::NETWORK_LOCAL_PORT, i64::from(session.local.port())),
-        KeyValue::new(key::NETWORK_PEER_ADDRESS, peer_address.clone()),
-        KeyValue::new(key::NETWORK_PEER_PORT, i64::from(session.remote.port())),
-        KeyValue::new(key::PROCESS_PID, i64::from(session.pid)),
-        KeyValue::new(key::COMM, session.comm.clone()),
-        KeyValue::new(key::OWNER_SOURCE, owner_source),
-        KeyValue::new(key::BIRTH_SEEN, session.birth_known),
-        KeyValue::new(key::ESTABLISHED, session.established),
-    ];
+    let local_address = text.local_address.as_str();
+    let peer_address = text.peer_address.as_str();
+    visit(key::NETWORK_TRANSPORT, Str("tcp"));
+    visit(key::NETWORK_TYPE, Str(network_type));
+    visit(key::NETWORK_LOCAL_ADDRESS, Str(local_address));
+    visit(key::NETWORK_LOCAL_PORT, Int(session.local.port().into()));
+    visit(key::NETWORK_PEER_ADDRESS, Str(peer_address));
+    visit(key::NETWORK_PEER_PORT, Int(session.remote.port().into()));
+    visit(key::PROCESS_PID, Int(session.pid.into()));
+    visit(key::COMM, Str(&session.comm));
+    visit(key::OWNER_SOURCE, Str(owner_source));
+    visit(key::BIRTH_SEEN, Bool(session.birth_known));
+    visit(key::ESTABLISHED, Bool(session.established));
     let local = (local_address, session.local.port());
     let peer = (peer_address, session.remote.port());
     let roles = match session.origin {
@@ -177,14 +175,14 @@ pub fn attributes(session: &Session) -> Vec<KeyValue> {
         Origin::Unknown => None,
     };
     if let Some(((server_address, server_port), (client_address, client_port))) = roles {
-        attributes.push(KeyValue::new(key::SERVER_ADDRESS, server_address));
-        attributes.push(KeyValue::new(key::SERVER_PORT, i64::from(server_port)));
-        attributes.push(KeyValue::new(key::CLIENT_ADDRESS, client_address));
-        attributes.push(KeyValue::new(key::CLIENT_PORT, i64::from(client_port)));
+        visit(key::SERVER_ADDRESS, Str(server_address));
+        visit(key::SERVER_PORT, Int(server_port.into()));
+        visit(key::CLIENT_ADDRESS, Str(client_address));
+        visit(key::CLIENT_PORT, Int(client_port.into()));
     }
     if let Some(handshake) = session.handshake {
         let micros = i64::try_from(handshake.as_micros()).unwrap_or(i64::MAX);
-        attributes.push(KeyValue::new(key::HANDSHAKE_US, micros));
+        visit(key::HANDSHAKE_US, Int(micros));
     }
     let closed_by = match session.closer {
         Closer::Local => Some("local"),
@@ -194,44 +192,31 @@ pub fn attributes(session: &Session) -> Vec<KeyValue> {
         Closer::Unknown => None,
     };
     if let Some(closed_by) = closed_by {
-        attributes.push(KeyValue::new(key::CLOSED_BY, closed_by));
+        visit(key::CLOSED_BY, Str(closed_by));
     }
     if session.reset.is_some() {
-        attributes.push(KeyValue::new(key::RESET_BY, "peer"));
+        visit(key::RESET_BY, Str("peer"));
     }
     if let Some(bytes) = session.bytes {
-        attributes.push(KeyValue::new(key::BYTES_ACKED, saturating_i64(bytes.acked)));
-        attributes.push(KeyValue::new(
-            key::BYTES_RECEIVED,
-            saturating_i64(bytes.received),
-        ));
+        visit(key::BYTES_ACKED, Int(saturating_i64(bytes.acked)));
+        visit(key::BYTES_RECEIVED, Int(saturating_i64(bytes.received)));
     }
     if let Some(payload) = session.payload {
-        attributes.push(KeyValue::new(
-            key::PAYLOAD_SENT,
-            saturating_i64(payload.sent),
-        ));
-        attributes.push(KeyValue::new(
-            key::PAYLOAD_RECEIVED,
-            saturating_i64(payload.received),
-        ));
+        visit(key::PAYLOAD_SENT, Int(saturating_i64(payload.sent)));
+        visit(key::PAYLOAD_RECEIVED, Int(saturating_i64(payload.received)));
     }
     if let Some(health) = session.health {
-        attributes.push(KeyValue::new(key::RTT_US, i64::from(health.srtt_us)));
-        attributes.push(KeyValue::new(
-            key::RETRANSMITS,
-            i64::from(health.total_retrans),
-        ));
-        attributes.push(KeyValue::new(key::SEGMENTS_IN, i64::from(health.segs_in)));
-        attributes.push(KeyValue::new(key::SEGMENTS_OUT, i64::from(health.segs_out)));
+        visit(key::RTT_US, Int(health.srtt_us.into()));
+        visit(key::RETRANSMITS, Int(health.total_retrans.into()));
+        visit(key::SEGMENTS_IN, Int(health.segs_in.into()));
+        visit(key::SEGMENTS_OUT, Int(health.segs_out.into()));
     }
     if let Some(netns) = session.netns {
-        attributes.push(KeyValue::new(key::NETNS, i64::from(netns)));
+        visit(key::NETNS, Int(netns.into()));
     }
     if let Some(container_id) = &session.container_id {
-        attributes.push(KeyValue::new(key::CONTAINER_ID, container_id.to_string()));
+        visit(key::CONTAINER_ID, Str(container_id));
     }
-    attributes
 }
 
 fn saturating_i64(value: u64) -> i64 {
@@ -239,23 +224,61 @@ fn saturating_i64(value: u64) -> i64 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::time::{Duration, SystemTime};
 
-    use opentelemetry::Value;
-    use opentelemetry_sdk::trace::{InMemorySpanExporter, SpanExporter as _};
+    use opentelemetry::{
+        KeyValue, Value,
+        trace::{SpanContext, SpanId, Status, TraceFlags, TraceId, TraceState},
+    };
+    use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
 
     use super::*;
     use crate::session::tests::client_session;
 
-    /// Builds the session's span and passes it through the SDK's in-memory exporter.
+    /// The span of `session` as the OpenTelemetry SDK's object, built from the mapping
+    /// above: the reference the OTLP encoder is checked against.
+    pub(crate) fn span_data(
+        session: &Session,
+        trace_id: TraceId,
+        span_id: SpanId,
+        scope: &InstrumentationScope,
+    ) -> SpanData {
+        let mut text = SpanText::default();
+        text.fill(session);
+        let mut list = Vec::new();
+        attributes(session, &text, |key, value| {
+            list.push(match value {
+                AttributeValue::Str(text) => KeyValue::new(key, text.to_owned()),
+                AttributeValue::Int(number) => KeyValue::new(key, number),
+                AttributeValue::Bool(flag) => KeyValue::new(key, flag),
+            });
+        });
+        SpanData {
+            span_context: SpanContext::new(
+                trace_id,
+                span_id,
+                TraceFlags::SAMPLED,
+                false,
+                TraceState::default(),
+            ),
+            parent_span_id: SpanId::INVALID,
+            parent_span_is_remote: false,
+            span_kind: kind(session.origin),
+            name: text.name().to_owned().into(),
+            start_time: session.start,
+            end_time: session.end,
+            attributes: list,
+            dropped_attributes_count: 0,
+            events: SpanEvents::default(),
+            links: SpanLinks::default(),
+            status: error_message(session).map_or(Status::Unset, Status::error),
+            instrumentation_scope: scope.clone(),
+        }
+    }
+
     fn export(session: &Session) -> SpanData {
-        let exporter = InMemorySpanExporter::default();
-        let span = span_data(session, &RandomIdGenerator::default(), &scope());
-        block_on(exporter.export(vec![span])).unwrap();
-        let mut spans = exporter.get_finished_spans().unwrap();
-        assert_eq!(spans.len(), 1);
-        spans.remove(0)
+        span_data(session, TraceId::from(1), SpanId::from(2), &scope())
     }
 
     fn attribute(span: &SpanData, name: &str) -> Option<Value> {
@@ -396,30 +419,5 @@ mod tests {
             Status::error("connection aborted (reset sent or timed out)")
         );
         assert_eq!(attribute(&span, key::CLOSED_BY), Some("abort".into()));
-    }
-
-    #[test]
-    fn every_session_is_its_own_sampled_trace_in_the_agent_scope() {
-        let ids = RandomIdGenerator::default();
-        let first = span_data(&session(), &ids, &scope());
-        let second = span_data(&session(), &ids, &scope());
-        assert_ne!(
-            first.span_context.trace_id(),
-            second.span_context.trace_id()
-        );
-        assert!(first.span_context.is_sampled());
-        assert_eq!(first.instrumentation_scope.name(), "otel-agent");
-        assert_eq!(
-            first.instrumentation_scope.version(),
-            Some(env!("CARGO_PKG_VERSION"))
-        );
-    }
-
-    /// Runs a future that completes without waiting (the in-memory exporter's).
-    fn block_on<F: Future>(future: F) -> F::Output {
-        tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap()
-            .block_on(future)
     }
 }

@@ -74,15 +74,21 @@ pub struct BatchSettings {
     pub max_queue_size: usize,
     pub max_export_batch_size: usize,
     pub scheduled_delay: Duration,
+    pub max_concurrent_exports: usize,
 }
 
 impl Default for BatchSettings {
-    /// The specification's defaults.
+    /// The specification's batch size and delay; four requests in flight (the SDK's
+    /// experimental `OTEL_BSP_MAX_CONCURRENT_EXPORTS` defaults to one, which caps
+    /// throughput at one batch per round trip); and a queue sixteen times the SDK's 2048,
+    /// because sessions in flight count against it and a busy host closes tens of
+    /// thousands of sessions a second (about 10 MB when full).
     fn default() -> Self {
         Self {
-            max_queue_size: 2048,
+            max_queue_size: 32_768,
             max_export_batch_size: 512,
             scheduled_delay: Duration::from_secs(5),
+            max_concurrent_exports: 4,
         }
     }
 }
@@ -284,10 +290,16 @@ fn resolve_batch(
         (None, Some(value)) => parse_millis("OTEL_BSP_SCHEDULE_DELAY", &value)?,
         (None, None) => defaults.scheduled_delay,
     };
+    let max_concurrent_exports = count(
+        args.bsp_max_concurrent_exports,
+        "OTEL_BSP_MAX_CONCURRENT_EXPORTS",
+        defaults.max_concurrent_exports,
+    )?;
     Ok(BatchSettings {
         max_queue_size,
         max_export_batch_size,
         scheduled_delay,
+        max_concurrent_exports,
     })
 }
 
@@ -532,6 +544,7 @@ mod tests {
             ("OTEL_BSP_MAX_QUEUE_SIZE", "100"),
             ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "10"),
             ("OTEL_BSP_SCHEDULE_DELAY", "250"),
+            ("OTEL_BSP_MAX_CONCURRENT_EXPORTS", "2"),
         ];
         let config = ExportConfig::resolve(&args(&[]), env_of(&env)).unwrap();
         assert_eq!(
@@ -540,6 +553,7 @@ mod tests {
                 max_queue_size: 100,
                 max_export_batch_size: 10,
                 scheduled_delay: Duration::from_millis(250),
+                max_concurrent_exports: 2,
             }
         );
         let flags = args(&[
@@ -547,11 +561,16 @@ mod tests {
             "5",
             "--bsp-schedule-delay",
             "1s",
+            "--bsp-max-concurrent-exports",
+            "8",
         ]);
         let config = ExportConfig::resolve(&flags, env_of(&env)).unwrap();
         assert_eq!(config.batch.max_export_batch_size, 5);
         assert_eq!(config.batch.scheduled_delay, Duration::from_secs(1));
         assert_eq!(config.batch.max_queue_size, 100);
+        assert_eq!(config.batch.max_concurrent_exports, 8);
+        let defaults = ExportConfig::resolve(&args(&[]), env_of(&[])).unwrap();
+        assert_eq!(defaults.batch, BatchSettings::default());
     }
 
     #[test]
@@ -600,7 +619,10 @@ mod tests {
             "OTEL_BSP_MAX_QUEUE_SIZE=`0` is invalid: a positive integer"
         );
         assert_eq!(
-            error(&["--bsp-max-export-batch-size", "4096"], &[]),
+            error(
+                &["--bsp-max-export-batch-size", "4096"],
+                &[("OTEL_BSP_MAX_QUEUE_SIZE", "2048")]
+            ),
             "--bsp-max-export-batch-size/OTEL_BSP_MAX_EXPORT_BATCH_SIZE=`4096` is invalid: at most the queue size (2048)"
         );
         assert_eq!(

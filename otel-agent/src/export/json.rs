@@ -1,6 +1,7 @@
-//! An exporter that writes spans as OTLP JSON, one `ExportTraceServiceRequest` per line
-//! (the OTLP/JSON encoding: lowerCamelCase fields, hex trace and span ids, 64-bit integers
-//! as strings), to a file or stdout, for piping and offline inspection.
+//! Writes spans as OTLP JSON, one `ExportTraceServiceRequest` per line (the OTLP/JSON
+//! encoding: lowerCamelCase fields, hex trace and span ids, 64-bit integers as strings), to
+//! a file or stdout, for piping and offline inspection. Each line is the request the
+//! collector would receive, decoded from its protobuf bytes.
 
 use std::{
     fmt,
@@ -8,74 +9,63 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use opentelemetry_proto::{
-    tonic::collector::trace::v1::ExportTraceServiceRequest,
-    transform::{
-        common::tonic::ResourceAttributesWithSchema,
-        trace::tonic::group_spans_by_resource_and_scope,
-    },
-};
-use opentelemetry_sdk::{
-    Resource,
-    error::{OTelSdkError, OTelSdkResult},
-    trace::{SpanData, SpanExporter},
+use bytes::Bytes;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use prost::Message as _;
+
+use super::{
+    queue::Destination,
+    transport::{Accepted, SendError},
 };
 
-/// Writes each exported batch as one JSON line.
-pub struct JsonLinesExporter {
+/// Writes each request as one JSON line.
+#[derive(Clone)]
+pub struct JsonLines {
     out: Arc<Mutex<Box<dyn Write + Send>>>,
-    resource: ResourceAttributesWithSchema,
 }
 
-impl fmt::Debug for JsonLinesExporter {
+impl fmt::Debug for JsonLines {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("JsonLinesExporter")
+        f.write_str("JsonLines")
     }
 }
 
-impl JsonLinesExporter {
+impl JsonLines {
     pub fn new(out: Box<dyn Write + Send>) -> Self {
         Self {
             out: Arc::new(Mutex::new(out)),
-            resource: ResourceAttributesWithSchema::default(),
         }
     }
 
-    fn write(&self, batch: Vec<SpanData>) -> OTelSdkResult {
-        let request = ExportTraceServiceRequest {
-            resource_spans: group_spans_by_resource_and_scope(batch, &self.resource),
-        };
-        let line = serde_json::to_vec(&request)
-            .map_err(|error| OTelSdkError::InternalFailure(error.to_string()))?;
+    fn write(&self, request: &[u8]) -> Result<Accepted, SendError> {
+        let failed = |what: String| SendError::Output(what);
+        let request = ExportTraceServiceRequest::decode(request)
+            .map_err(|error| failed(format!("cannot decode the request: {error}")))?;
+        let line = serde_json::to_vec(&request).map_err(|error| failed(error.to_string()))?;
         let mut out = self
             .out
             .lock()
-            .map_err(|_| OTelSdkError::InternalFailure("JSON output lock poisoned".into()))?;
+            .map_err(|_| failed("JSON output lock poisoned".into()))?;
         out.write_all(&line)
             .and_then(|()| out.write_all(b"\n"))
             .and_then(|()| out.flush())
-            .map_err(|error| {
-                OTelSdkError::InternalFailure(format!("cannot write JSON lines: {error}"))
-            })
+            .map_err(|error| failed(format!("cannot write JSON lines: {error}")))?;
+        Ok(Accepted::default())
     }
 }
 
-impl SpanExporter for JsonLinesExporter {
-    fn export(&self, batch: Vec<SpanData>) -> impl Future<Output = OTelSdkResult> + Send {
-        std::future::ready(self.write(batch))
-    }
-
-    fn set_resource(&mut self, resource: &Resource) {
-        self.resource = resource.into();
+impl Destination for JsonLines {
+    fn send(&self, request: Bytes) -> impl Future<Output = Result<Accepted, SendError>> + Send {
+        std::future::ready(self.write(&request))
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use opentelemetry_sdk::trace::RandomIdGenerator;
+    use opentelemetry_sdk::Resource;
 
     use super::*;
-    use crate::{session::tests::client_session, span};
+    use crate::{export::encode::RequestEncoder, session::tests::client_session};
 
     /// A writer the test can read back.
     #[derive(Clone, Default)]
@@ -94,18 +84,12 @@ mod tests {
     #[test]
     fn writes_one_otlp_json_request_per_batch() {
         let out = Shared::default();
-        let mut exporter = JsonLinesExporter::new(Box::new(out.clone()));
-        exporter.set_resource(
-            &Resource::builder_empty()
-                .with_service_name("otel-agent")
-                .build(),
-        );
-        let span = span::span_data(
-            &client_session(),
-            &RandomIdGenerator::default(),
-            &span::scope(),
-        );
-        exporter.write(vec![span]).unwrap();
+        let lines = JsonLines::new(Box::new(out.clone()));
+        let resource = Resource::builder_empty()
+            .with_service_name("otel-agent")
+            .build();
+        let request = RequestEncoder::new(&resource, false).encode(&[client_session().into()]);
+        lines.write(&request).unwrap();
         let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
         assert_eq!(text.lines().count(), 1);
         let json: serde_json::Value = serde_json::from_str(text.trim()).unwrap();

@@ -1,31 +1,37 @@
-//! Owns the export side: one bounded [`queue`] and worker per output, sending spans to the
-//! OTLP collector ([`config`] decides where and how) and/or to OTLP JSON lines ([`json`]),
-//! optionally regrouped per observed process ([`per_process`]), under the agent's resource;
-//! and the staged shutdown that flushes what is queued within a deadline.
+//! Owns the export side: one bounded [`queue`] and worker per output, which encodes
+//! batches of sessions straight into OTLP protobuf ([`encode`], [`protobuf`]) under the
+//! agent's resource (or each process's: [`per_process`]) and sends them to the collector
+//! ([`transport`], configured by [`config`]) and/or writes them as OTLP JSON lines
+//! ([`json`]); and the staged shutdown that flushes what is queued within a deadline. The
+//! agent's self-metrics go through the OpenTelemetry SDK's OTLP exporter
+//! ([`metric_exporter`]) to the same collector.
 
 pub mod config;
+pub mod encode;
 pub mod json;
 pub mod per_process;
+pub mod protobuf;
 pub mod queue;
+pub mod transport;
 
 use std::{collections::HashMap, io::Write, path::Path, sync::Arc, time::Duration};
 
 use opentelemetry_otlp::{
-    MetricExporter, Protocol, SpanExporter, WithExportConfig, WithHttpConfig, WithTonicConfig,
+    MetricExporter, Protocol, WithExportConfig, WithHttpConfig, WithTonicConfig,
     tonic_types::{
         metadata::MetadataMap,
         transport::{Certificate, ClientTlsConfig, Identity},
     },
 };
-use opentelemetry_sdk::{Resource, trace::SpanExporter as _};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use self::{
     config::{BatchSettings, Compression, ExportConfig, OtlpTarget},
-    json::JsonLinesExporter,
-    per_process::PerProcessExporter,
-    queue::{ExportQueue, QueueStats},
+    encode::RequestEncoder,
+    json::JsonLines,
+    queue::{Destination, ExportQueue, QueueStats},
+    transport::Transport,
 };
 use crate::{cli::OtlpProtocol, resource::agent_resource, session::Session};
 
@@ -34,6 +40,8 @@ use crate::{cli::OtlpProtocol, resource::agent_resource, session::Session};
 pub enum ExportError {
     #[error("cannot set up the OTLP exporter: {0}")]
     Build(#[from] opentelemetry_otlp::ExporterBuildError),
+    #[error("cannot use the OTLP endpoint: {0}")]
+    Endpoint(String),
     #[error("cannot read the {what} {path}: {source}")]
     TlsFile {
         what: &'static str,
@@ -91,25 +99,26 @@ impl Exporters {
         let stop = CancellationToken::new();
         let mut outputs = Vec::new();
         if let Some(target) = &config.otlp {
-            let exporter = otlp_exporter(target)?;
             outputs.push(Output::start(
                 "otlp",
-                exporter,
-                per_process,
-                &resource,
+                Transport::new(target)?,
+                RequestEncoder::new(&resource, per_process),
                 config.batch,
                 &stop,
                 deadline,
             ));
         }
         if let Some(out) = json_output {
-            let exporter = JsonLinesExporter::new(out);
+            // One line at a time, in order.
+            let batch = BatchSettings {
+                max_concurrent_exports: 1,
+                ..config.batch
+            };
             outputs.push(Output::start(
                 "json",
-                exporter,
-                per_process,
-                &resource,
-                config.batch,
+                JsonLines::new(out),
+                RequestEncoder::new(&resource, per_process),
+                batch,
                 &stop,
                 deadline,
             ));
@@ -126,7 +135,7 @@ impl Exporters {
     }
 
     /// Stops the workers; each exports what it still holds until the deadline given at
-    /// start, counts the rest as dropped, and shuts its exporter down.
+    /// start and counts the rest as dropped.
     pub async fn shutdown(self) {
         self.stop.cancel();
         for output in self.outputs {
@@ -138,30 +147,22 @@ impl Exporters {
 }
 
 impl Output {
-    /// Starts the worker of one output, its exporter under `resource` (regrouped per
-    /// process if asked).
-    fn start<E>(
+    /// Starts the worker of one output.
+    fn start(
         name: &'static str,
-        mut exporter: E,
-        per_process: bool,
-        resource: &Resource,
+        destination: impl Destination,
+        encoder: RequestEncoder,
         settings: BatchSettings,
         stop: &CancellationToken,
         deadline: Duration,
-    ) -> Self
-    where
-        E: opentelemetry_sdk::trace::SpanExporter + Sync + 'static,
-    {
+    ) -> Self {
         let stats = Arc::new(QueueStats::default());
         let queue = ExportQueue::new(settings, stats.clone());
-        let worker = if per_process {
-            let mut wrapped = PerProcessExporter::new(exporter);
-            wrapped.set_resource(resource);
-            tokio::spawn(queue.clone().run(wrapped, stop.clone(), deadline))
-        } else {
-            exporter.set_resource(resource);
-            tokio::spawn(queue.clone().run(exporter, stop.clone(), deadline))
-        };
+        let worker = tokio::spawn(
+            queue
+                .clone()
+                .run(destination, encoder, stop.clone(), deadline),
+        );
         Self {
             handle: OutputHandle { name, queue, stats },
             worker,
@@ -174,23 +175,6 @@ pub fn push_all(outputs: &[OutputHandle], sessions: &[Arc<Session>]) {
     for output in outputs {
         output.queue.push(sessions);
     }
-}
-
-fn otlp_exporter(target: &OtlpTarget) -> Result<SpanExporter, ExportError> {
-    Ok(match target.protocol {
-        OtlpProtocol::Grpc => tonic_options(
-            SpanExporter::builder().with_tonic(),
-            target,
-            &target.endpoint,
-        )?
-        .build()?,
-        OtlpProtocol::HttpProtobuf => http_options(
-            SpanExporter::builder().with_http(),
-            target,
-            &target.endpoint,
-        )?
-        .build()?,
-    })
 }
 
 /// The OTLP metrics exporter for the agent's self-telemetry, to the same collector.
@@ -213,18 +197,10 @@ fn tonic_options<B: WithExportConfig + WithTonicConfig>(
     endpoint: &str,
 ) -> Result<B, ExportError> {
     install_crypto_provider();
-    let mut headers = http::HeaderMap::new();
-    for (key, value) in &target.headers {
-        let name = http::HeaderName::from_bytes(key.as_bytes())
-            .map_err(|_| ExportError::InvalidHeader(key.clone()))?;
-        let value = http::HeaderValue::from_str(value)
-            .map_err(|_| ExportError::InvalidHeader(key.clone()))?;
-        headers.insert(name, value);
-    }
     let mut builder = builder
         .with_endpoint(endpoint)
         .with_timeout(target.timeout)
-        .with_metadata(MetadataMap::from_headers(headers));
+        .with_metadata(MetadataMap::from_headers(header_map(target)?));
     if target.compression == Compression::Gzip {
         builder = builder.with_compression(opentelemetry_otlp::Compression::Gzip);
     }
@@ -254,6 +230,19 @@ fn http_options<B: WithExportConfig + WithHttpConfig>(
         builder = builder.with_http_client(https_client(target)?);
     }
     Ok(builder)
+}
+
+/// The configured headers, checked.
+fn header_map(target: &OtlpTarget) -> Result<http::HeaderMap, ExportError> {
+    let mut headers = http::HeaderMap::new();
+    for (key, value) in &target.headers {
+        let name = http::HeaderName::from_bytes(key.as_bytes())
+            .map_err(|_| ExportError::InvalidHeader(key.clone()))?;
+        let value = http::HeaderValue::from_str(value)
+            .map_err(|_| ExportError::InvalidHeader(key.clone()))?;
+        headers.insert(name, value);
+    }
+    Ok(headers)
 }
 
 /// One crypto provider (ring) for tonic and reqwest, which both build on rustls; reqwest
@@ -292,18 +281,40 @@ fn invalid_pem(what: &'static str, path: &Path, error: &reqwest::Error) -> Expor
     }
 }
 
+/// The CA certificate and client identity for reqwest, when configured.
+fn reqwest_tls(
+    target: &OtlpTarget,
+) -> Result<(Option<reqwest::Certificate>, Option<reqwest::Identity>), ExportError> {
+    let ca = match &target.tls.ca_certificate {
+        Some(ca) => Some(
+            reqwest::Certificate::from_pem(&read_pem("CA certificate", ca)?)
+                .map_err(|error| invalid_pem("CA certificate", ca, &error))?,
+        ),
+        None => None,
+    };
+    let identity = match (&target.tls.client_certificate, &target.tls.client_key) {
+        (Some(cert), Some(key)) => {
+            let mut pem = read_pem("client certificate", cert)?;
+            pem.extend(read_pem("client key", key)?);
+            Some(
+                reqwest::Identity::from_pem(&pem)
+                    .map_err(|error| invalid_pem("client certificate", cert, &error))?,
+            )
+        }
+        _ => None,
+    };
+    Ok((ca, identity))
+}
+
+/// The blocking client the metrics exporter needs for HTTPS (it exports from its own
+/// thread, outside the runtime).
 fn https_client(target: &OtlpTarget) -> Result<reqwest::blocking::Client, ExportError> {
     let mut builder = reqwest::blocking::Client::builder().timeout(target.timeout);
-    if let Some(ca) = &target.tls.ca_certificate {
-        let certificate = reqwest::Certificate::from_pem(&read_pem("CA certificate", ca)?)
-            .map_err(|error| invalid_pem("CA certificate", ca, &error))?;
-        builder = builder.add_root_certificate(certificate);
+    let (ca, identity) = reqwest_tls(target)?;
+    if let Some(ca) = ca {
+        builder = builder.add_root_certificate(ca);
     }
-    if let (Some(cert), Some(key)) = (&target.tls.client_certificate, &target.tls.client_key) {
-        let mut pem = read_pem("client certificate", cert)?;
-        pem.extend(read_pem("client key", key)?);
-        let identity = reqwest::Identity::from_pem(&pem)
-            .map_err(|error| invalid_pem("client certificate", cert, &error))?;
+    if let Some(identity) = identity {
         builder = builder.identity(identity);
     }
     // reqwest's blocking client must not be built on a runtime thread.

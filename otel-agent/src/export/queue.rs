@@ -1,9 +1,12 @@
 //! The bounded export queue and its worker: sessions wait here (small, shared `Arc`s) until
-//! the worker turns a batch of them into spans and exports it. A failed export keeps the
-//! batch at the front of the queue and is retried with exponential backoff, so that while
-//! the collector is down the queue keeps the oldest sessions, in order, up to its capacity;
-//! a session arriving at a full queue is dropped and counted. Memory stays bounded by the
-//! capacity, and every session is either exported or counted as dropped.
+//! the worker encodes a batch of them into one OTLP request ([`super::encode`]) and sends
+//! it. Up to `max_concurrent_exports` requests are in flight at once, so that encoding the
+//! next batch and the collector's work on the previous ones overlap. A failed request is
+//! kept, bytes and all (the same trace ids go out again), and retried before anything new,
+//! with exponential backoff; sessions arriving while the queue (waiting, in flight and
+//! retried together) is full are dropped and counted. Memory stays bounded by the
+//! capacity, and every session is either exported, rejected by the collector, or counted
+//! as dropped.
 
 use std::{
     collections::VecDeque,
@@ -14,13 +17,16 @@ use std::{
     time::{Duration, Instant},
 };
 
-use opentelemetry::InstrumentationScope;
-use opentelemetry_sdk::trace::{RandomIdGenerator, SpanExporter};
-use tokio::sync::Notify;
+use bytes::Bytes;
+use tokio::{sync::Notify, task::JoinSet, time::MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-use super::config::BatchSettings;
-use crate::{session::Session, span};
+use super::{
+    config::BatchSettings,
+    encode::RequestEncoder,
+    transport::{Accepted, SendError},
+};
+use crate::session::Session;
 
 /// First wait after a failed export; doubled after each failure up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
@@ -36,7 +42,9 @@ pub struct QueueStats {
     pub dropped_queue_full: AtomicU64,
     /// Sessions exported (the collector accepted their spans).
     pub exported: AtomicU64,
-    /// Sessions still queued when the shutdown deadline passed (dropped).
+    /// Sessions whose spans the collector answered it rejected (OTLP partial success).
+    pub rejected: AtomicU64,
+    /// Sessions still queued or in flight when the shutdown deadline passed (dropped).
     pub dropped_at_shutdown: AtomicU64,
     /// Export attempts that failed (each is retried).
     pub export_errors: AtomicU64,
@@ -48,6 +56,18 @@ impl QueueStats {
     }
 }
 
+/// Where a worker sends its encoded requests: the collector, or JSON lines.
+pub trait Destination: Clone + Send + Sync + 'static {
+    /// Sends one encoded `ExportTraceServiceRequest`.
+    fn send(&self, request: Bytes) -> impl Future<Output = Result<Accepted, SendError>> + Send;
+}
+
+/// One encoded request and how many sessions it carries.
+struct Request {
+    body: Bytes,
+    sessions: usize,
+}
+
 /// The producer side, used by the pipeline.
 #[derive(Clone)]
 pub struct ExportQueue {
@@ -55,16 +75,23 @@ pub struct ExportQueue {
 }
 
 struct Shared {
-    sessions: Mutex<VecDeque<Arc<Session>>>,
+    state: Mutex<State>,
     ready: Notify,
     settings: BatchSettings,
     stats: Arc<QueueStats>,
 }
 
+struct State {
+    waiting: VecDeque<Arc<Session>>,
+    /// Sessions taken into requests that are in flight or waiting to be retried: they
+    /// still count against the capacity.
+    taken: usize,
+}
+
 impl Shared {
     /// The queue, even if a panic poisoned its lock: a session is never lost to that.
-    fn sessions(&self) -> std::sync::MutexGuard<'_, VecDeque<Arc<Session>>> {
-        self.sessions
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -74,7 +101,10 @@ impl ExportQueue {
     pub fn new(settings: BatchSettings, stats: Arc<QueueStats>) -> Self {
         Self {
             shared: Arc::new(Shared {
-                sessions: Mutex::new(VecDeque::with_capacity(settings.max_queue_size.min(65_536))),
+                state: Mutex::new(State {
+                    waiting: VecDeque::with_capacity(settings.max_queue_size.min(65_536)),
+                    taken: 0,
+                }),
                 ready: Notify::new(),
                 settings,
                 stats,
@@ -85,210 +115,276 @@ impl ExportQueue {
     /// Queues sessions under one lock; those that do not fit are counted as dropped.
     pub fn push(&self, batch: &[Arc<Session>]) {
         let shared = &self.shared;
-        let (accepted, len) = {
-            let mut sessions = shared.sessions();
+        let (accepted, waiting) = {
+            let mut state = shared.state();
             let room = shared
                 .settings
                 .max_queue_size
-                .saturating_sub(sessions.len());
+                .saturating_sub(state.waiting.len() + state.taken);
             let accepted = batch.len().min(room);
-            sessions.extend(batch[..accepted].iter().cloned());
-            (accepted, sessions.len())
+            state.waiting.extend(batch[..accepted].iter().cloned());
+            (accepted, state.waiting.len())
         };
         QueueStats::add(&shared.stats.enqueued, accepted as u64);
         QueueStats::add(
             &shared.stats.dropped_queue_full,
             (batch.len() - accepted) as u64,
         );
-        if len >= shared.settings.max_export_batch_size {
+        if waiting >= shared.settings.max_export_batch_size {
             shared.ready.notify_one();
         }
     }
 
-    /// Sessions waiting.
+    /// Sessions neither exported nor dropped yet: waiting, in flight or to be retried.
     pub fn depth(&self) -> usize {
-        self.shared.sessions().len()
+        let state = self.shared.state();
+        state.waiting.len() + state.taken
     }
 
-    /// Runs the worker that exports through `exporter` until `stop` is cancelled, then keeps
-    /// exporting until the queue is empty or `deadline` after the stop, and shuts the
-    /// exporter down. What is left then is counted as dropped at shutdown.
-    pub async fn run<E: SpanExporter>(
+    /// Runs the worker until `stop` is cancelled, then keeps exporting until everything is
+    /// out or `deadline` after the stop; what is left then is counted as dropped.
+    pub async fn run<D: Destination>(
         self,
-        exporter: E,
+        destination: D,
+        mut encoder: RequestEncoder,
         stop: CancellationToken,
         deadline: Duration,
     ) {
-        let shared = &self.shared;
-        let ids = RandomIdGenerator::default();
-        let scope = span::scope();
-        let mut backoff = FIRST_BACKOFF;
-        let mut failing_since: Option<Instant> = None;
-        let mut retry = false;
+        let mut worker = Worker {
+            queue: &self,
+            destination,
+            in_flight: JoinSet::new(),
+            retries: VecDeque::new(),
+            backoff: FIRST_BACKOFF,
+            paused_until: None,
+            failing_since: None,
+        };
+        let settings = self.shared.settings;
+        let mut schedule = tokio::time::interval(settings.scheduled_delay);
+        schedule.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        schedule.tick().await;
+        let mut flush_due = false;
+        let mut until: Option<Instant> = None;
         loop {
-            // Wait for a full batch or the schedule delay, unless retrying a failed batch.
-            if !retry && self.depth() < shared.settings.max_export_batch_size {
-                tokio::select! {
-                    () = stop.cancelled() => break,
-                    () = shared.ready.notified() => {}
-                    () = tokio::time::sleep(shared.settings.scheduled_delay) => {}
-                }
-            }
-            retry = false;
-            let batch = self.front_batch();
-            if batch.is_empty() {
-                continue;
-            }
-            match export_batch(&exporter, &batch, &ids, &scope).await {
-                Ok(n) => {
-                    self.pop(n);
-                    QueueStats::add(&shared.stats.exported, n as u64);
-                    if let Some(since) = failing_since.take() {
-                        tracing::info!(after = ?since.elapsed(), "the collector accepts spans again");
-                    }
-                    backoff = FIRST_BACKOFF;
-                }
-                Err(error) => {
-                    QueueStats::add(&shared.stats.export_errors, 1);
-                    if failing_since.is_none() {
-                        failing_since = Some(Instant::now());
-                        tracing::warn!(
-                            %error,
-                            queued = self.depth(),
-                            "exporting spans failed; keeping them queued and retrying with backoff"
-                        );
-                    }
-                    tokio::select! {
-                        () = stop.cancelled() => break,
-                        () = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
-                    retry = true;
-                }
-            }
-        }
-        self.drain(&exporter, &ids, &scope, deadline).await;
-        if let Err(error) = exporter.shutdown() {
-            tracing::debug!(%error, "the exporter did not shut down cleanly");
-        }
-    }
-
-    /// After the stop: export what is left until the deadline, then count the rest.
-    async fn drain<E: SpanExporter>(
-        &self,
-        exporter: &E,
-        ids: &RandomIdGenerator,
-        scope: &InstrumentationScope,
-        deadline: Duration,
-    ) {
-        let stats = &self.shared.stats;
-        let until = Instant::now() + deadline;
-        loop {
-            let batch = self.front_batch();
-            let remaining = until.saturating_duration_since(Instant::now());
-            if batch.is_empty() || remaining.is_zero() {
+            let stopping = until.is_some();
+            worker.launch(&mut encoder, flush_due || stopping);
+            flush_due = false;
+            if stopping && worker.is_idle() {
                 break;
             }
-            match tokio::time::timeout(remaining, export_batch(exporter, &batch, ids, scope)).await
-            {
-                Ok(Ok(n)) => {
-                    self.pop(n);
-                    QueueStats::add(&stats.exported, n as u64);
+            let pause = worker.paused_until;
+            tokio::select! {
+                Some(done) = worker.in_flight.join_next(), if !worker.in_flight.is_empty() => {
+                    if let Ok((request, outcome)) = done {
+                        worker.finished(request, outcome, stopping);
+                    }
                 }
-                Ok(Err(_)) => {
-                    QueueStats::add(&stats.export_errors, 1);
-                    tokio::time::sleep(FIRST_BACKOFF.min(remaining)).await;
-                }
-                Err(_elapsed) => break,
+                () = self.shared.ready.notified() => {}
+                _ = schedule.tick() => flush_due = true,
+                () = sleep_until(pause), if pause.is_some() => worker.paused_until = None,
+                () = stop.cancelled(), if !stopping => until = Some(Instant::now() + deadline),
+                () = sleep_until(until), if stopping => break,
             }
         }
-        let left = self.depth();
-        if left > 0 {
-            QueueStats::add(&stats.dropped_at_shutdown, left as u64);
-            tracing::warn!(
-                dropped = left,
-                ?deadline,
-                "spans not exported before the shutdown deadline"
-            );
-            self.shared.sessions().clear();
+        worker.abandon();
+    }
+
+    /// Takes up to one batch of waiting sessions (a partial one only if `partial`).
+    fn take(&self, partial: bool) -> Vec<Arc<Session>> {
+        let batch = self.shared.settings.max_export_batch_size;
+        let mut state = self.shared.state();
+        let n = state.waiting.len().min(batch);
+        if n == 0 || (n < batch && !partial) {
+            return Vec::new();
         }
+        state.taken += n;
+        state.waiting.drain(..n).collect()
     }
 
-    /// A copy (of `Arc`s) of the first batch, left in the queue until it is exported.
-    fn front_batch(&self) -> Vec<Arc<Session>> {
-        let sessions = self.shared.sessions();
-        let n = sessions
-            .len()
-            .min(self.shared.settings.max_export_batch_size);
-        sessions.iter().take(n).cloned().collect()
-    }
-
-    fn pop(&self, n: usize) {
-        let mut sessions = self.shared.sessions();
-        let n = n.min(sessions.len());
-        sessions.drain(..n);
+    /// Sessions of requests that are done with (exported, rejected or dropped).
+    fn release(&self, n: usize) {
+        let mut state = self.shared.state();
+        state.taken = state.taken.saturating_sub(n);
     }
 }
 
-/// Builds the spans of `batch` and exports them; `Ok(n)` is the number exported.
-async fn export_batch<E: SpanExporter>(
-    exporter: &E,
-    batch: &[Arc<Session>],
-    ids: &RandomIdGenerator,
-    scope: &InstrumentationScope,
-) -> Result<usize, opentelemetry_sdk::error::OTelSdkError> {
-    let spans = batch
-        .iter()
-        .map(|session| span::span_data(session, ids, scope))
-        .collect();
-    exporter.export(spans).await.map(|()| batch.len())
+/// The worker's state between two wake-ups.
+struct Worker<'q, D> {
+    queue: &'q ExportQueue,
+    destination: D,
+    in_flight: JoinSet<(Request, Result<Accepted, SendError>)>,
+    /// Failed requests, oldest first; sent again before anything new.
+    retries: VecDeque<Request>,
+    backoff: Duration,
+    /// No request is sent before this, after a failure.
+    paused_until: Option<Instant>,
+    failing_since: Option<Instant>,
+}
+
+impl<D: Destination> Worker<'_, D> {
+    /// Sends requests while fewer than the limit are in flight: retries first, then full
+    /// batches, then (if `partial`) what is waiting.
+    fn launch(&mut self, encoder: &mut RequestEncoder, partial: bool) {
+        let limit = self.queue.shared.settings.max_concurrent_exports;
+        while self.in_flight.len() < limit && self.paused_until.is_none() {
+            let request = match self.retries.pop_front() {
+                Some(request) => request,
+                None => {
+                    let sessions = self.queue.take(partial);
+                    if sessions.is_empty() {
+                        break;
+                    }
+                    Request {
+                        body: encoder.encode(&sessions),
+                        sessions: sessions.len(),
+                    }
+                }
+            };
+            let destination = self.destination.clone();
+            self.in_flight.spawn(async move {
+                let outcome = destination.send(request.body.clone()).await;
+                (request, outcome)
+            });
+        }
+    }
+
+    /// Counts a finished request; a failed one is kept for a retry after the backoff.
+    fn finished(&mut self, request: Request, outcome: Result<Accepted, SendError>, stopping: bool) {
+        let stats = &self.queue.shared.stats;
+        match outcome {
+            Ok(accepted) => {
+                let rejected = (accepted.rejected as usize).min(request.sessions);
+                QueueStats::add(&stats.exported, (request.sessions - rejected) as u64);
+                if rejected > 0 {
+                    QueueStats::add(&stats.rejected, rejected as u64);
+                    tracing::warn!(
+                        rejected,
+                        message = accepted.message,
+                        "the collector rejected spans (partial success)"
+                    );
+                }
+                self.queue.release(request.sessions);
+                if let Some(since) = self.failing_since.take() {
+                    tracing::info!(after = ?since.elapsed(), "the collector accepts spans again");
+                }
+                self.backoff = FIRST_BACKOFF;
+            }
+            Err(error) => {
+                QueueStats::add(&stats.export_errors, 1);
+                if self.failing_since.is_none() {
+                    self.failing_since = Some(Instant::now());
+                    tracing::warn!(
+                        %error,
+                        queued = self.queue.depth(),
+                        "exporting spans failed; keeping them queued and retrying with backoff"
+                    );
+                }
+                self.retries.push_back(request);
+                // Requests that were in flight together fail together: one pause for them.
+                if self.paused_until.is_none() {
+                    let wait = if stopping {
+                        FIRST_BACKOFF
+                    } else {
+                        self.backoff
+                    };
+                    self.paused_until = Some(Instant::now() + wait);
+                    self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+
+    fn is_idle(&self) -> bool {
+        self.in_flight.is_empty() && self.retries.is_empty() && self.queue.depth() == 0
+    }
+
+    /// At the deadline: counts everything not exported as dropped at shutdown.
+    fn abandon(mut self) {
+        self.in_flight.abort_all();
+        let left = self.queue.depth();
+        if left > 0 {
+            QueueStats::add(&self.queue.shared.stats.dropped_at_shutdown, left as u64);
+            tracing::warn!(
+                dropped = left,
+                "spans not exported before the shutdown deadline"
+            );
+            let mut state = self.queue.shared.state();
+            state.waiting.clear();
+            state.taken = 0;
+        }
+    }
+}
+
+/// Sleeps until `at`, or forever without one (the `select!` branch is disabled then).
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::AtomicUsize;
 
-    use opentelemetry_sdk::{
-        error::{OTelSdkError, OTelSdkResult},
-        trace::SpanData,
+    use opentelemetry_proto::tonic::{
+        collector::trace::v1::ExportTraceServiceRequest, common::v1::any_value,
     };
+    use opentelemetry_sdk::Resource;
+    use prost::Message as _;
 
     use super::*;
-    use crate::session::tests::client_session;
+    use crate::{session::tests::client_session, span};
 
-    /// Fails its first `failures` exports, then records the ports of what it exports.
+    /// Fails its first `failures` requests, then records the local port of every span it
+    /// receives; `rejects` spans of each accepted request are reported as rejected.
     #[derive(Debug, Default)]
     struct Flaky {
         failures: usize,
+        rejects: u64,
         calls: AtomicUsize,
         exported: Mutex<Vec<i64>>,
     }
 
-    impl SpanExporter for Flaky {
-        async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
-            if self.calls.fetch_add(1, Ordering::SeqCst) < self.failures {
-                return Err(OTelSdkError::InternalFailure("collector down".into()));
+    #[derive(Debug, Clone, Default)]
+    struct Shared(Arc<Flaky>);
+
+    impl Destination for Shared {
+        async fn send(&self, request: Bytes) -> Result<Accepted, SendError> {
+            let flaky = &self.0;
+            if flaky.calls.fetch_add(1, Ordering::SeqCst) < flaky.failures {
+                return Err(SendError::Connection("collector down".into()));
             }
-            let ports = batch.iter().map(|span| {
-                span.attributes
-                    .iter()
-                    .find(|kv| kv.key.as_str() == span::key::NETWORK_LOCAL_PORT)
-                    .and_then(|kv| match kv.value {
-                        opentelemetry::Value::I64(port) => Some(port),
-                        _ => None,
-                    })
-                    .unwrap_or_default()
-            });
-            self.exported.lock().unwrap().extend(ports);
-            Ok(())
+            let request = ExportTraceServiceRequest::decode(request).unwrap();
+            let ports = request
+                .resource_spans
+                .iter()
+                .flat_map(|r| &r.scope_spans)
+                .flat_map(|s| &s.spans)
+                .map(|span| {
+                    span.attributes
+                        .iter()
+                        .find(|kv| kv.key == span::key::NETWORK_LOCAL_PORT)
+                        .and_then(|kv| match kv.value.as_ref()?.value {
+                            Some(any_value::Value::IntValue(port)) => Some(port),
+                            _ => None,
+                        })
+                        .unwrap_or_default()
+                });
+            flaky.exported.lock().unwrap().extend(ports);
+            Ok(Accepted {
+                rejected: flaky.rejects,
+                message: String::new(),
+            })
         }
     }
 
-    fn settings(queue: usize, batch: usize) -> BatchSettings {
+    fn settings(queue: usize, batch: usize, concurrent: usize) -> BatchSettings {
         BatchSettings {
             max_queue_size: queue,
             max_export_batch_size: batch,
             scheduled_delay: Duration::from_millis(10),
+            max_concurrent_exports: concurrent,
         }
     }
 
@@ -302,26 +398,37 @@ mod tests {
         counter.load(Ordering::Relaxed)
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_full_queue_drops_and_counts_and_the_rest_is_exported_in_order() {
-        let stats = Arc::new(QueueStats::default());
-        let queue = ExportQueue::new(settings(3, 2), stats.clone());
-        let sessions: Vec<_> = (1..=5).map(session).collect();
-        queue.push(&sessions);
-        assert_eq!(get(&stats.dropped_queue_full), 2);
-        let exporter = Arc::new(Flaky::default());
+    fn encoder() -> RequestEncoder {
+        RequestEncoder::new(&Resource::builder_empty().build(), false)
+    }
+
+    /// Runs the worker until `done` holds (or 5 s), then stops it.
+    async fn run_until(queue: &ExportQueue, destination: Shared, done: impl Fn() -> bool) {
         let stop = CancellationToken::new();
         let worker = tokio::spawn(queue.clone().run(
-            ArcExporter(exporter.clone()),
+            destination,
+            encoder(),
             stop.clone(),
             Duration::from_secs(1),
         ));
-        while get(&stats.exported) < 3 {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !done() && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         stop.cancel();
         worker.await.unwrap();
-        assert_eq!(*exporter.exported.lock().unwrap(), vec![1, 2, 3]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_queue_drops_and_counts_and_the_rest_is_exported_in_order() {
+        let stats = Arc::new(QueueStats::default());
+        let queue = ExportQueue::new(settings(3, 2, 1), stats.clone());
+        let sessions: Vec<_> = (1..=5).map(session).collect();
+        queue.push(&sessions);
+        assert_eq!(get(&stats.dropped_queue_full), 2);
+        let destination = Shared::default();
+        run_until(&queue, destination.clone(), || get(&stats.exported) >= 3).await;
+        assert_eq!(*destination.0.exported.lock().unwrap(), vec![1, 2, 3]);
         assert_eq!(
             (
                 get(&stats.enqueued),
@@ -333,28 +440,50 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sessions_in_flight_count_against_the_capacity() {
+        let stats = Arc::new(QueueStats::default());
+        let queue = ExportQueue::new(settings(4, 2, 2), stats.clone());
+        queue.push(&[session(1), session(2), session(3), session(4)]);
+        // Two requests taken, not finished: the queue is still full.
+        assert_eq!(queue.take(false).len(), 2);
+        assert_eq!(queue.take(false).len(), 2);
+        queue.push(&[session(5)]);
+        assert_eq!(get(&stats.dropped_queue_full), 1);
+        assert_eq!(queue.depth(), 4);
+        queue.release(2);
+        queue.push(&[session(6)]);
+        assert_eq!((get(&stats.enqueued), queue.depth()), (5, 3));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_requests_export_every_session_once() {
+        let stats = Arc::new(QueueStats::default());
+        let queue = ExportQueue::new(settings(1_000, 10, 4), stats.clone());
+        let sessions: Vec<_> = (1..=1_000).map(session).collect();
+        queue.push(&sessions);
+        let destination = Shared::default();
+        run_until(&queue, destination.clone(), || {
+            get(&stats.exported) >= 1_000
+        })
+        .await;
+        let mut ports = destination.0.exported.lock().unwrap().clone();
+        ports.sort_unstable();
+        assert_eq!(ports, (1..=1_000).collect::<Vec<_>>());
+        assert_eq!(queue.depth(), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn failed_exports_keep_the_batch_and_deliver_it_when_the_collector_is_back() {
         let stats = Arc::new(QueueStats::default());
-        let queue = ExportQueue::new(settings(10, 10), stats.clone());
-        let exporter = Arc::new(Flaky {
+        let queue = ExportQueue::new(settings(10, 10, 4), stats.clone());
+        let destination = Shared(Arc::new(Flaky {
             failures: 2,
             ..Flaky::default()
-        });
-        let stop = CancellationToken::new();
-        let worker = tokio::spawn(queue.clone().run(
-            ArcExporter(exporter.clone()),
-            stop.clone(),
-            Duration::from_secs(1),
-        ));
+        }));
         queue.push(&[session(7), session(8), session(9)]);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while get(&stats.exported) < 3 && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        stop.cancel();
-        worker.await.unwrap();
+        run_until(&queue, destination.clone(), || get(&stats.exported) >= 3).await;
         assert_eq!(
-            *exporter.exported.lock().unwrap(),
+            *destination.0.exported.lock().unwrap(),
             vec![7, 8, 9],
             "delivered after two failures"
         );
@@ -363,32 +492,38 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn spans_the_collector_rejects_are_counted_apart() {
+        let stats = Arc::new(QueueStats::default());
+        let queue = ExportQueue::new(settings(10, 10, 1), stats.clone());
+        let destination = Shared(Arc::new(Flaky {
+            rejects: 1,
+            ..Flaky::default()
+        }));
+        queue.push(&[session(1), session(2), session(3)]);
+        run_until(&queue, destination, || {
+            get(&stats.exported) + get(&stats.rejected) >= 3
+        })
+        .await;
+        assert_eq!((get(&stats.exported), get(&stats.rejected)), (2, 1));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn what_cannot_be_exported_by_the_deadline_is_counted_as_dropped() {
         let stats = Arc::new(QueueStats::default());
-        let queue = ExportQueue::new(settings(10, 2), stats.clone());
-        let exporter = Arc::new(Flaky {
+        let queue = ExportQueue::new(settings(10, 2, 2), stats.clone());
+        let destination = Shared(Arc::new(Flaky {
             failures: usize::MAX,
             ..Flaky::default()
-        });
+        }));
         queue.push(&[session(1), session(2), session(3), session(4)]);
         let stop = CancellationToken::new();
         stop.cancel();
         queue
             .clone()
-            .run(ArcExporter(exporter), stop, Duration::from_millis(200))
+            .run(destination, encoder(), stop, Duration::from_millis(200))
             .await;
         assert_eq!(get(&stats.dropped_at_shutdown), 4);
         assert_eq!(get(&stats.exported), 0);
         assert_eq!(queue.depth(), 0);
-    }
-
-    /// Lets a test keep a handle on the exporter it gives the worker.
-    #[derive(Debug)]
-    struct ArcExporter(Arc<Flaky>);
-
-    impl SpanExporter for ArcExporter {
-        fn export(&self, batch: Vec<SpanData>) -> impl Future<Output = OTelSdkResult> + Send {
-            self.0.export(batch)
-        }
     }
 }
