@@ -148,6 +148,8 @@ pub struct SpanEncoder<I = RandomIdGenerator> {
     scope: Vec<u8>,
     text: SpanText,
     ids: I,
+    /// The encoded spans of the `ResourceSpans` being written.
+    spans: Vec<u8>,
 }
 
 impl Default for SpanEncoder {
@@ -163,31 +165,52 @@ impl<I: IdGenerator> SpanEncoder<I> {
             scope: encode_scope(&span::scope()),
             text: SpanText::default(),
             ids,
+            spans: Vec::new(),
         }
     }
 
     /// Appends one `ResourceSpans` to the request in `out`: `sessions`' spans under
     /// `resource`, in the agent's scope. A request is any number of these, back to back.
+    ///
+    /// The spans are encoded first (into a reused buffer), so that the lengths of the
+    /// messages around them are known when those are written: the spans are copied once
+    /// instead of being moved for each enclosing message.
     pub fn resource_spans<'a>(
         &mut self,
         out: &mut Vec<u8>,
         resource: &EncodedResource,
         sessions: impl IntoIterator<Item = &'a Session>,
     ) {
-        protobuf::message(out, REQUEST_RESOURCE_SPANS, |out| {
-            protobuf::bytes(out, RESOURCE_SPANS_RESOURCE, &resource.message);
-            protobuf::message(out, RESOURCE_SPANS_SCOPE_SPANS, |out| {
-                protobuf::bytes(out, SCOPE_SPANS_SCOPE, &self.scope);
-                for session in sessions {
-                    protobuf::message(out, SCOPE_SPANS_SPANS, |out| self.span(out, session));
-                }
+        let mut spans = std::mem::take(&mut self.spans);
+        spans.clear();
+        for session in sessions {
+            // A span's body takes 128 to 16,383 bytes: a two-byte length.
+            protobuf::message_sized(&mut spans, SCOPE_SPANS_SPANS, 2, |out| {
+                self.span(out, session);
             });
-            protobuf::bytes_unless_empty(
-                out,
-                RESOURCE_SPANS_SCHEMA_URL,
-                resource.schema_url.as_bytes(),
-            );
-        });
+        }
+        let scope_spans_len =
+            protobuf::length_delimited_len(SCOPE_SPANS_SCOPE, self.scope.len()) + spans.len();
+        let schema_url = resource.schema_url.as_bytes();
+        let resource_spans_len =
+            protobuf::length_delimited_len(RESOURCE_SPANS_RESOURCE, resource.message.len())
+                + protobuf::length_delimited_len(RESOURCE_SPANS_SCOPE_SPANS, scope_spans_len)
+                + if schema_url.is_empty() {
+                    0
+                } else {
+                    protobuf::length_delimited_len(RESOURCE_SPANS_SCHEMA_URL, schema_url.len())
+                };
+        out.reserve(protobuf::length_delimited_len(
+            REQUEST_RESOURCE_SPANS,
+            resource_spans_len,
+        ));
+        protobuf::length_delimited_header(out, REQUEST_RESOURCE_SPANS, resource_spans_len);
+        protobuf::bytes(out, RESOURCE_SPANS_RESOURCE, &resource.message);
+        protobuf::length_delimited_header(out, RESOURCE_SPANS_SCOPE_SPANS, scope_spans_len);
+        protobuf::bytes(out, SCOPE_SPANS_SCOPE, &self.scope);
+        out.extend_from_slice(&spans);
+        protobuf::bytes_unless_empty(out, RESOURCE_SPANS_SCHEMA_URL, schema_url);
+        self.spans = spans;
     }
 
     /// The body of one `Span`: a sampled root of its own trace.
@@ -200,12 +223,7 @@ impl<I: IdGenerator> SpanEncoder<I> {
         protobuf::int_unless_zero(out, SPAN_KIND, kind);
         protobuf::fixed64(out, SPAN_START, unix_nanos(session.start));
         protobuf::fixed64(out, SPAN_END, unix_nanos(session.end));
-        span::attributes(session, &self.text, |key, value| {
-            protobuf::message(out, SPAN_ATTRIBUTES, |out| {
-                protobuf::bytes_unless_empty(out, KEY_VALUE_KEY, key.as_bytes());
-                protobuf::message(out, KEY_VALUE_VALUE, |out| any_value(out, value));
-            });
-        });
+        span::attributes(session, &self.text, |key, value| attribute(out, key, value));
         // The SDK's exporters always send a status, empty when unset.
         protobuf::message(out, SPAN_STATUS, |out| {
             if let Some(message) = span::error_message(session) {
@@ -217,8 +235,21 @@ impl<I: IdGenerator> SpanEncoder<I> {
     }
 }
 
-/// The body of an `AnyValue`: exactly one member, written even when it is empty or zero.
-fn any_value(out: &mut Vec<u8>, value: AttributeValue<'_>) {
+/// One `Span.attributes` entry: a `KeyValue` whose `AnyValue` holds exactly one member,
+/// written even when it is empty or zero. The sizes are computed first, so that it is
+/// written in one pass.
+fn attribute(out: &mut Vec<u8>, key: &str, value: AttributeValue<'_>) {
+    let any_value_len = match value {
+        AttributeValue::Str(text) => protobuf::length_delimited_len(ANY_VALUE_STRING, text.len()),
+        AttributeValue::Bool(_) => 2,
+        // int64 is written as its two's complement.
+        AttributeValue::Int(number) => 1 + protobuf::varint_len(number as u64),
+    };
+    let key_value_len = protobuf::length_delimited_len(KEY_VALUE_KEY, key.len())
+        + protobuf::length_delimited_len(KEY_VALUE_VALUE, any_value_len);
+    protobuf::length_delimited_header(out, SPAN_ATTRIBUTES, key_value_len);
+    protobuf::bytes(out, KEY_VALUE_KEY, key.as_bytes());
+    protobuf::length_delimited_header(out, KEY_VALUE_VALUE, any_value_len);
     match value {
         AttributeValue::Str(text) => protobuf::bytes(out, ANY_VALUE_STRING, text.as_bytes()),
         AttributeValue::Bool(flag) => protobuf::int(out, ANY_VALUE_BOOL, i64::from(flag)),

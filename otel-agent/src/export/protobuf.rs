@@ -24,7 +24,7 @@ pub fn varint(out: &mut Vec<u8>, mut value: u64) {
 }
 
 /// How many bytes `value` takes as a varint.
-fn varint_len(value: u64) -> usize {
+pub fn varint_len(value: u64) -> usize {
     // One byte per started group of 7 bits; 0 still takes one byte.
     (64 - (value | 1).leading_zeros() as usize).div_ceil(7)
 }
@@ -77,26 +77,52 @@ pub fn fixed32(out: &mut Vec<u8>, field: u32, value: u32) {
     }
 }
 
-/// A nested message whose body `body` appends. Its length is known only afterwards, so one
-/// byte is reserved for it and the body moved when the length needs more (the common case
-/// of a body under 128 bytes moves nothing).
+/// A nested message whose body `body` appends, expected to be under 128 bytes.
 pub fn message(out: &mut Vec<u8>, field: u32, body: impl FnOnce(&mut Vec<u8>)) {
+    message_sized(out, field, 1, body);
+}
+
+/// A nested message whose body `body` appends. Its length is known only afterwards, so
+/// `width` bytes (the expected size of the length) are reserved for it, and the body is
+/// moved only when the length takes another number of bytes.
+pub fn message_sized(out: &mut Vec<u8>, field: u32, width: usize, body: impl FnOnce(&mut Vec<u8>)) {
     key(out, field, LENGTH_DELIMITED);
     let at = out.len();
-    out.push(0);
+    out.resize(at + width, 0);
     body(out);
-    let len = out.len() - at - 1;
-    let width = varint_len(len as u64);
-    if width > 1 {
-        out.resize(out.len() + width - 1, 0);
-        out.copy_within(at + 1..at + 1 + len, at + width);
+    let len = out.len() - at - width;
+    let needed = varint_len(len as u64);
+    if needed != width {
+        let body_at = at + width;
+        if needed > width {
+            out.resize(out.len() + needed - width, 0);
+        }
+        out.copy_within(body_at..body_at + len, at + needed);
+        out.truncate(at + needed + len);
     }
-    let mut rest = len as u64;
-    for slot in &mut out[at..at + width] {
-        *slot = (rest as u8 & 0x7f) | 0x80;
-        rest >>= 7;
+    write_varint_at(&mut out[at..at + needed], len as u64);
+}
+
+/// A length-delimited field whose body is `len` bytes the caller appends next.
+pub fn length_delimited_header(out: &mut Vec<u8>, field: u32, len: usize) {
+    key(out, field, LENGTH_DELIMITED);
+    varint(out, len as u64);
+}
+
+/// How many bytes a length-delimited field takes around a body of `len` bytes.
+pub fn length_delimited_len(field: u32, len: usize) -> usize {
+    varint_len(u64::from(field << 3)) + varint_len(len as u64) + len
+}
+
+/// Writes `value` as a varint filling `slot` exactly.
+fn write_varint_at(slot: &mut [u8], mut value: u64) {
+    for byte in slot.iter_mut() {
+        *byte = (value as u8 & 0x7f) | 0x80;
+        value >>= 7;
     }
-    out[at + width - 1] &= 0x7f;
+    if let Some(last) = slot.last_mut() {
+        *last &= 0x7f;
+    }
 }
 
 #[cfg(test)]
@@ -126,7 +152,15 @@ mod tests {
         fixed64(&mut out, 2, sample.wide);
         bytes_unless_empty(&mut out, 3, sample.text.as_bytes());
         if let Some(inner) = &sample.inner {
-            message(&mut out, 4, |out| out.extend(encode(inner)));
+            // Every guess of the length's size gives the same bytes.
+            let mut guesses = (1..=3).map(|width| {
+                let mut nested = Vec::new();
+                message_sized(&mut nested, 4, width, |out| out.extend(encode(inner)));
+                nested
+            });
+            let first = guesses.next().unwrap();
+            assert!(guesses.all(|other| other == first));
+            out.extend(first);
         }
         fixed32(&mut out, 5, sample.narrow);
         out
