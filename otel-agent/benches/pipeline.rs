@@ -32,7 +32,11 @@ use criterion::{Criterion, Throughput};
 use otel_agent::{
     cli::Cli,
     clock::WallClock,
-    export::{Exporters, config::ExportConfig, encode::RequestEncoder},
+    export::{
+        Exporters,
+        config::{BatchSettings, ExportConfig},
+        encode::RequestEncoder,
+    },
     pipeline::{self, Sinks},
     resource::agent_resource,
     session::Session,
@@ -376,7 +380,8 @@ fn pipeline_throughput(mode: &str, window: Option<u64>) {
     println!(
         "pipeline mode={mode}: {sessions} sessions per run, {runs} runs, in flight at most {}, OTEL_BSP_MAX_QUEUE_SIZE={}; producer, pipeline and export worker on CPU {cpu}, receiver on {}",
         window.map_or_else(|| "unlimited".to_owned(), |w| w.to_string()),
-        std::env::var("OTEL_BSP_MAX_QUEUE_SIZE").unwrap_or_else(|_| "unset (2048)".to_owned()),
+        std::env::var("OTEL_BSP_MAX_QUEUE_SIZE")
+            .unwrap_or_else(|_| format!("unset ({})", BatchSettings::default().max_queue_size)),
         receiver_cpu.map_or_else(
             || "the same CPU (one CPU only)".to_owned(),
             |c| format!("CPU {c}")
@@ -436,11 +441,10 @@ fn pipeline_throughput(mode: &str, window: Option<u64>) {
 /// covers only the pipeline), both with the export queue as the agent configures it
 /// (unless `OTEL_BSP_*` is set):
 /// - `unpaced`: records arrive as fast as the pipeline takes them, like a burst from the
-///   ring buffer. The export queue (2048 sessions) fills and drops, counting the drops
-///   (`lost_queue_full`).
-/// - `paced`: at most `PIPELINE_WINDOW` (default 1024) sessions in flight, so nothing is
-///   dropped (the queue, 2048, also holds the batch being exported until the receiver has
-///   answered: 1024 + 512 leaves a margin): `received_per_s` is the rate the whole pipeline
+///   ring buffer. The export queue fills (sooner than the receiver drains it) and drops,
+///   counting the drops (`lost_queue_full`).
+/// - `paced`: at most `PIPELINE_WINDOW` (default 1024) sessions between the producer and
+///   the receiver, so nothing is dropped: `received_per_s` is the rate the whole pipeline
 ///   sustains without loss, and `received_per_cpu_s` what one core would sustain if the
 ///   pipeline had it to itself.
 fn pipeline_modes(quick: bool) {
