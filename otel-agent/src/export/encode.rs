@@ -93,14 +93,23 @@ impl EncodedResource {
     }
 }
 
+/// Buffers of sent requests kept for the next ones at most (one per request in flight is
+/// enough).
+const MAX_SPARE_BUFFERS: usize = 8;
+
 /// Turns a batch of sessions into one request, under the agent's resource or, with
 /// `--resource-per-process`, each process's.
+///
+/// A request takes hundreds of kilobytes. The buffers of sent requests are reused
+/// ([`RequestEncoder::recycle`]): a fresh allocation that large is mapped anew by the
+/// allocator, and the page faults and zeroing cost as much as a tenth of the encoding.
 #[derive(Debug)]
 pub struct RequestEncoder {
     spans: SpanEncoder,
     resources: Resources,
     /// The size of the last request, to allocate the next one at once.
     last_len: usize,
+    spare: Vec<Vec<u8>>,
 }
 
 #[derive(Debug)]
@@ -120,12 +129,17 @@ impl RequestEncoder {
             spans: SpanEncoder::default(),
             resources,
             last_len: 0,
+            spare: Vec::new(),
         }
     }
 
     /// The encoded `ExportTraceServiceRequest` of `sessions`.
     pub fn encode(&mut self, sessions: &[Arc<Session>]) -> Bytes {
-        let mut out = Vec::with_capacity(self.last_len + self.last_len / 8);
+        let mut out = self
+            .spare
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(self.last_len + self.last_len / 8));
+        out.clear();
         match &mut self.resources {
             Resources::Agent(resource) => {
                 self.spans
@@ -140,6 +154,15 @@ impl RequestEncoder {
         self.last_len = out.len();
         Bytes::from(out)
     }
+
+    /// Takes back the buffer of a request that was sent, unless something still holds it.
+    pub fn recycle(&mut self, request: Bytes) {
+        if self.spare.len() < MAX_SPARE_BUFFERS
+            && let Ok(buffer) = request.try_into_mut()
+        {
+            self.spare.push(buffer.into());
+        }
+    }
 }
 
 /// Writes spans; holds the reused text buffers, the encoded scope and the id source.
@@ -148,8 +171,6 @@ pub struct SpanEncoder<I = RandomIdGenerator> {
     scope: Vec<u8>,
     text: SpanText,
     ids: I,
-    /// The encoded spans of the `ResourceSpans` being written.
-    spans: Vec<u8>,
 }
 
 impl Default for SpanEncoder {
@@ -165,52 +186,36 @@ impl<I: IdGenerator> SpanEncoder<I> {
             scope: encode_scope(&span::scope()),
             text: SpanText::default(),
             ids,
-            spans: Vec::new(),
         }
     }
 
     /// Appends one `ResourceSpans` to the request in `out`: `sessions`' spans under
     /// `resource`, in the agent's scope. A request is any number of these, back to back.
-    ///
-    /// The spans are encoded first (into a reused buffer), so that the lengths of the
-    /// messages around them are known when those are written: the spans are copied once
-    /// instead of being moved for each enclosing message.
     pub fn resource_spans<'a>(
         &mut self,
         out: &mut Vec<u8>,
         resource: &EncodedResource,
         sessions: impl IntoIterator<Item = &'a Session>,
     ) {
-        let mut spans = std::mem::take(&mut self.spans);
-        spans.clear();
-        for session in sessions {
-            // A span's body takes 128 to 16,383 bytes: a two-byte length.
-            protobuf::message_sized(&mut spans, SCOPE_SPANS_SPANS, 2, |out| {
-                self.span(out, session);
+        // The two messages around the spans take 16 KiB to 2 MiB for a batch of more than
+        // about twenty spans: a three-byte length, so the spans are written in place, once.
+        protobuf::message_sized(out, REQUEST_RESOURCE_SPANS, 3, |out| {
+            protobuf::bytes(out, RESOURCE_SPANS_RESOURCE, &resource.message);
+            protobuf::message_sized(out, RESOURCE_SPANS_SCOPE_SPANS, 3, |out| {
+                protobuf::bytes(out, SCOPE_SPANS_SCOPE, &self.scope);
+                for session in sessions {
+                    // A span takes 128 to 16,383 bytes: a two-byte length.
+                    protobuf::message_sized(out, SCOPE_SPANS_SPANS, 2, |out| {
+                        self.span(out, session);
+                    });
+                }
             });
-        }
-        let scope_spans_len =
-            protobuf::length_delimited_len(SCOPE_SPANS_SCOPE, self.scope.len()) + spans.len();
-        let schema_url = resource.schema_url.as_bytes();
-        let resource_spans_len =
-            protobuf::length_delimited_len(RESOURCE_SPANS_RESOURCE, resource.message.len())
-                + protobuf::length_delimited_len(RESOURCE_SPANS_SCOPE_SPANS, scope_spans_len)
-                + if schema_url.is_empty() {
-                    0
-                } else {
-                    protobuf::length_delimited_len(RESOURCE_SPANS_SCHEMA_URL, schema_url.len())
-                };
-        out.reserve(protobuf::length_delimited_len(
-            REQUEST_RESOURCE_SPANS,
-            resource_spans_len,
-        ));
-        protobuf::length_delimited_header(out, REQUEST_RESOURCE_SPANS, resource_spans_len);
-        protobuf::bytes(out, RESOURCE_SPANS_RESOURCE, &resource.message);
-        protobuf::length_delimited_header(out, RESOURCE_SPANS_SCOPE_SPANS, scope_spans_len);
-        protobuf::bytes(out, SCOPE_SPANS_SCOPE, &self.scope);
-        out.extend_from_slice(&spans);
-        protobuf::bytes_unless_empty(out, RESOURCE_SPANS_SCHEMA_URL, schema_url);
-        self.spans = spans;
+            protobuf::bytes_unless_empty(
+                out,
+                RESOURCE_SPANS_SCHEMA_URL,
+                resource.schema_url.as_bytes(),
+            );
+        });
     }
 
     /// The body of one `Span`: a sampled root of its own trace.
@@ -377,17 +382,20 @@ pub(crate) mod tests {
 
     #[test]
     fn a_request_is_byte_for_byte_what_the_sdk_exporters_send() {
-        let sessions = varied_sessions();
         let resource = resource();
-        let mut encoder = SpanEncoder::with_ids(CountingIds::default());
-        let mut out = Vec::new();
-        encoder.resource_spans(&mut out, &EncodedResource::new(&resource), &sessions);
-        assert_eq!(out, sdk_request(&sessions, &resource));
-        // And the same once more into the reused buffer.
-        out.clear();
-        let mut again = SpanEncoder::with_ids(CountingIds::default());
-        again.resource_spans(&mut out, &EncodedResource::new(&resource), &sessions);
-        assert_eq!(out, sdk_request(&sessions, &resource));
+        // A few spans (the lengths around them take fewer bytes than reserved) and a
+        // batch-sized request (exactly as many), each encoded twice into reused buffers.
+        let many: Vec<Session> = (0..64).flat_map(|_| varied_sessions()).collect();
+        for sessions in [varied_sessions(), many] {
+            let expected = sdk_request(&sessions, &resource);
+            let mut out = Vec::new();
+            for _ in 0..2 {
+                out.clear();
+                let mut encoder = SpanEncoder::with_ids(CountingIds::default());
+                encoder.resource_spans(&mut out, &EncodedResource::new(&resource), &sessions);
+                assert_eq!(out, expected);
+            }
+        }
     }
 
     /// The request with every trace and span id cleared and resource attributes sorted (a
@@ -443,6 +451,26 @@ pub(crate) mod tests {
             resource_spans: expected,
         };
         assert_eq!(normalised(request), normalised(expected));
+    }
+
+    #[test]
+    fn the_buffer_of_a_sent_request_is_reused_unless_still_shared() {
+        let batch = vec![Arc::new(client_session())];
+        let mut encoder = RequestEncoder::new(&resource(), false);
+        let first = encoder.encode(&batch);
+        let address = first.as_ptr();
+        encoder.recycle(first);
+        let second = encoder.encode(&batch);
+        assert_eq!(second.as_ptr(), address, "the same buffer");
+        let still_sending = second.clone();
+        encoder.recycle(second);
+        let third = encoder.encode(&batch);
+        assert_ne!(
+            third.as_ptr(),
+            still_sending.as_ptr(),
+            "not taken while shared"
+        );
+        assert_eq!(third.len(), still_sending.len());
     }
 
     #[test]

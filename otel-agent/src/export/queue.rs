@@ -175,8 +175,14 @@ impl ExportQueue {
             let pause = worker.paused_until;
             tokio::select! {
                 Some(done) = worker.in_flight.join_next(), if !worker.in_flight.is_empty() => {
-                    if let Ok((request, outcome)) = done {
-                        worker.finished(request, outcome, stopping);
+                    match done {
+                        Ok((request, outcome)) => {
+                            if let Some(sent) = worker.finished(request, outcome, stopping) {
+                                encoder.recycle(sent);
+                            }
+                        }
+                        // Its sessions stay counted as queued, and as dropped at the end.
+                        Err(error) => tracing::error!(%error, "an export request task failed"),
                     }
                 }
                 () = self.shared.ready.notified() => {}
@@ -248,8 +254,14 @@ impl<D: Destination> Worker<'_, D> {
         }
     }
 
-    /// Counts a finished request; a failed one is kept for a retry after the backoff.
-    fn finished(&mut self, request: Request, outcome: Result<Accepted, SendError>, stopping: bool) {
+    /// Counts a finished request; a failed one is kept for a retry after the backoff. Gives
+    /// back the body of a request that is done with.
+    fn finished(
+        &mut self,
+        request: Request,
+        outcome: Result<Accepted, SendError>,
+        stopping: bool,
+    ) -> Option<Bytes> {
         let stats = &self.queue.shared.stats;
         match outcome {
             Ok(accepted) => {
@@ -268,6 +280,7 @@ impl<D: Destination> Worker<'_, D> {
                     tracing::info!(after = ?since.elapsed(), "the collector accepts spans again");
                 }
                 self.backoff = FIRST_BACKOFF;
+                Some(request.body)
             }
             Err(error) => {
                 QueueStats::add(&stats.export_errors, 1);
@@ -290,6 +303,7 @@ impl<D: Destination> Worker<'_, D> {
                     self.paused_until = Some(Instant::now() + wait);
                     self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
                 }
+                None
             }
         }
     }
