@@ -17,14 +17,11 @@ import sys
 STAGES = [
     ("decode (ring-buffer record -> SessionRecord)", ["SessionRecord::decode"]),
     ("session (record -> Session)", ["Session::from_record"]),
-    ("span building (name, attributes, ids, SpanData)", ["otel_agent::span::"]),
+    ("span text (name, addresses)", ["otel_agent::span::SpanText"]),
+    ("OTLP encoding (sessions -> request bytes)", ["otel_agent::export::encode", "otel_agent::export::protobuf"]),
     ("pipeline stage, other (channel, queue push)", ["otel_agent::pipeline::"]),
-    ("dropping the protobuf structs", ["drop_in_place<opentelemetry_proto"]),
-    ("OTLP transform (SpanData -> protobuf structs)", ["group_spans_by_resource_and_scope"]),
-    ("OTLP protobuf encoding", ["ProstEncoder", "prost::message::Message::encode"]),
-    ("OTLP exporter, other (cloning the batch, dropping spans)", ["opentelemetry_otlp::span::SpanExporter"]),
-    ("export queue / batch processor (batching, locking)", ["otel_agent::export::queue", "BatchSpanProcessor"]),
-    ("transport (tonic, hyper, h2, socket writes)", ["h2::", "hyper::", "tonic::", "tower::", "tcp_sendmsg", "tcp_recvmsg"]),
+    ("export queue (batching, locking, request tasks)", ["otel_agent::export::queue"]),
+    ("transport (tonic, hyper, h2, socket writes)", ["otel_agent::export::transport", "h2::", "hyper::", "tonic::", "tower::", "tcp_sendmsg", "tcp_recvmsg"]),
     ("async runtime (scheduling, parking)", ["tokio::runtime", "epoll_wait", "futex"]),
     ("producer (benchmark driver)", ["pipeline_run", "pipeline::main"]),
 ]
