@@ -2,19 +2,23 @@
 //! export request with its headers and whether it arrived compressed. gRPC (tonic, the
 //! generated `TraceService`) and HTTP/protobuf (hyper), each in plaintext or TLS, the TLS
 //! variants optionally requiring a client certificate ([`Pki`] makes throwaway certificates).
+//! It can answer that it rejected part of each request (an OTLP partial success).
 
 use std::{
     collections::BTreeMap,
     io::Read as _,
     net::SocketAddr,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicI64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
 use http_body_util::{BodyExt as _, Full};
 use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
+    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
     trace_service_server::{TraceService, TraceServiceServer},
 };
 use prost::Message as _;
@@ -42,7 +46,30 @@ impl Received {
     }
 }
 
-type Log = Arc<Mutex<Vec<Received>>>;
+/// What the receiver has seen, and how it answers.
+#[derive(Debug, Default)]
+struct State {
+    received: Mutex<Vec<Received>>,
+    /// Spans of each request to answer as rejected (an OTLP partial success).
+    rejects: AtomicI64,
+}
+
+impl State {
+    /// Records `request` and builds the answer to it.
+    fn record(&self, received: Received) -> ExportTraceServiceResponse {
+        let spans = received.span_count() as i64;
+        let rejected = self.rejects.load(Ordering::Relaxed).min(spans);
+        self.received.lock().expect("receiver log").push(received);
+        ExportTraceServiceResponse {
+            partial_success: (rejected > 0).then(|| ExportTracePartialSuccess {
+                rejected_spans: rejected,
+                error_message: "rejected by the test receiver".into(),
+            }),
+        }
+    }
+}
+
+type Log = Arc<State>;
 
 /// Transport of a receiver.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,7 +143,13 @@ impl Receiver {
 
     /// Every request received so far.
     pub fn received(&self) -> Vec<Received> {
-        self.log.lock().expect("receiver log").clone()
+        self.log.received.lock().expect("receiver log").clone()
+    }
+
+    /// From now on, answers that `spans` spans of each request (at most all of them) were
+    /// rejected, as a collector's OTLP partial success does.
+    pub fn reject_in_each_request(&self, spans: i64) {
+        self.log.rejects.store(spans, Ordering::Relaxed);
     }
 
     /// Waits until `predicate` holds for what was received, failing after `timeout`.
@@ -174,12 +207,11 @@ impl TraceService for Recorder {
             })
             .collect();
         let gzip = headers.get("grpc-encoding").map(String::as_str) == Some("gzip");
-        self.0.lock().expect("receiver log").push(Received {
+        Ok(tonic::Response::new(self.0.record(Received {
             headers,
             gzip,
             request: request.into_inner(),
-        });
-        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+        })))
     }
 }
 
@@ -247,12 +279,13 @@ async fn handle_http(
         body.to_vec()
     };
     let request = ExportTraceServiceRequest::decode(&body[..]).expect("an OTLP protobuf body");
-    log.lock().expect("receiver log").push(Received {
-        headers,
-        gzip,
-        request,
-    });
-    let response = ExportTraceServiceResponse::default().encode_to_vec();
+    let response = log
+        .record(Received {
+            headers,
+            gzip,
+            request,
+        })
+        .encode_to_vec();
     Ok(hyper::Response::builder()
         .header("content-type", "application/x-protobuf")
         .body(Full::new(bytes::Bytes::from(response)))

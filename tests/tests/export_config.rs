@@ -140,6 +140,11 @@ fn grpc_headers_and_gzip_from_flags_reach_the_collector_and_are_never_logged() {
         assert_eq!(header("authorization"), Some("Bearer s3cr3t-t0ken"));
         assert_eq!(header("x-tenant"), Some("acme"));
         assert!(request.gzip, "grpc-encoding: gzip");
+        assert!(
+            header("user-agent").is_some_and(|agent| agent.starts_with("otel-agent/0.")),
+            "the agent introduces itself (tonic adds its own name): {:?}",
+            header("user-agent")
+        );
     }
     assert!(
         !run.logs.contains("s3cr3t"),
@@ -174,6 +179,10 @@ fn http_headers_gzip_and_service_name_from_variables_take_effect() {
         Some("k3y")
     );
     assert!(request.gzip, "content-encoding: gzip");
+    assert_eq!(
+        request.headers.get("user-agent").map(String::as_str),
+        Some(concat!("otel-agent/", env!("CARGO_PKG_VERSION")))
+    );
     let (resource, _) = spans_of(&run.received, &run.exchange)[0];
     assert_eq!(
         string(resource, "service.name").as_deref(),
@@ -496,6 +505,55 @@ fn invalid_flags_are_usage_errors_with_code_2() {
         assert!(
             stderr.contains(message),
             "{args:?}: expected `{message}` in:\n{stderr}"
+        );
+    }
+}
+
+/// The value of `key=N` on the agent's final `export accounting` line.
+fn final_export_count(logs: &str, key: &str) -> u64 {
+    let line = logs
+        .lines()
+        .rev()
+        .find(|line| line.contains("export accounting") && line.contains("when=\"final\""))
+        .unwrap_or_else(|| panic!("no final export accounting line in:\n{logs}"));
+    line.split_whitespace()
+        .find_map(|field| field.strip_prefix(&format!("{key}=")))
+        .and_then(|value| value.parse().ok())
+        .unwrap_or_else(|| panic!("no {key} in {line}"))
+}
+
+#[test]
+fn spans_the_collector_rejects_are_counted_and_logged_over_grpc_and_http() {
+    for (kind, protocol) in [(Kind::Grpc, "grpc"), (Kind::Http, "http/protobuf")] {
+        let receiver = Receiver::start(kind);
+        receiver.reject_in_each_request(1);
+        let run = run_against(
+            &receiver,
+            false,
+            "rejects",
+            &["--otlp-endpoint", "{url}", "--otlp-protocol", protocol],
+            &[],
+        );
+        let requests = run
+            .received
+            .iter()
+            .filter(|request| request.span_count() > 0)
+            .count() as u64;
+        let spans: u64 = run.received.iter().map(|r| r.span_count() as u64).sum();
+        let rejected = final_export_count(&run.logs, "lost_rejected");
+        assert_eq!(rejected, requests, "{protocol}: one span of each request");
+        assert_eq!(
+            final_export_count(&run.logs, "exported") + rejected,
+            spans,
+            "{protocol}: exported + rejected = what the collector got"
+        );
+        assert_eq!(final_export_count(&run.logs, "enqueued"), spans);
+        assert!(
+            run.logs
+                .contains("the collector rejected spans (partial success)")
+                && run.logs.contains("rejected by the test receiver"),
+            "{protocol}: the rejection and the collector's message are logged:\n{}",
+            run.logs
         );
     }
 }
