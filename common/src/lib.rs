@@ -249,6 +249,9 @@ pub const KERNEL_OFFSETS: &str = "KERNEL_OFFSETS";
 pub const FILTERS: &str = "FILTERS";
 /// Global (`u32`): 1 to report sessions whose birth was not seen, 0 to skip them.
 pub const REPORT_UNKNOWN_BIRTH: &str = "REPORT_UNKNOWN_BIRTH";
+/// Global (`u64`): unread bytes in [`EVENTS_MAP`] from which a new record wakes the agent at
+/// once; below it, records wait for the agent's periodic read.
+pub const RING_WAKEUP_BYTES: &str = "RING_WAKEUP_BYTES";
 
 /// Indices into [`COUNTERS_MAP`]: what the probe tracked, emitted, filtered and lost.
 pub mod counter {

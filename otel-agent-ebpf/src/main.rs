@@ -17,6 +17,7 @@ use core::mem::MaybeUninit;
 
 use aya_ebpf::{
     EbpfContext as _,
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_kernel,
         generated::bpf_get_current_comm,
@@ -114,6 +115,9 @@ static FILTERS: Filters = Filters {
 
 #[unsafe(no_mangle)]
 static REPORT_UNKNOWN_BIRTH: u32 = 1;
+
+#[unsafe(no_mangle)]
+static RING_WAKEUP_BYTES: u64 = 0;
 
 /// Reads one field of a global set at load time. Volatile, or the compiler would fold in the
 /// value compiled in; one field, because a volatile read of a whole struct copies all of it
@@ -355,7 +359,7 @@ fn on_close(args: &InetSockSetState, socket: Option<&Socket>) {
         remote_addr,
         comm: owner.map_or_else(current_comm, |s| s.comm),
     });
-    entry.submit(0);
+    entry.submit(wakeup_flag());
     count(counter::EMITTED);
 }
 
@@ -415,6 +419,19 @@ impl KernelFields {
             fields.flags |= flags::NETNS_VALID;
         }
         fields
+    }
+}
+
+/// Whether submitting a record wakes the agent. A wakeup is an `irq_work`, which raises an
+/// inter-processor interrupt (a VM exit in a guest): by far the largest cost of a record
+/// when the agent keeps up and would be woken for every one. So the agent reads the ring
+/// buffer periodically, and is woken at once only when unread records pass
+/// `RING_WAKEUP_BYTES` (a burst that could fill the ring before the next read).
+fn wakeup_flag() -> u64 {
+    if EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= global!(RING_WAKEUP_BYTES) {
+        u64::from(BPF_RB_FORCE_WAKEUP)
+    } else {
+        u64::from(BPF_RB_NO_WAKEUP)
     }
 }
 

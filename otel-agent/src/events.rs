@@ -1,16 +1,25 @@
-//! Reads session records from the probe's ring buffer: waits on its fd with `AsyncFd`,
-//! drains it until empty, decodes each item (never holding one across an await) and hands
-//! the records to the pipeline through a bounded channel, counting what a full channel or a
-//! bad record costs.
+//! Reads session records from the probe's ring buffer every [`READ_INTERVAL`], and at once
+//! when the probe wakes its fd (`AsyncFd`) because the ring buffer is filling up; drains it
+//! until empty, decodes each item (never holding one across an await) and hands the records
+//! to the pipeline through a bounded channel, counting what a full channel or a bad record
+//! costs.
 
-use std::{io, sync::Arc};
+use std::{io, sync::Arc, time::Duration};
 
 use aya::maps::{MapData, RingBuf};
 use common::SessionRecord;
-use tokio::{io::unix::AsyncFd, sync::mpsc};
+use tokio::{
+    io::unix::AsyncFd,
+    sync::mpsc,
+    time::{self, MissedTickBehavior},
+};
 use tokio_util::sync::CancellationToken;
 
 use crate::stats::PipelineStats;
+
+/// How long a record may wait in the ring buffer: the probe wakes the reader only when the
+/// ring buffer passes a quarter full (a wakeup per record is the probe's largest cost).
+pub const READ_INTERVAL: Duration = Duration::from_millis(10);
 
 /// Reads until `stop` is cancelled, then drains what is left and returns, closing `tx`.
 pub async fn read(
@@ -23,9 +32,12 @@ pub async fn read(
     // `AsyncFd` (which owns the ring buffer) is dropped.
     let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
         .map_err(|error| error.into_parts().1)?;
+    let mut tick = time::interval(READ_INTERVAL);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             () = stop.cancelled() => break,
+            _ = tick.tick() => drain(ring.get_mut(), &tx, &stats),
             guard = ring.readable_mut() => {
                 let mut guard = guard?;
                 drain(guard.get_inner_mut(), &tx, &stats);
