@@ -200,7 +200,16 @@ pub struct KernelOffsets {
     pub fdtable_fd: u32,
     pub file_private_data: u32,
     pub socket_sk: u32,
+    /// The range of `struct tcp_sock` (from the start of `struct sock`) that holds every
+    /// member of the `BYTES`, `SEQ` and `HEALTH` groups resolved: 8-byte aligned, at most
+    /// [`TCP_WINDOW_MAX`] bytes, read at close with one `bpf_probe_read_kernel`.
+    pub tcp_window: u32,
+    pub tcp_window_len: u32,
 }
+
+/// The largest `KernelOffsets::tcp_window_len`: the probe's per-CPU buffer for the window
+/// (`struct tcp_sock` is about 2,300 bytes on Linux 6.x).
+pub const TCP_WINDOW_MAX: usize = 4096;
 
 /// Bits of `KernelOffsets::valid`, one per group of members read together.
 pub mod offsets_valid {

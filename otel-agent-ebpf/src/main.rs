@@ -20,7 +20,7 @@ use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_kernel,
-        generated::bpf_get_current_comm,
+        generated,
     },
     macros::{map, tracepoint},
     maps::{LruHashMap, PerCpuArray, RingBuf},
@@ -28,7 +28,8 @@ use aya_ebpf::{
 };
 use common::{
     AF_INET, AF_INET6, COMM_LEN, Filters, IPPROTO_TCP, KernelOffsets, MAX_FILTER_PORTS,
-    SessionRecord, SocketState as Socket, counter, flags, offsets_valid, origin, states, tcp_state,
+    SessionRecord, SocketState as Socket, TCP_WINDOW_MAX, counter, flags, offsets_valid, origin,
+    states, tcp_state,
 };
 
 /// `sock:inet_sock_set_state`, as laid out in
@@ -98,6 +99,8 @@ static KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
     fdtable_fd: 0,
     file_private_data: 0,
     socket_sk: 0,
+    tcp_window: 0,
+    tcp_window_len: 0,
 };
 
 #[unsafe(no_mangle)]
@@ -134,6 +137,11 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
 
 #[map]
 static SOCKETS: LruHashMap<u64, Socket> = LruHashMap::with_max_entries(1 << 16, 0);
+
+/// Where `KernelFields::read` copies `KERNEL_OFFSETS.tcp_window`, as words so that the
+/// (aligned) members are read with one load each.
+#[map]
+static TCP_WINDOW: PerCpuArray<[u64; TCP_WINDOW_MAX / 8]> = PerCpuArray::with_max_entries(1, 0);
 
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
@@ -380,39 +388,43 @@ struct KernelFields {
 }
 
 impl KernelFields {
+    /// One `bpf_probe_read_kernel` of the `tcp_sock` window instead of one per member (ten):
+    /// the helper call, not the copy, is what costs.
     fn read(skaddr: u64) -> Self {
         let valid = global!(KERNEL_OFFSETS.valid);
         let mut fields = Self::default();
-        if valid & offsets_valid::BYTES != 0
-            && let (Some(acked), Some(received)) = (
-                read::<u64>(skaddr, global!(KERNEL_OFFSETS.bytes_acked)),
-                read::<u64>(skaddr, global!(KERNEL_OFFSETS.bytes_received)),
-            )
-        {
-            fields.bytes = [acked, received];
-            fields.flags |= flags::BYTES_VALID;
-        }
-        if valid & offsets_valid::SEQ != 0
-            && let (Some(snd_una), Some(write_seq), Some(rcv_nxt), Some(copied_seq)) = (
-                read::<u32>(skaddr, global!(KERNEL_OFFSETS.snd_una)),
-                read::<u32>(skaddr, global!(KERNEL_OFFSETS.write_seq)),
-                read::<u32>(skaddr, global!(KERNEL_OFFSETS.rcv_nxt)),
-                read::<u32>(skaddr, global!(KERNEL_OFFSETS.copied_seq)),
-            )
-        {
-            fields.seq = [snd_una, write_seq, rcv_nxt, copied_seq];
-            fields.flags |= flags::SEQ_VALID;
-        }
-        if valid & offsets_valid::HEALTH != 0
-            && let (Some(srtt), Some(retrans), Some(segs_in), Some(segs_out)) = (
-                read::<u32>(skaddr, global!(KERNEL_OFFSETS.srtt_us)),
-                read::<u32>(skaddr, global!(KERNEL_OFFSETS.total_retrans)),
-                read::<u32>(skaddr, global!(KERNEL_OFFSETS.segs_in)),
-                read::<u32>(skaddr, global!(KERNEL_OFFSETS.segs_out)),
-            )
-        {
-            fields.health = [srtt, retrans, segs_in, segs_out];
-            fields.flags |= flags::HEALTH_VALID;
+        if let Some(window) = read_tcp_window(skaddr) {
+            if valid & offsets_valid::BYTES != 0
+                && let (Some(acked), Some(received)) = (
+                    window.u64_at(global!(KERNEL_OFFSETS.bytes_acked)),
+                    window.u64_at(global!(KERNEL_OFFSETS.bytes_received)),
+                )
+            {
+                fields.bytes = [acked, received];
+                fields.flags |= flags::BYTES_VALID;
+            }
+            if valid & offsets_valid::SEQ != 0
+                && let (Some(snd_una), Some(write_seq), Some(rcv_nxt), Some(copied_seq)) = (
+                    window.u32_at(global!(KERNEL_OFFSETS.snd_una)),
+                    window.u32_at(global!(KERNEL_OFFSETS.write_seq)),
+                    window.u32_at(global!(KERNEL_OFFSETS.rcv_nxt)),
+                    window.u32_at(global!(KERNEL_OFFSETS.copied_seq)),
+                )
+            {
+                fields.seq = [snd_una, write_seq, rcv_nxt, copied_seq];
+                fields.flags |= flags::SEQ_VALID;
+            }
+            if valid & offsets_valid::HEALTH != 0
+                && let (Some(srtt), Some(retrans), Some(segs_in), Some(segs_out)) = (
+                    window.u32_at(global!(KERNEL_OFFSETS.srtt_us)),
+                    window.u32_at(global!(KERNEL_OFFSETS.total_retrans)),
+                    window.u32_at(global!(KERNEL_OFFSETS.segs_in)),
+                    window.u32_at(global!(KERNEL_OFFSETS.segs_out)),
+                )
+            {
+                fields.health = [srtt, retrans, segs_in, segs_out];
+                fields.flags |= flags::HEALTH_VALID;
+            }
         }
         if let Some(netns) = netns_of(skaddr) {
             fields.netns = netns;
@@ -420,6 +432,57 @@ impl KernelFields {
         }
         fields
     }
+}
+
+/// A copy of the socket's `tcp_sock` window (`KERNEL_OFFSETS.tcp_window`).
+struct TcpWindow(&'static [u64; TCP_WINDOW_MAX / 8]);
+
+impl TcpWindow {
+    /// The aligned `u64` member at `offset` in `struct sock`, if the window holds it.
+    fn u64_at(&self, offset: u32) -> Option<u64> {
+        let index = offset.checked_sub(global!(KERNEL_OFFSETS.tcp_window))?;
+        if index % 8 != 0 {
+            return None;
+        }
+        self.0.get(index as usize / 8).copied()
+    }
+
+    /// The aligned `u32` member at `offset` in `struct sock`, if the window holds it.
+    fn u32_at(&self, offset: u32) -> Option<u32> {
+        let index = offset.checked_sub(global!(KERNEL_OFFSETS.tcp_window))?;
+        if index % 4 != 0 {
+            return None;
+        }
+        let word = *self.0.get(index as usize / 8)?;
+        // Which half of the word holds the bytes at `index` (shifts, not byte indexing: the
+        // verifier refuses what the compiler makes of the latter).
+        let half = index % 8;
+        let shift = if cfg!(target_endian = "little") {
+            half * 8
+        } else {
+            (4 - half) * 8
+        };
+        Some((word >> shift) as u32)
+    }
+}
+
+/// Copies the socket's `tcp_sock` window into this CPU's buffer; `None` when no group of
+/// the window was resolved or the read failed.
+fn read_tcp_window(skaddr: u64) -> Option<TcpWindow> {
+    let len = global!(KERNEL_OFFSETS.tcp_window_len);
+    if len == 0 || len as usize > TCP_WINDOW_MAX {
+        return None;
+    }
+    let buffer = TCP_WINDOW.get_ptr_mut(0)?;
+    let source = skaddr + u64::from(global!(KERNEL_OFFSETS.tcp_window));
+    // SAFETY: at most TCP_WINDOW_MAX bytes into this CPU's buffer, which nothing else uses
+    // while the program runs (preemption is disabled); the helper checks the source
+    // address and fails instead of faulting.
+    let copied = unsafe {
+        generated::bpf_probe_read_kernel(buffer.cast(), len, source as *const core::ffi::c_void)
+    };
+    // SAFETY: as above; the buffer lives as long as the map.
+    (copied == 0).then(|| TcpWindow(unsafe { &*buffer }))
 }
 
 /// Whether submitting a record wakes the agent. A wakeup is an `irq_work`, which raises an
@@ -551,7 +614,7 @@ fn current_comm() -> [u8; COMM_LEN] {
     // it fails (`bpf_get_current_comm` in kernel/bpf/helpers.c), so `comm` is initialised.
     // (aya's wrapper zeroes the buffer first, with a byte-by-byte `memset` call.)
     unsafe {
-        bpf_get_current_comm(comm.as_mut_ptr().cast(), COMM_LEN as u32);
+        generated::bpf_get_current_comm(comm.as_mut_ptr().cast(), COMM_LEN as u32);
         comm.assume_init().0
     }
 }
