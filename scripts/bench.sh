@@ -12,6 +12,8 @@
 #
 # Settings (environment):
 #   ROUNDS=5            rounds of (a, b, c), in rotating order
+#   MODES=abc           which of the modes a, b, c to run (e.g. MODES=c to measure only the
+#                       agent's kernel cost when comparing builds; the ratios need a)
 #   DURATION=10s        churn duration per run (the churn also stops at MAX_CONNECTIONS)
 #   MAX_CONNECTIONS=2000000
 #   CHURN_THREADS=8     client threads (and as many server threads)
@@ -30,6 +32,7 @@ cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
 
 ROUNDS="${ROUNDS:-5}"
+MODES="${MODES:-abc}"
 DURATION="${DURATION:-10s}"
 MAX_CONNECTIONS="${MAX_CONNECTIONS:-2000000}"
 CHURN_THREADS="${CHURN_THREADS:-8}"
@@ -51,6 +54,7 @@ die() { printf 'bench: error: %s\n' "$*" >&2; exit 1; }
 [ "$(id -u)" -eq 0 ] || die "must run as root: it loads eBPF programs (tcplife, otel-agent), changes sysctls (restored on exit) and reads kernel.bpf_stats; run: sudo $0"
 case "$COLLECTOR" in rotel | sink) ;; *) die "COLLECTOR=$COLLECTOR: use rotel or sink" ;; esac
 [[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || die "ROUNDS=$ROUNDS: use a positive integer"
+[[ "$MODES" =~ ^[abc]+$ ]] || die "MODES=$MODES: use one or more of a, b, c (e.g. MODES=c)"
 
 OUT_DIR="${OUT_DIR:-$(mktemp -d /tmp/otel-agent-bench.XXXXXX)}"
 mkdir -p "$OUT_DIR"
@@ -299,7 +303,7 @@ run_c() {
 }
 
 say "results and logs in $OUT_DIR"
-say "$ROUNDS rounds of a, b, c; churn $DURATION (max $MAX_CONNECTIONS connections), $CHURN_THREADS client threads; collector $COLLECTOR"
+say "$ROUNDS rounds of $(sed 's/./& /g; s/ $//' <<<"$MODES"); churn $DURATION (max $MAX_CONNECTIONS connections), $CHURN_THREADS client threads; collector $COLLECTOR"
 {
     echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
     echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo ' (with local changes)')"
@@ -310,7 +314,9 @@ say "$ROUNDS rounds of a, b, c; churn $DURATION (max $MAX_CONNECTIONS connection
 orders=("a b c" "b c a" "c a b")
 for round in $(seq 1 "$ROUNDS"); do
     for mode in ${orders[$(((round - 1) % 3))]}; do
-        "run_$mode" "$round"
+        if [[ "$MODES" == *"$mode"* ]]; then
+            "run_$mode" "$round"
+        fi
     done
 done
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)" >>"$OUT_DIR/machine.txt"

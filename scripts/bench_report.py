@@ -205,7 +205,7 @@ def summary(results_path, machine_path, collector):
     for mode, who in (("b", "tcplife"), ("c", "otel-agent")):
         values = [num(r, "ns_per_hit") for r in by_mode[mode].values() if num(r, "run_cnt")]
         if not values:
-            print(f"  {who}: not measured (BPF_STATS=0?)")
+            print(f"  {who}: not measured (BPF_STATS=0, or not in MODES)")
             continue
         print(
             f"  {who}: median {median(values):.0f} ns per hit over all its programs "

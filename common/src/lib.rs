@@ -161,8 +161,10 @@ pub struct SocketState {
     pub origin: u8,
     /// 1 once the owner was cached in one of its own system calls.
     pub owner_known: u8,
-    /// Keeps the layout explicit; always zero.
-    pub _padding: [u8; 6],
+    /// Keep the layout explicit; always zero. Two integers rather than a byte array, which
+    /// the probe would have to zero with a byte-by-byte `memset` call at every birth.
+    pub _padding: u16,
+    pub _padding_tail: u32,
 }
 
 const _: () = assert!(core::mem::size_of::<SocketState>() == 48);
@@ -198,7 +200,16 @@ pub struct KernelOffsets {
     pub fdtable_fd: u32,
     pub file_private_data: u32,
     pub socket_sk: u32,
+    /// The range of `struct tcp_sock` (from the start of `struct sock`) that holds every
+    /// member of the `BYTES`, `SEQ` and `HEALTH` groups resolved: 8-byte aligned, at most
+    /// [`TCP_WINDOW_MAX`] bytes, read at close with one `bpf_probe_read_kernel`.
+    pub tcp_window: u32,
+    pub tcp_window_len: u32,
 }
+
+/// The largest `KernelOffsets::tcp_window_len`: the probe's per-CPU buffer for the window
+/// (`struct tcp_sock` is about 2,300 bytes on Linux 6.x).
+pub const TCP_WINDOW_MAX: usize = 4096;
 
 /// Bits of `KernelOffsets::valid`, one per group of members read together.
 pub mod offsets_valid {
@@ -247,6 +258,9 @@ pub const KERNEL_OFFSETS: &str = "KERNEL_OFFSETS";
 pub const FILTERS: &str = "FILTERS";
 /// Global (`u32`): 1 to report sessions whose birth was not seen, 0 to skip them.
 pub const REPORT_UNKNOWN_BIRTH: &str = "REPORT_UNKNOWN_BIRTH";
+/// Global (`u64`): unread bytes in [`EVENTS_MAP`] from which a new record wakes the agent at
+/// once; below it, records wait for the agent's periodic read.
+pub const RING_WAKEUP_BYTES: &str = "RING_WAKEUP_BYTES";
 
 /// Indices into [`COUNTERS_MAP`]: what the probe tracked, emitted, filtered and lost.
 pub mod counter {

@@ -13,11 +13,14 @@
 #![no_std]
 #![no_main]
 
+use core::mem::MaybeUninit;
+
 use aya_ebpf::{
-    EbpfContext as _, Global,
+    EbpfContext as _,
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns,
-        bpf_probe_read_kernel,
+        bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        generated,
     },
     macros::{map, tracepoint},
     maps::{LruHashMap, PerCpuArray, RingBuf},
@@ -25,7 +28,8 @@ use aya_ebpf::{
 };
 use common::{
     AF_INET, AF_INET6, COMM_LEN, Filters, IPPROTO_TCP, KernelOffsets, MAX_FILTER_PORTS,
-    SessionRecord, SocketState as Socket, counter, flags, offsets_valid, origin, states, tcp_state,
+    SessionRecord, SocketState as Socket, TCP_WINDOW_MAX, counter, flags, offsets_valid, origin,
+    states, tcp_state,
 };
 
 /// `sock:inet_sock_set_state`, as laid out in
@@ -72,8 +76,11 @@ struct SysExit {
 /// Highest file descriptor the accept programs look up (bounds the fd table read).
 const MAX_FD: i64 = 1 << 20;
 
+// The loader rewrites these globals (`.rodata`) before the program is loaded, so they are read
+// only through `global!`. Frozen read-only data is known to the verifier, which removes the
+// branches that the load-time settings make dead (an unset filter costs nothing).
 #[unsafe(no_mangle)]
-static KERNEL_OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
+static KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
     valid: 0,
     bytes_acked: 0,
     bytes_received: 0,
@@ -92,10 +99,12 @@ static KERNEL_OFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
     fdtable_fd: 0,
     file_private_data: 0,
     socket_sk: 0,
-});
+    tcp_window: 0,
+    tcp_window_len: 0,
+};
 
 #[unsafe(no_mangle)]
-static FILTERS: Global<Filters> = Global::new(Filters {
+static FILTERS: Filters = Filters {
     pid: 0,
     exclude_pid: 0,
     netns: 0,
@@ -105,16 +114,34 @@ static FILTERS: Global<Filters> = Global::new(Filters {
     _padding: 0,
     local_ports: [0; MAX_FILTER_PORTS],
     remote_ports: [0; MAX_FILTER_PORTS],
-});
+};
 
 #[unsafe(no_mangle)]
-static REPORT_UNKNOWN_BIRTH: Global<u32> = Global::new(1);
+static REPORT_UNKNOWN_BIRTH: u32 = 1;
+
+#[unsafe(no_mangle)]
+static RING_WAKEUP_BYTES: u64 = 0;
+
+/// Reads one field of a global set at load time. Volatile, or the compiler would fold in the
+/// value compiled in; one field, because a volatile read of a whole struct copies all of it
+/// on every use.
+macro_rules! global {
+    ($($place:tt)+) => {
+        // SAFETY: a field of an initialised static, read in place.
+        unsafe { core::ptr::read_volatile(&raw const $($place)+) }
+    };
+}
 
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
 
 #[map]
 static SOCKETS: LruHashMap<u64, Socket> = LruHashMap::with_max_entries(1 << 16, 0);
+
+/// Where `KernelFields::read` copies `KERNEL_OFFSETS.tcp_window`, as words so that the
+/// (aligned) members are read with one load each.
+#[map]
+static TCP_WINDOW: PerCpuArray<[u64; TCP_WINDOW_MAX / 8]> = PerCpuArray::with_max_entries(1, 0);
 
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
@@ -157,18 +184,17 @@ fn on_accept(ctx: &TracePointContext) {
     // SAFETY: as for `inet_sock_set_state`, for `SysExit`.
     let args = unsafe { &*ctx.as_ptr().cast::<SysExit>() };
     let fd = args.ret;
-    let offsets = KERNEL_OFFSETS.load();
-    if !(0..MAX_FD).contains(&fd) || offsets.valid & offsets_valid::ACCEPT == 0 {
+    if !(0..MAX_FD).contains(&fd) || global!(KERNEL_OFFSETS.valid) & offsets_valid::ACCEPT == 0 {
         return;
     }
     // SAFETY: the helper takes no arguments; the pointer is only read through probe reads.
     let task = unsafe { bpf_get_current_task() };
-    let Some(skaddr) = read::<u64>(task, offsets.task_files)
-        .and_then(|files| read::<u64>(files, offsets.files_fdt))
-        .and_then(|fdt| read::<u64>(fdt, offsets.fdtable_fd))
+    let Some(skaddr) = read::<u64>(task, global!(KERNEL_OFFSETS.task_files))
+        .and_then(|files| read::<u64>(files, global!(KERNEL_OFFSETS.files_fdt)))
+        .and_then(|fdt| read::<u64>(fdt, global!(KERNEL_OFFSETS.fdtable_fd)))
         .and_then(|fds| read::<u64>(fds, (fd as u32) * 8))
-        .and_then(|file| read::<u64>(file, offsets.file_private_data))
-        .and_then(|socket| read::<u64>(socket, offsets.socket_sk))
+        .and_then(|file| read::<u64>(file, global!(KERNEL_OFFSETS.file_private_data)))
+        .and_then(|socket| read::<u64>(socket, global!(KERNEL_OFFSETS.socket_sk)))
     else {
         return;
     };
@@ -218,6 +244,7 @@ fn on_state_change(args: &InetSockSetState) {
             socket.owner_known = 1;
         }
         tcp_state::CLOSE => {
+            // Copied out first: the removed entry may be reused at once by another CPU.
             let copy = *socket;
             let _ = SOCKETS.remove(skaddr);
             count(counter::RELEASED);
@@ -231,7 +258,7 @@ fn on_birth(args: &InetSockSetState) {
     let newstate = args.newstate;
     // Only connect() runs SYN_SENT in the owner's context: the pid filter can act now.
     let owner_known = newstate == tcp_state::SYN_SENT;
-    let pid = current_pid();
+    let pid = if owner_known { current_pid() } else { 0 };
     // The local port of a connecting socket is not bound yet (sport is 0): checked later.
     let rejected = !family_allowed(args)
         || !port_allowed(args.dport, false)
@@ -246,11 +273,11 @@ fn on_birth(args: &InetSockSetState) {
         birth_ns: now_ns(),
         established_ns: 0,
         states: states::bit(newstate),
-        pid: if owner_known { pid } else { 0 },
+        pid,
         comm: if owner_known {
             current_comm()
         } else {
-            [0; COMM_LEN]
+            zero_comm()
         },
         origin: match newstate {
             tcp_state::SYN_SENT => origin::ACTIVE,
@@ -258,7 +285,8 @@ fn on_birth(args: &InetSockSetState) {
             _ => origin::UNKNOWN,
         },
         owner_known: u8::from(owner_known),
-        _padding: [0; 6],
+        _padding: 0,
+        _padding_tail: 0,
     };
     if SOCKETS.insert(args.skaddr, socket, 0).is_ok() {
         count(counter::TRACKED);
@@ -269,11 +297,8 @@ fn on_birth(args: &InetSockSetState) {
 
 /// Emits the record of a closed session; `socket` is `None` when its birth was not seen.
 fn on_close(args: &InetSockSetState, socket: Option<&Socket>) {
-    let owner_known = socket.is_some_and(|s| s.owner_known == 1);
-    let pid = match socket {
-        Some(s) if owner_known => s.pid,
-        _ => current_pid(),
-    };
+    let owner = socket.filter(|s| s.owner_known == 1);
+    let pid = owner.map_or_else(current_pid, |s| s.pid);
     let tracked = socket.is_some();
     let filtered = !port_allowed(args.sport, true)
         || !pid_allowed(pid)
@@ -289,7 +314,7 @@ fn on_close(args: &InetSockSetState, socket: Option<&Socket>) {
     }
     if !tracked {
         count(counter::BIRTH_NOT_SEEN);
-        if REPORT_UNKNOWN_BIRTH.load() == 0 {
+        if global!(REPORT_UNKNOWN_BIRTH) == 0 {
             count(counter::UNKNOWN_BIRTH_SKIPPED);
             return;
         }
@@ -299,88 +324,177 @@ fn on_close(args: &InetSockSetState, socket: Option<&Socket>) {
         count(counter::RING_BUFFER_FULL);
         return;
     };
-    // Filled in place: the record is too large to build on the 512-byte BPF stack and copy.
-    let record = entry.write(SessionRecord::default());
-    record.close_ns = now_ns();
-    record.family = args.family;
-    record.local_port = args.sport;
-    record.remote_port = args.dport;
-    record.close_from_state = args.oldstate as u8;
-    record.pid = pid;
-    if let Some(socket) = socket {
-        record.birth_ns = socket.birth_ns;
-        record.established_ns = socket.established_ns;
-        record.origin = socket.origin;
-        record.states = socket.states | states::bit(tcp_state::CLOSE);
-        record.flags |= flags::BIRTH_SEEN;
+    let kernel = KernelFields::read(args.skaddr);
+    let (local_addr, remote_addr) = if args.family == AF_INET {
+        (ipv4_bytes(args.saddr), ipv4_bytes(args.daddr))
     } else {
-        record.states = states::bit(tcp_state::CLOSE);
+        (ipv6_bytes(args.saddr_v6), ipv6_bytes(args.daddr_v6))
+    };
+    let mut record_flags = kernel.flags;
+    if tracked {
+        record_flags |= flags::BIRTH_SEEN;
     }
-    match socket {
-        Some(socket) if owner_known => {
-            record.comm = socket.comm;
-            record.flags |= flags::OWNER_FROM_SYSCALL;
-        }
-        _ => record.comm = current_comm(),
+    if owner.is_some() {
+        record_flags |= flags::OWNER_FROM_SYSCALL;
     }
-    if args.family == AF_INET {
-        record.local_addr[..4].copy_from_slice(&args.saddr.to_ne_bytes());
-        record.remote_addr[..4].copy_from_slice(&args.daddr.to_ne_bytes());
-    } else {
-        record.local_addr = ipv6_bytes(args.saddr_v6);
-        record.remote_addr = ipv6_bytes(args.daddr_v6);
-    }
-    read_socket_fields(args.skaddr, record);
-    entry.submit(0);
+    // Every field written exactly once, straight into the ring buffer (the record has no
+    // padding), instead of zeroing 144 bytes first.
+    entry.write(SessionRecord {
+        birth_ns: socket.map_or(0, |s| s.birth_ns),
+        close_ns: now_ns(),
+        established_ns: socket.map_or(0, |s| s.established_ns),
+        bytes_acked: kernel.bytes[0],
+        bytes_received: kernel.bytes[1],
+        pid,
+        flags: record_flags,
+        states: socket.map_or(0, |s| s.states) | states::bit(tcp_state::CLOSE),
+        snd_una: kernel.seq[0],
+        write_seq: kernel.seq[1],
+        rcv_nxt: kernel.seq[2],
+        copied_seq: kernel.seq[3],
+        // The kernel keeps the smoothed RTT scaled by 8 (`tcp_rtt_estimator`).
+        srtt_us: kernel.health[0] >> 3,
+        total_retrans: kernel.health[1],
+        segs_in: kernel.health[2],
+        segs_out: kernel.health[3],
+        netns: kernel.netns,
+        family: args.family,
+        local_port: args.sport,
+        remote_port: args.dport,
+        origin: socket.map_or(origin::UNKNOWN, |s| s.origin),
+        close_from_state: args.oldstate as u8,
+        local_addr,
+        remote_addr,
+        comm: owner.map_or_else(current_comm, |s| s.comm),
+    });
+    entry.submit(wakeup_flag());
     count(counter::EMITTED);
 }
 
-/// Reads the `tcp_sock` counters, sequence numbers and network namespace at close, for the
-/// groups whose offsets the agent resolved from BTF.
-fn read_socket_fields(skaddr: u64, record: &mut SessionRecord) {
-    let offsets = KERNEL_OFFSETS.load();
-    if offsets.valid & offsets_valid::BYTES != 0
-        && let (Some(acked), Some(received)) = (
-            read::<u64>(skaddr, offsets.bytes_acked),
-            read::<u64>(skaddr, offsets.bytes_received),
-        )
-    {
-        record.bytes_acked = acked;
-        record.bytes_received = received;
-        record.flags |= flags::BYTES_VALID;
+/// The `tcp_sock` counters, sequence numbers and network namespace read at close, for the
+/// groups whose offsets the agent resolved from BTF: a group not read is zero, its flag
+/// clear.
+#[derive(Default)]
+struct KernelFields {
+    /// `bytes_acked`, `bytes_received`.
+    bytes: [u64; 2],
+    /// `snd_una`, `write_seq`, `rcv_nxt`, `copied_seq`.
+    seq: [u32; 4],
+    /// `srtt_us`, `total_retrans`, `segs_in`, `segs_out`.
+    health: [u32; 4],
+    netns: u32,
+    /// Bits from [`flags`]: the groups read.
+    flags: u32,
+}
+
+impl KernelFields {
+    /// One `bpf_probe_read_kernel` of the `tcp_sock` window instead of one per member (ten):
+    /// the helper call, not the copy, is what costs.
+    fn read(skaddr: u64) -> Self {
+        let valid = global!(KERNEL_OFFSETS.valid);
+        let mut fields = Self::default();
+        if let Some(window) = read_tcp_window(skaddr) {
+            if valid & offsets_valid::BYTES != 0
+                && let (Some(acked), Some(received)) = (
+                    window.u64_at(global!(KERNEL_OFFSETS.bytes_acked)),
+                    window.u64_at(global!(KERNEL_OFFSETS.bytes_received)),
+                )
+            {
+                fields.bytes = [acked, received];
+                fields.flags |= flags::BYTES_VALID;
+            }
+            if valid & offsets_valid::SEQ != 0
+                && let (Some(snd_una), Some(write_seq), Some(rcv_nxt), Some(copied_seq)) = (
+                    window.u32_at(global!(KERNEL_OFFSETS.snd_una)),
+                    window.u32_at(global!(KERNEL_OFFSETS.write_seq)),
+                    window.u32_at(global!(KERNEL_OFFSETS.rcv_nxt)),
+                    window.u32_at(global!(KERNEL_OFFSETS.copied_seq)),
+                )
+            {
+                fields.seq = [snd_una, write_seq, rcv_nxt, copied_seq];
+                fields.flags |= flags::SEQ_VALID;
+            }
+            if valid & offsets_valid::HEALTH != 0
+                && let (Some(srtt), Some(retrans), Some(segs_in), Some(segs_out)) = (
+                    window.u32_at(global!(KERNEL_OFFSETS.srtt_us)),
+                    window.u32_at(global!(KERNEL_OFFSETS.total_retrans)),
+                    window.u32_at(global!(KERNEL_OFFSETS.segs_in)),
+                    window.u32_at(global!(KERNEL_OFFSETS.segs_out)),
+                )
+            {
+                fields.health = [srtt, retrans, segs_in, segs_out];
+                fields.flags |= flags::HEALTH_VALID;
+            }
+        }
+        if let Some(netns) = netns_of(skaddr) {
+            fields.netns = netns;
+            fields.flags |= flags::NETNS_VALID;
+        }
+        fields
     }
-    if offsets.valid & offsets_valid::SEQ != 0
-        && let (Some(snd_una), Some(write_seq), Some(rcv_nxt), Some(copied_seq)) = (
-            read::<u32>(skaddr, offsets.snd_una),
-            read::<u32>(skaddr, offsets.write_seq),
-            read::<u32>(skaddr, offsets.rcv_nxt),
-            read::<u32>(skaddr, offsets.copied_seq),
-        )
-    {
-        record.snd_una = snd_una;
-        record.write_seq = write_seq;
-        record.rcv_nxt = rcv_nxt;
-        record.copied_seq = copied_seq;
-        record.flags |= flags::SEQ_VALID;
+}
+
+/// A copy of the socket's `tcp_sock` window (`KERNEL_OFFSETS.tcp_window`).
+struct TcpWindow(&'static [u64; TCP_WINDOW_MAX / 8]);
+
+impl TcpWindow {
+    /// The aligned `u64` member at `offset` in `struct sock`, if the window holds it.
+    fn u64_at(&self, offset: u32) -> Option<u64> {
+        let index = offset.checked_sub(global!(KERNEL_OFFSETS.tcp_window))?;
+        if index % 8 != 0 {
+            return None;
+        }
+        self.0.get(index as usize / 8).copied()
     }
-    if offsets.valid & offsets_valid::HEALTH != 0
-        && let (Some(srtt), Some(retrans), Some(segs_in), Some(segs_out)) = (
-            read::<u32>(skaddr, offsets.srtt_us),
-            read::<u32>(skaddr, offsets.total_retrans),
-            read::<u32>(skaddr, offsets.segs_in),
-            read::<u32>(skaddr, offsets.segs_out),
-        )
-    {
-        // The kernel keeps the smoothed RTT scaled by 8 (`tcp_rtt_estimator`).
-        record.srtt_us = srtt >> 3;
-        record.total_retrans = retrans;
-        record.segs_in = segs_in;
-        record.segs_out = segs_out;
-        record.flags |= flags::HEALTH_VALID;
+
+    /// The aligned `u32` member at `offset` in `struct sock`, if the window holds it.
+    fn u32_at(&self, offset: u32) -> Option<u32> {
+        let index = offset.checked_sub(global!(KERNEL_OFFSETS.tcp_window))?;
+        if index % 4 != 0 {
+            return None;
+        }
+        let word = *self.0.get(index as usize / 8)?;
+        // Which half of the word holds the bytes at `index` (shifts, not byte indexing: the
+        // verifier refuses what the compiler makes of the latter).
+        let half = index % 8;
+        let shift = if cfg!(target_endian = "little") {
+            half * 8
+        } else {
+            (4 - half) * 8
+        };
+        Some((word >> shift) as u32)
     }
-    if let Some(netns) = netns_of(skaddr) {
-        record.netns = netns;
-        record.flags |= flags::NETNS_VALID;
+}
+
+/// Copies the socket's `tcp_sock` window into this CPU's buffer; `None` when no group of
+/// the window was resolved or the read failed.
+fn read_tcp_window(skaddr: u64) -> Option<TcpWindow> {
+    let len = global!(KERNEL_OFFSETS.tcp_window_len);
+    if len == 0 || len as usize > TCP_WINDOW_MAX {
+        return None;
+    }
+    let buffer = TCP_WINDOW.get_ptr_mut(0)?;
+    let source = skaddr + u64::from(global!(KERNEL_OFFSETS.tcp_window));
+    // SAFETY: at most TCP_WINDOW_MAX bytes into this CPU's buffer, which nothing else uses
+    // while the program runs (preemption is disabled); the helper checks the source
+    // address and fails instead of faulting.
+    let copied = unsafe {
+        generated::bpf_probe_read_kernel(buffer.cast(), len, source as *const core::ffi::c_void)
+    };
+    // SAFETY: as above; the buffer lives as long as the map.
+    (copied == 0).then(|| TcpWindow(unsafe { &*buffer }))
+}
+
+/// Whether submitting a record wakes the agent. A wakeup is an `irq_work`, which raises an
+/// inter-processor interrupt (a VM exit in a guest): by far the largest cost of a record
+/// when the agent keeps up and would be woken for every one. So the agent reads the ring
+/// buffer periodically, and is woken at once only when unread records pass
+/// `RING_WAKEUP_BYTES` (a burst that could fill the ring before the next read).
+fn wakeup_flag() -> u64 {
+    if EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= global!(RING_WAKEUP_BYTES) {
+        u64::from(BPF_RB_FORCE_WAKEUP)
+    } else {
+        u64::from(BPF_RB_NO_WAKEUP)
     }
 }
 
@@ -394,12 +508,11 @@ fn mark(skaddr: u64, bits: u32) {
 
 /// The inode number of the socket's network namespace.
 fn netns_of(skaddr: u64) -> Option<u32> {
-    let offsets = KERNEL_OFFSETS.load();
-    if offsets.valid & offsets_valid::NETNS == 0 {
+    if global!(KERNEL_OFFSETS.valid) & offsets_valid::NETNS == 0 {
         return None;
     }
-    let net = read::<u64>(skaddr, offsets.sock_net)?;
-    read::<u32>(net, offsets.net_inum)
+    let net = read::<u64>(skaddr, global!(KERNEL_OFFSETS.sock_net))?;
+    read::<u32>(net, global!(KERNEL_OFFSETS.net_inum))
 }
 
 /// Reads a `T` at `base + offset` in kernel memory.
@@ -409,7 +522,7 @@ fn read<T>(base: u64, offset: u32) -> Option<T> {
 }
 
 fn family_allowed(args: &InetSockSetState) -> bool {
-    let wanted = FILTERS.load().family;
+    let wanted = global!(FILTERS.family);
     if wanted == 0 {
         return true;
     }
@@ -427,16 +540,21 @@ fn is_ipv4_mapped(words: [u64; 2]) -> bool {
     bytes[..10].iter().all(|&b| b == 0) && bytes[10] == 0xff && bytes[11] == 0xff
 }
 
+#[inline(always)]
 fn port_allowed(port: u16, local: bool) -> bool {
-    let filters = FILTERS.load();
-    let (count, ports) = if local {
-        (filters.local_port_count, filters.local_ports)
+    let count = if local {
+        global!(FILTERS.local_port_count)
     } else {
-        (filters.remote_port_count, filters.remote_ports)
+        global!(FILTERS.remote_port_count)
     };
     if count == 0 {
         return true;
     }
+    let ports = if local {
+        global!(FILTERS.local_ports)
+    } else {
+        global!(FILTERS.remote_ports)
+    };
     let mut index = 0;
     while index < MAX_FILTER_PORTS {
         if index < usize::from(count) && ports[index] == port {
@@ -448,13 +566,21 @@ fn port_allowed(port: u16, local: bool) -> bool {
 }
 
 fn pid_allowed(pid: u32) -> bool {
-    let filters = FILTERS.load();
-    (filters.pid == 0 || filters.pid == pid) && filters.exclude_pid != pid
+    let wanted = global!(FILTERS.pid);
+    (wanted == 0 || wanted == pid) && global!(FILTERS.exclude_pid) != pid
 }
 
 fn netns_allowed(skaddr: u64) -> bool {
-    let wanted = FILTERS.load().netns;
+    let wanted = global!(FILTERS.netns);
     wanted == 0 || netns_of(skaddr) == Some(wanted)
+}
+
+/// An IPv4 address read as a word, back in memory (network) byte order, in the first 4 of
+/// 16 bytes.
+fn ipv4_bytes(word: u32) -> [u8; 16] {
+    let mut bytes = [0; 16];
+    bytes[..4].copy_from_slice(&word.to_ne_bytes());
+    bytes
 }
 
 /// An IPv6 address read as two words, back in memory (network) byte order.
@@ -476,9 +602,28 @@ fn current_pid() -> u32 {
     (bpf_get_current_pid_tgid() >> 32) as u32
 }
 
-/// The current task's name.
+/// A task name in an 8-byte aligned buffer: the BPF backend copies an aligned 16-byte array
+/// with two 8-byte loads and stores, a byte array byte by byte.
+#[repr(C, align(8))]
+struct Comm([u8; COMM_LEN]);
+
+/// The current task's name, NUL-padded (all zeros if the kernel cannot read it).
 fn current_comm() -> [u8; COMM_LEN] {
-    bpf_get_current_comm().unwrap_or([0; COMM_LEN])
+    let mut comm = MaybeUninit::<Comm>::uninit();
+    // SAFETY: the helper writes all COMM_LEN bytes: the name and NUL padding, or zeros when
+    // it fails (`bpf_get_current_comm` in kernel/bpf/helpers.c), so `comm` is initialised.
+    // (aya's wrapper zeroes the buffer first, with a byte-by-byte `memset` call.)
+    unsafe {
+        generated::bpf_get_current_comm(comm.as_mut_ptr().cast(), COMM_LEN as u32);
+        comm.assume_init().0
+    }
+}
+
+/// An empty task name. Built from two words: the BPF backend turns `[0; COMM_LEN]` into a
+/// byte-by-byte `memset` call.
+fn zero_comm() -> [u8; COMM_LEN] {
+    // SAFETY: any 16 bytes are a valid [u8; 16].
+    unsafe { core::mem::transmute::<[u64; 2], [u8; COMM_LEN]>([0, 0]) }
 }
 
 fn count(index: u32) {

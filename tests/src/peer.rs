@@ -3,7 +3,7 @@
 //! process owns each end.
 
 use std::{
-    io::{BufRead, BufReader},
+    io::{BufRead, BufReader, Write},
     net::IpAddr,
     path::Path,
     process::{Child, Command, Stdio},
@@ -73,7 +73,7 @@ pub fn run_with(
 ) -> PeerRun {
     let ip_text = ip.to_string();
     let linger_text = server_linger.as_millis().to_string();
-    let (server, server_port) = if scenario == "refused" {
+    let (mut server, server_port) = if scenario == "refused" {
         (None, closed_port)
     } else {
         let mut server = spawn(binary, netns, &["server", &ip_text, scenario, &linger_text]);
@@ -84,6 +84,16 @@ pub fn run_with(
     let port_text = server_port.to_string();
     let mut client = spawn(binary, netns, &["client", &ip_text, &port_text, scenario]);
     let client_port = read_tagged(&mut client, "LOCAL");
+    if let Some(server) = server.as_mut().filter(|_| scenario == "reset") {
+        // The client aborts only once the server has read its data (see tcp-peer).
+        assert_eq!(
+            read_line(server).trim(),
+            "READ",
+            "tcp-peer server {scenario}"
+        );
+        let stdin = client.stdin.as_mut().expect("piped stdin");
+        stdin.write_all(b"go\n").expect("tell the client to abort");
+    }
     let client_pid = client.id();
     let server_pid = server.as_ref().map(Child::id);
     for (name, child) in [("client", Some(client)), ("server", server)] {
@@ -117,7 +127,7 @@ fn spawn(binary: &Path, netns: Option<&str>, args: &[&str]) -> Child {
     };
     command
         .args(args)
-        .stdin(Stdio::null())
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -126,15 +136,22 @@ fn spawn(binary: &Path, netns: Option<&str>, args: &[&str]) -> Child {
 
 /// Reads the first stdout line, `<tag> <port>`.
 fn read_tagged(child: &mut Child, tag: &str) -> u16 {
-    let stdout = child.stdout.as_mut().expect("piped stdout");
-    let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .expect("read the peer's first line");
+    let line = read_line(child);
     line.trim()
         .strip_prefix(tag)
         .and_then(|port| port.trim().parse().ok())
         .unwrap_or_else(|| panic!("expected `{tag} <port>` from tcp-peer, got {line:?}"))
+}
+
+/// Reads one stdout line (the peer prints each line in one write and waits afterwards, so
+/// nothing is read past it).
+fn read_line(child: &mut Child) -> String {
+    let stdout = child.stdout.as_mut().expect("piped stdout");
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("read a line from the peer");
+    line
 }
 
 fn wait_with_timeout(mut child: Child, timeout: Duration) -> std::process::Output {

@@ -20,8 +20,8 @@ use aya::{
     programs::TracePoint,
 };
 use common::{
-    COUNTERS_MAP, EVENTS_MAP, FILTERS, Filters, KERNEL_OFFSETS, REPORT_UNKNOWN_BIRTH, SOCKETS_MAP,
-    SocketState, counter, offsets_valid,
+    COUNTERS_MAP, EVENTS_MAP, FILTERS, Filters, KERNEL_OFFSETS, REPORT_UNKNOWN_BIRTH,
+    RING_WAKEUP_BYTES, SOCKETS_MAP, SocketState, counter, offsets_valid,
 };
 
 use self::tracefs::{
@@ -170,10 +170,14 @@ impl Probe {
             ));
         }
         let report_unknown_birth = u32::from(options.report_unknown_birth);
+        // A quarter full: the reader, woken then, has three quarters of the ring buffer to
+        // drain before anything is lost.
+        let ring_wakeup_bytes = u64::from(options.ring_buffer_bytes / 4);
         let mut ebpf = EbpfLoader::new()
             .override_global(KERNEL_OFFSETS, &kernel_offsets, true)
             .override_global(FILTERS, &options.filters, true)
             .override_global(REPORT_UNKNOWN_BIRTH, &report_unknown_birth, true)
+            .override_global(RING_WAKEUP_BYTES, &ring_wakeup_bytes, true)
             .map_max_entries(SOCKETS_MAP, options.max_tracked_sockets)
             .map_max_entries(EVENTS_MAP, options.ring_buffer_bytes)
             .load(PROBE_OBJECT)

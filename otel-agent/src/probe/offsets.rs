@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use common::{KernelOffsets, offsets_valid};
+use common::{KernelOffsets, TCP_WINDOW_MAX, offsets_valid};
 
 use super::btf::{Btf, BtfError};
 
@@ -96,7 +96,66 @@ pub fn resolve(path: &Path) -> Resolved {
         o.socket_sk = sized(btf, "socket", "sk", 8)?;
         Ok(())
     });
+    set_tcp_window(&mut offsets, &mut missing);
     Resolved { offsets, missing }
+}
+
+/// Sets the `tcp_sock` window that the probe reads at once: the 8-byte aligned range holding
+/// every member of the `tcp_sock` groups resolved. If a member is not naturally aligned, or
+/// they spread over more than [`TCP_WINDOW_MAX`] bytes (neither happens on Linux), those
+/// groups are left out.
+fn set_tcp_window(offsets: &mut KernelOffsets, missing: &mut Vec<String>) {
+    let o = *offsets;
+    let groups = [
+        (BYTES, vec![(o.bytes_acked, 8), (o.bytes_received, 8)]),
+        (
+            SEQ,
+            vec![
+                (o.snd_una, 4),
+                (o.write_seq, 4),
+                (o.rcv_nxt, 4),
+                (o.copied_seq, 4),
+            ],
+        ),
+        (
+            HEALTH,
+            vec![
+                (o.srtt_us, 4),
+                (o.total_retrans, 4),
+                (o.segs_in, 4),
+                (o.segs_out, 4),
+            ],
+        ),
+    ];
+    let resolved: Vec<_> = groups
+        .into_iter()
+        .filter(|(group, _)| o.valid & group.bit != 0)
+        .collect();
+    let members = || {
+        resolved
+            .iter()
+            .flat_map(|(_, members)| members.iter().copied())
+    };
+    let (Some(first), Some(end)) = (
+        members().map(|(offset, _)| offset).min(),
+        members().map(|(offset, size)| offset + size).max(),
+    ) else {
+        return;
+    };
+    let start = first - first % 8;
+    let aligned = members().all(|(offset, size)| offset % size == 0);
+    if aligned && (end - start) as usize <= TCP_WINDOW_MAX {
+        offsets.tcp_window = start;
+        offsets.tcp_window_len = end - start;
+        return;
+    }
+    for (group, _) in &resolved {
+        offsets.valid &= !group.bit;
+        missing.push(format!(
+            "no {}: the tcp_sock members are misaligned or spread over more than {TCP_WINDOW_MAX} bytes",
+            group.provides
+        ));
+    }
 }
 
 fn tcp_sock(btf: &Btf, member: &str, size: u32) -> Result<u32, BtfError> {
@@ -120,6 +179,78 @@ fn sized(btf: &Btf, structure: &str, path: &str, size: u32) -> Result<u32, BtfEr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The `tcp_sock` offsets of Linux 6.18 (x86_64), from its BTF.
+    fn linux_6_18() -> KernelOffsets {
+        KernelOffsets {
+            valid: offsets_valid::BYTES | offsets_valid::SEQ | offsets_valid::HEALTH,
+            bytes_acked: 1824,
+            bytes_received: 1752,
+            snd_una: 1672,
+            write_seq: 1576,
+            rcv_nxt: 1664,
+            copied_seq: 1464,
+            srtt_us: 1680,
+            total_retrans: 2200,
+            segs_in: 1760,
+            segs_out: 1536,
+            ..KernelOffsets::default()
+        }
+    }
+
+    #[test]
+    fn the_tcp_window_spans_the_resolved_members_from_an_aligned_start() {
+        let mut offsets = linux_6_18();
+        let mut missing = Vec::new();
+        set_tcp_window(&mut offsets, &mut missing);
+        assert_eq!(
+            (offsets.tcp_window, offsets.tcp_window_len),
+            (1464, 2204 - 1464)
+        );
+        assert!(missing.is_empty(), "{missing:?}");
+
+        // Without HEALTH, total_retrans (the last member) is not read; copied_seq, at 1468
+        // here, starts the window at the word before it.
+        let mut offsets = KernelOffsets {
+            valid: offsets_valid::BYTES | offsets_valid::SEQ,
+            copied_seq: 1468,
+            ..linux_6_18()
+        };
+        set_tcp_window(&mut offsets, &mut missing);
+        assert_eq!(
+            (offsets.tcp_window, offsets.tcp_window_len),
+            (1464, 1832 - 1464)
+        );
+        assert!(missing.is_empty(), "{missing:?}");
+    }
+
+    #[test]
+    fn a_window_too_wide_or_misaligned_leaves_the_tcp_sock_groups_out() {
+        for offsets in [
+            KernelOffsets {
+                total_retrans: 1464 + TCP_WINDOW_MAX as u32,
+                ..linux_6_18()
+            },
+            KernelOffsets {
+                segs_in: 1762,
+                ..linux_6_18()
+            },
+        ] {
+            let mut offsets = offsets;
+            let mut missing = Vec::new();
+            set_tcp_window(&mut offsets, &mut missing);
+            assert_eq!(offsets.valid, 0);
+            assert_eq!((offsets.tcp_window, offsets.tcp_window_len), (0, 0));
+            assert_eq!(
+                missing,
+                [
+                    "no byte counts: the tcp_sock members are misaligned or spread over more than 4096 bytes",
+                    "no payload byte counts: the tcp_sock members are misaligned or spread over more than 4096 bytes",
+                    "no RTT, retransmits and segment counts: the tcp_sock members are misaligned or spread over more than 4096 bytes",
+                ]
+            );
+        }
+    }
 
     #[test]
     fn a_missing_btf_file_leaves_every_group_out_with_one_message() {

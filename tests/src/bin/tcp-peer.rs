@@ -14,7 +14,10 @@
 //! Scenarios (client payload A, server payload B):
 //! - `client-first`: A then B, the client closes first;
 //! - `server-first`: A then B, the server closes first;
-//! - `reset`: A, then the client aborts (SO_LINGER 0) once A is acknowledged;
+//! - `reset`: A, then the client aborts (SO_LINGER 0) once A is acknowledged and the server
+//!   has read it: the server prints "READ" and the client waits for a line on its stdin,
+//!   which the test writes then (otherwise the reset can close the server's socket before
+//!   `accept()` returns, and no process owns it);
 //! - `bulk`: 4 MiB then 3 MiB, the client closes first;
 //! - `refused` (client only): connect to a port nobody listens on.
 
@@ -73,6 +76,8 @@ fn server(ip: IpAddr, scenario: &str) -> Result<()> {
     let (a, b) = payload(scenario).ok_or_else(|| format!("unknown scenario {scenario}"))?;
     read_exactly(&mut stream, a)?;
     if scenario == "reset" {
+        println!("READ");
+        std::io::stdout().flush().map_err(|e| e.to_string())?;
         // The client aborts: the next read fails with ECONNRESET (or sees EOF).
         let mut byte = [0u8; 1];
         match stream.read(&mut byte) {
@@ -106,6 +111,9 @@ fn client(ip: IpAddr, port: u16, scenario: &str) -> Result<()> {
         .map_err(|e| format!("write: {e}"))?;
     if scenario == "reset" {
         wait_until_acknowledged(&stream)?;
+        std::io::stdin()
+            .read_line(&mut String::new())
+            .map_err(|e| format!("wait for the server to read: {e}"))?;
         let linger = libc::linger {
             l_onoff: 1,
             l_linger: 0,
