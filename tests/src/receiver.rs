@@ -11,7 +11,7 @@ use std::{
     path::{Path, PathBuf},
     sync::{
         Arc, Mutex,
-        atomic::{AtomicI64, Ordering},
+        atomic::{AtomicBool, AtomicI64, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -52,6 +52,9 @@ struct State {
     received: Mutex<Vec<Received>>,
     /// Spans of each request to answer as rejected (an OTLP partial success).
     rejects: AtomicI64,
+    /// Refuse every request with an error retrying cannot fix (gRPC `INVALID_ARGUMENT`,
+    /// HTTP 400).
+    refuse: AtomicBool,
 }
 
 impl State {
@@ -70,6 +73,9 @@ impl State {
 }
 
 type Log = Arc<State>;
+
+/// The message of a refused request.
+pub const REFUSAL: &str = "refused by the test receiver";
 
 /// Transport of a receiver.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,6 +158,12 @@ impl Receiver {
         self.log.rejects.store(spans, Ordering::Relaxed);
     }
 
+    /// From now on, records each request and refuses it with an error that retrying cannot
+    /// fix: gRPC `INVALID_ARGUMENT`, HTTP 400.
+    pub fn refuse_every_request(&self) {
+        self.log.refuse.store(true, Ordering::Relaxed);
+    }
+
     /// Waits until `predicate` holds for what was received, failing after `timeout`.
     pub fn wait_for(
         &self,
@@ -207,11 +219,15 @@ impl TraceService for Recorder {
             })
             .collect();
         let gzip = headers.get("grpc-encoding").map(String::as_str) == Some("gzip");
-        Ok(tonic::Response::new(self.0.record(Received {
+        let response = self.0.record(Received {
             headers,
             gzip,
             request: request.into_inner(),
-        })))
+        });
+        if self.0.refuse.load(Ordering::Relaxed) {
+            return Err(tonic::Status::invalid_argument(REFUSAL));
+        }
+        Ok(tonic::Response::new(response))
     }
 }
 
@@ -286,6 +302,12 @@ async fn handle_http(
             request,
         })
         .encode_to_vec();
+    if log.refuse.load(Ordering::Relaxed) {
+        return Ok(hyper::Response::builder()
+            .status(400)
+            .body(Full::new(bytes::Bytes::from_static(REFUSAL.as_bytes())))
+            .expect("a response"));
+    }
     Ok(hyper::Response::builder()
         .header("content-type", "application/x-protobuf")
         .body(Full::new(bytes::Bytes::from(response)))

@@ -557,3 +557,36 @@ fn spans_the_collector_rejects_are_counted_and_logged_over_grpc_and_http() {
         );
     }
 }
+
+#[test]
+fn requests_the_collector_refuses_for_good_are_dropped_counted_and_logged() {
+    for (kind, protocol) in [(Kind::Grpc, "grpc"), (Kind::Http, "http/protobuf")] {
+        let receiver = Receiver::start(kind);
+        receiver.refuse_every_request();
+        let run = run_against(
+            &receiver,
+            false,
+            "refusals",
+            &["--otlp-endpoint", "{url}", "--otlp-protocol", protocol],
+            &[],
+        );
+        let spans: u64 = run.received.iter().map(|r| r.span_count() as u64).sum();
+        assert_eq!(
+            final_export_count(&run.logs, "lost_rejected"),
+            spans,
+            "{protocol}: every refused span is counted"
+        );
+        assert_eq!(final_export_count(&run.logs, "exported"), 0);
+        assert_eq!(
+            final_export_count(&run.logs, "export_errors"),
+            run.received.len() as u64,
+            "{protocol}: each refused request was sent once, not retried"
+        );
+        assert!(
+            run.logs.contains("refused a request for good")
+                && run.logs.contains(otel_agent_tests::receiver::REFUSAL),
+            "{protocol}: the refusal and the collector's answer are logged:\n{}",
+            run.logs
+        );
+    }
+}

@@ -3,7 +3,8 @@
 //! it. Up to `max_concurrent_exports` requests are in flight at once, so that encoding the
 //! next batch and the collector's work on the previous ones overlap. A failed request is
 //! kept, bytes and all (the same trace ids go out again), and retried before anything new,
-//! with exponential backoff; sessions arriving while the queue (waiting, in flight and
+//! with exponential backoff, unless the collector's answer says retrying cannot help (the
+//! OTLP specification's non-retryable codes): then its spans are dropped and counted; sessions arriving while the queue (waiting, in flight and
 //! retried together) is full are dropped and counted. Memory stays bounded by the
 //! capacity, and every session is either exported, rejected by the collector, or counted
 //! as dropped.
@@ -42,11 +43,12 @@ pub struct QueueStats {
     pub dropped_queue_full: AtomicU64,
     /// Sessions exported (the collector accepted their spans).
     pub exported: AtomicU64,
-    /// Sessions whose spans the collector answered it rejected (OTLP partial success).
+    /// Sessions whose spans the collector rejected: those a partial success names, and
+    /// those of a request it refused with an error that retrying cannot fix.
     pub rejected: AtomicU64,
     /// Sessions still queued or in flight when the shutdown deadline passed (dropped).
     pub dropped_at_shutdown: AtomicU64,
-    /// Export attempts that failed (each is retried).
+    /// Requests that failed: retried, unless the error says retrying cannot help.
     pub export_errors: AtomicU64,
 }
 
@@ -158,6 +160,7 @@ impl ExportQueue {
             backoff: FIRST_BACKOFF,
             paused_until: None,
             failing_since: None,
+            refusing: false,
         };
         let settings = self.shared.settings;
         let mut schedule = tokio::time::interval(settings.scheduled_delay);
@@ -225,6 +228,8 @@ struct Worker<'q, D> {
     /// No request is sent before this, after a failure.
     paused_until: Option<Instant>,
     failing_since: Option<Instant>,
+    /// A refusal was logged since the last accepted request (one warning per episode).
+    refusing: bool,
 }
 
 impl<D: Destination> Worker<'_, D> {
@@ -279,8 +284,24 @@ impl<D: Destination> Worker<'_, D> {
                 if let Some(since) = self.failing_since.take() {
                     tracing::info!(after = ?since.elapsed(), "the collector accepts spans again");
                 }
+                self.refusing = false;
                 self.backoff = FIRST_BACKOFF;
                 Some(request.body)
+            }
+            Err(error) if !error.is_retryable() => {
+                QueueStats::add(&stats.export_errors, 1);
+                QueueStats::add(&stats.rejected, request.sessions as u64);
+                self.queue.release(request.sessions);
+                if !self.refusing {
+                    self.refusing = true;
+                    tracing::warn!(
+                        %error,
+                        dropped = request.sessions,
+                        "the collector refused a request for good (retrying cannot help); \
+                         its spans are dropped and counted as lost_rejected"
+                    );
+                }
+                None
             }
             Err(error) => {
                 QueueStats::add(&stats.export_errors, 1);
@@ -355,6 +376,8 @@ mod tests {
     #[derive(Debug, Default)]
     struct Flaky {
         failures: usize,
+        /// Answer every failure with HTTP 400, which retrying cannot fix.
+        refuse: bool,
         rejects: u64,
         calls: AtomicUsize,
         exported: Mutex<Vec<i64>>,
@@ -367,7 +390,14 @@ mod tests {
         async fn send(&self, request: Bytes) -> Result<Accepted, SendError> {
             let flaky = &self.0;
             if flaky.calls.fetch_add(1, Ordering::SeqCst) < flaky.failures {
-                return Err(SendError::Connection("collector down".into()));
+                return Err(if flaky.refuse {
+                    SendError::Http {
+                        status: http::StatusCode::BAD_REQUEST,
+                        body: "malformed".into(),
+                    }
+                } else {
+                    SendError::Connection("collector down".into())
+                });
             }
             let request = ExportTraceServiceRequest::decode(request).unwrap();
             let ports = request
@@ -502,6 +532,32 @@ mod tests {
             "delivered after two failures"
         );
         assert_eq!(get(&stats.export_errors), 2);
+        assert_eq!(queue.depth(), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_request_refused_for_good_is_dropped_and_counted_not_retried() {
+        let stats = Arc::new(QueueStats::default());
+        let queue = ExportQueue::new(settings(10, 2, 1), stats.clone());
+        let destination = Shared(Arc::new(Flaky {
+            failures: 1,
+            refuse: true,
+            ..Flaky::default()
+        }));
+        queue.push(&[session(1), session(2), session(3), session(4)]);
+        run_until(&queue, destination.clone(), || {
+            get(&stats.exported) + get(&stats.rejected) >= 4
+        })
+        .await;
+        assert_eq!(*destination.0.exported.lock().unwrap(), vec![3, 4]);
+        assert_eq!(
+            (
+                get(&stats.rejected),
+                get(&stats.exported),
+                get(&stats.export_errors)
+            ),
+            (2, 2, 1)
+        );
         assert_eq!(queue.depth(), 0);
     }
 

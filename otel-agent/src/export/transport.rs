@@ -50,7 +50,7 @@ impl From<ExportTraceServiceResponse> for Accepted {
     }
 }
 
-/// A request that failed (it is retried).
+/// A request that failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
     #[error("the collector answered gRPC status {code:?}: {message}")]
@@ -64,6 +64,32 @@ pub enum SendError {
     Connection(String),
     #[error("{0}")]
     Output(String),
+}
+
+impl SendError {
+    /// Whether sending again can succeed, as the OTLP specification classifies answers:
+    /// gRPC `CANCELLED`, `DEADLINE_EXCEEDED`, `ABORTED`, `OUT_OF_RANGE`, `UNAVAILABLE` and
+    /// `DATA_LOSS`, HTTP 429, 502, 503 and 504, and failures to reach the collector or to
+    /// write the output. Anything else (a malformed or too large request, a refused
+    /// credential, an unknown path) fails the same way every time. `RESOURCE_EXHAUSTED` is
+    /// retryable only with a `RetryInfo` the agent does not read; without one it is most
+    /// often a request over the collector's size limit.
+    pub fn is_retryable(&self) -> bool {
+        use tonic::Code;
+        match self {
+            Self::Grpc { code, .. } => matches!(
+                code,
+                Code::Cancelled
+                    | Code::DeadlineExceeded
+                    | Code::Aborted
+                    | Code::OutOfRange
+                    | Code::Unavailable
+                    | Code::DataLoss
+            ),
+            Self::Http { status, .. } => matches!(status.as_u16(), 429 | 502 | 503 | 504),
+            Self::Connection(_) | Self::Output(_) => true,
+        }
+    }
 }
 
 /// A client for the configured collector; cheap to clone, and clones share the connection.
@@ -267,4 +293,55 @@ fn gzip(body: &Bytes) -> Bytes {
     // Writing to a Vec cannot fail.
     let _ = encoder.write_all(body);
     Bytes::from(encoder.finish().unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grpc(code: tonic::Code) -> SendError {
+        SendError::Grpc {
+            code,
+            message: String::new(),
+        }
+    }
+
+    fn http(status: u16) -> SendError {
+        SendError::Http {
+            status: http::StatusCode::from_u16(status).unwrap(),
+            body: String::new(),
+        }
+    }
+
+    #[test]
+    fn only_the_answers_the_specification_calls_transient_are_retried() {
+        use tonic::Code;
+        for code in [
+            Code::Cancelled,
+            Code::DeadlineExceeded,
+            Code::Aborted,
+            Code::OutOfRange,
+            Code::Unavailable,
+            Code::DataLoss,
+        ] {
+            assert!(grpc(code).is_retryable(), "{code:?}");
+        }
+        for code in [
+            Code::InvalidArgument,
+            Code::ResourceExhausted,
+            Code::Unauthenticated,
+            Code::PermissionDenied,
+            Code::Unimplemented,
+            Code::Internal,
+        ] {
+            assert!(!grpc(code).is_retryable(), "{code:?}");
+        }
+        for status in [429, 502, 503, 504] {
+            assert!(http(status).is_retryable(), "{status}");
+        }
+        for status in [400, 401, 403, 404, 413, 500] {
+            assert!(!http(status).is_retryable(), "{status}");
+        }
+        assert!(SendError::Connection("refused".into()).is_retryable());
+    }
 }
