@@ -22,12 +22,15 @@
 use std::{
     hint::black_box,
     net::SocketAddr,
-    sync::{Arc, atomic::Ordering},
+    sync::Arc,
     time::{Duration, Instant, SystemTime},
 };
 
 use clap::Parser as _;
-use common::{AF_INET, COMM_LEN, SESSION_RECORD_SIZE, SessionRecord, flags, origin, states};
+use common::{
+    AF_INET, COMM_LEN, SESSION_RECORD_SIZE, SessionRecord, flags, origin, states,
+    tcp_state::{ESTABLISHED, FIN_WAIT1, FIN_WAIT2, SYN_SENT},
+};
 use criterion::{Criterion, Throughput};
 use otel_agent::{
     cli::Cli,
@@ -41,7 +44,7 @@ use otel_agent::{
     resource::agent_resource,
     session::Session,
     span::{self, SpanText},
-    stats::PipelineStats,
+    stats::{ExportSnapshot, PipelineStats},
 };
 use otel_agent_bench::sink::{self, Counts};
 use tokio::sync::mpsc;
@@ -71,7 +74,10 @@ fn record(i: u64) -> SessionRecord {
             | flags::HEALTH_VALID
             | flags::NETNS_VALID
             | flags::OWNER_FROM_SYSCALL,
-        states: states::bit(2) | states::bit(1) | states::bit(4) | states::bit(5),
+        states: states::bit(SYN_SENT)
+            | states::bit(ESTABLISHED)
+            | states::bit(FIN_WAIT1)
+            | states::bit(FIN_WAIT2),
         snd_una: 1_066,
         write_seq: 1_066,
         rcv_nxt: 2_065,
@@ -85,7 +91,7 @@ fn record(i: u64) -> SessionRecord {
         local_port: 1_024 + (i % 60_000) as u16,
         remote_port: 8_080,
         origin: origin::ACTIVE,
-        close_from_state: 5,
+        close_from_state: FIN_WAIT2 as u8,
         local_addr,
         remote_addr,
         comm,
@@ -160,10 +166,7 @@ fn per_session(c: &mut Criterion) {
 struct PipelineRun {
     sessions: u64,
     /// The export queue's counters.
-    enqueued: u64,
-    exported: u64,
-    lost_queue_full: u64,
-    lost_at_shutdown: u64,
+    export: ExportSnapshot,
     received: u64,
     elapsed: Duration,
     /// CPU time of everything but the receiver thread.
@@ -353,14 +356,9 @@ async fn pipeline_run(
     let cpu = (cpu_time(libc::CLOCK_PROCESS_CPUTIME_ID) - process_cpu_before)
         .saturating_sub(receiver_cpu);
 
-    let queue = &outputs[0].stats;
-    let get = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
     PipelineRun {
         sessions,
-        enqueued: get(&queue.enqueued),
-        exported: get(&queue.exported),
-        lost_queue_full: get(&queue.dropped_queue_full),
-        lost_at_shutdown: get(&queue.dropped_at_shutdown),
+        export: ExportSnapshot::of(&outputs[0]),
         received: receiver.counts.spans() - received_before,
         elapsed,
         cpu,
@@ -398,13 +396,14 @@ fn pipeline_throughput(mode: &str, window: Option<u64>) {
     for run in 1..=runs {
         let result = runtime.block_on(pipeline_run(&receiver, sessions, &records, window));
         println!(
-            "pipeline mode={mode} run={run} sessions={} enqueued={} exported={} received={} lost_queue_full={} lost_at_shutdown={} elapsed_s={:.3} received_per_s={:.0} cpu_s={:.3} received_per_cpu_s={:.0} receiver_cpu_s={:.3}",
+            "pipeline mode={mode} run={run} sessions={} enqueued={} exported={} received={} lost_queue_full={} lost_at_shutdown={} lost_rejected={} elapsed_s={:.3} received_per_s={:.0} cpu_s={:.3} received_per_cpu_s={:.0} receiver_cpu_s={:.3}",
             result.sessions,
-            result.enqueued,
-            result.exported,
+            result.export.enqueued,
+            result.export.exported,
             result.received,
-            result.lost_queue_full,
-            result.lost_at_shutdown,
+            result.export.dropped_queue_full,
+            result.export.dropped_at_shutdown,
+            result.export.rejected,
             result.elapsed.as_secs_f64(),
             result.received_per_s(),
             result.cpu.as_secs_f64(),
@@ -417,13 +416,10 @@ fn pipeline_throughput(mode: &str, window: Option<u64>) {
         values.sort_by(f64::total_cmp);
         values[values.len() / 2]
     };
-    let lost: u64 = results
-        .iter()
-        .map(|r| r.lost_queue_full + r.lost_at_shutdown)
-        .sum();
+    let lost: u64 = results.iter().map(|r| r.export.lost()).sum();
     let uncounted: u64 = results
         .iter()
-        .map(|r| r.sessions - r.received - r.lost_queue_full - r.lost_at_shutdown)
+        .map(|r| r.sessions - r.received - r.export.lost())
         .sum();
     println!(
         "pipeline mode={mode} median received_per_s={:.0} received_per_cpu_s={:.0} lost_counted_total={lost} lost_uncounted_total={uncounted}",

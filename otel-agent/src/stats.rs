@@ -52,6 +52,28 @@ pub struct Snapshot {
     pub exports: Vec<ExportSnapshot>,
 }
 
+impl ExportSnapshot {
+    /// Reads the counters of `output` now.
+    pub fn of(output: &OutputHandle) -> Self {
+        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        Self {
+            output: output.name,
+            enqueued: get(&output.stats.enqueued),
+            exported: get(&output.stats.exported),
+            rejected: get(&output.stats.rejected),
+            dropped_queue_full: get(&output.stats.dropped_queue_full),
+            dropped_at_shutdown: get(&output.stats.dropped_at_shutdown),
+            export_errors: get(&output.stats.export_errors),
+            queue_depth: output.queue.depth() as u64,
+        }
+    }
+
+    /// Sessions this output lost, every cause counted.
+    pub fn lost(&self) -> u64 {
+        self.dropped_queue_full + self.dropped_at_shutdown + self.rejected
+    }
+}
+
 impl Snapshot {
     /// Reads every counter now.
     pub fn take(
@@ -66,19 +88,7 @@ impl Snapshot {
             decode_errors: get(&pipeline.decode_errors),
             channel_full: get(&pipeline.channel_full),
             lines_printed: get(&pipeline.lines_printed),
-            exports: outputs
-                .iter()
-                .map(|output| ExportSnapshot {
-                    output: output.name,
-                    enqueued: get(&output.stats.enqueued),
-                    exported: get(&output.stats.exported),
-                    rejected: get(&output.stats.rejected),
-                    dropped_queue_full: get(&output.stats.dropped_queue_full),
-                    dropped_at_shutdown: get(&output.stats.dropped_at_shutdown),
-                    export_errors: get(&output.stats.export_errors),
-                    queue_depth: output.queue.depth() as u64,
-                })
-                .collect(),
+            exports: outputs.iter().map(ExportSnapshot::of).collect(),
         }
     }
 

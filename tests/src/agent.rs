@@ -1,7 +1,7 @@
 //! Runs the real `otel-agent` binary as a child process with a clean OpenTelemetry
 //! environment: only the flags and variables a test gives reach it.
 
-use std::{path::Path, process::Command, time::Duration};
+use std::{collections::BTreeMap, path::Path, process::Command, time::Duration};
 
 use crate::process::{ChildGuard, agent_binary};
 
@@ -85,19 +85,37 @@ pub fn log_lines(stderr: &str, level: &str) -> Vec<String> {
         .collect()
 }
 
-/// The counters of the agent's final `session accounting` line (logged at shutdown), by
-/// name.
-pub fn accounting(stderr: &str) -> std::collections::BTreeMap<String, u64> {
+/// The numeric `key=value` fields, by name, of the last line of `stderr` that contains every
+/// one of `markers` (an accounting line, for example).
+pub fn log_counters(stderr: &str, markers: &[&str]) -> BTreeMap<String, u64> {
     let line = stderr
         .lines()
-        .find(|line| line.contains("session accounting") && line.contains("when=\"final\""))
-        .unwrap_or_else(|| panic!("no final session accounting line in:\n{stderr}"));
+        .rev()
+        .find(|line| markers.iter().all(|marker| line.contains(marker)))
+        .unwrap_or_else(|| panic!("no log line with {markers:?} in:\n{stderr}"));
     line.split_whitespace()
         .filter_map(|pair| {
             let (name, value) = pair.split_once('=')?;
             Some((name.to_owned(), value.parse().ok()?))
         })
         .collect()
+}
+
+/// The counter `name` of `counters`, failing the test (and showing them all) without it.
+pub fn counter(counters: &BTreeMap<String, u64>, name: &str) -> u64 {
+    *counters
+        .get(name)
+        .unwrap_or_else(|| panic!("no counter {name} in {counters:?}"))
+}
+
+/// The counters of the agent's final `session accounting` line (logged at shutdown).
+pub fn accounting(stderr: &str) -> BTreeMap<String, u64> {
+    log_counters(stderr, &["session accounting", "when=\"final\""])
+}
+
+/// The counters of the agent's final `export accounting` line (of its only output).
+pub fn export_accounting(stderr: &str) -> BTreeMap<String, u64> {
+    log_counters(stderr, &["export accounting", "when=\"final\""])
 }
 
 /// Fails the test unless the accounting reconciles: every record the kernel emitted was

@@ -509,19 +509,6 @@ fn invalid_flags_are_usage_errors_with_code_2() {
     }
 }
 
-/// The value of `key=N` on the agent's final `export accounting` line.
-fn final_export_count(logs: &str, key: &str) -> u64 {
-    let line = logs
-        .lines()
-        .rev()
-        .find(|line| line.contains("export accounting") && line.contains("when=\"final\""))
-        .unwrap_or_else(|| panic!("no final export accounting line in:\n{logs}"));
-    line.split_whitespace()
-        .find_map(|field| field.strip_prefix(&format!("{key}=")))
-        .and_then(|value| value.parse().ok())
-        .unwrap_or_else(|| panic!("no {key} in {line}"))
-}
-
 #[test]
 fn spans_the_collector_rejects_are_counted_and_logged_over_grpc_and_http() {
     for (kind, protocol) in [(Kind::Grpc, "grpc"), (Kind::Http, "http/protobuf")] {
@@ -540,14 +527,15 @@ fn spans_the_collector_rejects_are_counted_and_logged_over_grpc_and_http() {
             .filter(|request| request.span_count() > 0)
             .count() as u64;
         let spans: u64 = run.received.iter().map(|r| r.span_count() as u64).sum();
-        let rejected = final_export_count(&run.logs, "lost_rejected");
+        let export = agent::export_accounting(&run.logs);
+        let rejected = agent::counter(&export, "lost_rejected");
         assert_eq!(rejected, requests, "{protocol}: one span of each request");
         assert_eq!(
-            final_export_count(&run.logs, "exported") + rejected,
+            agent::counter(&export, "exported") + rejected,
             spans,
             "{protocol}: exported + rejected = what the collector got"
         );
-        assert_eq!(final_export_count(&run.logs, "enqueued"), spans);
+        assert_eq!(agent::counter(&export, "enqueued"), spans);
         assert!(
             run.logs
                 .contains("the collector rejected spans (partial success)")
@@ -571,14 +559,15 @@ fn requests_the_collector_refuses_for_good_are_dropped_counted_and_logged() {
             &[],
         );
         let spans: u64 = run.received.iter().map(|r| r.span_count() as u64).sum();
+        let export = agent::export_accounting(&run.logs);
         assert_eq!(
-            final_export_count(&run.logs, "lost_rejected"),
+            agent::counter(&export, "lost_rejected"),
             spans,
             "{protocol}: every refused span is counted"
         );
-        assert_eq!(final_export_count(&run.logs, "exported"), 0);
+        assert_eq!(agent::counter(&export, "exported"), 0);
         assert_eq!(
-            final_export_count(&run.logs, "export_errors"),
+            agent::counter(&export, "export_errors"),
             run.received.len() as u64,
             "{protocol}: each refused request was sent once, not retried"
         );

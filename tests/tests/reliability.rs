@@ -4,7 +4,6 @@
 //! with what rotel received: every session the agent read was exported or counted as lost.
 
 use std::{
-    collections::BTreeMap,
     net::{SocketAddr, TcpListener},
     time::{Duration, Instant},
 };
@@ -17,26 +16,6 @@ use otel_agent_tests::{
     rotel::{self, Rotel},
     traffic::{self, Closer},
 };
-
-/// The `key=value` fields of the last log line of `stderr` that contains all of `markers`.
-fn last_line_fields(stderr: &str, markers: &[&str]) -> BTreeMap<String, String> {
-    let line = stderr
-        .lines()
-        .rev()
-        .find(|line| markers.iter().all(|marker| line.contains(marker)))
-        .unwrap_or_else(|| panic!("no log line with {markers:?} in:\n{stderr}"));
-    line.split_whitespace()
-        .filter_map(|field| field.split_once('='))
-        .map(|(key, value)| (key.to_owned(), value.trim_matches('"').to_owned()))
-        .collect()
-}
-
-fn number(fields: &BTreeMap<String, String>, key: &str) -> u64 {
-    fields
-        .get(key)
-        .and_then(|value| value.parse().ok())
-        .unwrap_or_else(|| panic!("no number {key} in {fields:?}"))
-}
 
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -89,13 +68,13 @@ fn a_collector_outage_keeps_the_agent_running_bounded_and_accounted() {
     exchanges(150);
     std::thread::sleep(Duration::from_secs(2));
     let rss_during = rss_kib(pid);
-    let during = last_line_fields(&agent.stderr_text(), &["export accounting", "periodic"]);
+    let during = agent::log_counters(&agent.stderr_text(), &["export accounting", "periodic"]);
     assert!(
-        number(&during, "export_errors") >= 1,
+        agent::counter(&during, "export_errors") >= 1,
         "the agent noticed: {during:?}"
     );
     assert_eq!(
-        number(&during, "queued"),
+        agent::counter(&during, "queued"),
         QUEUE as u64,
         "the queue is full, not larger"
     );
@@ -104,8 +83,8 @@ fn a_collector_outage_keeps_the_agent_running_bounded_and_accounted() {
     let second = Rotel::start_on(dir.path(), "rotel-2", grpc, http, &["traces"]);
     let deadline = Instant::now() + Duration::from_secs(45);
     loop {
-        let now = last_line_fields(&agent.stderr_text(), &["export accounting", "periodic"]);
-        if number(&now, "queued") == 0 && number(&now, "exported") > 40 {
+        let now = agent::log_counters(&agent.stderr_text(), &["export accounting", "periodic"]);
+        if agent::counter(&now, "queued") == 0 && agent::counter(&now, "exported") > 40 {
             break;
         }
         assert!(
@@ -118,21 +97,21 @@ fn a_collector_outage_keeps_the_agent_running_bounded_and_accounted() {
     agent::stop(&mut agent);
 
     let stderr = agent.stderr_text();
-    let sessions = last_line_fields(&stderr, &["session accounting", "final"]);
-    let export = last_line_fields(&stderr, &["export accounting", "final"]);
-    let read = number(&sessions, "records_read");
+    let sessions = agent::log_counters(&stderr, &["session accounting", "final"]);
+    let export = agent::log_counters(&stderr, &["export accounting", "final"]);
+    let read = agent::counter(&sessions, "records_read");
     assert_eq!(
-        number(&sessions, "kernel_emitted"),
+        agent::counter(&sessions, "kernel_emitted"),
         read,
         "every record the probe wrote was read"
     );
     let (exported, queue_full, at_shutdown) = (
-        number(&export, "exported"),
-        number(&export, "lost_queue_full"),
-        number(&export, "lost_at_shutdown"),
+        agent::counter(&export, "exported"),
+        agent::counter(&export, "lost_queue_full"),
+        agent::counter(&export, "lost_at_shutdown"),
     );
-    let lost_before_export =
-        number(&sessions, "lost_channel_full") + number(&sessions, "lost_decode_error");
+    let lost_before_export = agent::counter(&sessions, "lost_channel_full")
+        + agent::counter(&sessions, "lost_decode_error");
     assert_eq!(
         exported + queue_full + at_shutdown + lost_before_export,
         read,
@@ -255,15 +234,18 @@ fn the_shutdown_deadline_holds_and_what_is_left_is_counted() {
         started.elapsed()
     );
     let stderr = agent.stderr_text();
-    let sessions = last_line_fields(&stderr, &["session accounting", "final"]);
-    let export = last_line_fields(&stderr, &["export accounting", "final"]);
-    assert_eq!(number(&export, "exported"), 0);
+    let sessions = agent::log_counters(&stderr, &["session accounting", "final"]);
+    let export = agent::log_counters(&stderr, &["export accounting", "final"]);
+    assert_eq!(agent::counter(&export, "exported"), 0);
     assert_eq!(
-        number(&export, "lost_at_shutdown") + number(&export, "lost_queue_full"),
-        number(&sessions, "records_read"),
+        agent::counter(&export, "lost_at_shutdown") + agent::counter(&export, "lost_queue_full"),
+        agent::counter(&sessions, "records_read"),
         "{export:?}"
     );
-    assert!(number(&export, "lost_at_shutdown") >= 6, "{export:?}");
+    assert!(
+        agent::counter(&export, "lost_at_shutdown") >= 6,
+        "{export:?}"
+    );
 }
 
 /// Metric names the agent exports about itself (otel-agent/src/metrics.rs).
@@ -319,11 +301,11 @@ fn self_metrics_reach_the_collector_and_match_the_final_accounting() {
             "{metric} missing"
         );
     }
-    let export = last_line_fields(&agent.stderr_text(), &["export accounting", "final"]);
+    let export = agent::log_counters(&agent.stderr_text(), &["export accounting", "final"]);
     assert_eq!(
         last_value(&output, "otel_agent.sessions.exported"),
-        Some(number(&export, "exported")),
+        Some(agent::counter(&export, "exported")),
         "the last exported value is the final accounting's"
     );
-    assert!(number(&export, "exported") >= 4);
+    assert!(agent::counter(&export, "exported") >= 4);
 }

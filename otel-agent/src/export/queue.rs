@@ -379,7 +379,12 @@ mod tests {
         /// Answer every failure with HTTP 400, which retrying cannot fix.
         refuse: bool,
         rejects: u64,
+        /// How long each accepted request takes.
+        latency: Duration,
         calls: AtomicUsize,
+        /// Requests being answered now, and the most there ever were at once.
+        in_flight: AtomicUsize,
+        most_in_flight: AtomicUsize,
         exported: Mutex<Vec<i64>>,
     }
 
@@ -399,6 +404,10 @@ mod tests {
                     SendError::Connection("collector down".into())
                 });
             }
+            let now = flaky.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+            flaky.most_in_flight.fetch_max(now, Ordering::SeqCst);
+            tokio::time::sleep(flaky.latency).await;
+            flaky.in_flight.fetch_sub(1, Ordering::SeqCst);
             let request = ExportTraceServiceRequest::decode(request).unwrap();
             let ports = request
                 .resource_spans
@@ -500,16 +509,21 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn concurrent_requests_export_every_session_once() {
+    async fn requests_overlap_up_to_the_limit_and_export_every_session_once() {
         let stats = Arc::new(QueueStats::default());
         let queue = ExportQueue::new(settings(1_000, 10, 4), stats.clone());
         let sessions: Vec<_> = (1..=1_000).map(session).collect();
         queue.push(&sessions);
-        let destination = Shared::default();
+        let destination = Shared(Arc::new(Flaky {
+            latency: Duration::from_millis(5),
+            ..Flaky::default()
+        }));
         run_until(&queue, destination.clone(), || {
             get(&stats.exported) >= 1_000
         })
         .await;
+        // 100 requests of 5 ms each: four at a time, never more.
+        assert_eq!(destination.0.most_in_flight.load(Ordering::SeqCst), 4);
         let mut ports = destination.0.exported.lock().unwrap().clone();
         ports.sort_unstable();
         assert_eq!(ports, (1..=1_000).collect::<Vec<_>>());
