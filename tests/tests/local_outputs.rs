@@ -251,7 +251,7 @@ fn json_lines_into_a_fifo_nobody_reads_never_freeze_the_agent() {
         ],
     );
     let mut agent = agent::start(&str_args(&args), &[], dir.path());
-    // One JSON line of about 2 KB per session: the pipe holds 4096 bytes, the queue 50.
+    // One JSON line of about 2.7 KB per session: the pipe holds 4096 bytes, the queue 50.
     sessions(&listener, 300);
     wait_until_accounted(&mut agent, "json", 300);
     assert_eq!(terminate(&mut agent), Some(0), "{}", agent.stderr_text());
@@ -345,31 +345,43 @@ fn read_lines(read: &mut File, lines: usize) -> String {
     String::from_utf8(text).unwrap()
 }
 
-/// Runs the agent with `extra` and its stdout on a pipe; reads `lines` lines for three
-/// sessions, closes the pipe, and makes sessions until the agent exits: it must exit 74
-/// with `message`, having written exactly the three sessions and counted the others as
-/// lost to the failed output (`output`).
+/// Runs the agent with `extra` and its stdout on a pipe, and checks what happens when the
+/// pipe's reader goes away ([`assert_reader_gone_exits_74`]).
 fn assert_closed_stdout_exits_74(name: &str, extra: &[&str], output: &str, message: &str) {
     require_root();
     let dir = TempDir::new(name);
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let (mut read, write) = pipe();
+    let (read, write) = pipe();
     let args = args(&listener, extra);
-    let mut agent = agent::start_with_stdout(&str_args(&args), dir.path(), write.into());
-    sessions(&listener, 3);
+    let agent = agent::start_with_stdout(&str_args(&args), dir.path(), write.into());
+    assert_reader_gone_exits_74(agent, read, &listener, output, message);
+}
+
+/// Makes three sessions and reads their lines from `read` (after the header for the
+/// console), closes it, and makes sessions until the agent exits: it must exit 74 with
+/// `message`, having written exactly the three sessions and counted the others as lost to
+/// the failed output (`output`).
+fn assert_reader_gone_exits_74(
+    mut agent: ChildGuard,
+    mut read: File,
+    listener: &TcpListener,
+    output: &str,
+    message: &str,
+) {
+    sessions(listener, 3);
     let header = usize::from(output == "console");
     let text = read_lines(&mut read, header + 3);
     assert_eq!(text.lines().count(), header + 3, "{text}");
     drop(read);
     let closed = Instant::now();
     let status = loop {
-        sessions(&listener, 1);
+        sessions(listener, 1);
         if let Some(status) = agent.try_wait() {
             break status;
         }
         assert!(
             closed.elapsed() < Duration::from_secs(10),
-            "still running with its stdout closed:\n{}",
+            "still running with its reader gone:\n{}",
             agent.stderr_text()
         );
         thread::sleep(Duration::from_millis(50));
@@ -392,6 +404,40 @@ fn assert_closed_stdout_exits_74(name: &str, extra: &[&str], output: &str, messa
         ),
         (3, read_records - 3, 0, 0),
         "{local:?}"
+    );
+}
+
+#[test]
+fn json_lines_to_a_fifo_whose_reader_goes_away_stop_with_74() {
+    require_root();
+    let dir = TempDir::new("local-fifo-epipe");
+    let fifo = dir.path().join("spans.fifo");
+    mkfifo(&fifo);
+    let reader = File::options()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&fifo)
+        .unwrap();
+    let fifo_text = fifo.display().to_string();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let args = args(
+        &listener,
+        &[
+            "--json-output",
+            &fifo_text,
+            "--bsp-max-export-batch-size",
+            "1",
+            "--bsp-schedule-delay",
+            "100ms",
+        ],
+    );
+    let agent = agent::start(&str_args(&args), &[], dir.path());
+    assert_reader_gone_exits_74(
+        agent,
+        reader,
+        &listener,
+        "json",
+        &format!("cannot write JSON lines to {fifo_text}: Broken pipe (os error 32)"),
     );
 }
 
