@@ -116,6 +116,16 @@ pub trait Render: Send + 'static {
 /// Opens an output's target on its thread.
 pub type Open = Box<dyn FnOnce() -> io::Result<File> + Send>;
 
+/// Where an output writes.
+pub struct Target {
+    /// What it writes, for messages: `tcplife lines` or `JSON lines`.
+    pub what: &'static str,
+    /// `stdout` or the path.
+    pub name: String,
+    /// Opens it, on the output's thread.
+    pub open: Open,
+}
+
 /// What the pipeline and the accounting see of one local output.
 #[derive(Clone)]
 pub struct LocalHandle {
@@ -270,18 +280,12 @@ pub struct LocalOutput {
 }
 
 impl LocalOutput {
-    /// Starts the thread of the output `name`, which writes `what` (for messages) to
-    /// `target`: it opens it with `open`, writes `preamble` (the console's header), then the
-    /// lines `render` makes of the sessions offered. `failed` is cancelled if it fails.
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "each is a distinct part of the output; a struct would only rename them"
-    )]
+    /// Starts the thread of the output `name`, which opens `target`, writes `preamble` (the
+    /// console's header), then the lines `render` makes of the sessions offered. `failed` is
+    /// cancelled if it fails.
     pub fn start(
         name: &'static str,
-        what: &'static str,
-        target: String,
-        open: Open,
+        target: Target,
         preamble: Lines,
         render: impl Render,
         batching: Batching,
@@ -297,6 +301,11 @@ impl LocalOutput {
             finished: CancellationToken::new(),
         });
         let thread_shared = shared.clone();
+        let Target {
+            what,
+            name: target,
+            open,
+        } = target;
         // Detached: a thread blocked in write(2) for good must not hold up the exit.
         std::thread::Builder::new()
             .name(format!("otel-agent-{name}"))
@@ -317,10 +326,15 @@ impl LocalOutput {
     }
 }
 
-/// The thread of one output.
+/// The thread of one output. A panic in it fails the output like a write error would.
 fn run(shared: &Shared, open: Open, preamble: Lines, mut render: impl Render) {
-    if let Err(error) = write_all_batches(shared, open, &preamble, &mut render) {
-        shared.fail(error);
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        write_all_batches(shared, open, &preamble, &mut render)
+    }));
+    match outcome {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => shared.fail(error),
+        Err(_) => shared.fail(io::Error::other("the output's thread panicked")),
     }
     shared.finish();
 }
@@ -537,9 +551,11 @@ mod tests {
         header.end_line(0);
         LocalOutput::start(
             "test",
-            "test lines",
-            "a pipe".into(),
-            Box::new(move || Ok(out)),
+            Target {
+                what: "test lines",
+                name: "a pipe".into(),
+                open: Box::new(move || Ok(out)),
+            },
             header,
             Ports,
             Batching {
@@ -623,6 +639,53 @@ mod tests {
             ),
             (0, 15, 0)
         );
+    }
+
+    /// Panics on its first batch.
+    struct Panics;
+
+    impl Render for Panics {
+        fn render(&mut self, _: &[Arc<Session>], _: &mut Lines) -> io::Result<()> {
+            panic!("a bug in rendering");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_panic_in_the_thread_fails_the_output_and_counts_its_sessions() {
+        let (_read, write) = pipe();
+        let failed = CancellationToken::new();
+        let output = LocalOutput::start(
+            "test",
+            Target {
+                what: "test lines",
+                name: "a pipe".into(),
+                open: Box::new(move || Ok(write)),
+            },
+            Lines::default(),
+            Panics,
+            Batching {
+                capacity: 100,
+                batch: 100,
+                delay: Duration::ZERO,
+            },
+            &failed,
+        )
+        .unwrap();
+        let handle = output.handle();
+        let outputs = LocalOutputs::new(vec![output], failed);
+        handle.offer(&sessions(1..4));
+        tokio::time::timeout(Duration::from_secs(5), outputs.failed())
+            .await
+            .unwrap();
+        let error = outputs
+            .shutdown(tokio::time::Instant::now() + Duration::from_secs(1))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "cannot write test lines to a pipe: the output's thread panicked"
+        );
+        assert_eq!(get(&handle.stats.lost_output_failed), 3);
     }
 
     #[test]

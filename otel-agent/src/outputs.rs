@@ -24,7 +24,7 @@ use crate::{
         encode::RequestEncoder,
         json::JsonLines,
     },
-    local::{Batching, Lines, LocalOutput, LocalOutputs, Open, OutputFailed},
+    local::{Batching, Lines, LocalOutput, LocalOutputs, Open, OutputFailed, Target},
     resource::agent_resource,
 };
 
@@ -101,9 +101,11 @@ pub fn open(cli: &Cli, config: &ExportConfig) -> Result<Outputs, AgentError> {
         locals.push(start(
             LocalOutput::start(
                 "json",
-                "JSON lines",
-                target,
-                open,
+                Target {
+                    what: "JSON lines",
+                    name: target,
+                    open,
+                },
                 Lines::default(),
                 JsonLines::new(RequestEncoder::new(&agent_resource(), per_process)),
                 Batching {
@@ -132,9 +134,11 @@ pub fn open(cli: &Cli, config: &ExportConfig) -> Result<Outputs, AgentError> {
         locals.push(start(
             LocalOutput::start(
                 "console",
-                "tcplife lines",
-                "stdout".to_owned(),
-                open_stdout("tcplife lines")?,
+                Target {
+                    what: "tcplife lines",
+                    name: "stdout".to_owned(),
+                    open: open_stdout("tcplife lines")?,
+                },
                 header,
                 console,
                 Batching {
