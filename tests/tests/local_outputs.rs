@@ -646,3 +646,72 @@ fn a_task_name_with_spaces_cannot_add_fixed_width_columns() {
     );
     agent::assert_nothing_lost(&agent.stderr_text());
 }
+
+#[test]
+fn json_lines_to_a_file_that_reaches_its_size_limit_end_with_a_whole_line_and_exit_74() {
+    require_root();
+    let dir = TempDir::new("local-json-efbig");
+    let path = dir.path().join("spans.jsonl");
+    let path_text = path.display().to_string();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let args = args(
+        &listener,
+        &[
+            "-s",
+            "--json-output",
+            &path_text,
+            "--bsp-max-export-batch-size",
+            "1",
+            "--bsp-schedule-delay",
+            "100ms",
+        ],
+    );
+    let mut command = agent::command(&str_args(&args), &[]);
+    // 16 KiB per file: five or six JSON lines of about 2.7 KB, the last write cut short by
+    // the limit (then EFBIG); the logs and the console stay well below it.
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        use std::os::unix::process::CommandExt as _;
+        command.pre_exec(|| {
+            let limit = libc::rlimit {
+                rlim_cur: 16 * 1024,
+                rlim_max: 16 * 1024,
+            };
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &limit) != 0
+                || libc::signal(libc::SIGXFSZ, libc::SIG_IGN) == libc::SIG_ERR
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut agent = agent::start_command(command, dir.path());
+    sessions(&listener, 10);
+    let status = agent.wait(Duration::from_secs(10));
+    let stderr = agent.stderr_text();
+    assert_eq!(status.code(), Some(OUTPUT_FAILED), "{stderr}");
+    assert_eq!(
+        agent::log_lines(&stderr, "ERROR"),
+        vec![format!(
+            "otel_agent: cannot write JSON lines to {path_text}: File too large (os error 27)"
+        )]
+    );
+    assert_read_exactly(&stderr, 10);
+    let json = agent::assert_output_balances(&stderr, "json");
+    let written = counter(&json, "written");
+    assert!(written >= 1, "{json:?}");
+    assert_eq!(
+        counter(&json, "lost_output_failed"),
+        10 - written,
+        "{json:?}"
+    );
+    // The line the limit cut short was cut off: the file holds exactly the lines written.
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.ends_with('\n'), "torn line left in the file");
+    assert_eq!(text.lines().count() as u64, written);
+    for line in text.lines() {
+        let _: serde_json::Value = serde_json::from_str(line).expect("a whole JSON line");
+    }
+    let console = agent::assert_output_balances(&stderr, "console");
+    assert_eq!(counter(&console, "written"), 10, "{console:?}");
+}
