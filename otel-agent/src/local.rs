@@ -154,6 +154,9 @@ struct State {
     taken: usize,
     /// The agent is stopping: write what is left, then finish.
     closing: bool,
+    /// Sessions were dropped for want of room since the hand-off was last empty (one
+    /// warning per episode).
+    overflowing: bool,
     /// The shutdown deadline passed: what the thread still does no longer counts.
     abandoned: bool,
     /// The thread has finished.
@@ -211,6 +214,9 @@ impl Shared {
             return false;
         }
         state.taken -= sessions;
+        if state.taken == 0 && state.waiting.is_empty() {
+            state.overflowing = false;
+        }
         LocalStats::add(&self.stats.written, sessions);
         true
     }
@@ -258,8 +264,19 @@ impl LocalHandle {
             .saturating_sub(state.waiting.len() + state.taken);
         let accepted = sessions.len().min(room);
         state.waiting.extend(sessions[..accepted].iter().cloned());
+        let dropped = sessions.len() - accepted;
+        let first_drop = dropped > 0 && !std::mem::replace(&mut state.overflowing, true);
         drop(state);
-        LocalStats::add(&shared.stats.lost_output_full, sessions.len() - accepted);
+        LocalStats::add(&shared.stats.lost_output_full, dropped);
+        if first_drop {
+            tracing::warn!(
+                output = self.name,
+                capacity = shared.batching.capacity,
+                "the {} output is not keeping up (its reader is slow or stuck): sessions that \
+                 do not fit its queue are not written and are counted as lost_output_full",
+                self.name
+            );
+        }
         if accepted > 0 {
             shared.wake.notify_one();
         }

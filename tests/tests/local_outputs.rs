@@ -208,6 +208,13 @@ fn a_console_pipe_nobody_reads_never_freezes_the_agent_and_its_unprinted_lines_a
         1_000 - 100 - written,
         "{console:?}"
     );
+    assert_eq!(
+        agent::log_lines(&stderr, "WARN"),
+        [
+            "otel_agent::local: the console output is not keeping up (its reader is slow or stuck): sessions that do not fit its queue are not written and are counted as lost_output_full output=\"console\" capacity=100",
+            "otel_agent::local: tcplife lines not written to stdout before the shutdown deadline output=\"console\" dropped=100",
+        ]
+    );
     // The pipe holds the header and exactly the lines counted as written, whole.
     let text = String::from_utf8(read_available(&mut read)).unwrap();
     assert!(text.ends_with('\n'), "torn line: {text:?}");
