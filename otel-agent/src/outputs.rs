@@ -1,6 +1,8 @@
-//! Decides and opens where sessions go: the OTLP exporter, OTLP JSON lines (a file or
-//! stdout), and tcplife's console (stdout). Without an OTLP endpoint the console is on, so
+//! Decides and opens where sessions go: the OTLP exporter, OTLP JSON lines (a file, a FIFO
+//! or stdout), and tcplife's console (stdout). Without an OTLP endpoint the console is on, so
 //! that the agent is useful out of the box; `--console` keeps it on next to the exporter.
+//! The console and the JSON lines are local outputs, each written by its own thread
+//! ([`crate::local`]).
 
 use std::{
     fs::{File, OpenOptions},
