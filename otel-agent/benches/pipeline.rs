@@ -322,12 +322,12 @@ async fn pipeline_run(
     .expect("agent command line");
     let config =
         ExportConfig::resolve(&cli.export, |name| std::env::var(name).ok()).expect("config");
-    let exporters =
-        Exporters::start(&config, None, false, Duration::from_secs(30)).expect("exporter");
+    let exporters = Exporters::start(&config, false, Duration::from_secs(30)).expect("exporter");
     let outputs = exporters.handles();
     let sinks = Sinks {
         outputs: outputs.clone(),
-        console: None,
+        locals: Vec::new(),
+        spans: true,
         agent_start: SystemTime::now(),
         containers: None,
     };
@@ -349,7 +349,7 @@ async fn pipeline_run(
         tx.send(record).await.expect("pipeline alive");
     }
     drop(tx);
-    stage.await.expect("pipeline task").expect("pipeline");
+    stage.await.expect("pipeline task");
     exporters.shutdown().await;
     let elapsed = start.elapsed();
     let receiver_cpu = receiver.cpu() - receiver_cpu_before;

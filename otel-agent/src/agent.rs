@@ -1,7 +1,8 @@
 //! Wiring and lifecycle: resolves the configuration, attaches the probe, runs the reader and
-//! the pipeline, and on SIGINT/SIGTERM shuts down in stages (stop reading and drain the ring
-//! buffer, let the pipeline finish, flush the exporter within its deadline, detach the probe),
-//! then logs the session accounting.
+//! the pipeline, and on SIGINT/SIGTERM (or when a local output cannot be written) shuts down
+//! in stages (stop reading and drain the ring buffer, let the pipeline finish, flush the
+//! exporter and the local outputs within one deadline, detach the probe), then logs the
+//! session accounting.
 
 use std::{path::Path, sync::Arc, time::SystemTime};
 
@@ -30,7 +31,7 @@ pub async fn run(cli: Cli) -> Result<(), AgentError> {
     let signals = Signals::install()
         .map_err(|error| AgentError::Internal(format!("cannot listen for signals: {error}")))?;
     let config = ExportConfig::resolve(&cli.export, |name| std::env::var(name).ok())?;
-    let Outputs { exporters, console } = outputs::open(&cli, &config)?;
+    let Outputs { exporters, locals } = outputs::open(&cli, &config)?;
     match &config.otlp {
         Some(target) => tracing::info!(
             endpoint = %target.endpoint,
@@ -65,7 +66,8 @@ pub async fn run(cli: Cli) -> Result<(), AgentError> {
 
     let sinks = Sinks {
         outputs: exporters.handles(),
-        console,
+        locals: locals.handles(),
+        spans: config.otlp.is_some() || cli.output.json_output.is_some(),
         agent_start,
         containers: container_ids(),
     };
@@ -76,6 +78,7 @@ pub async fn run(cli: Cli) -> Result<(), AgentError> {
     let mut pipeline = tokio::spawn(pipeline::run(rx, sinks, stats.clone()));
 
     let outputs = exporters.handles();
+    let local_outputs = locals.handles();
     let self_metrics = match &config.otlp {
         Some(target) => Some(SelfMetrics::start(target, cli.stats_interval)?),
         None => None,
@@ -85,7 +88,7 @@ pub async fn run(cli: Cli) -> Result<(), AgentError> {
             tracing::warn!(%error, "cannot read the probe's counters");
             Default::default()
         });
-        Snapshot::take(kernel, &stats, &outputs)
+        Snapshot::take(kernel, &stats, &outputs, &local_outputs)
     };
     let mut ticker = tokio::time::interval(cli.stats_interval);
     ticker.tick().await;
@@ -96,6 +99,7 @@ pub async fn run(cli: Cli) -> Result<(), AgentError> {
             signal = &mut wait_for_signal => break First::Signal(signal),
             result = &mut reader => break First::ReaderEnded(result),
             result = &mut pipeline => break First::PipelineEnded(result),
+            () = locals.failed() => break First::OutputFailed,
             _ = ticker.tick() => {
                 let now = snapshot(&probe);
                 now.log("periodic");
@@ -105,11 +109,16 @@ pub async fn run(cli: Cli) -> Result<(), AgentError> {
             }
         }
     };
-    if let First::Signal(name) = &first {
-        tracing::info!(
+    match &first {
+        First::Signal(name) => tracing::info!(
             signal = name,
             "shutting down: draining and flushing queued sessions"
-        );
+        ),
+        First::OutputFailed => tracing::info!(
+            "shutting down: a local output cannot be written (the error follows); draining \
+             and flushing the other outputs"
+        ),
+        First::ReaderEnded(_) | First::PipelineEnded(_) => {}
     }
     // Detach first so that nothing more is written, then drain the ring buffer, and let the
     // pipeline handle every record: the counters then reconcile exactly.
@@ -119,8 +128,11 @@ pub async fn run(cli: Cli) -> Result<(), AgentError> {
         First::Signal(signal) => (Some(signal), reader.await, pipeline.await),
         First::ReaderEnded(result) => (None, result, pipeline.await),
         First::PipelineEnded(result) => (None, reader.await, result),
+        First::OutputFailed => (None, reader.await, pipeline.await),
     };
-    exporters.shutdown().await;
+    // One deadline for the exporters and the local outputs, flushed together.
+    let deadline = tokio::time::Instant::now() + cli.shutdown_timeout;
+    let ((), local_result) = tokio::join!(exporters.shutdown(), locals.shutdown(deadline));
     let last = snapshot(&probe);
     last.log("final");
     if let Some(metrics) = self_metrics {
@@ -128,16 +140,16 @@ pub async fn run(cli: Cli) -> Result<(), AgentError> {
         metrics.shutdown().await;
     }
 
+    local_result?;
     match (signal, pipeline_result, reader_result) {
-        (_, Ok(Err(error)), _) => Err(AgentError::Output(error)),
-        (Some(name), Ok(Ok(())), Ok(Ok(()))) => {
+        (Some(name), Ok(()), Ok(Ok(()))) => {
             tracing::info!(signal = name, "stopped cleanly");
             Ok(())
         }
         (_, pipeline, reader) => Err(AgentError::Internal(format!(
             "a task ended unexpectedly: reader {}, pipeline {}",
             describe(reader),
-            describe(pipeline)
+            describe(pipeline.map(Ok))
         ))),
     }
 }
@@ -164,7 +176,9 @@ fn container_ids() -> Option<ContainerIdCache> {
 enum First {
     Signal(&'static str),
     ReaderEnded(TaskResult),
-    PipelineEnded(TaskResult),
+    PipelineEnded(Result<(), tokio::task::JoinError>),
+    /// A local output failed (its error comes from its shutdown).
+    OutputFailed,
 }
 
 type TaskResult = Result<std::io::Result<()>, tokio::task::JoinError>;

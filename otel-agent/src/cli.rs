@@ -149,6 +149,17 @@ pub struct OutputArgs {
     #[arg(short = 's', long, env = "OTEL_AGENT_CONSOLE_CSV")]
     pub csv: bool,
 
+    /// Lines the console may hold while stdout is not being read (a paused pager, a stuck
+    /// pipe); sessions beyond are not printed and are counted (`lost_output_full`).
+    #[arg(
+        long,
+        env = "OTEL_AGENT_CONSOLE_QUEUE_SIZE",
+        value_name = "LINES",
+        default_value_t = 32_768,
+        value_parser = parse_positive
+    )]
+    pub console_queue_size: usize,
+
     /// Also write every span as OTLP JSON (one ExportTraceServiceRequest per line) to this
     /// file, or to stdout with `-`.
     #[arg(long, env = "OTEL_AGENT_JSON_OUTPUT", value_name = "PATH|-")]

@@ -5,14 +5,30 @@
 //! KiB rounded down; MS is the lifespan in milliseconds with two decimals. The time columns
 //! use the session's close, where tcplife uses the time it prints.
 
+//!
+//! A task name is the one column a process controls (any process sets its own with
+//! `prctl(PR_SET_NAME)`; control characters already arrive as `?`): it can never add a
+//! column or a line. In `-s` it is quoted as RFC 4180 says when it holds a comma or a double
+//! quote (`"x,4,6.6.6.6,22"`; a quote is doubled). In the fixed-width layouts each
+//! whitespace character in it (Unicode `White_Space`: space, no-break space, line
+//! separators...) is printed as `_`, so that splitting a line on whitespace always gives
+//! the same columns. In every mode the Unicode bidirectional controls (U+061C, U+200E,
+//! U+200F, U+202A to U+202E, U+2066 to U+2069), which make a terminal show the rest of the
+//! line reordered, are printed as `?`.
+
 use std::{
+    borrow::Cow,
     fmt::Write as _,
-    io::{self, Write},
+    io,
     net::IpAddr,
+    sync::Arc,
     time::{Duration, SystemTime},
 };
 
-use crate::session::Session;
+use crate::{
+    local::{Lines, Render},
+    session::Session,
+};
 
 /// Which of tcplife's output switches are on.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -30,9 +46,8 @@ pub struct ConsoleFormat {
 /// Turns a wall-clock time into the (hour, minute, second) the TIME column shows.
 pub type ClockFace = fn(SystemTime) -> (u32, u32, u32);
 
-/// Writes tcplife lines to any writer.
-pub struct Console<W> {
-    out: W,
+/// Renders tcplife lines (on the console output's thread, [`crate::local`]).
+pub struct Console {
     format: ConsoleFormat,
     clock_face: ClockFace,
     /// The close of the first session printed, origin of the TIME(s) column.
@@ -40,31 +55,29 @@ pub struct Console<W> {
     line: String,
 }
 
-impl<W: Write> Console<W> {
-    /// Writes the header and returns the console. The TIME column shows local time.
-    pub fn start(out: W, format: ConsoleFormat) -> io::Result<Self> {
-        Self::with_clock_face(out, format, local_time)
+impl Console {
+    /// A console whose TIME column shows local time.
+    pub fn new(format: ConsoleFormat) -> Self {
+        Self::with_clock_face(format, local_time)
     }
 
-    /// As [`Console::start`], with the TIME column computed by `clock_face`.
-    pub fn with_clock_face(
-        mut out: W,
-        format: ConsoleFormat,
-        clock_face: ClockFace,
-    ) -> io::Result<Self> {
-        writeln!(out, "{}", header(format))?;
-        out.flush()?;
-        Ok(Self {
-            out,
+    /// As [`Console::new`], with the TIME column computed by `clock_face`.
+    pub fn with_clock_face(format: ConsoleFormat, clock_face: ClockFace) -> Self {
+        Self {
             format,
             clock_face,
             first_end: None,
             line: String::with_capacity(160),
-        })
+        }
     }
 
-    /// Writes one session's line (not flushed).
-    pub fn write(&mut self, session: &Session) -> io::Result<()> {
+    /// The header line (without its newline).
+    pub fn header(&self) -> String {
+        header(self.format)
+    }
+
+    /// The line of one session (without its newline).
+    pub fn line(&mut self, session: &Session) -> &str {
         self.line.clear();
         let format = self.format;
         let sep = if format.csv { "," } else { " " };
@@ -105,13 +118,13 @@ impl<W: Write> Console<W> {
             write!(
                 self.line,
                 "{pid},{},{version},{laddr},{lport},{raddr},{rport},{tx_kib},{rx_kib},{ms:.2}",
-                session.comm
+                csv_field(&without_bidi_controls(&session.comm))
             )
         } else if format.wide {
             write!(
                 self.line,
                 "{pid:<5} {:<16} {version:<2} {:<26} {lport:<5} {:<26} {rport:<5} {tx_kib:>6} {rx_kib:>6} {ms:.2}",
-                truncate(&session.comm, 16),
+                truncate(&column_text(&session.comm), 16),
                 laddr.to_string(),
                 raddr.to_string(),
             )
@@ -119,18 +132,65 @@ impl<W: Write> Console<W> {
             write!(
                 self.line,
                 "{pid:<5} {:<10} {:<15} {lport:<5} {:<15} {rport:<5} {tx_kib:>5} {rx_kib:>5} {ms:.2}",
-                truncate(&session.comm, 10),
+                truncate(&column_text(&session.comm), 10),
                 laddr.to_string(),
                 raddr.to_string(),
             )
         };
-        self.line.push('\n');
-        self.out.write_all(self.line.as_bytes())
+        &self.line
     }
+}
 
-    /// Flushes what was written.
-    pub fn flush(&mut self) -> io::Result<()> {
-        self.out.flush()
+impl Render for Console {
+    fn render(&mut self, sessions: &[Arc<Session>], lines: &mut Lines) -> io::Result<()> {
+        for session in sessions {
+            let line = self.line(session);
+            lines.buffer().extend_from_slice(line.as_bytes());
+            lines.end_line(1);
+        }
+        Ok(())
+    }
+}
+
+/// `text` as one RFC 4180 field: quoted, with its quotes doubled, when it holds a comma, a
+/// double quote or a line break.
+fn csv_field(text: &str) -> Cow<'_, str> {
+    if text.contains([',', '"', '\r', '\n']) {
+        Cow::Owned(format!("\"{}\"", text.replace('"', "\"\"")))
+    } else {
+        Cow::Borrowed(text)
+    }
+}
+
+/// Whether `c` is a Unicode bidirectional control.
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
+/// `text` with its bidirectional controls as `?`.
+fn without_bidi_controls(text: &str) -> Cow<'_, str> {
+    if text.contains(is_bidi_control) {
+        Cow::Owned(text.replace(is_bidi_control, "?"))
+    } else {
+        Cow::Borrowed(text)
+    }
+}
+
+/// `text` as one column of a fixed-width layout: whitespace as `_`, bidirectional controls
+/// as `?`.
+fn column_text(text: &str) -> Cow<'_, str> {
+    if text.contains(|c: char| c.is_whitespace() || is_bidi_control(c)) {
+        Cow::Owned(
+            text.chars()
+                .map(|c| match c {
+                    c if c.is_whitespace() => '_',
+                    c if is_bidi_control(c) => '?',
+                    c => c,
+                })
+                .collect(),
+        )
+    } else {
+        Cow::Borrowed(text)
     }
 }
 
@@ -228,11 +288,20 @@ mod tests {
     }
 
     fn render(format: ConsoleFormat) -> String {
-        let mut console = Console::with_clock_face(Vec::new(), format, utc_time).unwrap();
-        for session in sessions() {
-            console.write(&session).unwrap();
-        }
-        String::from_utf8(console.out).unwrap()
+        render_sessions(format, &sessions())
+    }
+
+    /// The header and the lines of `sessions`, as the console output writes them.
+    fn render_sessions(format: ConsoleFormat, sessions: &[Session]) -> String {
+        let mut console = Console::with_clock_face(format, utc_time);
+        let mut lines = Lines::default();
+        lines
+            .buffer()
+            .extend_from_slice(console.header().as_bytes());
+        lines.end_line(0);
+        let sessions: Vec<_> = sessions.iter().cloned().map(Arc::new).collect();
+        console.render(&sessions, &mut lines).unwrap();
+        String::from_utf8(lines.into_bytes()).unwrap()
     }
 
     fn format(flags: &str) -> ConsoleFormat {
@@ -318,6 +387,72 @@ TIME,TIME(s),PID,COMM,IP,LADDR,LPORT,RADDR,RPORT,TX_KB,RX_KB,MS
         assert_eq!(
             render(format("Tw")).lines().next().unwrap(),
             "TIME     PID   COMM             IP LADDR                      LPORT RADDR                      RPORT  TX_KB  RX_KB MS"
+        );
+    }
+
+    /// The client session, owned by a task with the name `comm`.
+    fn named(comm: &str) -> Session {
+        let mut session = sessions()[0].clone();
+        comm.clone_into(&mut session.comm);
+        session
+    }
+
+    #[test]
+    fn golden_csv_quotes_a_task_name_that_would_add_columns() {
+        let sessions = [
+            named("x,4,6.6.6.6,22"),
+            named("say \"hi\""),
+            named("a\"b,c"),
+        ];
+        assert_eq!(
+            render_sessions(format("s"), &sessions),
+            "\
+PID,COMM,IP,LADDR,LPORT,RADDR,RPORT,TX_KB,RX_KB,MS
+777,\"x,4,6.6.6.6,22\",4,127.0.0.1,40000,127.0.0.1,8080,12,2,1.50
+777,\"say \"\"hi\"\"\",4,127.0.0.1,40000,127.0.0.1,8080,12,2,1.50
+777,\"a\"\"b,c\",4,127.0.0.1,40000,127.0.0.1,8080,12,2,1.50
+"
+        );
+    }
+
+    #[test]
+    fn golden_fixed_width_prints_whitespace_in_a_task_name_as_underscores() {
+        // ASCII space, no-break space, ideographic space, line separator; then bidi
+        // overrides.
+        let sessions = [
+            named("x 4 6.6.6.6 22"),
+            named("a\u{a0}b\u{3000}c\u{2028}d"),
+            named("\u{202e}evil\u{2066}"),
+        ];
+        assert_eq!(
+            render_sessions(format(""), &sessions),
+            "\
+PID   COMM       LADDR           LPORT RADDR           RPORT TX_KB RX_KB MS
+777   x_4_6.6.6. 127.0.0.1       40000 127.0.0.1       8080     12     2 1.50
+777   a_b_c_d    127.0.0.1       40000 127.0.0.1       8080     12     2 1.50
+777   ?evil?     127.0.0.1       40000 127.0.0.1       8080     12     2 1.50
+"
+        );
+        assert_eq!(
+            render_sessions(format("w"), &sessions[..1])
+                .lines()
+                .nth(1)
+                .unwrap(),
+            "777   x_4_6.6.6.6_22   4  127.0.0.1                  40000 127.0.0.1                  8080      12      2 1.50"
+        );
+        // Every line splits into the header's nine columns.
+        for flags in ["", "w", "T"] {
+            let text = render_sessions(format(flags), &sessions);
+            let mut lines = text.lines().map(|line| line.split_whitespace().count());
+            let columns = lines.next().unwrap();
+            assert!(lines.all(|n| n == columns), "{flags}: {text}");
+        }
+        assert_eq!(
+            render_sessions(format("s"), &sessions[2..])
+                .lines()
+                .nth(1)
+                .unwrap(),
+            "777,?evil?,4,127.0.0.1,40000,127.0.0.1,8080,12,2,1.50"
         );
     }
 }

@@ -4,7 +4,7 @@
 
 use std::process::ExitCode;
 
-use crate::{export, probe};
+use crate::{export, local, probe};
 
 /// Exit codes, one per kind of failure.
 pub mod exit_code {
@@ -14,7 +14,8 @@ pub mod exit_code {
     pub const NO_PERMISSION: u8 = 77;
     /// The kernel lacks a feature the probe needs (`EX_UNAVAILABLE`).
     pub const KERNEL_UNSUPPORTED: u8 = 69;
-    /// Writing the console output failed, for example stdout was closed (`EX_IOERR`).
+    /// Writing a local output (the console, JSON lines) failed, for example stdout was
+    /// closed or the disk is full (`EX_IOERR`).
     pub const OUTPUT: u8 = 74;
     /// Anything else: an internal failure (`EX_SOFTWARE`).
     pub const INTERNAL: u8 = 70;
@@ -29,8 +30,8 @@ pub enum AgentError {
     Export(#[from] export::ExportError),
     #[error(transparent)]
     Probe(#[from] probe::ProbeError),
-    #[error("cannot write sessions to stdout: {0}")]
-    Output(#[source] std::io::Error),
+    #[error(transparent)]
+    Output(#[from] local::OutputFailed),
     #[error("cannot open the JSON output {path}: {source}; check the path and its permissions")]
     JsonOutput {
         path: std::path::PathBuf,
@@ -74,13 +75,20 @@ pub fn with_causes(error: &dyn std::error::Error) -> String {
 mod tests {
     use super::*;
 
+    fn output_failed(source: std::io::Error) -> AgentError {
+        AgentError::Output(local::OutputFailed {
+            what: "tcplife lines",
+            target: "stdout".into(),
+            source,
+        })
+    }
+
     #[test]
     fn causes_are_chained_once() {
-        let io = std::io::Error::other("disk on fire");
-        let error = AgentError::Output(io);
+        let error = output_failed(std::io::Error::other("disk on fire"));
         assert_eq!(
             with_causes(&error),
-            "cannot write sessions to stdout: disk on fire"
+            "cannot write tcplife lines to stdout: disk on fire"
         );
     }
 
@@ -92,7 +100,7 @@ mod tests {
             expected: "a URL".into(),
         });
         assert_eq!(config.exit_code(), ExitCode::from(exit_code::CONFIG));
-        let output = AgentError::Output(std::io::Error::other("closed"));
+        let output = output_failed(std::io::Error::other("closed"));
         assert_eq!(output.exit_code(), ExitCode::from(exit_code::OUTPUT));
     }
 

@@ -2,8 +2,8 @@
 //! closed session into an OpenTelemetry span.
 //!
 //! Data flows one way: [`probe`] (kernel capture) -> [`events`] (ring buffer, decode) ->
-//! [`pipeline`] ([`session`] with [`clock`] conversion) -> [`span`] / [`console`] ->
-//! [`export`] (under the [`resource`]). [`agent`] wires the stages and shuts them down,
+//! [`pipeline`] ([`session`] with [`clock`] conversion) -> [`span`] -> [`export`] (under
+//! the [`resource`]), and the [`local`] outputs ([`console`], JSON lines). [`agent`] wires the stages and shuts them down,
 //! [`outputs`] decides where sessions go; [`cli`] holds the flags.
 
 pub mod agent;
@@ -14,6 +14,7 @@ pub mod container;
 pub mod error;
 pub mod events;
 pub mod export;
+pub mod local;
 pub mod metrics;
 pub mod outputs;
 pub mod pipeline;

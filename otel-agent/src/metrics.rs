@@ -6,7 +6,8 @@
 //! | `otel_agent.sessions.closed` | counter | | records the probe wrote (closed sessions) |
 //! | `otel_agent.sessions.read` | counter | | records the agent read from the ring buffer |
 //! | `otel_agent.sessions.exported` | counter | `output` | sessions whose spans an output exported |
-//! | `otel_agent.sessions.lost` | counter | `cause` (`ring_buffer_full`, `decode_error`, `channel_full`, `queue_full`, `shutdown`), `output` | sessions lost, by cause |
+//! | `otel_agent.sessions.written` | counter | `output` (`console`, `json`) | sessions a local output wrote |
+//! | `otel_agent.sessions.lost` | counter | `cause` (`ring_buffer_full`, `decode_error`, `channel_full`, `queue_full`, `shutdown`, `output_full`, `output_failed`), `output` | sessions lost, by cause |
 //! | `otel_agent.sessions.filtered` | counter | `stage` (`birth`, `after_tracking`) | sessions a filter rejected |
 //! | `otel_agent.sessions.birth_not_seen` | counter | | sessions reported with an unknown birth |
 //! | `otel_agent.export.errors` | counter | `output` | failed export attempts (each retried) |
@@ -120,6 +121,22 @@ fn register(meter: &Meter, latest: &Arc<Mutex<Snapshot>>) {
                 i.observe(export.dropped_queue_full, &with("queue_full"));
                 i.observe(export.dropped_at_shutdown, &with("shutdown"));
                 i.observe(export.rejected, &with("rejected_by_collector"));
+            }
+            for local in &s.locals {
+                let output = KeyValue::new("output", local.output);
+                let with = |cause: &'static str| [KeyValue::new("cause", cause), output.clone()];
+                i.observe(local.lost_output_full, &with("output_full"));
+                i.observe(local.lost_output_failed, &with("output_failed"));
+                i.observe(local.lost_at_shutdown, &with("shutdown"));
+            }
+        },
+    );
+    counter(
+        "otel_agent.sessions.written",
+        "Sessions a local output wrote, by output",
+        |s, i| {
+            for local in &s.locals {
+                i.observe(local.written, &[KeyValue::new("output", local.output)]);
             }
         },
     );

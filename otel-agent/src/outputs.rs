@@ -1,12 +1,20 @@
-//! Decides and opens where sessions go: the OTLP exporter, OTLP JSON lines (a file or
-//! stdout), and tcplife's console (stdout). Without an OTLP endpoint the console is on, so
+//! Decides and opens where sessions go: the OTLP exporter, OTLP JSON lines (a file, a FIFO
+//! or stdout), and tcplife's console (stdout). Without an OTLP endpoint the console is on, so
 //! that the agent is useful out of the box; `--console` keeps it on next to the exporter.
+//! The console and the JSON lines are local outputs, each written by its own thread
+//! ([`crate::local`]).
 
 use std::{
-    fs::OpenOptions,
-    io::{Stdout, Write},
+    fs::{File, OpenOptions},
+    os::{
+        fd::{AsFd as _, AsRawFd as _},
+        unix::fs::OpenOptionsExt as _,
+    },
     path::{Path, PathBuf},
+    time::Duration,
 };
+
+use tokio_util::sync::CancellationToken;
 
 use crate::{
     cli::Cli,
@@ -15,8 +23,15 @@ use crate::{
     export::{
         Exporters,
         config::{ConfigError, ExportConfig},
+        encode::RequestEncoder,
+        json::JsonLines,
     },
+    local::{Batching, Lines, LocalOutput, LocalOutputs, Open, OutputFailed, Target},
+    resource::agent_resource,
 };
+
+/// Sessions the console's thread formats into one write (at most one pipeline batch).
+const CONSOLE_BATCH: usize = 1024;
 
 /// Where the JSON lines go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,7 +80,8 @@ impl Plan {
 /// The opened outputs.
 pub struct Outputs {
     pub exporters: Exporters,
-    pub console: Option<Console<Stdout>>,
+    /// The console and the JSON lines, each on its own thread.
+    pub locals: LocalOutputs,
 }
 
 /// Opens the outputs `config` and the command line ask for.
@@ -75,38 +91,140 @@ pub fn open(cli: &Cli, config: &ExportConfig) -> Result<Outputs, AgentError> {
         cli.output.console,
         cli.output.json_output.as_deref(),
     )?;
-    let json: Option<Box<dyn Write + Send>> = match &plan.json {
-        None => None,
-        Some(JsonTarget::Stdout) => Some(Box::new(std::io::stdout())),
-        Some(JsonTarget::File(path)) => Some(Box::new(
-            OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .map_err(|source| AgentError::JsonOutput {
-                    path: path.clone(),
-                    source,
-                })?,
-        )),
+    let per_process = cli.export.resource_per_process;
+    let failed = CancellationToken::new();
+    let mut locals = Vec::new();
+    if let Some(json) = &plan.json {
+        let (target, open) = match json {
+            JsonTarget::Stdout => ("stdout".to_owned(), open_stdout("JSON lines")?),
+            JsonTarget::File(path) => (path.display().to_string(), open_json_file(path)?),
+        };
+        let batch = config.batch;
+        locals.push(start(
+            LocalOutput::start(
+                "json",
+                Target {
+                    what: "JSON lines",
+                    name: target,
+                    open,
+                },
+                Lines::default(),
+                JsonLines::new(RequestEncoder::new(&agent_resource(), per_process)),
+                Batching {
+                    capacity: batch.max_queue_size,
+                    batch: batch.max_export_batch_size,
+                    delay: batch.scheduled_delay,
+                },
+                &failed,
+            ),
+            "json",
+        )?);
+    }
+    let exporters = Exporters::start(config, per_process, cli.shutdown_timeout)?;
+    if plan.console {
+        let console = Console::new(ConsoleFormat {
+            time: cli.output.time,
+            timestamp: cli.output.timestamp,
+            wide: cli.output.wide,
+            csv: cli.output.csv,
+        });
+        let mut header = Lines::default();
+        header
+            .buffer()
+            .extend_from_slice(console.header().as_bytes());
+        header.end_line(0);
+        locals.push(start(
+            LocalOutput::start(
+                "console",
+                Target {
+                    what: "tcplife lines",
+                    name: "stdout".to_owned(),
+                    open: open_stdout("tcplife lines")?,
+                },
+                header,
+                console,
+                Batching {
+                    capacity: cli.output.console_queue_size,
+                    batch: CONSOLE_BATCH,
+                    delay: Duration::ZERO,
+                },
+                &failed,
+            ),
+            "console",
+        )?);
+    }
+    Ok(Outputs {
+        exporters,
+        locals: LocalOutputs::new(locals, failed),
+    })
+}
+
+/// The output's thread started, or why not.
+fn start(
+    output: std::io::Result<LocalOutput>,
+    name: &'static str,
+) -> Result<LocalOutput, AgentError> {
+    output.map_err(|error| {
+        AgentError::Internal(format!(
+            "cannot start the thread of the {name} output: {error}"
+        ))
+    })
+}
+
+/// A descriptor of stdout of its own, for the output's thread (std's `Stdout` and its lock
+/// stay unused).
+fn open_stdout(what: &'static str) -> Result<Open, AgentError> {
+    let fd = std::io::stdout()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|source| OutputFailed {
+            what,
+            target: "stdout".into(),
+            source,
+        })?;
+    let file = File::from(fd);
+    Ok(Box::new(move || Ok(file)))
+}
+
+/// Opens the JSON output's file now, so that a wrong path stops the agent at start-up;
+/// except a FIFO that no reader has opened yet (opening it would block until one does):
+/// its thread opens it, and the agent does not wait.
+fn open_json_file(path: &Path) -> Result<Open, AgentError> {
+    let failed = |source| AgentError::JsonOutput {
+        path: path.to_owned(),
+        source,
     };
-    let exporters = Exporters::start(
-        config,
-        json,
-        cli.export.resource_per_process,
-        cli.shutdown_timeout,
-    )?;
-    let format = ConsoleFormat {
-        time: cli.output.time,
-        timestamp: cli.output.timestamp,
-        wide: cli.output.wide,
-        csv: cli.output.csv,
-    };
-    let console = if plan.console {
-        Some(Console::start(std::io::stdout(), format).map_err(AgentError::Output)?)
-    } else {
-        None
-    };
-    Ok(Outputs { exporters, console })
+    let opened = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path);
+    match opened {
+        Ok(file) => {
+            // Writes are the thread's: blocking ones.
+            let fd = file.as_raw_fd();
+            // SAFETY: F_GETFL and F_SETFL on a descriptor this function owns.
+            let cleared = unsafe {
+                let flags = libc::fcntl(fd, libc::F_GETFL);
+                flags >= 0 && libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) == 0
+            };
+            if !cleared {
+                return Err(failed(std::io::Error::last_os_error()));
+            }
+            Ok(Box::new(move || Ok(file)))
+        }
+        Err(error) if error.raw_os_error() == Some(libc::ENXIO) => {
+            tracing::info!(
+                path = %path.display(),
+                "the JSON output is a FIFO that no reader has opened yet: writing to it once \
+                 one does (meanwhile, sessions beyond --bsp-max-queue-size are counted as \
+                 lost_output_full)"
+            );
+            let path: PathBuf = path.to_owned();
+            Ok(Box::new(move || OpenOptions::new().append(true).open(path)))
+        }
+        Err(error) => Err(failed(error)),
+    }
 }
 
 #[cfg(test)]

@@ -1,22 +1,19 @@
 //! The stage between the reader and the outputs: takes decoded records in batches, turns
-//! each into a [`Session`] with wall-clock times (and the owner's container), and hands it
-//! to the sinks (span export and/or the tcplife console). Ends when the reader closes the
+//! each into a [`Session`] with wall-clock times (and the owner's container, for spans),
+//! and offers it to the sinks: the span export queues and the local outputs (the tcplife
+//! console, JSON lines), none of which it ever waits for. Ends when the reader closes the
 //! channel and every record received has been handled.
 
-use std::{
-    io::{self, Stdout},
-    sync::Arc,
-    time::SystemTime,
-};
+use std::{sync::Arc, time::SystemTime};
 
 use common::SessionRecord;
 use tokio::sync::mpsc;
 
 use crate::{
     clock::WallClock,
-    console::Console,
     container::ContainerIdCache,
     export::{self, OutputHandle},
+    local::LocalHandle,
     session::Session,
     stats::PipelineStats,
 };
@@ -26,66 +23,61 @@ const BATCH: usize = 1024;
 
 /// Where sessions go.
 pub struct Sinks {
-    /// The export outputs (OTLP, JSON lines); empty when nothing is exported.
+    /// The export outputs (OTLP); empty when nothing is exported.
     pub outputs: Vec<OutputHandle>,
-    pub console: Option<Console<Stdout>>,
+    /// The local outputs: the console and/or JSON lines.
+    pub locals: Vec<LocalHandle>,
+    /// Whether any output carries spans (OTLP or JSON lines): only they need container.id.
+    pub spans: bool,
     /// When the agent started: the start of sessions whose birth the probe did not see.
     pub agent_start: SystemTime,
     /// Container ids by pid, when `/proc` shows the host's pids (the probe reports those).
     pub containers: Option<ContainerIdCache>,
 }
 
-/// Handles records until the channel closes. Fails only when the console cannot be written.
+/// Handles records until the channel closes.
 pub async fn run(
     mut rx: mpsc::Receiver<SessionRecord>,
     mut sinks: Sinks,
     stats: Arc<PipelineStats>,
-) -> io::Result<()> {
+) {
     let mut batch = Vec::with_capacity(BATCH);
-    let mut to_export = Vec::with_capacity(if sinks.outputs.is_empty() { 0 } else { BATCH });
+    let mut sessions = Vec::with_capacity(BATCH);
     while rx.recv_many(&mut batch, BATCH).await > 0 {
         let clock = WallClock::sample();
-        for record in batch.drain(..) {
-            if let Some(session) = handle(&record, clock, &mut sinks, &stats)? {
-                to_export.push(Arc::new(session));
-            }
+        sessions.extend(
+            batch
+                .drain(..)
+                .filter_map(|record| handle(&record, clock, &mut sinks, &stats))
+                .map(Arc::new),
+        );
+        for local in &sinks.locals {
+            local.offer(&sessions);
         }
-        if let Some(console) = &mut sinks.console {
-            console.flush()?;
-        }
-        if !to_export.is_empty() {
-            export::push_all(&sinks.outputs, &to_export);
-            to_export.clear();
-        }
+        export::push_all(&sinks.outputs, &sessions);
+        sessions.clear();
     }
-    Ok(())
 }
 
-/// Converts one record and prints it; returns the session when it is to be exported.
+/// Converts one record.
 fn handle(
     record: &SessionRecord,
     clock: WallClock,
     sinks: &mut Sinks,
     stats: &PipelineStats,
-) -> io::Result<Option<Session>> {
+) -> Option<Session> {
     let mut session = match Session::from_record(record, clock, sinks.agent_start) {
         Ok(session) => session,
         Err(error) => {
             PipelineStats::add(&stats.decode_errors);
             tracing::warn!(%error, "dropped a session record that does not decode");
-            return Ok(None);
+            return None;
         }
     };
-    if let Some(console) = &mut sinks.console {
-        console.write(&session)?;
-        PipelineStats::add(&stats.lines_printed);
-    }
-    if sinks.outputs.is_empty() {
-        return Ok(None);
-    }
-    // Only spans carry container.id: the console needs no /proc lookup.
-    if let Some(containers) = &mut sinks.containers {
+    if sinks.spans
+        && let Some(containers) = &mut sinks.containers
+    {
         session.container_id = containers.container_id(session.pid);
     }
-    Ok(Some(session))
+    Some(session)
 }

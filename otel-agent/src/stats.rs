@@ -1,11 +1,12 @@
 //! The agent's own accounting: every session the pipeline receives, every place one can be
-//! lost (in the kernel, in the pipeline, in each export queue), and every span exported.
+//! lost (in the kernel, in the pipeline, in each export queue and local output), and every
+//! span exported and line written.
 //! Names are spelled here once; a [`Snapshot`] feeds the periodic and final log lines and
 //! the self-metrics.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::{export::OutputHandle, probe::KernelCounters};
+use crate::{export::OutputHandle, local::LocalHandle, probe::KernelCounters};
 
 /// Userspace counters, shared between the reader and the pipeline.
 #[derive(Debug, Default)]
@@ -16,8 +17,6 @@ pub struct PipelineStats {
     pub decode_errors: AtomicU64,
     /// Records dropped because the pipeline's channel was full (lost).
     pub channel_full: AtomicU64,
-    /// Sessions printed to the console.
-    pub lines_printed: AtomicU64,
 }
 
 impl PipelineStats {
@@ -41,6 +40,34 @@ pub struct ExportSnapshot {
     pub queue_depth: u64,
 }
 
+/// One local output's counters (the console, JSON lines) at one moment, in sessions.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LocalSnapshot {
+    /// `console` or `json`.
+    pub output: &'static str,
+    pub written: u64,
+    pub lost_output_full: u64,
+    pub lost_output_failed: u64,
+    pub lost_at_shutdown: u64,
+    /// Offered, and neither written nor lost yet.
+    pub queued: u64,
+}
+
+impl LocalSnapshot {
+    /// Reads the counters of `output` now.
+    pub fn of(output: &LocalHandle) -> Self {
+        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        Self {
+            output: output.name,
+            queued: output.queued(),
+            written: get(&output.stats.written),
+            lost_output_full: get(&output.stats.lost_output_full),
+            lost_output_failed: get(&output.stats.lost_output_failed),
+            lost_at_shutdown: get(&output.stats.lost_at_shutdown),
+        }
+    }
+}
+
 /// Every counter at one moment.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Snapshot {
@@ -48,8 +75,8 @@ pub struct Snapshot {
     pub records_read: u64,
     pub decode_errors: u64,
     pub channel_full: u64,
-    pub lines_printed: u64,
     pub exports: Vec<ExportSnapshot>,
+    pub locals: Vec<LocalSnapshot>,
 }
 
 impl ExportSnapshot {
@@ -80,6 +107,7 @@ impl Snapshot {
         kernel: KernelCounters,
         pipeline: &PipelineStats,
         outputs: &[OutputHandle],
+        locals: &[LocalHandle],
     ) -> Self {
         let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         Self {
@@ -87,13 +115,13 @@ impl Snapshot {
             records_read: get(&pipeline.records_read),
             decode_errors: get(&pipeline.decode_errors),
             channel_full: get(&pipeline.channel_full),
-            lines_printed: get(&pipeline.lines_printed),
             exports: outputs.iter().map(ExportSnapshot::of).collect(),
+            locals: locals.iter().map(LocalSnapshot::of).collect(),
         }
     }
 
-    /// Logs every counter: one `session accounting` line, and one `export accounting` line
-    /// per output. `when` says which (`periodic` or `final`).
+    /// Logs every counter: one `session accounting` line, one `export accounting` line per
+    /// export output and one `output accounting` line per local output. `when` says which (`periodic` or `final`).
     pub fn log(&self, when: &'static str) {
         let kernel = &self.kernel;
         tracing::info!(
@@ -101,7 +129,6 @@ impl Snapshot {
             kernel_tracked = kernel.tracked,
             kernel_emitted = kernel.emitted,
             records_read = self.records_read,
-            lines_printed = self.lines_printed,
             birth_not_seen = kernel.birth_not_seen,
             kernel_evicted = kernel.evicted(),
             skipped_unknown_birth = kernel.unknown_birth_skipped,
@@ -125,6 +152,18 @@ impl Snapshot {
                 lost_at_shutdown = export.dropped_at_shutdown,
                 export_errors = export.export_errors,
                 "export accounting"
+            );
+        }
+        for local in &self.locals {
+            tracing::info!(
+                when,
+                output = local.output,
+                written = local.written,
+                queued = local.queued,
+                lost_output_full = local.lost_output_full,
+                lost_output_failed = local.lost_output_failed,
+                lost_at_shutdown = local.lost_at_shutdown,
+                "output accounting"
             );
         }
     }

@@ -1,7 +1,12 @@
 //! Runs the real `otel-agent` binary as a child process with a clean OpenTelemetry
 //! environment: only the flags and variables a test gives reach it.
 
-use std::{collections::BTreeMap, path::Path, process::Command, time::Duration};
+use std::{
+    collections::BTreeMap,
+    path::Path,
+    process::{Command, Stdio},
+    time::Duration,
+};
 
 use crate::process::{ChildGuard, agent_binary};
 
@@ -43,13 +48,24 @@ pub fn start(args: &[&str], env: &[(&str, &str)], dir: &Path) -> ChildGuard {
     start_command(command(args, env), dir)
 }
 
+/// Starts the agent with its stdout on `stdout` and waits until its probe is attached.
+pub fn start_with_stdout(args: &[&str], dir: &Path, stdout: Stdio) -> ChildGuard {
+    let mut agent = ChildGuard::spawn_with_stdout(command(args, &[]), dir, "agent", stdout);
+    wait_for_attach(&mut agent);
+    agent
+}
+
 /// Starts `command` (the agent, possibly wrapped) and waits until its probe is attached.
 pub fn start_command(command: Command, dir: &Path) -> ChildGuard {
     let mut agent = ChildGuard::spawn(command, dir, "agent");
+    wait_for_attach(&mut agent);
+    agent
+}
+
+fn wait_for_attach(agent: &mut ChildGuard) {
     agent.wait_for_output(Duration::from_secs(20), "the probe to attach", |output| {
         output.contains("probe attached")
     });
-    agent
 }
 
 /// Runs `command` (the agent, possibly wrapped), which must fail at start-up, and returns
@@ -118,8 +134,16 @@ pub fn export_accounting(stderr: &str) -> BTreeMap<String, u64> {
     log_counters(stderr, &["export accounting", "when=\"final\""])
 }
 
+/// The counters of the agent's final `output accounting` line of the local output `output`
+/// (`console`, `json`).
+pub fn output_accounting(stderr: &str, output: &str) -> BTreeMap<String, u64> {
+    let output = format!("output=\"{output}\"");
+    log_counters(stderr, &["output accounting", "when=\"final\"", &output])
+}
+
 /// Fails the test unless the accounting reconciles: every record the kernel emitted was
-/// read, and no `lost_*` counter is above zero.
+/// read, no `lost_*` counter is above zero, and every local output (console, JSON lines)
+/// wrote every session read.
 pub fn assert_nothing_lost(stderr: &str) {
     let counters = accounting(stderr);
     assert_eq!(
@@ -133,6 +157,45 @@ pub fn assert_nothing_lost(stderr: &str) {
         .filter(|(name, value)| name.starts_with("lost_") && **value != 0)
         .collect();
     assert!(lost.is_empty(), "lost sessions: {lost:?}");
+    for output in ["console", "json"] {
+        if stderr.contains(&format!(
+            "output accounting when=\"final\" output=\"{output}\""
+        )) {
+            let local = output_accounting(stderr, output);
+            assert_eq!(
+                counter(&local, "written"),
+                counter(&counters, "records_read"),
+                "{output}: {local:?}"
+            );
+        }
+    }
+}
+
+/// Fails the test unless the final accounting of the local output `output` balances:
+/// `written + lost_output_full + lost_output_failed + lost_at_shutdown + queued =
+/// records_read - lost_channel_full - lost_decode_error`. Returns its counters.
+pub fn assert_output_balances(stderr: &str, output: &str) -> BTreeMap<String, u64> {
+    let session = accounting(stderr);
+    let local = output_accounting(stderr, output);
+    let accounted: u64 = [
+        "written",
+        "lost_output_full",
+        "lost_output_failed",
+        "lost_at_shutdown",
+        "queued",
+    ]
+    .iter()
+    .map(|name| counter(&local, name))
+    .sum();
+    assert_eq!(
+        accounted,
+        counter(&session, "records_read")
+            - counter(&session, "lost_channel_full")
+            - counter(&session, "lost_decode_error"),
+        "{output}: {local:?}, {session:?}"
+    );
+    assert_eq!(counter(&local, "queued"), 0, "{local:?}");
+    local
 }
 
 /// The fields of the `-s` (CSV) console lines of the sessions from local port `local` to

@@ -17,12 +17,20 @@ pub struct ChildGuard {
 
 impl ChildGuard {
     /// Starts `command` with stdout and stderr going to `<dir>/<name>.stdout` / `.stderr`.
-    pub fn spawn(mut command: Command, dir: &Path, name: &str) -> Self {
+    pub fn spawn(command: Command, dir: &Path, name: &str) -> Self {
+        let stdout = dir.join(format!("{name}.stdout"));
+        let file = File::create(&stdout).expect("create stdout file");
+        Self::spawn_with_stdout(command, dir, name, file.into())
+    }
+
+    /// Starts `command` with its stdout on `stdout` (a pipe the test holds, say; then
+    /// [`ChildGuard::stdout_text`] is empty) and stderr going to `<dir>/<name>.stderr`.
+    pub fn spawn_with_stdout(mut command: Command, dir: &Path, name: &str, out: Stdio) -> Self {
         let stdout = dir.join(format!("{name}.stdout"));
         let stderr = dir.join(format!("{name}.stderr"));
         let child = command
             .stdin(Stdio::null())
-            .stdout(File::create(&stdout).expect("create stdout file"))
+            .stdout(out)
             .stderr(File::create(&stderr).expect("create stderr file"))
             .spawn()
             .unwrap_or_else(|error| panic!("cannot start {command:?}: {error}"));
@@ -59,6 +67,11 @@ impl ChildGuard {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The child's exit status, if it has exited.
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().expect("poll the child")
     }
 
     pub fn stdout_text(&self) -> String {

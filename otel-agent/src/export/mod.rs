@@ -1,10 +1,10 @@
 //! Owns the export side: one bounded [`queue`] and worker per output, which encodes
 //! batches of sessions straight into OTLP protobuf ([`encode`], [`protobuf`]) under the
 //! agent's resource (or each process's: [`per_process`]) and sends them to the collector
-//! ([`transport`], configured by [`config`]) and/or writes them as OTLP JSON lines
-//! ([`json`]); and the staged shutdown that flushes what is queued within a deadline. The
-//! agent's self-metrics go through the OpenTelemetry SDK's OTLP exporter
-//! ([`metric_exporter`]) to the same collector.
+//! ([`transport`], configured by [`config`]) ([`json`] renders the same requests as OTLP
+//! JSON lines for a local output); and the staged shutdown that flushes what is queued
+//! within a deadline. The agent's self-metrics go through the OpenTelemetry SDK's OTLP
+//! exporter ([`metric_exporter`]) to the same collector.
 
 pub mod config;
 pub mod encode;
@@ -14,7 +14,7 @@ pub mod protobuf;
 pub mod queue;
 pub mod transport;
 
-use std::{collections::HashMap, io::Write, path::Path, sync::Arc, time::Duration};
+use std::{collections::HashMap, path::Path, sync::Arc, time::Duration};
 
 use opentelemetry_otlp::{
     MetricExporter, Protocol, WithExportConfig, WithHttpConfig, WithTonicConfig,
@@ -29,7 +29,6 @@ use tokio_util::sync::CancellationToken;
 use self::{
     config::{BatchSettings, Compression, ExportConfig, OtlpTarget},
     encode::RequestEncoder,
-    json::JsonLines,
     queue::{Destination, ExportQueue, QueueStats},
     transport::Transport,
 };
@@ -66,7 +65,7 @@ pub enum ExportError {
 /// counters.
 #[derive(Clone)]
 pub struct OutputHandle {
-    /// `otlp` or `json`.
+    /// `otlp`.
     pub name: &'static str,
     pub queue: ExportQueue,
     pub stats: Arc<QueueStats>,
@@ -85,13 +84,13 @@ pub struct Exporters {
 }
 
 impl Exporters {
-    /// Starts a worker per configured output (none: no endpoint, SDK disabled, no JSON).
+    /// Starts a worker per configured output (none: no endpoint, SDK disabled). The JSON
+    /// lines are a local output ([`crate::local`]), rendered by [`json`].
     /// `deadline` bounds the flush at shutdown.
     ///
     /// Must run inside the multi-thread tokio runtime: the gRPC client lives on it.
     pub fn start(
         config: &ExportConfig,
-        json_output: Option<Box<dyn Write + Send>>,
         per_process: bool,
         deadline: Duration,
     ) -> Result<Self, ExportError> {
@@ -104,21 +103,6 @@ impl Exporters {
                 Transport::new(target)?,
                 RequestEncoder::new(&resource, per_process),
                 config.batch,
-                &stop,
-                deadline,
-            ));
-        }
-        if let Some(out) = json_output {
-            // One line at a time, in order.
-            let batch = BatchSettings {
-                max_concurrent_exports: 1,
-                ..config.batch
-            };
-            outputs.push(Output::start(
-                "json",
-                JsonLines::new(out),
-                RequestEncoder::new(&resource, per_process),
-                batch,
                 &stop,
                 deadline,
             ));

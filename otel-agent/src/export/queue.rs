@@ -58,7 +58,7 @@ impl QueueStats {
     }
 }
 
-/// Where a worker sends its encoded requests: the collector, or JSON lines.
+/// Where a worker sends its encoded requests: the collector (or a test's stand-in).
 pub trait Destination: Clone + Send + Sync + 'static {
     /// Sends one encoded `ExportTraceServiceRequest`.
     fn send(&self, request: Bytes) -> impl Future<Output = Result<Accepted, SendError>> + Send;

@@ -62,8 +62,6 @@ pub enum SendError {
     },
     #[error("cannot reach the collector: {0}")]
     Connection(String),
-    #[error("{0}")]
-    Output(String),
 }
 
 impl SendError {
@@ -87,7 +85,7 @@ impl SendError {
                     | Code::DataLoss
             ),
             Self::Http { status, .. } => matches!(status.as_u16(), 429 | 502 | 503 | 504),
-            Self::Connection(_) | Self::Output(_) => true,
+            Self::Connection(_) => true,
         }
     }
 }
