@@ -14,6 +14,7 @@ pub mod container;
 pub mod error;
 pub mod events;
 pub mod export;
+pub mod log_text;
 pub mod metrics;
 pub mod outputs;
 pub mod pipeline;

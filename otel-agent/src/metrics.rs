@@ -6,6 +6,7 @@
 //! | `otel_agent.sessions.closed` | counter | | records the probe wrote (closed sessions) |
 //! | `otel_agent.sessions.read` | counter | | records the agent read from the ring buffer |
 //! | `otel_agent.sessions.exported` | counter | `output` | sessions whose spans an output exported |
+//! | `otel_agent.sessions.unconfirmed` | counter | `output` | sessions of requests answered with a success that was not an OTLP response (may not have arrived) |
 //! | `otel_agent.sessions.lost` | counter | `cause` (`ring_buffer_full`, `decode_error`, `channel_full`, `queue_full`, `shutdown`), `output` | sessions lost, by cause |
 //! | `otel_agent.sessions.filtered` | counter | `stage` (`birth`, `after_tracking`) | sessions a filter rejected |
 //! | `otel_agent.sessions.birth_not_seen` | counter | | sessions reported with an unknown birth |
@@ -103,6 +104,18 @@ fn register(meter: &Meter, latest: &Arc<Mutex<Snapshot>>) {
         |s, i| {
             for export in &s.exports {
                 i.observe(export.exported, &[KeyValue::new("output", export.output)]);
+            }
+        },
+    );
+    counter(
+        "otel_agent.sessions.unconfirmed",
+        "Sessions answered with a success that was not an OTLP response, by output",
+        |s, i| {
+            for export in &s.exports {
+                i.observe(
+                    export.unconfirmed,
+                    &[KeyValue::new("output", export.output)],
+                );
             }
         },
     );
