@@ -5,6 +5,7 @@
 
 use std::{
     error::Error as _,
+    sync::{Arc, Mutex},
     time::{Duration, SystemTime},
 };
 
@@ -177,7 +178,10 @@ impl Transport {
 /// OTLP/gRPC.
 #[derive(Clone)]
 pub struct GrpcTransport {
-    client: Grpc<Channel>,
+    endpoint: Endpoint,
+    gzip: bool,
+    /// The connection's client, replaced when connecting hangs.
+    client: Arc<Mutex<Grpc<Channel>>>,
     metadata: MetadataMap,
     link: Link,
 }
@@ -188,27 +192,45 @@ impl GrpcTransport {
         let mut endpoint = Endpoint::from_shared(target.endpoint.clone())
             .map_err(invalid)?
             .timeout(target.timeout)
+            .connect_timeout(target.timeout)
             .user_agent(USER_AGENT)
             .map_err(invalid)?;
         if target.endpoint.starts_with("https://") {
             endpoint = endpoint.tls_config(grpc_tls(target)?).map_err(invalid)?;
         }
-        // Connects at the first request, and again after the connection breaks.
-        let mut client = Grpc::new(endpoint.connect_lazy());
-        if target.compression == Compression::Gzip {
-            client = client
-                .send_compressed(CompressionEncoding::Gzip)
-                .accept_compressed(CompressionEncoding::Gzip);
-        }
+        let gzip = target.compression == Compression::Gzip;
         Ok(Self {
-            client,
+            client: Arc::new(Mutex::new(connect(&endpoint, gzip))),
+            endpoint,
+            gzip,
             metadata: MetadataMap::from_headers(header_map(target)?),
             link: Link::of(target),
         })
     }
 
+    fn client(&self) -> std::sync::MutexGuard<'_, Grpc<Channel>> {
+        self.client
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Sends one request. tonic's request timeout does not cover connecting, and a TLS
+    /// handshake nobody answers would hold the connection, and every request after it, for
+    /// good: the whole attempt is bounded by the timeout, and past it the connection is
+    /// dropped (requests still on it keep it until they end) and the next request starts a
+    /// new one.
     async fn send(&self, body: Bytes) -> Result<Accepted, SendError> {
-        let mut client = self.client.clone();
+        let client = self.client().clone();
+        match tokio::time::timeout(self.link.timeout, self.call(client, body)).await {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                *self.client() = connect(&self.endpoint, self.gzip);
+                Err(SendError::NoAnswer(self.link.timed_out()))
+            }
+        }
+    }
+
+    async fn call(&self, mut client: Grpc<Channel>, body: Bytes) -> Result<Accepted, SendError> {
         client
             .ready()
             .await
@@ -232,6 +254,19 @@ impl GrpcTransport {
             }),
             Err(status) => Err(self.link.grpc_failure(&status)),
         }
+    }
+}
+
+/// A client on a new connection to `endpoint`, made at its first request (and again after
+/// the connection breaks).
+fn connect(endpoint: &Endpoint, gzip: bool) -> Grpc<Channel> {
+    let client = Grpc::new(endpoint.connect_lazy());
+    if gzip {
+        client
+            .send_compressed(CompressionEncoding::Gzip)
+            .accept_compressed(CompressionEncoding::Gzip)
+    } else {
+        client
     }
 }
 
@@ -392,6 +427,9 @@ fn retry_after(headers: &http::HeaderMap, now: SystemTime) -> Option<Duration> {
     Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
+/// A connection closed by the collector's side before the TLS handshake completed.
+const HANDSHAKE_CLOSED: &str = "the connection closed during the TLS handshake";
+
 /// What the transports know of the endpoint to explain a failure without an answer.
 #[derive(Debug, Clone, Copy)]
 struct Link {
@@ -418,7 +456,7 @@ impl Link {
         if status.code() == tonic::Code::Unknown && status.message().contains("missing grpc-status")
         {
             return SendError::NoAnswer(format!(
-                "the connection closed before the collector's answer was complete ({})",
+                "the connection closed before the answer was complete ({})",
                 status.message()
             ));
         }
@@ -434,22 +472,27 @@ impl Link {
     /// What happened to a request that got no answer, from the chain of causes: timeout,
     /// refused, reset, closed, TLS mismatch; then the causes themselves.
     fn describe(&self, error: &(dyn std::error::Error + 'static)) -> String {
-        let what = self.cause(error);
         let causes = crate::error::with_causes(error);
+        let what = self
+            .cause(error)
+            .or_else(|| self.cause_in_text(&causes.to_lowercase()));
         match what {
             Some(what) => format!("{what} ({causes})"),
             None => causes,
         }
     }
 
+    /// A request that got no answer within the timeout.
+    fn timed_out(&self) -> String {
+        format!(
+            "no answer within the export timeout of {:?} (--otlp-timeout / OTEL_EXPORTER_OTLP_TIMEOUT)",
+            self.timeout
+        )
+    }
+
     fn cause(&self, error: &(dyn std::error::Error + 'static)) -> Option<String> {
-        let timeout = || {
-            format!(
-                "no answer within the export timeout of {:?} (--otlp-timeout / OTEL_EXPORTER_OTLP_TIMEOUT)",
-                self.timeout
-            )
-        };
-        let closed = "the connection closed before the collector answered";
+        let timeout = || self.timed_out();
+        let closed = "the connection closed before any answer";
         let mut next = Some(error);
         while let Some(error) = next {
             if error.is::<tonic::TimeoutExpired>() {
@@ -471,6 +514,11 @@ impl Link {
                     return Some(self.tls_failure(tls));
                 }
                 use std::io::ErrorKind;
+                if error.kind() == ErrorKind::UnexpectedEof
+                    && error.to_string().contains("tls handshake eof")
+                {
+                    return Some(HANDSHAKE_CLOSED.into());
+                }
                 match error.kind() {
                     ErrorKind::ConnectionRefused => {
                         return Some(
@@ -478,9 +526,7 @@ impl Link {
                         );
                     }
                     ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted => {
-                        return Some(
-                            "the connection was reset before the collector answered".into(),
-                        );
+                        return Some("the connection was reset before any answer".into());
                     }
                     ErrorKind::BrokenPipe | ErrorKind::UnexpectedEof => return Some(closed.into()),
                     ErrorKind::TimedOut => return Some(timeout()),
@@ -496,25 +542,53 @@ impl Link {
                 }
             }
             if let Some(error) = error.downcast_ref::<h2::Error>() {
-                if error.is_io()
-                    || error.is_go_away()
-                    || error.is_remote() && error.reason() == Some(h2::Reason::NO_ERROR)
-                {
-                    return Some(closed.into());
-                }
-                if error.reason() == Some(h2::Reason::PROTOCOL_ERROR)
-                    || error.reason() == Some(h2::Reason::FRAME_SIZE_ERROR)
-                {
+                // Bytes the agent's HTTP/2 client could not read as frames (not a frame the
+                // collector sent to say so).
+                let garbled = !error.is_remote()
+                    && matches!(
+                        error.reason(),
+                        Some(h2::Reason::PROTOCOL_ERROR | h2::Reason::FRAME_SIZE_ERROR)
+                    );
+                if garbled {
                     return Some(if self.tls {
                         "the collector's answer is not HTTP/2".into()
                     } else {
                         self.not_http()
                     });
                 }
+                if error.is_io()
+                    || error.is_go_away()
+                    || error.is_remote() && error.reason() == Some(h2::Reason::NO_ERROR)
+                {
+                    return Some(closed.into());
+                }
             }
             next = error.source();
         }
         None
+    }
+
+    /// The same, from the text of causes whose types a client keeps to itself (reqwest's
+    /// connector wraps its TLS and socket errors).
+    fn cause_in_text(&self, causes: &str) -> Option<String> {
+        let has = |text: &str| causes.contains(text);
+        Some(if has("tls handshake eof") {
+            HANDSHAKE_CLOSED.into()
+        } else if has("invalidcontenttype") || has("corrupt message") {
+            self.tls_failure(&rustls::Error::InvalidMessage(
+                rustls::InvalidMessage::InvalidContentType,
+            ))
+        } else if has("connection refused") {
+            "connection refused: nothing listens on the collector's port".into()
+        } else if has("connection reset") {
+            "the connection was reset before any answer".into()
+        } else if has("broken pipe") || has("connection closed") || has("unexpected eof") {
+            "the connection closed before any answer".into()
+        } else if has("timed out") {
+            self.timed_out()
+        } else {
+            return None;
+        })
     }
 
     /// A plaintext request answered with something else than HTTP: most often TLS.
@@ -632,7 +706,7 @@ mod tests {
         assert!(error.is_retryable(), "{error}");
         assert!(
             error.to_string().starts_with(
-                "no answer from the collector: the connection was reset before the collector answered"
+                "no answer from the collector: the connection was reset before any answer"
             ),
             "{error}"
         );
