@@ -7,7 +7,7 @@
 use std::fmt;
 
 /// Characters of external text shown at most; the rest is counted, not shown.
-pub const MAX_CHARS: usize = 512;
+pub const MAX_CHARS: usize = 1024;
 
 /// Displays external text escaped and bounded: `\n`, `\r`, `\t`, `\\` and `\u{..}` for other
 /// control and bidirectional-formatting characters, cut after [`MAX_CHARS`] characters

@@ -26,6 +26,7 @@ use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
 
 use crate::{
     export::{self, ExportError, config::OtlpTarget},
+    log_text::Escaped,
     resource::agent_resource,
     stats::Snapshot,
 };
@@ -65,8 +66,14 @@ impl SelfMetrics {
         let provider = self.provider;
         match tokio::task::spawn_blocking(move || provider.shutdown()).await {
             Ok(Ok(())) => {}
-            Ok(Err(error)) => tracing::warn!(%error, "the last self-metrics were not exported"),
-            Err(error) => tracing::warn!(%error, "the self-metrics shutdown failed"),
+            Ok(Err(error)) => tracing::warn!(
+                error = %Escaped(&error.to_string()),
+                "the last self-metrics were not exported"
+            ),
+            Err(error) => tracing::warn!(
+                error = %Escaped(&error.to_string()),
+                "the self-metrics shutdown failed"
+            ),
         }
     }
 }

@@ -462,3 +462,38 @@ fn a_collectors_text_never_reaches_the_log_raw() {
         );
     }
 }
+
+#[test]
+fn paths_and_values_from_flags_and_variables_never_reach_the_log_raw() {
+    let hostile_path = format!("/nonexistent/{HOSTILE}");
+    let cases: [(Vec<&str>, Vec<(&str, &str)>); 3] = [
+        (
+            vec![
+                "--otlp-endpoint",
+                "https://localhost:4317",
+                "--otlp-certificate",
+                &hostile_path,
+            ],
+            vec![],
+        ),
+        (
+            vec![],
+            vec![
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://localhost:4317"),
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", HOSTILE),
+            ],
+        ),
+        (vec!["--log", HOSTILE], vec![]),
+    ];
+    for (args, env) in cases {
+        let output = agent::command(&args, &env)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("run the agent");
+        assert_eq!(output.status.code(), Some(78), "{args:?} {env:?}");
+        assert_escaped(
+            &String::from_utf8_lossy(&output.stderr),
+            &format!("{args:?} {env:?}"),
+        );
+    }
+}

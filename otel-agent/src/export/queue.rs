@@ -190,7 +190,10 @@ impl ExportQueue {
                             }
                         }
                         // Its sessions stay counted as queued, and as dropped at the end.
-                        Err(error) => tracing::error!(%error, "an export request task failed"),
+                        Err(error) => tracing::error!(
+                            error = %Escaped(&error.to_string()),
+                            "an export request task failed"
+                        ),
                     }
                 }
                 () = self.shared.ready.notified() => {}

@@ -178,12 +178,17 @@ impl Transport {
 /// OTLP/gRPC.
 #[derive(Clone)]
 pub struct GrpcTransport {
-    endpoint: Endpoint,
-    gzip: bool,
-    /// The connection's client, replaced when connecting hangs.
-    client: Arc<Mutex<Grpc<Channel>>>,
+    connection: Arc<Connection>,
     metadata: MetadataMap,
     link: Link,
+}
+
+/// The gRPC connection, shared by the clones of a transport.
+struct Connection {
+    endpoint: Endpoint,
+    gzip: bool,
+    /// The client on the current connection, replaced when an attempt times out.
+    client: Mutex<Grpc<Channel>>,
 }
 
 impl GrpcTransport {
@@ -200,16 +205,19 @@ impl GrpcTransport {
         }
         let gzip = target.compression == Compression::Gzip;
         Ok(Self {
-            client: Arc::new(Mutex::new(connect(&endpoint, gzip))),
-            endpoint,
-            gzip,
+            connection: Arc::new(Connection {
+                client: Mutex::new(connect(&endpoint, gzip)),
+                endpoint,
+                gzip,
+            }),
             metadata: MetadataMap::from_headers(header_map(target)?),
             link: Link::of(target),
         })
     }
 
     fn client(&self) -> std::sync::MutexGuard<'_, Grpc<Channel>> {
-        self.client
+        self.connection
+            .client
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -224,7 +232,7 @@ impl GrpcTransport {
         match tokio::time::timeout(self.link.timeout, self.call(client, body)).await {
             Ok(outcome) => outcome,
             Err(_) => {
-                *self.client() = connect(&self.endpoint, self.gzip);
+                *self.client() = connect(&self.connection.endpoint, self.connection.gzip);
                 Err(SendError::NoAnswer(self.link.timed_out()))
             }
         }
