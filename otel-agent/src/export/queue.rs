@@ -3,11 +3,13 @@
 //! it. Up to `max_concurrent_exports` requests are in flight at once, so that encoding the
 //! next batch and the collector's work on the previous ones overlap. A failed request is
 //! kept, bytes and all (the same trace ids go out again), and retried before anything new,
-//! with exponential backoff, unless the collector's answer says retrying cannot help (the
-//! OTLP specification's non-retryable codes): then its spans are dropped and counted; sessions arriving while the queue (waiting, in flight and
-//! retried together) is full are dropped and counted. Memory stays bounded by the
-//! capacity, and every session is either exported, rejected by the collector, or counted
-//! as dropped.
+//! with exponential backoff or the wait the collector asked for (within the same bounds and
+//! never past the shutdown deadline), unless the collector's answer says retrying cannot
+//! help (the OTLP specification's non-retryable codes): then its spans are dropped and
+//! counted. A success whose body is not an OTLP response is counted as unconfirmed, not
+//! retried. Sessions arriving while the queue (waiting, in flight and retried together) is
+//! full are dropped and counted. Memory stays bounded by the capacity, and every session is
+//! either exported, unconfirmed, rejected by the collector, or counted as dropped.
 
 use std::{
     collections::VecDeque,

@@ -1,7 +1,10 @@
 //! Sends encoded OTLP trace requests ([`super::encode`]) to the collector, over gRPC
 //! (`TraceService/Export` on one HTTP/2 connection that carries concurrent requests) or
 //! HTTP/protobuf (`POST` to `/v1/traces`), with the configured headers, gzip, timeout and
-//! TLS, and reads the collector's answer, including a partial success.
+//! TLS, and reads the collector's answer: a success (with a partial success, or not an OTLP
+//! response at all), an answer that refuses the request (with the wait it asks for), or no
+//! answer (refused, reset or closed connection, TLS/plaintext mismatch, timeout), each
+//! classified as the OTLP specification does ([`SendError::is_retryable`]).
 
 use std::{
     error::Error as _,
