@@ -463,10 +463,13 @@ fn a_collectors_text_never_reaches_the_log_raw() {
     }
 }
 
+/// Arguments and environment of one agent run.
+type Invocation<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>);
+
 #[test]
 fn paths_and_values_from_flags_and_variables_never_reach_the_log_raw() {
     let hostile_path = format!("/nonexistent/{HOSTILE}");
-    let cases: [(Vec<&str>, Vec<(&str, &str)>); 3] = [
+    let cases: [Invocation; 3] = [
         (
             vec![
                 "--otlp-endpoint",
