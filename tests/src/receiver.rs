@@ -177,6 +177,52 @@ impl Receiver {
         }
     }
 
+    /// Starts a plaintext gRPC receiver that records each request and answers it with
+    /// status `OK` and a message that is not an `ExportTraceServiceResponse` (the bytes of
+    /// [`HTML`]), as a misbehaving proxy or server could.
+    pub fn start_grpc_answering_garbage() -> Self {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("receiver runtime");
+        let log = Log::default();
+        let (stop, mut stopped) = oneshot::channel::<()>();
+        let listener = runtime
+            .block_on(TcpListener::bind("127.0.0.1:0"))
+            .expect("bind the receiver");
+        let addr = listener.local_addr().expect("receiver address");
+        let served = log.clone();
+        runtime.spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    accepted = listener.accept() => accepted,
+                    _ = &mut stopped => return,
+                };
+                let Ok((stream, _)) = accepted else { continue };
+                let log = served.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |request| {
+                        let log = log.clone();
+                        async move { answer_garbage(request, &log).await }
+                    });
+                    let io = hyper_util::rt::TokioIo::new(stream);
+                    let _ = hyper::server::conn::http2::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(io, service)
+                    .await;
+                });
+            }
+        });
+        Self {
+            addr,
+            log,
+            stop: Some(stop),
+            runtime: Some(runtime),
+        }
+    }
+
     /// The base URL to give the agent.
     pub fn url(&self, tls: bool) -> String {
         let scheme = if tls { "https" } else { "http" };
@@ -395,6 +441,48 @@ async fn handle_http(
     Ok(hyper::Response::builder()
         .header("content-type", "application/x-protobuf")
         .body(Full::new(bytes::Bytes::from(response)))
+        .expect("a response"))
+}
+
+/// Records a gRPC trace export (the agent sends it uncompressed) and answers status `OK`
+/// with [`HTML`] as its message; other calls (the self-metrics) get `OK` and no message.
+async fn answer_garbage(
+    request: hyper::Request<hyper::body::Incoming>,
+    log: &Log,
+) -> Result<
+    hyper::Response<
+        http_body_util::combinators::WithTrailers<
+            Full<bytes::Bytes>,
+            std::future::Ready<Option<Result<hyper::HeaderMap, std::convert::Infallible>>>,
+        >,
+    >,
+    hyper::Error,
+> {
+    let traces = request.uri().path().ends_with("TraceService/Export");
+    let body = request.into_body().collect().await?.to_bytes();
+    let mut message = Vec::new();
+    if traces {
+        // A gRPC message: a compression flag, a 4-byte length, the message.
+        let request =
+            ExportTraceServiceRequest::decode(&body[5..]).expect("an uncompressed OTLP request");
+        log.arrived();
+        log.record(Received {
+            headers: BTreeMap::new(),
+            gzip: false,
+            request,
+        });
+        message.push(0);
+        message.extend((HTML.len() as u32).to_be_bytes());
+        message.extend(HTML.as_bytes());
+    }
+    let mut trailers = hyper::HeaderMap::new();
+    trailers.insert("grpc-status", hyper::header::HeaderValue::from_static("0"));
+    Ok(hyper::Response::builder()
+        .header("content-type", "application/grpc")
+        .body(
+            Full::new(bytes::Bytes::from(message))
+                .with_trailers(std::future::ready(Some(Ok(trailers)))),
+        )
         .expect("a response"))
 }
 

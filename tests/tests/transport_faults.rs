@@ -500,3 +500,40 @@ fn paths_and_values_from_flags_and_variables_never_reach_the_log_raw() {
         );
     }
 }
+
+#[test]
+fn a_grpc_ok_whose_message_is_not_an_otlp_response_is_counted_unconfirmed() {
+    require_root();
+    let dir = TempDir::new("grpc-garbage");
+    let receiver = Receiver::start_grpc_answering_garbage();
+    let mut agent = start_agent(Kind::Grpc, &receiver.url(false), None, &dir);
+    let exchange = exchange();
+    receiver.wait_for(
+        Duration::from_secs(10),
+        "the exchange's spans",
+        |received| spans_of(received, &exchange) == 2,
+    );
+    agent::stop(&mut agent);
+    let logs = agent.stderr_text();
+    let export = agent::export_accounting(&logs);
+    let spans: u64 = receiver
+        .received()
+        .iter()
+        .map(|r| r.span_count() as u64)
+        .sum();
+    let counter = |name| agent::counter(&export, name);
+    assert_eq!(
+        (
+            counter("exported_unconfirmed"),
+            counter("exported"),
+            counter("export_errors"),
+            counter("lost_rejected"),
+        ),
+        (spans, 0, 0, 0),
+        "{export:?}\n{logs}"
+    );
+    assert!(
+        logs.contains("gRPC status OK with a message that is not an OTLP response"),
+        "{logs}"
+    );
+}

@@ -12,7 +12,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use bytes::{BufMut as _, Bytes};
+use bytes::{Buf as _, BufMut as _, Bytes};
 use http::uri::PathAndQuery;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use prost::Message as _;
@@ -315,7 +315,10 @@ impl Decoder for EncodedCodec {
     type Error = Status;
 
     fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Self::Item>, Status> {
-        Ok(Some(ExportTraceServiceResponse::decode(src)))
+        // The whole message is taken, even when it does not decode: what prost left unread
+        // would be read as the next message's header.
+        let message = src.copy_to_bytes(src.remaining());
+        Ok(Some(ExportTraceServiceResponse::decode(message)))
     }
 }
 
