@@ -17,29 +17,21 @@ pub struct Escaped<'a>(pub &'a str);
 
 impl fmt::Display for Escaped<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write_bounded(f, self.0, 0)
-    }
-}
-
-/// Writes `text` escaped and bounded; `more` bytes that followed it were not even decoded.
-fn write_bounded(f: &mut impl fmt::Write, text: &str, more: usize) -> fmt::Result {
-    for (shown, (at, c)) in text.char_indices().enumerate() {
-        if shown == MAX_CHARS {
-            return write!(f, "…({} more bytes)", text.len() - at + more);
+        for (shown, (at, c)) in self.0.char_indices().enumerate() {
+            if shown == MAX_CHARS {
+                return write!(f, "…({} more bytes)", self.0.len() - at);
+            }
+            match c {
+                '\n' => f.write_str("\\n")?,
+                '\r' => f.write_str("\\r")?,
+                '\t' => f.write_str("\\t")?,
+                '\\' => f.write_str("\\\\")?,
+                c if needs_escape(c) => write!(f, "\\u{{{:x}}}", u32::from(c))?,
+                c => fmt::Write::write_char(f, c)?,
+            }
         }
-        match c {
-            '\n' => f.write_str("\\n")?,
-            '\r' => f.write_str("\\r")?,
-            '\t' => f.write_str("\\t")?,
-            '\\' => f.write_str("\\\\")?,
-            c if needs_escape(c) => write!(f, "\\u{{{:x}}}", u32::from(c))?,
-            c => f.write_char(c)?,
-        }
+        Ok(())
     }
-    if more > 0 {
-        write!(f, "…({more} more bytes)")?;
-    }
-    Ok(())
 }
 
 /// Control characters (C0, DEL, C1) and the invisible marks that reorder or hide text
@@ -52,28 +44,13 @@ fn needs_escape(c: char) -> bool {
         )
 }
 
-/// [`Escaped`] as an owned string.
-pub fn escape(text: &str) -> String {
-    Escaped(text).to_string()
-}
-
-/// Bytes from outside (an HTTP body), as escaped text: invalid UTF-8 shows as U+FFFD.
-pub fn escape_bytes(bytes: &[u8]) -> String {
-    // Only what can be shown is decoded (4 bytes at most per character).
-    let head = &bytes[..bytes.len().min(MAX_CHARS * 4)];
-    let mut escaped = String::new();
-    // Writing to a String cannot fail.
-    let _ = write_bounded(
-        &mut escaped,
-        &String::from_utf8_lossy(head),
-        bytes.len() - head.len(),
-    );
-    escaped
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn escape(text: &str) -> String {
+        Escaped(text).to_string()
+    }
 
     #[test]
     fn control_characters_and_line_breaks_are_shown_escaped() {
@@ -103,18 +80,5 @@ mod tests {
             "characters are counted, and bytes left over"
         );
         assert_eq!(escape(&"x".repeat(MAX_CHARS)), "x".repeat(MAX_CHARS));
-    }
-
-    #[test]
-    fn bytes_are_decoded_lossily_and_bounded() {
-        assert_eq!(
-            escape_bytes(b"<html>\xff\n</html>"),
-            "<html>\u{fffd}\\n</html>"
-        );
-        let long = vec![b'a'; MAX_CHARS * 8];
-        assert_eq!(
-            escape_bytes(&long),
-            format!("{}…({} more bytes)", "a".repeat(MAX_CHARS), MAX_CHARS * 7)
-        );
     }
 }

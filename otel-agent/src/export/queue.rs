@@ -292,7 +292,7 @@ impl<D: Destination> Worker<'_, D> {
                 if !self.unconfirmed {
                     self.unconfirmed = true;
                     tracing::warn!(
-                        %answer,
+                        answer = %Escaped(&answer),
                         sessions = request.sessions,
                         "the collector answered success but not with an OTLP response: its \
                          spans may not have arrived; not retried, counted as \

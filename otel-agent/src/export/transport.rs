@@ -52,7 +52,8 @@ pub struct Accepted {
     pub message: String,
     /// The answer said success (HTTP 2xx, gRPC `OK`) but its body is not an OTLP response
     /// (an HTML page from a proxy, garbage): whether the collector has the spans is
-    /// unknown. Says what was received instead (escaped).
+    /// unknown. Says what was received instead (external text: log it through
+    /// [`Escaped`]).
     pub unconfirmed: Option<String>,
 }
 
@@ -260,7 +261,7 @@ impl GrpcTransport {
                 Ok(response) => response.into(),
                 Err(error) => Accepted::unconfirmed(format!(
                     "gRPC status OK with a message that is not an OTLP response ({})",
-                    Escaped(&error.to_string())
+                    error
                 )),
             }),
             Err(status) => Err(self.link.grpc_failure(&status)),
@@ -384,10 +385,18 @@ impl HttpTransport {
             .headers()
             .get(http::header::CONTENT_TYPE)
             .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned());
-        let body = response
-            .bytes()
-            .await
-            .map_err(|error| SendError::NoAnswer(self.link.describe(&error)))?;
+        let body = match response.bytes().await {
+            Ok(body) => body,
+            // The collector said success, then the body broke off: whether it kept the
+            // spans is unknown, and sending them again could duplicate them.
+            Err(error) if status.is_success() => {
+                return Ok(Accepted::unconfirmed(format!(
+                    "HTTP {status}, then the body broke off: {}",
+                    self.link.describe(&error)
+                )));
+            }
+            Err(_) => Bytes::new(),
+        };
         if !status.is_success() {
             return Err(SendError::Http {
                 status,
@@ -414,8 +423,8 @@ fn http_answer(status: http::StatusCode, content_type: Option<&str>, body: Bytes
     let unconfirmed = |why: &str| {
         Accepted::unconfirmed(format!(
             "HTTP {status} with a body that is not an OTLP protobuf response ({why}; content-type {}): {}",
-            Escaped(content_type.unwrap_or("none")),
-            log_text::escape_bytes(&body[..body.len().min(200)])
+            content_type.unwrap_or("none"),
+            String::from_utf8_lossy(&body[..body.len().min(200)])
         ))
     };
     if !protobuf {
@@ -827,7 +836,7 @@ mod tests {
             html.unconfirmed.as_deref(),
             Some(
                 "HTTP 200 OK with a body that is not an OTLP protobuf response (wrong content \
-                 type; content-type text/html): <html>\\u{1b}[31m\\nhello</html>"
+                 type; content-type text/html): <html>\x1b[31m\nhello</html>"
             )
         );
         let garbage = http_answer(ok, Some(PROTOBUF), Bytes::from_static(b"<html>"));
