@@ -260,8 +260,7 @@ impl GrpcTransport {
             Ok(response) => Ok(match response.into_inner() {
                 Ok(response) => response.into(),
                 Err(error) => Accepted::unconfirmed(format!(
-                    "gRPC status OK with a message that is not an OTLP response ({})",
-                    error
+                    "gRPC status OK with a message that is not an OTLP response ({error})"
                 )),
             }),
             Err(status) => Err(self.link.grpc_failure(&status)),
