@@ -85,7 +85,10 @@ pub async fn run(cli: Cli) -> Result<(), AgentError> {
     };
     let snapshot = |probe: &Probe| {
         let kernel = probe.counters().unwrap_or_else(|error| {
-            tracing::warn!(%error, "cannot read the probe's counters");
+            tracing::warn!(
+                error = %crate::log_text::Escaped(&error.to_string()),
+                "cannot read the probe's counters"
+            );
             Default::default()
         });
         Snapshot::take(kernel, &stats, &outputs, &local_outputs)
@@ -166,7 +169,10 @@ fn container_ids() -> Option<ContainerIdCache> {
             None
         }
         Err(error) => {
-            tracing::warn!(%error, "spans will carry no container.id: cannot read /proc");
+            tracing::warn!(
+                error = %crate::log_text::Escaped(&error.to_string()),
+                "spans will carry no container.id: cannot read /proc"
+            );
             None
         }
     }

@@ -15,6 +15,7 @@ pub mod error;
 pub mod events;
 pub mod export;
 pub mod local;
+pub mod log_text;
 pub mod metrics;
 pub mod outputs;
 pub mod pipeline;

@@ -8,6 +8,7 @@ use otel_agent::{
     agent,
     cli::Cli,
     error::{exit_code, with_causes},
+    log_text::Escaped,
 };
 use tracing_subscriber::EnvFilter;
 
@@ -21,7 +22,7 @@ fn main() -> ExitCode {
         Err(error) => {
             eprintln!(
                 "otel-agent: --log / OTEL_AGENT_LOG=`{}` is not a valid log filter: {error}; use for example `info` or `otel_agent=debug`",
-                cli.log
+                Escaped(&cli.log)
             );
             return ExitCode::from(exit_code::CONFIG);
         }
@@ -47,7 +48,7 @@ fn main() -> ExitCode {
     match runtime.block_on(agent::run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            tracing::error!("{}", with_causes(&error));
+            tracing::error!("{}", Escaped(&with_causes(&error)));
             error.exit_code()
         }
     }

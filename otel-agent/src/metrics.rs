@@ -7,7 +7,8 @@
 //! | `otel_agent.sessions.read` | counter | | records the agent read from the ring buffer |
 //! | `otel_agent.sessions.exported` | counter | `output` | sessions whose spans an output exported |
 //! | `otel_agent.sessions.written` | counter | `output` (`console`, `json`) | sessions a local output wrote |
-//! | `otel_agent.sessions.lost` | counter | `cause` (`ring_buffer_full`, `decode_error`, `channel_full`, `queue_full`, `shutdown`, `output_full`, `output_failed`), `output` | sessions lost, by cause |
+//! | `otel_agent.sessions.unconfirmed` | counter | `output` | sessions of requests answered with a success that was not an OTLP response (may not have arrived) |
+//! | `otel_agent.sessions.lost` | counter | `cause` (`ring_buffer_full`, `decode_error`, `channel_full`, `queue_full`, `shutdown`, `rejected_by_collector`, `output_full`, `output_failed`), `output` | sessions lost, by cause |
 //! | `otel_agent.sessions.filtered` | counter | `stage` (`birth`, `after_tracking`) | sessions a filter rejected |
 //! | `otel_agent.sessions.birth_not_seen` | counter | | sessions reported with an unknown birth |
 //! | `otel_agent.export.errors` | counter | `output` | failed export attempts (each retried) |
@@ -26,6 +27,7 @@ use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
 
 use crate::{
     export::{self, ExportError, config::OtlpTarget},
+    log_text::Escaped,
     resource::agent_resource,
     stats::Snapshot,
 };
@@ -65,8 +67,14 @@ impl SelfMetrics {
         let provider = self.provider;
         match tokio::task::spawn_blocking(move || provider.shutdown()).await {
             Ok(Ok(())) => {}
-            Ok(Err(error)) => tracing::warn!(%error, "the last self-metrics were not exported"),
-            Err(error) => tracing::warn!(%error, "the self-metrics shutdown failed"),
+            Ok(Err(error)) => tracing::warn!(
+                error = %Escaped(&error.to_string()),
+                "the last self-metrics were not exported"
+            ),
+            Err(error) => tracing::warn!(
+                error = %Escaped(&error.to_string()),
+                "the self-metrics shutdown failed"
+            ),
         }
     }
 }
@@ -104,6 +112,18 @@ fn register(meter: &Meter, latest: &Arc<Mutex<Snapshot>>) {
         |s, i| {
             for export in &s.exports {
                 i.observe(export.exported, &[KeyValue::new("output", export.output)]);
+            }
+        },
+    );
+    counter(
+        "otel_agent.sessions.unconfirmed",
+        "Sessions answered with a success that was not an OTLP response, by output",
+        |s, i| {
+            for export in &s.exports {
+                i.observe(
+                    export.unconfirmed,
+                    &[KeyValue::new("output", export.output)],
+                );
             }
         },
     );

@@ -70,7 +70,10 @@ fn handle(
         Ok(session) => session,
         Err(error) => {
             PipelineStats::add(&stats.decode_errors);
-            tracing::warn!(%error, "dropped a session record that does not decode");
+            tracing::warn!(
+                error = %crate::log_text::Escaped(&error.to_string()),
+                "dropped a session record that does not decode"
+            );
             return None;
         }
     };

@@ -3,9 +3,10 @@
 //! ([`peer`]), a private mount namespace that hides tracefs ([`mountns`]), child processes
 //! that are always reaped ([`process`]), the real rotel collector ([`rotel`]), an
 //! in-process OTLP receiver for exact assertions on headers, compression, batching and TLS
-//! ([`receiver`]) and the real libbpf-tools tcplife ([`tcplife`]).
+//! ([`receiver`]), a TCP front in front of it that injects transport faults ([`fault`]) and the real libbpf-tools tcplife ([`tcplife`]).
 
 pub mod agent;
+pub mod fault;
 pub mod mountns;
 pub mod netns;
 pub mod peer;

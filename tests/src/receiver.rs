@@ -2,7 +2,10 @@
 //! export request with its headers and whether it arrived compressed. gRPC (tonic, the
 //! generated `TraceService`) and HTTP/protobuf (hyper), each in plaintext or TLS, the TLS
 //! variants optionally requiring a client certificate ([`Pki`] makes throwaway certificates).
-//! It can answer that it rejected part of each request (an OTLP partial success).
+//! It can answer that it rejected part of each request (an OTLP partial success), refuse
+//! every request with a message of the test's choosing, throttle (HTTP 429 with
+//! `Retry-After`, gRPC `RESOURCE_EXHAUSTED` with a `RetryInfo`), or answer HTTP 200 with an
+//! HTML page.
 
 use std::{
     collections::BTreeMap,
@@ -55,6 +58,14 @@ struct State {
     /// Refuse every request with an error retrying cannot fix (gRPC `INVALID_ARGUMENT`,
     /// HTTP 400).
     refuse: AtomicBool,
+    /// The message of refusals and partial successes, when not the default.
+    message: Mutex<Option<String>>,
+    /// Requests still to throttle, and the wait to ask for: not recorded.
+    throttle: Mutex<(usize, Duration)>,
+    /// Answer HTTP 200 with an HTML page (the request is recorded).
+    html: AtomicBool,
+    /// When each trace request arrived, throttled or not.
+    arrivals: Mutex<Vec<Instant>>,
 }
 
 impl State {
@@ -66,9 +77,31 @@ impl State {
         ExportTraceServiceResponse {
             partial_success: (rejected > 0).then(|| ExportTracePartialSuccess {
                 rejected_spans: rejected,
-                error_message: "rejected by the test receiver".into(),
+                error_message: self.message("rejected by the test receiver"),
             }),
         }
+    }
+
+    /// The message the test chose, or `default`.
+    fn message(&self, default: &str) -> String {
+        self.message
+            .lock()
+            .expect("receiver message")
+            .clone()
+            .unwrap_or_else(|| default.to_owned())
+    }
+
+    /// Notes a trace request's arrival; the wait to ask for if it is to be throttled.
+    fn arrived(&self) -> Option<Duration> {
+        self.arrivals
+            .lock()
+            .expect("receiver arrivals")
+            .push(Instant::now());
+        let mut throttle = self.throttle.lock().expect("receiver throttle");
+        (throttle.0 > 0).then(|| {
+            throttle.0 -= 1;
+            throttle.1
+        })
     }
 }
 
@@ -76,6 +109,9 @@ type Log = Arc<State>;
 
 /// The message of a refused request.
 pub const REFUSAL: &str = "refused by the test receiver";
+
+/// The page a receiver told to [`Receiver::answer_html`] answers with.
+pub const HTML: &str = "<html><body>Welcome to nginx!</body></html>";
 
 /// Transport of a receiver.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -141,6 +177,52 @@ impl Receiver {
         }
     }
 
+    /// Starts a plaintext gRPC receiver that records each request and answers it with
+    /// status `OK` and a message that is not an `ExportTraceServiceResponse` (the bytes of
+    /// [`HTML`]), as a misbehaving proxy or server could.
+    pub fn start_grpc_answering_garbage() -> Self {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("receiver runtime");
+        let log = Log::default();
+        let (stop, mut stopped) = oneshot::channel::<()>();
+        let listener = runtime
+            .block_on(TcpListener::bind("127.0.0.1:0"))
+            .expect("bind the receiver");
+        let addr = listener.local_addr().expect("receiver address");
+        let served = log.clone();
+        runtime.spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    accepted = listener.accept() => accepted,
+                    _ = &mut stopped => return,
+                };
+                let Ok((stream, _)) = accepted else { continue };
+                let log = served.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |request| {
+                        let log = log.clone();
+                        async move { answer_garbage(request, &log).await }
+                    });
+                    let io = hyper_util::rt::TokioIo::new(stream);
+                    let _ = hyper::server::conn::http2::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(io, service)
+                    .await;
+                });
+            }
+        });
+        Self {
+            addr,
+            log,
+            stop: Some(stop),
+            runtime: Some(runtime),
+        }
+    }
+
     /// The base URL to give the agent.
     pub fn url(&self, tls: bool) -> String {
         let scheme = if tls { "https" } else { "http" };
@@ -162,6 +244,28 @@ impl Receiver {
     /// fix: gRPC `INVALID_ARGUMENT`, HTTP 400.
     pub fn refuse_every_request(&self) {
         self.log.refuse.store(true, Ordering::Relaxed);
+    }
+
+    /// From now on, uses `message` for refusals and partial successes (a collector's text,
+    /// which may hold escape sequences and line breaks).
+    pub fn answer_with_message(&self, message: &str) {
+        *self.log.message.lock().expect("receiver message") = Some(message.to_owned());
+    }
+
+    /// Throttles the next `requests` trace requests (not recorded): HTTP 429 with
+    /// `Retry-After: <seconds>`, gRPC `RESOURCE_EXHAUSTED` with a `RetryInfo` of `wait`.
+    pub fn throttle(&self, requests: usize, wait: Duration) {
+        *self.log.throttle.lock().expect("receiver throttle") = (requests, wait);
+    }
+
+    /// From now on, records each request and answers HTTP 200 with an HTML page.
+    pub fn answer_html(&self) {
+        self.log.html.store(true, Ordering::Relaxed);
+    }
+
+    /// When each trace request arrived, throttled ones included.
+    pub fn arrivals(&self) -> Vec<Instant> {
+        self.log.arrivals.lock().expect("receiver arrivals").clone()
     }
 
     /// Waits until `predicate` holds for what was received, failing after `timeout`.
@@ -219,13 +323,21 @@ impl TraceService for Recorder {
             })
             .collect();
         let gzip = headers.get("grpc-encoding").map(String::as_str) == Some("gzip");
+        if let Some(wait) = self.0.arrived() {
+            use tonic_types::{ErrorDetails, StatusExt as _};
+            return Err(tonic::Status::with_error_details(
+                tonic::Code::ResourceExhausted,
+                "throttled by the test receiver",
+                ErrorDetails::with_retry_info(Some(wait)),
+            ));
+        }
         let response = self.0.record(Received {
             headers,
             gzip,
             request: request.into_inner(),
         });
         if self.0.refuse.load(Ordering::Relaxed) {
-            return Err(tonic::Status::invalid_argument(REFUSAL));
+            return Err(tonic::Status::invalid_argument(self.0.message(REFUSAL)));
         }
         Ok(tonic::Response::new(response))
     }
@@ -283,7 +395,19 @@ async fn handle_http(
             )
         })
         .collect();
+    let traces = request.uri().path() == "/v1/traces";
     let body = request.into_body().collect().await?.to_bytes();
+    if !traces {
+        // The agent's self-metrics: not what the tests look at.
+        return Ok(hyper::Response::new(Full::new(bytes::Bytes::new())));
+    }
+    if let Some(wait) = log.arrived() {
+        return Ok(hyper::Response::builder()
+            .status(429)
+            .header("retry-after", wait.as_secs().to_string())
+            .body(Full::new(bytes::Bytes::from_static(b"slow down")))
+            .expect("a response"));
+    }
     let gzip = headers.get("content-encoding").map(String::as_str) == Some("gzip");
     let body = if gzip {
         let mut plain = Vec::new();
@@ -305,12 +429,60 @@ async fn handle_http(
     if log.refuse.load(Ordering::Relaxed) {
         return Ok(hyper::Response::builder()
             .status(400)
-            .body(Full::new(bytes::Bytes::from_static(REFUSAL.as_bytes())))
+            .body(Full::new(bytes::Bytes::from(log.message(REFUSAL))))
+            .expect("a response"));
+    }
+    if log.html.load(Ordering::Relaxed) {
+        return Ok(hyper::Response::builder()
+            .header("content-type", "text/html")
+            .body(Full::new(bytes::Bytes::from_static(HTML.as_bytes())))
             .expect("a response"));
     }
     Ok(hyper::Response::builder()
         .header("content-type", "application/x-protobuf")
         .body(Full::new(bytes::Bytes::from(response)))
+        .expect("a response"))
+}
+
+/// Records a gRPC trace export (the agent sends it uncompressed) and answers status `OK`
+/// with [`HTML`] as its message; other calls (the self-metrics) get `OK` and no message.
+async fn answer_garbage(
+    request: hyper::Request<hyper::body::Incoming>,
+    log: &Log,
+) -> Result<
+    hyper::Response<
+        http_body_util::combinators::WithTrailers<
+            Full<bytes::Bytes>,
+            std::future::Ready<Option<Result<hyper::HeaderMap, std::convert::Infallible>>>,
+        >,
+    >,
+    hyper::Error,
+> {
+    let traces = request.uri().path().ends_with("TraceService/Export");
+    let body = request.into_body().collect().await?.to_bytes();
+    let mut message = Vec::new();
+    if traces {
+        // A gRPC message: a compression flag, a 4-byte length, the message.
+        let request =
+            ExportTraceServiceRequest::decode(&body[5..]).expect("an uncompressed OTLP request");
+        log.arrived();
+        log.record(Received {
+            headers: BTreeMap::new(),
+            gzip: false,
+            request,
+        });
+        message.push(0);
+        message.extend((HTML.len() as u32).to_be_bytes());
+        message.extend(HTML.as_bytes());
+    }
+    let mut trailers = hyper::HeaderMap::new();
+    trailers.insert("grpc-status", hyper::header::HeaderValue::from_static("0"));
+    Ok(hyper::Response::builder()
+        .header("content-type", "application/grpc")
+        .body(
+            Full::new(bytes::Bytes::from(message))
+                .with_trailers(std::future::ready(Some(Ok(trailers)))),
+        )
         .expect("a response"))
 }
 

@@ -32,7 +32,7 @@ use self::{
     queue::{Destination, ExportQueue, QueueStats},
     transport::Transport,
 };
-use crate::{cli::OtlpProtocol, resource::agent_resource, session::Session};
+use crate::{cli::OtlpProtocol, log_text::Escaped, resource::agent_resource, session::Session};
 
 /// The exporter could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -124,7 +124,11 @@ impl Exporters {
         self.stop.cancel();
         for output in self.outputs {
             if let Err(error) = output.worker.await {
-                tracing::error!(output = output.handle.name, %error, "the export worker panicked");
+                tracing::error!(
+                    output = output.handle.name,
+                    error = %Escaped(&error.to_string()),
+                    "the export worker panicked"
+                );
             }
         }
     }

@@ -3,11 +3,13 @@
 //! it. Up to `max_concurrent_exports` requests are in flight at once, so that encoding the
 //! next batch and the collector's work on the previous ones overlap. A failed request is
 //! kept, bytes and all (the same trace ids go out again), and retried before anything new,
-//! with exponential backoff, unless the collector's answer says retrying cannot help (the
-//! OTLP specification's non-retryable codes): then its spans are dropped and counted; sessions arriving while the queue (waiting, in flight and
-//! retried together) is full are dropped and counted. Memory stays bounded by the
-//! capacity, and every session is either exported, rejected by the collector, or counted
-//! as dropped.
+//! with exponential backoff or the wait the collector asked for (within the same bounds and
+//! never past the shutdown deadline), unless the collector's answer says retrying cannot
+//! help (the OTLP specification's non-retryable codes): then its spans are dropped and
+//! counted. A success whose body is not an OTLP response is counted as unconfirmed, not
+//! retried. Sessions arriving while the queue (waiting, in flight and retried together) is
+//! full are dropped and counted. Memory stays bounded by the capacity, and every session is
+//! either exported, unconfirmed, rejected by the collector, or counted as dropped.
 
 use std::{
     collections::VecDeque,
@@ -27,7 +29,7 @@ use super::{
     encode::RequestEncoder,
     transport::{Accepted, SendError},
 };
-use crate::session::Session;
+use crate::{log_text::Escaped, session::Session};
 
 /// First wait after a failed export; doubled after each failure up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
@@ -43,6 +45,10 @@ pub struct QueueStats {
     pub dropped_queue_full: AtomicU64,
     /// Sessions exported (the collector accepted their spans).
     pub exported: AtomicU64,
+    /// Sessions of requests answered with a success that was not an OTLP response (an HTML
+    /// page, garbage): not retried, not known to have arrived; counted apart from both
+    /// `exported` and the losses.
+    pub unconfirmed: AtomicU64,
     /// Sessions whose spans the collector rejected: those a partial success names, and
     /// those of a request it refused with an error that retrying cannot fix.
     pub rejected: AtomicU64,
@@ -161,6 +167,7 @@ impl ExportQueue {
             paused_until: None,
             failing_since: None,
             refusing: false,
+            unconfirmed: false,
         };
         let settings = self.shared.settings;
         let mut schedule = tokio::time::interval(settings.scheduled_delay);
@@ -180,12 +187,15 @@ impl ExportQueue {
                 Some(done) = worker.in_flight.join_next(), if !worker.in_flight.is_empty() => {
                     match done {
                         Ok((request, outcome)) => {
-                            if let Some(sent) = worker.finished(request, outcome, stopping) {
+                            if let Some(sent) = worker.finished(request, outcome, until) {
                                 encoder.recycle(sent);
                             }
                         }
                         // Its sessions stay counted as queued, and as dropped at the end.
-                        Err(error) => tracing::error!(%error, "an export request task failed"),
+                        Err(error) => tracing::error!(
+                            error = %Escaped(&error.to_string()),
+                            "an export request task failed"
+                        ),
                     }
                 }
                 () = self.shared.ready.notified() => {}
@@ -230,6 +240,9 @@ struct Worker<'q, D> {
     failing_since: Option<Instant>,
     /// A refusal was logged since the last accepted request (one warning per episode).
     refusing: bool,
+    /// An unconfirmed answer was logged since the last confirmed one (one warning per
+    /// episode).
+    unconfirmed: bool,
 }
 
 impl<D: Destination> Worker<'_, D> {
@@ -259,16 +272,36 @@ impl<D: Destination> Worker<'_, D> {
         }
     }
 
-    /// Counts a finished request; a failed one is kept for a retry after the backoff. Gives
-    /// back the body of a request that is done with.
+    /// Counts a finished request; a failed one is kept for a retry after the backoff (or
+    /// the delay the collector asked for). Gives back the body of a request that is done
+    /// with. `until` is the shutdown deadline, once stopping.
     fn finished(
         &mut self,
         request: Request,
         outcome: Result<Accepted, SendError>,
-        stopping: bool,
+        until: Option<Instant>,
     ) -> Option<Bytes> {
         let stats = &self.queue.shared.stats;
         match outcome {
+            Ok(Accepted {
+                unconfirmed: Some(answer),
+                ..
+            }) => {
+                QueueStats::add(&stats.unconfirmed, request.sessions as u64);
+                self.queue.release(request.sessions);
+                if !self.unconfirmed {
+                    self.unconfirmed = true;
+                    tracing::warn!(
+                        answer = %Escaped(&answer),
+                        sessions = request.sessions,
+                        "the collector answered success but not with an OTLP response: its \
+                         spans may not have arrived; not retried, counted as \
+                         exported_unconfirmed"
+                    );
+                }
+                self.resumed();
+                None
+            }
             Ok(accepted) => {
                 let rejected = (accepted.rejected as usize).min(request.sessions);
                 QueueStats::add(&stats.exported, (request.sessions - rejected) as u64);
@@ -276,16 +309,13 @@ impl<D: Destination> Worker<'_, D> {
                     QueueStats::add(&stats.rejected, rejected as u64);
                     tracing::warn!(
                         rejected,
-                        message = accepted.message,
+                        collector_message = %Escaped(&accepted.message),
                         "the collector rejected spans (partial success)"
                     );
                 }
                 self.queue.release(request.sessions);
-                if let Some(since) = self.failing_since.take() {
-                    tracing::info!(after = ?since.elapsed(), "the collector accepts spans again");
-                }
-                self.refusing = false;
-                self.backoff = FIRST_BACKOFF;
+                self.unconfirmed = false;
+                self.resumed();
                 Some(request.body)
             }
             Err(error) if !error.is_retryable() => {
@@ -305,28 +335,46 @@ impl<D: Destination> Worker<'_, D> {
             }
             Err(error) => {
                 QueueStats::add(&stats.export_errors, 1);
+                let asked = error.retry_after();
                 if self.failing_since.is_none() {
                     self.failing_since = Some(Instant::now());
                     tracing::warn!(
                         %error,
+                        retry_after = ?asked,
                         queued = self.queue.depth(),
                         "exporting spans failed; keeping them queued and retrying with backoff"
                     );
                 }
                 self.retries.push_back(request);
-                // Requests that were in flight together fail together: one pause for them.
-                if self.paused_until.is_none() {
-                    let wait = if stopping {
-                        FIRST_BACKOFF
-                    } else {
-                        self.backoff
-                    };
-                    self.paused_until = Some(Instant::now() + wait);
-                    self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+                // Requests that were in flight together fail together: one pause for them,
+                // the longest any of them was asked for.
+                let wait = retry_wait(asked, self.backoff, until.is_some());
+                let mut resume = Instant::now() + wait;
+                if let Some(until) = until {
+                    resume = resume.min(until);
+                }
+                match self.paused_until {
+                    None => {
+                        self.paused_until = Some(resume);
+                        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+                    }
+                    Some(paused) if asked.is_some() => {
+                        self.paused_until = Some(paused.max(resume));
+                    }
+                    Some(_) => {}
                 }
                 None
             }
         }
+    }
+
+    /// A request got an answer: the failure episode, if any, is over.
+    fn resumed(&mut self) {
+        if let Some(since) = self.failing_since.take() {
+            tracing::info!(after = ?since.elapsed(), "the collector accepts spans again");
+        }
+        self.refusing = false;
+        self.backoff = FIRST_BACKOFF;
     }
 
     fn is_idle(&self) -> bool {
@@ -347,6 +395,18 @@ impl<D: Destination> Worker<'_, D> {
             state.waiting.clear();
             state.taken = 0;
         }
+    }
+}
+
+/// How long to wait before sending again after a retryable failure: the delay the collector
+/// asked for (HTTP `Retry-After`, gRPC `RetryInfo`), at most [`MAX_BACKOFF`]; else the
+/// exponential backoff, or [`FIRST_BACKOFF`] while stopping (the caller never waits past
+/// the shutdown deadline either way).
+fn retry_wait(asked: Option<Duration>, backoff: Duration, stopping: bool) -> Duration {
+    match asked {
+        Some(asked) => asked.min(MAX_BACKOFF),
+        None if stopping => FIRST_BACKOFF,
+        None => backoff,
     }
 }
 
@@ -378,6 +438,12 @@ mod tests {
         failures: usize,
         /// Answer every failure with HTTP 400, which retrying cannot fix.
         refuse: bool,
+        /// Answer every failure with HTTP 503 and this `Retry-After`.
+        retry_after: Option<Duration>,
+        /// Answer every accepted request with a success that is not an OTLP response.
+        unconfirmed: bool,
+        /// When each request arrived.
+        times: Mutex<Vec<Instant>>,
         rejects: u64,
         /// How long each accepted request takes.
         latency: Duration,
@@ -394,14 +460,22 @@ mod tests {
     impl Destination for Shared {
         async fn send(&self, request: Bytes) -> Result<Accepted, SendError> {
             let flaky = &self.0;
+            flaky.times.lock().unwrap().push(Instant::now());
             if flaky.calls.fetch_add(1, Ordering::SeqCst) < flaky.failures {
-                return Err(if flaky.refuse {
+                return Err(if let Some(retry_after) = flaky.retry_after {
+                    SendError::Http {
+                        status: http::StatusCode::SERVICE_UNAVAILABLE,
+                        body: "busy".into(),
+                        retry_after: Some(retry_after),
+                    }
+                } else if flaky.refuse {
                     SendError::Http {
                         status: http::StatusCode::BAD_REQUEST,
                         body: "malformed".into(),
+                        retry_after: None,
                     }
                 } else {
-                    SendError::Connection("collector down".into())
+                    SendError::NoAnswer("collector down".into())
                 });
             }
             let now = flaky.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
@@ -427,7 +501,8 @@ mod tests {
             flaky.exported.lock().unwrap().extend(ports);
             Ok(Accepted {
                 rejected: flaky.rejects,
-                message: String::new(),
+                unconfirmed: flaky.unconfirmed.then(|| "<html>".to_owned()),
+                ..Accepted::default()
             })
         }
     }
@@ -609,5 +684,89 @@ mod tests {
         assert_eq!(get(&stats.dropped_at_shutdown), 4);
         assert_eq!(get(&stats.exported), 0);
         assert_eq!(queue.depth(), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_success_that_is_not_an_otlp_response_is_counted_unconfirmed_not_retried() {
+        let stats = Arc::new(QueueStats::default());
+        let queue = ExportQueue::new(settings(10, 2, 1), stats.clone());
+        let destination = Shared(Arc::new(Flaky {
+            unconfirmed: true,
+            ..Flaky::default()
+        }));
+        queue.push(&[session(1), session(2), session(3)]);
+        run_until(&queue, destination.clone(), || get(&stats.unconfirmed) >= 3).await;
+        assert_eq!(
+            (
+                get(&stats.unconfirmed),
+                get(&stats.exported),
+                get(&stats.export_errors),
+                get(&stats.rejected)
+            ),
+            (3, 0, 0, 0)
+        );
+        assert_eq!(
+            destination.0.calls.load(Ordering::SeqCst),
+            2,
+            "sent once each"
+        );
+        assert_eq!(queue.depth(), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_wait_the_collector_asks_for_is_honoured() {
+        let stats = Arc::new(QueueStats::default());
+        let queue = ExportQueue::new(settings(10, 10, 1), stats.clone());
+        // 1.5 s asked for, where the backoff would wait 0.5 s.
+        let destination = Shared(Arc::new(Flaky {
+            failures: 1,
+            retry_after: Some(Duration::from_millis(1_500)),
+            ..Flaky::default()
+        }));
+        queue.push(&[session(1)]);
+        run_until(&queue, destination.clone(), || get(&stats.exported) >= 1).await;
+        let times = destination.0.times.lock().unwrap().clone();
+        assert_eq!(times.len(), 2);
+        let waited = times[1] - times[0];
+        assert!(
+            waited >= Duration::from_millis(1_500) && waited < Duration::from_millis(2_000),
+            "waited {waited:?}"
+        );
+        assert_eq!((get(&stats.exported), get(&stats.export_errors)), (1, 1));
+    }
+
+    #[test]
+    fn the_wait_asked_for_stays_within_the_backoff_bounds() {
+        let second = Duration::from_secs(1);
+        assert_eq!(retry_wait(Some(3 * second), second, false), 3 * second);
+        assert_eq!(retry_wait(Some(3_600 * second), second, false), MAX_BACKOFF);
+        assert_eq!(retry_wait(Some(3 * second), second, true), 3 * second);
+        assert_eq!(retry_wait(None, 8 * second, false), 8 * second);
+        assert_eq!(retry_wait(None, 8 * second, true), FIRST_BACKOFF);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_wait_asked_for_never_passes_the_shutdown_deadline() {
+        let stats = Arc::new(QueueStats::default());
+        let queue = ExportQueue::new(settings(10, 10, 1), stats.clone());
+        let destination = Shared(Arc::new(Flaky {
+            failures: usize::MAX,
+            retry_after: Some(Duration::from_secs(3_600)),
+            ..Flaky::default()
+        }));
+        queue.push(&[session(1), session(2)]);
+        let stop = CancellationToken::new();
+        stop.cancel();
+        let started = Instant::now();
+        queue
+            .clone()
+            .run(destination, encoder(), stop, Duration::from_millis(300))
+            .await;
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(get(&stats.dropped_at_shutdown), 2);
     }
 }

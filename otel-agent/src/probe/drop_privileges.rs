@@ -237,7 +237,7 @@ pub fn drop_after_attach() {
             "dropped every capability and set no_new_privs: the attached probe needs none"
         ),
         Err(error) => tracing::warn!(
-            error = %crate::error::with_causes(&error),
+            error = %crate::log_text::Escaped(&crate::error::with_causes(&error)),
             "could not drop the capabilities the agent no longer needs; it keeps running with them"
         ),
     }

@@ -27,6 +27,7 @@ use common::{
 use self::tracefs::{
     INET_SOCK_SET_STATE, SYS_EXIT_ACCEPT, SYS_EXIT_ACCEPT4, TCP_RECEIVE_RESET, Tracepoint,
 };
+use crate::log_text::Escaped;
 
 /// The probe object built by `build.rs`.
 static PROBE_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/otel-agent"));
@@ -155,13 +156,16 @@ impl Probe {
         privileges::check()?;
         let (tracefs_path, mounted) = tracefs::ensure_mounted()?;
         if mounted {
-            tracing::info!(path = %tracefs_path.display(), "mounted tracefs, which was not mounted");
+            tracing::info!(
+                path = %Escaped(&tracefs_path.display().to_string()),
+                "mounted tracefs, which was not mounted"
+            );
         }
         tracefs::check_layout(&tracefs_path, &INET_SOCK_SET_STATE)?;
 
         let resolved = offsets::resolve(&options.btf);
         for missing in &resolved.missing {
-            tracing::warn!("sessions will have {missing}");
+            tracing::warn!("sessions will have {}", Escaped(missing));
         }
         let kernel_offsets = resolved.offsets;
         if options.filters.netns != 0 && kernel_offsets.valid & offsets_valid::NETNS == 0 {
@@ -293,7 +297,10 @@ fn attach_optional(
             .map_err(ProbeError::from)
             .and_then(|()| attach_tracepoint(ebpf, tracepoint))
             .inspect_err(|error| {
-                tracing::warn!(error = %crate::error::with_causes(error), "{consequence}");
+                tracing::warn!(
+                    error = %Escaped(&crate::error::with_causes(error)),
+                    "{consequence}"
+                );
             })
             .is_ok()
     })
