@@ -1,11 +1,13 @@
 //! Wiring and lifecycle: resolves the configuration, attaches the probe, runs the reader and
-//! the pipeline, and on SIGINT/SIGTERM shuts down in stages (stop reading and drain the ring
-//! buffer, let the pipeline finish, flush the exporter within its deadline, detach the probe),
-//! then logs the session accounting.
+//! the pipeline, and on SIGINT/SIGTERM/SIGHUP shuts down in stages (detach the probe, drain
+//! the ring buffer, let the pipeline finish, flush every output, export the last
+//! self-metrics), all within one deadline (`--shutdown-timeout`), then logs the session
+//! accounting. Any task that panics or ends on its own (the reader, the pipeline, an export
+//! worker, the self-metrics) makes the exit an error, after the same shutdown.
 
 use std::{path::Path, sync::Arc, time::SystemTime};
 
-use tokio::sync::mpsc;
+use tokio::{sync::mpsc, task::JoinHandle, time::Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -13,7 +15,7 @@ use crate::{
     container::{ContainerIdCache, proc_shows_host_pids},
     error::{AgentError, with_causes},
     events,
-    export::config::ExportConfig,
+    export::config::{ExportConfig, Redacted},
     metrics::SelfMetrics,
     outputs::{self, Outputs},
     pipeline::{self, Sinks},
@@ -30,10 +32,11 @@ pub async fn run(cli: Cli) -> Result<(), AgentError> {
     let signals = Signals::install()
         .map_err(|error| AgentError::Internal(format!("cannot listen for signals: {error}")))?;
     let config = ExportConfig::resolve(&cli.export, |name| std::env::var(name).ok())?;
+    crate::resource::check_environment()?;
     let Outputs { exporters, console } = outputs::open(&cli, &config)?;
     match &config.otlp {
         Some(target) => tracing::info!(
-            endpoint = %target.endpoint,
+            endpoint = %Redacted(&target.endpoint),
             protocol = target.protocol.name(),
             compression = ?target.compression,
             headers = target.headers.len(),
@@ -96,6 +99,7 @@ pub async fn run(cli: Cli) -> Result<(), AgentError> {
             signal = &mut wait_for_signal => break First::Signal(signal),
             result = &mut reader => break First::ReaderEnded(result),
             result = &mut pipeline => break First::PipelineEnded(result),
+            () = exporters.worker_ended() => break First::WorkerEnded,
             _ = ticker.tick() => {
                 let now = snapshot(&probe);
                 now.log("periodic");
@@ -105,6 +109,8 @@ pub async fn run(cli: Cli) -> Result<(), AgentError> {
             }
         }
     };
+    // One deadline for the whole shutdown.
+    let deadline = Instant::now() + cli.shutdown_timeout;
     if let First::Signal(name) = &first {
         tracing::info!(
             signal = name,
@@ -115,30 +121,74 @@ pub async fn run(cli: Cli) -> Result<(), AgentError> {
     // pipeline handle every record: the counters then reconcile exactly.
     probe.detach();
     stop.cancel();
+    let mut failures = Vec::new();
     let (signal, reader_result, pipeline_result) = match first {
-        First::Signal(signal) => (Some(signal), reader.await, pipeline.await),
-        First::ReaderEnded(result) => (None, result, pipeline.await),
-        First::PipelineEnded(result) => (None, reader.await, result),
+        First::Signal(signal) => (
+            Some(signal),
+            finish(reader, deadline).await,
+            finish(pipeline, deadline).await,
+        ),
+        First::ReaderEnded(result) => (None, Some(result), finish(pipeline, deadline).await),
+        First::PipelineEnded(result) => (None, finish(reader, deadline).await, Some(result)),
+        First::WorkerEnded => {
+            failures.push("an export worker stopped on its own".to_owned());
+            (
+                None,
+                finish(reader, deadline).await,
+                finish(pipeline, deadline).await,
+            )
+        }
     };
-    exporters.shutdown().await;
+    for output in exporters.shutdown().await {
+        failures.push(format!("the {output} export worker panicked"));
+    }
     let last = snapshot(&probe);
     last.log("final");
     if let Some(metrics) = self_metrics {
         metrics.update(last);
-        metrics.shutdown().await;
+        if let Err(error) = metrics
+            .shutdown(deadline.saturating_duration_since(Instant::now()))
+            .await
+        {
+            failures.push(error);
+        }
     }
 
-    match (signal, pipeline_result, reader_result) {
-        (_, Ok(Err(error)), _) => Err(AgentError::Output(error)),
-        (Some(name), Ok(Ok(())), Ok(Ok(()))) => {
+    let mut output_error = None;
+    for (task, result) in [("reader", reader_result), ("pipeline", pipeline_result)] {
+        match result {
+            Some(Ok(Ok(()))) if signal.is_some() => {}
+            Some(Ok(Err(error))) if task == "pipeline" => output_error = Some(error),
+            Some(result) => failures.push(format!("the {task} {}", describe(result))),
+            None => failures.push(format!(
+                "the {task} had not finished at the shutdown deadline ({:?})",
+                cli.shutdown_timeout
+            )),
+        }
+    }
+    if let Some(error) = output_error {
+        return Err(AgentError::Output(error));
+    }
+    match (signal, failures.is_empty()) {
+        (Some(name), true) => {
             tracing::info!(signal = name, "stopped cleanly");
             Ok(())
         }
-        (_, pipeline, reader) => Err(AgentError::Internal(format!(
-            "a task ended unexpectedly: reader {}, pipeline {}",
-            describe(reader),
-            describe(pipeline)
+        _ => Err(AgentError::Internal(format!(
+            "a task failed: {}",
+            failures.join("; ")
         ))),
+    }
+}
+
+/// The task's result, or `None` (and the task aborted) if it is still running at `deadline`.
+async fn finish(mut task: JoinHandle<std::io::Result<()>>, deadline: Instant) -> Option<TaskResult> {
+    match tokio::time::timeout_at(deadline, &mut task).await {
+        Ok(result) => Some(result),
+        Err(_) => {
+            task.abort();
+            None
+        }
     }
 }
 
@@ -165,13 +215,14 @@ enum First {
     Signal(&'static str),
     ReaderEnded(TaskResult),
     PipelineEnded(TaskResult),
+    WorkerEnded,
 }
 
 type TaskResult = Result<std::io::Result<()>, tokio::task::JoinError>;
 
 fn describe(result: TaskResult) -> String {
     match result {
-        Ok(Ok(())) => "stopped".to_owned(),
+        Ok(Ok(())) => "stopped on its own".to_owned(),
         Ok(Err(error)) => format!("failed: {}", with_causes(&error)),
         Err(error) => format!("panicked: {error}"),
     }

@@ -2,15 +2,70 @@
 //! `os.version`), the agent (`telemetry.distro.*`, and `service.name` = `otel-agent` with
 //! `service.version` unless the user names the service), and whatever
 //! `OTEL_SERVICE_NAME` / `OTEL_RESOURCE_ATTRIBUTES` say, which win.
+//!
+//! `OTEL_RESOURCE_ATTRIBUTES` is parsed here rather than by the SDK (which neither
+//! percent-decodes nor validates it): W3C Baggage-like `key1=value1,key2=value2`, each key
+//! a token, each value percent-decoded into UTF-8 (specification: Resource SDK, "Specifying
+//! resource information via an environment variable"). The specification asks to discard
+//! an invalid value and report an error; the agent refuses to start instead
+//! ([`check_environment`]), so that no attribute is silently missing.
 
-use opentelemetry::{Key, KeyValue};
+use opentelemetry::KeyValue;
 use opentelemetry_sdk::Resource;
+
+use crate::export::config::{ConfigError, percent_decode};
+
+const RESOURCE_ATTRIBUTES: &str = "OTEL_RESOURCE_ATTRIBUTES";
+const SERVICE_NAME: &str = "OTEL_SERVICE_NAME";
 
 /// The service name spans carry unless `OTEL_SERVICE_NAME` or `OTEL_RESOURCE_ATTRIBUTES`
 /// say otherwise.
 pub const DEFAULT_SERVICE_NAME: &str = "otel-agent";
 /// The agent's version.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Checks `OTEL_RESOURCE_ATTRIBUTES` at start-up: an invalid value stops the agent.
+pub fn check_environment() -> Result<(), ConfigError> {
+    parse_attributes(std::env::var(RESOURCE_ATTRIBUTES).ok().as_deref()).map(drop)
+}
+
+/// Parses an `OTEL_RESOURCE_ATTRIBUTES` value (unset or empty: no attributes).
+pub fn parse_attributes(value: Option<&str>) -> Result<Vec<KeyValue>, ConfigError> {
+    let Some(value) = value.filter(|value| !value.trim().is_empty()) else {
+        return Ok(Vec::new());
+    };
+    let invalid = |expected: &str| ConfigError {
+        source_name: RESOURCE_ATTRIBUTES.to_owned(),
+        value: value.to_owned(),
+        expected: expected.to_owned(),
+    };
+    value
+        .split(',')
+        .filter(|pair| !pair.trim().is_empty())
+        .map(|pair| {
+            let (key, text) = pair
+                .split_once('=')
+                .ok_or_else(|| invalid(&format!("comma-separated key=value pairs; `{}` has no `=`", pair.trim())))?;
+            let key = key.trim();
+            if key.is_empty() || !key.bytes().all(is_token_byte) {
+                return Err(invalid(&format!(
+                    "keys of letters, digits and !#$%&'*+-.^_`|~ (a W3C Baggage token); `{key}` is not"
+                )));
+            }
+            let text = percent_decode(text.trim()).ok_or_else(|| {
+                invalid(&format!(
+                    "values percent-encoded into UTF-8 (`%20` for a space, `%2C` for a comma); the value of `{key}` is not"
+                ))
+            })?;
+            Ok(KeyValue::new(key.to_owned(), text))
+        })
+        .collect()
+}
+
+/// A byte of an RFC 7230 token, what W3C Baggage allows in a key.
+fn is_token_byte(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&byte)
+}
 
 /// Builds the agent's resource.
 pub fn agent_resource() -> Resource {
@@ -25,31 +80,35 @@ pub fn agent_resource() -> Resource {
     if let Some(release) = kernel_release() {
         host.push(KeyValue::new("os.version", release));
     }
-    // Later sources win: the SDK's detectors read OTEL_SERVICE_NAME and
-    // OTEL_RESOURCE_ATTRIBUTES after the host attributes.
-    let resource = Resource::builder_empty()
-        .with_attributes(host.clone())
-        .with_detectors(&[
-            Box::new(opentelemetry_sdk::resource::SdkProvidedResourceDetector),
-            Box::new(opentelemetry_sdk::resource::TelemetryResourceDetector),
-            Box::new(opentelemetry_sdk::resource::EnvResourceDetector::new()),
-        ])
-        .build();
-    let unnamed = resource
-        .get(&Key::from_static_str("service.name"))
-        .is_none_or(|name| name.as_str().starts_with("unknown_service"));
-    if !unnamed {
-        return resource;
+    // Checked at start-up (`check_environment`).
+    let user = parse_attributes(std::env::var(RESOURCE_ATTRIBUTES).ok().as_deref())
+        .unwrap_or_default();
+    let service_name = std::env::var(SERVICE_NAME)
+        .ok()
+        .filter(|name| !name.trim().is_empty());
+    build(host, user, service_name)
+}
+
+/// The resource from the host's attributes, the user's (`OTEL_RESOURCE_ATTRIBUTES`, which
+/// win) and `OTEL_SERVICE_NAME` (which wins over both); without a service name from the
+/// user, the agent is the service.
+fn build(host: Vec<KeyValue>, user: Vec<KeyValue>, service_name: Option<String>) -> Resource {
+    let named = service_name.is_some() || user.iter().any(|kv| kv.key.as_str() == "service.name");
+    let mut builder = Resource::builder_empty()
+        .with_detectors(&[Box::new(
+            opentelemetry_sdk::resource::TelemetryResourceDetector,
+        )])
+        .with_attributes(host);
+    if !named {
+        builder = builder
+            .with_service_name(DEFAULT_SERVICE_NAME)
+            .with_attribute(KeyValue::new("service.version", VERSION));
     }
-    Resource::builder_empty()
-        .with_attributes(host)
-        .with_detectors(&[
-            Box::new(opentelemetry_sdk::resource::TelemetryResourceDetector),
-            Box::new(opentelemetry_sdk::resource::EnvResourceDetector::new()),
-        ])
-        .with_service_name(DEFAULT_SERVICE_NAME)
-        .with_attribute(KeyValue::new("service.version", VERSION))
-        .build()
+    builder = builder.with_attributes(user);
+    if let Some(name) = service_name {
+        builder = builder.with_service_name(name);
+    }
+    builder.build()
 }
 
 /// The resource of one observed process (`--resource-per-process`): the agent's resource
@@ -87,6 +146,8 @@ fn kernel_release() -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    use opentelemetry::Key;
+
     use super::*;
 
     fn value(resource: &Resource, key: &'static str) -> Option<String> {

@@ -82,6 +82,8 @@ struct Output {
 pub struct Exporters {
     outputs: Vec<Output>,
     stop: CancellationToken,
+    /// Cancelled when a worker ends, however (a panic included).
+    ended: CancellationToken,
 }
 
 impl Exporters {
@@ -97,6 +99,7 @@ impl Exporters {
     ) -> Result<Self, ExportError> {
         let resource = agent_resource();
         let stop = CancellationToken::new();
+        let ended = CancellationToken::new();
         let mut outputs = Vec::new();
         if let Some(target) = &config.otlp {
             outputs.push(Output::start(
@@ -104,7 +107,7 @@ impl Exporters {
                 Transport::new(target)?,
                 RequestEncoder::new(&resource, per_process),
                 config.batch,
-                &stop,
+                (&stop, &ended),
                 deadline,
             ));
         }
@@ -119,11 +122,15 @@ impl Exporters {
                 JsonLines::new(out),
                 RequestEncoder::new(&resource, per_process),
                 batch,
-                &stop,
+                (&stop, &ended),
                 deadline,
             ));
         }
-        Ok(Self { outputs, stop })
+        Ok(Self {
+            outputs,
+            stop,
+            ended,
+        })
     }
 
     /// The outputs' queues and counters.
@@ -134,15 +141,23 @@ impl Exporters {
             .collect()
     }
 
+    /// Resolves when a worker has ended: before [`Exporters::shutdown`], a failure.
+    pub async fn worker_ended(&self) {
+        self.ended.cancelled().await;
+    }
+
     /// Stops the workers; each exports what it still holds until the deadline given at
-    /// start and counts the rest as dropped.
-    pub async fn shutdown(self) {
+    /// start and counts the rest as dropped. Returns the outputs whose worker panicked.
+    pub async fn shutdown(self) -> Vec<&'static str> {
         self.stop.cancel();
+        let mut panicked = Vec::new();
         for output in self.outputs {
             if let Err(error) = output.worker.await {
                 tracing::error!(output = output.handle.name, %error, "the export worker panicked");
+                panicked.push(output.handle.name);
             }
         }
+        panicked
     }
 }
 
@@ -153,16 +168,20 @@ impl Output {
         destination: impl Destination,
         encoder: RequestEncoder,
         settings: BatchSettings,
-        stop: &CancellationToken,
+        (stop, ended): (&CancellationToken, &CancellationToken),
         deadline: Duration,
     ) -> Self {
         let stats = Arc::new(QueueStats::default());
         let queue = ExportQueue::new(settings, stats.clone());
-        let worker = tokio::spawn(
-            queue
-                .clone()
-                .run(destination, encoder, stop.clone(), deadline),
-        );
+        let run = queue
+            .clone()
+            .run(destination, encoder, stop.clone(), deadline);
+        // Dropped when the worker returns or unwinds.
+        let ended = ended.clone().drop_guard();
+        let worker = tokio::spawn(async move {
+            let _ended = ended;
+            run.await;
+        });
         Self {
             handle: OutputHandle { name, queue, stats },
             worker,
