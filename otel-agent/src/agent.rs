@@ -182,7 +182,10 @@ pub async fn run(cli: Cli) -> Result<(), AgentError> {
 }
 
 /// The task's result, or `None` (and the task aborted) if it is still running at `deadline`.
-async fn finish(mut task: JoinHandle<std::io::Result<()>>, deadline: Instant) -> Option<TaskResult> {
+async fn finish(
+    mut task: JoinHandle<std::io::Result<()>>,
+    deadline: Instant,
+) -> Option<TaskResult> {
     match tokio::time::timeout_at(deadline, &mut task).await {
         Ok(result) => Some(result),
         Err(_) => {

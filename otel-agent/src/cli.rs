@@ -363,7 +363,9 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 /// Parses a duration that must not be zero (a period, a deadline).
 fn parse_positive_duration(text: &str) -> Result<Duration, String> {
     match parse_duration(text)? {
-        Duration::ZERO => Err(format!("`{text}` is zero; use a positive duration, like 5s")),
+        Duration::ZERO => Err(format!(
+            "`{text}` is zero; use a positive duration, like 5s"
+        )),
         duration => Ok(duration),
     }
 }
@@ -391,6 +393,64 @@ mod tests {
         );
         assert!(parse_duration("s").is_err());
         assert!(parse_duration("3h").is_err());
+    }
+
+    #[test]
+    fn durations_are_bounded_and_zero_means_what_each_flag_says() {
+        assert_eq!(
+            parse_duration("2147483647ms"),
+            Ok(Duration::from_millis(2_147_483_647))
+        );
+        let too_long = "`2147483648ms` is too long: at most 2147483647ms (about 24 days)";
+        assert_eq!(parse_duration("2147483648ms"), Err(too_long.to_owned()));
+        assert!(
+            parse_duration("99999999999999999m")
+                .unwrap_err()
+                .contains("too long")
+        );
+        assert!(
+            parse_duration("99999999999999999999s")
+                .unwrap_err()
+                .contains("not a duration")
+        );
+        assert_eq!(
+            parse_positive_duration("0s"),
+            Err("`0s` is zero; use a positive duration, like 5s".to_owned())
+        );
+        assert_eq!(parse_positive_duration("1ms"), Ok(Duration::from_millis(1)));
+        assert_eq!(parse_timeout("0ms"), Ok(INDEFINITE_TIMEOUT));
+        assert_eq!(parse_timeout("3s"), Ok(Duration::from_secs(3)));
+        let error = |args: &[&str]| {
+            let mut argv = vec!["otel-agent"];
+            argv.extend_from_slice(args);
+            Cli::try_parse_from(argv).unwrap_err()
+        };
+        for flag in [
+            "--stats-interval",
+            "--shutdown-timeout",
+            "--bsp-schedule-delay",
+        ] {
+            let error = error(&[flag, "0s"]);
+            assert_eq!(error.kind(), clap::error::ErrorKind::ValueValidation);
+            assert!(error.to_string().contains(flag), "{error}");
+            assert!(error.to_string().contains("is zero"), "{error}");
+        }
+        let cli = Cli::try_parse_from(["otel-agent", "--otlp-timeout", "0s"]).unwrap();
+        assert_eq!(cli.export.otlp_timeout, Some(INDEFINITE_TIMEOUT));
+    }
+
+    #[test]
+    fn max_tracked_sockets_is_bounded_before_the_kernel_refuses_it() {
+        let parse = |value: &str| {
+            Cli::try_parse_from(["otel-agent", "--max-tracked-sockets", value])
+                .map(|cli| cli.probe.max_tracked_sockets)
+        };
+        assert_eq!(parse("4194304").unwrap(), MAX_TRACKED_SOCKETS);
+        for value in ["4194305", "4294967295", "63"] {
+            let error = parse(value).unwrap_err();
+            assert_eq!(error.kind(), clap::error::ErrorKind::ValueValidation);
+            assert!(error.to_string().contains("64..=4194304"), "{error}");
+        }
     }
 
     #[test]

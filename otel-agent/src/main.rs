@@ -26,6 +26,9 @@ fn main() -> ExitCode {
         // the values checked later; a malformed command line stays a usage error (2).
         Err(error) if is_invalid_value(error.kind()) => {
             let _ = error.print();
+            if let Some(variable) = variable_of(&error) {
+                eprintln!("otel-agent: the value comes from the environment variable {variable}");
+            }
             return ExitCode::from(exit_code::CONFIG);
         }
         Err(error) => error.exit(),
@@ -74,6 +77,29 @@ fn main() -> ExitCode {
             ExitCode::from(exit_code::INTERNAL)
         }
     }
+}
+
+/// The variable an invalid value came from, when it did not come from the command line
+/// (clap's message names only the flag).
+fn variable_of(error: &clap::Error) -> Option<String> {
+    use clap::{CommandFactory as _, error::ContextKind};
+    let Some(clap::error::ContextValue::String(arg)) = error.get(ContextKind::InvalidArg) else {
+        return None;
+    };
+    let long = arg.split_whitespace().next()?.strip_prefix("--")?;
+    let on_command_line = std::env::args_os().any(|word| {
+        word.to_str().is_some_and(|word| {
+            word == format!("--{long}") || word.starts_with(&format!("--{long}="))
+        })
+    });
+    let command = Cli::command();
+    let variable = command
+        .get_arguments()
+        .find(|a| a.get_long() == Some(long))?
+        .get_env()?
+        .to_str()?
+        .to_owned();
+    (!on_command_line && std::env::var_os(&variable).is_some()).then_some(variable)
 }
 
 /// clap errors about a value (a flag's or an `env` variable's), as opposed to the shape of

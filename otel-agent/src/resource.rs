@@ -81,8 +81,8 @@ pub fn agent_resource() -> Resource {
         host.push(KeyValue::new("os.version", release));
     }
     // Checked at start-up (`check_environment`).
-    let user = parse_attributes(std::env::var(RESOURCE_ATTRIBUTES).ok().as_deref())
-        .unwrap_or_default();
+    let user =
+        parse_attributes(std::env::var(RESOURCE_ATTRIBUTES).ok().as_deref()).unwrap_or_default();
     let service_name = std::env::var(SERVICE_NAME)
         .ok()
         .filter(|name| !name.trim().is_empty());
@@ -178,6 +178,74 @@ mod tests {
         );
         assert_eq!(
             value(&resource, "telemetry.sdk.language").as_deref(),
+            Some("rust")
+        );
+    }
+
+    fn text(attributes: &[KeyValue]) -> Vec<(String, String)> {
+        attributes
+            .iter()
+            .map(|kv| (kv.key.to_string(), kv.value.as_str().into_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn resource_attributes_are_percent_decoded_and_validated() {
+        let parsed = parse_attributes(Some(
+            " service.name = web%20shop ,k8s.pod.name=a%2Cb,, empty=, deployment.environment.name=prod ",
+        ))
+        .unwrap();
+        assert_eq!(
+            text(&parsed),
+            [
+                ("service.name", "web shop"),
+                ("k8s.pod.name", "a,b"),
+                ("empty", ""),
+                ("deployment.environment.name", "prod"),
+            ]
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        );
+        assert_eq!(parse_attributes(None).unwrap(), vec![]);
+        assert_eq!(parse_attributes(Some("  ")).unwrap(), vec![]);
+        let error = |value: &str| parse_attributes(Some(value)).unwrap_err().to_string();
+        assert_eq!(
+            error("=x,a=b"),
+            "OTEL_RESOURCE_ATTRIBUTES=`=x,a=b` is invalid: keys of letters, digits and !#$%&'*+-.^_`|~ (a W3C Baggage token); `` is not"
+        );
+        assert_eq!(
+            error("a b=c"),
+            "OTEL_RESOURCE_ATTRIBUTES=`a b=c` is invalid: keys of letters, digits and !#$%&'*+-.^_`|~ (a W3C Baggage token); `a b` is not"
+        );
+        assert_eq!(
+            error("a=b,novalue"),
+            "OTEL_RESOURCE_ATTRIBUTES=`a=b,novalue` is invalid: comma-separated key=value pairs; `novalue` has no `=`"
+        );
+        assert_eq!(
+            error("a=%ZZ"),
+            "OTEL_RESOURCE_ATTRIBUTES=`a=%ZZ` is invalid: values percent-encoded into UTF-8 (`%20` for a space, `%2C` for a comma); the value of `a` is not"
+        );
+        assert!(error("a=%FF").contains("the value of `a` is not"));
+    }
+
+    #[test]
+    fn the_service_name_comes_from_the_variable_then_the_attributes_then_the_agent() {
+        let host = vec![KeyValue::new("host.name", "node-1")];
+        let user = vec![
+            KeyValue::new("service.name", "shop"),
+            KeyValue::new("host.name", "override"),
+        ];
+        let named = build(host.clone(), user.clone(), None);
+        assert_eq!(value(&named, "service.name").as_deref(), Some("shop"));
+        assert_eq!(value(&named, "host.name").as_deref(), Some("override"));
+        assert_eq!(value(&named, "service.version"), None);
+        let both = build(host.clone(), user, Some("checkout".into()));
+        assert_eq!(value(&both, "service.name").as_deref(), Some("checkout"));
+        let agent = build(host, vec![KeyValue::new("team", "net")], None);
+        assert_eq!(value(&agent, "service.name").as_deref(), Some("otel-agent"));
+        assert_eq!(value(&agent, "service.version").as_deref(), Some(VERSION));
+        assert_eq!(value(&agent, "team").as_deref(), Some("net"));
+        assert_eq!(
+            value(&agent, "telemetry.sdk.language").as_deref(),
             Some("rust")
         );
     }

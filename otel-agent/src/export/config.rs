@@ -64,12 +64,7 @@ impl std::fmt::Display for Redacted<'_> {
             .find(['/', '?', '#'])
             .map_or(url.len(), |i| start + i);
         match url[start..end].rfind('@') {
-            Some(at) => write!(
-                f,
-                "{}{REDACTED}{}",
-                &url[..start],
-                &url[start + at..]
-            ),
+            Some(at) => write!(f, "{}{REDACTED}{}", &url[..start], &url[start + at..]),
             None => f.write_str(url),
         }
     }
@@ -500,8 +495,12 @@ fn check_url(source: &str, shown: &str, url: &str) -> Result<(), ConfigError> {
     };
     // `http::Uri` accepts a port beyond 65535 (and then reports none): read it here.
     let authority = uri.authority().map_or("", |a| a.as_str());
-    let host_port = authority.rsplit_once('@').map_or(authority, |(_, rest)| rest);
-    let after_host = host_port.rsplit_once(']').map_or(host_port, |(_, rest)| rest);
+    let host_port = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, rest)| rest);
+    let after_host = host_port
+        .rsplit_once(']')
+        .map_or(host_port, |(_, rest)| rest);
     match after_host.rsplit_once(':') {
         Some((_, port)) if !matches!(port.parse::<u16>(), Ok(1..)) => Err(invalid(
             "a port from 1 to 65535, like http://127.0.0.1:4317",
@@ -783,7 +782,10 @@ mod hardening_tests {
                 "http://<redacted>@host:4318/v1/traces",
             ),
             ("https://token@host", "https://<redacted>@host"),
-            ("http://a:b@c@host:1/x?y=z@w", "http://<redacted>@host:1/x?y=z@w"),
+            (
+                "http://a:b@c@host:1/x?y=z@w",
+                "http://<redacted>@host:1/x?y=z@w",
+            ),
             ("http://host:4318/a@b", "http://host:4318/a@b"),
             ("http://[::1]:4317", "http://[::1]:4317"),
             ("alice:secret@host:4317", "<redacted>@host:4317"),
@@ -836,11 +838,18 @@ mod hardening_tests {
         );
         assert_eq!(INDEFINITE_TIMEOUT, Duration::from_millis(2_147_483_647));
         assert_eq!(
-            timeout(&[endpoint, ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "2147483647")]),
+            timeout(&[
+                endpoint,
+                ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "2147483647")
+            ]),
             MAX_DURATION
         );
         assert_eq!(
-            resolve(&[], &[endpoint, ("OTEL_EXPORTER_OTLP_TIMEOUT", "2147483648")]).unwrap_err(),
+            resolve(
+                &[],
+                &[endpoint, ("OTEL_EXPORTER_OTLP_TIMEOUT", "2147483648")]
+            )
+            .unwrap_err(),
             "OTEL_EXPORTER_OTLP_TIMEOUT=`2147483648` is invalid: an integer number of milliseconds, at most 2147483647"
         );
         assert_eq!(
@@ -879,8 +888,17 @@ mod hardening_tests {
             );
         }
         // Paths may be any bytes; variables the agent does not read are not its business.
-        for name in ["OTEL_AGENT_JSON_OUTPUT", "OTEL_AGENT_BTF", "OTEL_PYTHON_X", "HOME"] {
-            assert_eq!(check_utf8([(OsString::from(name), bad())]), Ok(()), "{name}");
+        for name in [
+            "OTEL_AGENT_JSON_OUTPUT",
+            "OTEL_AGENT_BTF",
+            "OTEL_PYTHON_X",
+            "HOME",
+        ] {
+            assert_eq!(
+                check_utf8([(OsString::from(name), bad())]),
+                Ok(()),
+                "{name}"
+            );
         }
         assert_eq!(check_utf8(std::env::vars_os()), Ok(()));
     }

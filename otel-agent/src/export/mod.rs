@@ -342,3 +342,56 @@ fn https_client(target: &OtlpTarget) -> Result<reqwest::blocking::Client, Export
         .map_err(|_| ExportError::HttpClient("the client builder panicked".into()))?
         .map_err(|error| ExportError::HttpClient(error.to_string()))
 }
+
+#[cfg(test)]
+mod worker_failure_tests {
+    use super::*;
+
+    /// A worker that panics (here: a zero schedule delay, which `tokio::time::interval`
+    /// refuses, what `OTEL_BSP_SCHEDULE_DELAY=0` used to do) is seen at once and reported
+    /// by the shutdown, so that the agent cannot stop "cleanly".
+    #[tokio::test]
+    async fn a_panicking_worker_is_reported_not_swallowed() {
+        let stop = CancellationToken::new();
+        let ended = CancellationToken::new();
+        let settings = BatchSettings {
+            scheduled_delay: Duration::ZERO,
+            ..BatchSettings::default()
+        };
+        let output = Output::start(
+            "json",
+            JsonLines::new(Box::new(std::io::sink())),
+            RequestEncoder::new(&agent_resource(), false),
+            settings,
+            (&stop, &ended),
+            Duration::from_secs(1),
+        );
+        let exporters = Exporters {
+            outputs: vec![output],
+            stop,
+            ended,
+        };
+        tokio::time::timeout(Duration::from_secs(5), exporters.worker_ended())
+            .await
+            .expect("the worker's end is noticed");
+        assert_eq!(exporters.shutdown().await, vec!["json"]);
+    }
+
+    #[tokio::test]
+    async fn workers_that_stop_when_asked_are_not_failures() {
+        let config = ExportConfig {
+            otlp: None,
+            sdk_disabled: false,
+            batch: BatchSettings::default(),
+        };
+        let exporters = Exporters::start(
+            &config,
+            Some(Box::new(std::io::sink())),
+            false,
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        assert!(!exporters.ended.is_cancelled());
+        assert_eq!(exporters.shutdown().await, Vec::<&str>::new());
+    }
+}
