@@ -10,10 +10,10 @@ use std::{
     io::Read as _,
     net::{TcpListener, TcpStream},
     os::unix::ffi::OsStrExt as _,
-    process::{Command, Stdio},
+    process::Command,
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     thread,
     time::{Duration, Instant},
@@ -29,18 +29,14 @@ use otel_agent_tests::{
 /// `EX_CONFIG`.
 const CONFIG: i32 = 78;
 
-/// Runs `command`, which must stop at start-up, and returns (exit code, stdout + stderr).
-fn run(mut command: Command) -> (Option<i32>, String) {
-    let output = command
-        .stdin(Stdio::null())
-        .output()
-        .expect("run the agent");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    (output.status.code(), text)
+/// Runs `command`, which must stop at start-up within 20 s, and returns (exit code, stderr).
+fn run(command: Command) -> (Option<i32>, String) {
+    static RUNS: AtomicUsize = AtomicUsize::new(0);
+    let dir = TempDir::new(&format!(
+        "hardening-refused-{}",
+        RUNS.fetch_add(1, Ordering::Relaxed)
+    ));
+    agent::run_to_failure(command, dir.path())
 }
 
 fn assert_refused(command: Command, what: &str, message: &str) {
