@@ -39,6 +39,9 @@ fn run(command: Command) -> (Option<i32>, String) {
     agent::run_to_failure(command, dir.path())
 }
 
+/// Command-line arguments, environment, and a part of the message the agent must print.
+type BadInput<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+
 fn assert_refused(command: Command, what: &str, message: &str) {
     let (code, text) = run(command);
     assert_eq!(code, Some(CONFIG), "{what}: {text}");
@@ -55,7 +58,7 @@ fn assert_refused(command: Command, what: &str, message: &str) {
 
 #[test]
 fn zero_and_out_of_range_values_are_refused_at_start_up_with_78_naming_the_source() {
-    let cases: &[(&[&str], &[(&str, &str)], &str)] = &[
+    let cases: &[BadInput] = &[
         (
             &["--stats-interval", "0s"],
             &[],
