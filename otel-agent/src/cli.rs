@@ -169,8 +169,9 @@ pub struct OutputArgs {
 /// What the probe watches, decided in the kernel at load time (tcplife's filters and more).
 #[derive(Debug, Args)]
 pub struct ProbeArgs {
-    /// Only sessions owned by this process id.
-    #[arg(short = 'p', long, env = "OTEL_AGENT_PID", value_name = "PID")]
+    /// Only sessions owned by this process id (positive: the kernel filter reads 0 as "no
+    /// filter").
+    #[arg(short = 'p', long, env = "OTEL_AGENT_PID", value_name = "PID", value_parser = clap::value_parser!(u32).range(1..))]
     pub pid: Option<u32>,
 
     /// Only sessions with one of these local ports (comma-separated, at most 16).
@@ -532,6 +533,11 @@ mod tests {
         assert!(error(&["--ring-buffer-bytes", "5000"]).contains("not a power of two"));
         assert!(error(&["-4", "-6"]).contains("cannot be used with"));
         assert!(error(&["--max-tracked-sockets", "3"]).contains("--max-tracked-sockets"));
+        assert!(
+            error(&["-p", "0"]).contains("0 is not in 1..=4294967295"),
+            "{}",
+            error(&["-p", "0"])
+        );
     }
 
     #[test]

@@ -115,6 +115,11 @@ fn zero_and_out_of_range_values_are_refused_at_start_up_with_78_naming_the_sourc
             "the value of `team` is not",
         ),
         (
+            &["-p", "0"],
+            &[],
+            "invalid value '0' for '--pid <PID>': 0 is not in 1..=4294967295",
+        ),
+        (
             &["--bsp-max-queue-size", "0"],
             &[],
             "`0` is not a positive integer",
