@@ -1,12 +1,14 @@
 //! Wiring and lifecycle: resolves the configuration, attaches the probe, runs the reader and
-//! the pipeline, and on SIGINT/SIGTERM (or when a local output cannot be written) shuts down
-//! in stages (stop reading and drain the ring buffer, let the pipeline finish, flush the
-//! exporter and the local outputs within one deadline, detach the probe), then logs the
-//! session accounting.
+//! the pipeline, and on SIGINT/SIGTERM/SIGHUP (or when a local output cannot be written)
+//! shuts down in stages (detach the probe, drain the ring buffer, let the pipeline finish,
+//! flush the exporters and the local outputs, export the last self-metrics), all within one
+//! deadline (`--shutdown-timeout`), then logs the session accounting. Any task that panics or
+//! ends on its own (the reader, the pipeline, an export worker, the self-metrics) makes the
+//! exit an error, after the same shutdown.
 
 use std::{path::Path, sync::Arc, time::SystemTime};
 
-use tokio::sync::mpsc;
+use tokio::{sync::mpsc, task::JoinHandle, time::Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -14,7 +16,8 @@ use crate::{
     container::{ContainerIdCache, proc_shows_host_pids},
     error::{AgentError, with_causes},
     events,
-    export::config::ExportConfig,
+    export::config::{ExportConfig, Redacted},
+    log_text::Escaped,
     metrics::SelfMetrics,
     outputs::{self, Outputs},
     pipeline::{self, Sinks},
@@ -31,10 +34,11 @@ pub async fn run(cli: Cli) -> Result<(), AgentError> {
     let signals = Signals::install()
         .map_err(|error| AgentError::Internal(format!("cannot listen for signals: {error}")))?;
     let config = ExportConfig::resolve(&cli.export, |name| std::env::var(name).ok())?;
+    crate::resource::check_environment()?;
     let Outputs { exporters, locals } = outputs::open(&cli, &config)?;
     match &config.otlp {
         Some(target) => tracing::info!(
-            endpoint = %target.endpoint,
+            endpoint = %Redacted(&target.endpoint),
             protocol = target.protocol.name(),
             compression = ?target.compression,
             headers = target.headers.len(),
@@ -86,7 +90,7 @@ pub async fn run(cli: Cli) -> Result<(), AgentError> {
     let snapshot = |probe: &Probe| {
         let kernel = probe.counters().unwrap_or_else(|error| {
             tracing::warn!(
-                error = %crate::log_text::Escaped(&error.to_string()),
+                error = %Escaped(&error.to_string()),
                 "cannot read the probe's counters"
             );
             Default::default()
@@ -102,6 +106,7 @@ pub async fn run(cli: Cli) -> Result<(), AgentError> {
             signal = &mut wait_for_signal => break First::Signal(signal),
             result = &mut reader => break First::ReaderEnded(result),
             result = &mut pipeline => break First::PipelineEnded(result),
+            () = exporters.worker_ended() => break First::WorkerEnded,
             () = locals.failed() => break First::OutputFailed,
             _ = ticker.tick() => {
                 let now = snapshot(&probe);
@@ -112,6 +117,8 @@ pub async fn run(cli: Cli) -> Result<(), AgentError> {
             }
         }
     };
+    // One deadline for the whole shutdown.
+    let deadline = Instant::now() + cli.shutdown_timeout;
     match &first {
         First::Signal(name) => tracing::info!(
             signal = name,
@@ -121,39 +128,88 @@ pub async fn run(cli: Cli) -> Result<(), AgentError> {
             "shutting down: a local output cannot be written (the error follows); draining \
              and flushing the other outputs"
         ),
-        First::ReaderEnded(_) | First::PipelineEnded(_) => {}
+        First::ReaderEnded(_) | First::PipelineEnded(_) | First::WorkerEnded => {}
     }
     // Detach first so that nothing more is written, then drain the ring buffer, and let the
     // pipeline handle every record: the counters then reconcile exactly.
     probe.detach();
     stop.cancel();
+    let mut failures = Vec::new();
     let (signal, reader_result, pipeline_result) = match first {
-        First::Signal(signal) => (Some(signal), reader.await, pipeline.await),
-        First::ReaderEnded(result) => (None, result, pipeline.await),
-        First::PipelineEnded(result) => (None, reader.await, result),
-        First::OutputFailed => (None, reader.await, pipeline.await),
+        First::Signal(signal) => (
+            Some(signal),
+            finish(reader, deadline).await,
+            finish(pipeline, deadline).await,
+        ),
+        First::ReaderEnded(result) => (None, Some(result), finish(pipeline, deadline).await),
+        First::PipelineEnded(result) => (None, finish(reader, deadline).await, Some(result)),
+        First::WorkerEnded => {
+            failures.push("an export worker stopped on its own".to_owned());
+            (
+                None,
+                finish(reader, deadline).await,
+                finish(pipeline, deadline).await,
+            )
+        }
+        First::OutputFailed => (
+            None,
+            finish(reader, deadline).await,
+            finish(pipeline, deadline).await,
+        ),
     };
-    // One deadline for the exporters and the local outputs, flushed together.
-    let deadline = tokio::time::Instant::now() + cli.shutdown_timeout;
-    let ((), local_result) = tokio::join!(exporters.shutdown(), locals.shutdown(deadline));
+    // The exporters and the local outputs flush together, within the same deadline.
+    let (panicked, local_result) = tokio::join!(exporters.shutdown(), locals.shutdown(deadline));
+    for output in panicked {
+        failures.push(format!("the {output} export worker panicked"));
+    }
     let last = snapshot(&probe);
     last.log("final");
     if let Some(metrics) = self_metrics {
         metrics.update(last);
-        metrics.shutdown().await;
+        if let Err(error) = metrics
+            .shutdown(deadline.saturating_duration_since(Instant::now()))
+            .await
+        {
+            failures.push(error);
+        }
     }
 
+    let pipeline_result = pipeline_result.map(|result| result.map(Ok));
+    for (task, result) in [("reader", reader_result), ("pipeline", pipeline_result)] {
+        match result {
+            Some(Ok(Ok(()))) if signal.is_some() => {}
+            Some(result) => failures.push(format!("the {task} {}", describe(result))),
+            None => failures.push(format!(
+                "the {task} had not finished at the shutdown deadline ({:?})",
+                cli.shutdown_timeout
+            )),
+        }
+    }
+    // A local output that could not be written is the reason to stop: its error wins.
     local_result?;
-    match (signal, pipeline_result, reader_result) {
-        (Some(name), Ok(()), Ok(Ok(()))) => {
+    match (signal, failures.is_empty()) {
+        (Some(name), true) => {
             tracing::info!(signal = name, "stopped cleanly");
             Ok(())
         }
-        (_, pipeline, reader) => Err(AgentError::Internal(format!(
-            "a task ended unexpectedly: reader {}, pipeline {}",
-            describe(reader),
-            describe(pipeline.map(Ok))
+        _ => Err(AgentError::Internal(format!(
+            "a task failed: {}",
+            failures.join("; ")
         ))),
+    }
+}
+
+/// The task's result, or `None` (and the task aborted) if it is still running at `deadline`.
+async fn finish<T>(
+    mut task: JoinHandle<T>,
+    deadline: Instant,
+) -> Option<Result<T, tokio::task::JoinError>> {
+    match tokio::time::timeout_at(deadline, &mut task).await {
+        Ok(result) => Some(result),
+        Err(_) => {
+            task.abort();
+            None
+        }
     }
 }
 
@@ -170,7 +226,7 @@ fn container_ids() -> Option<ContainerIdCache> {
         }
         Err(error) => {
             tracing::warn!(
-                error = %crate::log_text::Escaped(&error.to_string()),
+                error = %Escaped(&error.to_string()),
                 "spans will carry no container.id: cannot read /proc"
             );
             None
@@ -183,6 +239,8 @@ enum First {
     Signal(&'static str),
     ReaderEnded(TaskResult),
     PipelineEnded(Result<(), tokio::task::JoinError>),
+    /// An export worker ended before the shutdown.
+    WorkerEnded,
     /// A local output failed (its error comes from its shutdown).
     OutputFailed,
 }
@@ -191,7 +249,7 @@ type TaskResult = Result<std::io::Result<()>, tokio::task::JoinError>;
 
 fn describe(result: TaskResult) -> String {
     match result {
-        Ok(Ok(())) => "stopped".to_owned(),
+        Ok(Ok(())) => "stopped on its own".to_owned(),
         Ok(Err(error)) => format!("failed: {}", with_causes(&error)),
         Err(error) => format!("panicked: {error}"),
     }

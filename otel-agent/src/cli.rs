@@ -7,7 +7,15 @@ use std::{os::unix::fs::MetadataExt as _, path::PathBuf, time::Duration};
 use clap::{Args, Parser, ValueEnum};
 use common::{AF_INET, AF_INET6, Filters, MAX_FILTER_PORTS};
 
-use crate::probe::ProbeOptions;
+use crate::{
+    export::config::{INDEFINITE_TIMEOUT, MAX_DURATION},
+    probe::ProbeOptions,
+};
+
+/// The most sockets `--max-tracked-sockets` accepts: 2^22, 64 times the default. The
+/// kernel preallocates the whole LRU map; a map far larger is refused by the kernel
+/// (`E2BIG`) or exhausts its memory.
+pub const MAX_TRACKED_SOCKETS: u32 = 1 << 22;
 
 /// Watches every TCP session on this host and turns each closed one into an OpenTelemetry
 /// span (start = the session's birth, end = its close), exported over OTLP. Without an OTLP
@@ -24,22 +32,24 @@ pub struct Cli {
     #[command(flatten)]
     pub output: OutputArgs,
 
-    /// How long shutdown may take to flush queued spans to the collector before giving up.
+    /// How long the whole shutdown may take (draining, flushing queued spans to every
+    /// output, the last self-metrics); what is not out by then is counted as lost. A
+    /// positive duration.
     #[arg(
         long,
         env = "OTEL_AGENT_SHUTDOWN_TIMEOUT",
         default_value = "5s",
-        value_parser = parse_duration
+        value_parser = parse_positive_duration
     )]
     pub shutdown_timeout: Duration,
 
     /// How often the agent logs its session accounting and exports its self-metrics (to
-    /// the OTLP collector, when exporting).
+    /// the OTLP collector, when exporting). A positive duration.
     #[arg(
         long,
         env = "OTEL_AGENT_STATS_INTERVAL",
         default_value = "60s",
-        value_parser = parse_duration
+        value_parser = parse_positive_duration
     )]
     pub stats_interval: Duration,
 
@@ -76,9 +86,10 @@ pub struct ExportArgs {
     #[arg(long, value_name = "gzip|none")]
     pub otlp_compression: Option<String>,
 
-    /// Timeout of one export request, like 10s. Environment (milliseconds):
+    /// Timeout of one export request, like 10s; 0 means no limit (as the specification
+    /// says; in practice 2^31-1 ms). Environment (milliseconds):
     /// OTEL_EXPORTER_OTLP_TRACES_TIMEOUT, OTEL_EXPORTER_OTLP_TIMEOUT. Default: 10s.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = parse_timeout)]
     pub otlp_timeout: Option<Duration>,
 
     /// CA certificate (PEM) that signed the collector's certificate, for an https://
@@ -107,9 +118,9 @@ pub struct ExportArgs {
     #[arg(long, value_name = "SPANS", value_parser = parse_positive)]
     pub bsp_max_export_batch_size: Option<usize>,
 
-    /// Longest wait before queued spans are exported, like 5s. Environment (milliseconds):
-    /// OTEL_BSP_SCHEDULE_DELAY. Default: 5s.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    /// Longest wait before queued spans are exported, like 5s; positive. Environment
+    /// (milliseconds): OTEL_BSP_SCHEDULE_DELAY. Default: 5s.
+    #[arg(long, value_name = "DURATION", value_parser = parse_positive_duration)]
     pub bsp_schedule_delay: Option<Duration>,
 
     /// Export requests in flight at once: the next batch is encoded and sent while the
@@ -169,8 +180,9 @@ pub struct OutputArgs {
 /// What the probe watches, decided in the kernel at load time (tcplife's filters and more).
 #[derive(Debug, Args)]
 pub struct ProbeArgs {
-    /// Only sessions owned by this process id.
-    #[arg(short = 'p', long, env = "OTEL_AGENT_PID", value_name = "PID")]
+    /// Only sessions owned by this process id (positive: the kernel filter reads 0 as "no
+    /// filter").
+    #[arg(short = 'p', long, env = "OTEL_AGENT_PID", value_name = "PID", value_parser = clap::value_parser!(u32).range(1..))]
     pub pid: Option<u32>,
 
     /// Only sessions with one of these local ports (comma-separated, at most 16).
@@ -210,8 +222,9 @@ pub struct ProbeArgs {
     pub skip_unknown_birth: bool,
 
     /// Open sockets the probe can track at once (LRU: the oldest is evicted beyond this, and
-    /// reported at close with an unknown birth).
-    #[arg(long, env = "OTEL_AGENT_MAX_TRACKED_SOCKETS", default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(64..))]
+    /// reported at close with an unknown birth): 64 to 4194304 (the kernel preallocates
+    /// every entry, about 100 bytes each).
+    #[arg(long, env = "OTEL_AGENT_MAX_TRACKED_SOCKETS", default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(64..=i64::from(MAX_TRACKED_SOCKETS)))]
     pub max_tracked_sockets: u32,
 
     /// The kernel's BTF, from which struct offsets are read (for kernels that ship it
@@ -336,17 +349,44 @@ fn parse_positive(text: &str) -> Result<usize, String> {
         .ok_or_else(|| format!("`{text}` is not a positive integer"))
 }
 
-/// Parses `500ms`, `5s` or `2m`.
+/// Parses `500ms`, `5s` or `2m`, at most [`MAX_DURATION`].
 fn parse_duration(text: &str) -> Result<Duration, String> {
     let error = || format!("`{text}` is not a duration; use a number with ms, s or m, like 5s");
     let split = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(error)?;
     let (number, unit) = text.split_at(split);
     let number: u64 = number.parse().map_err(|_| error())?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(number)),
-        "s" => Ok(Duration::from_secs(number)),
-        "m" => Ok(Duration::from_secs(number * 60)),
-        _ => Err(error()),
+    let millis = match unit {
+        "ms" => Some(number),
+        "s" => number.checked_mul(1_000),
+        "m" => number.checked_mul(60_000),
+        _ => return Err(error()),
+    };
+    millis
+        .map(Duration::from_millis)
+        .filter(|duration| *duration <= MAX_DURATION)
+        .ok_or_else(|| {
+            format!(
+                "`{text}` is too long: at most {}ms (about 24 days)",
+                MAX_DURATION.as_millis()
+            )
+        })
+}
+
+/// Parses a duration that must not be zero (a period, a deadline).
+fn parse_positive_duration(text: &str) -> Result<Duration, String> {
+    match parse_duration(text)? {
+        Duration::ZERO => Err(format!(
+            "`{text}` is zero; use a positive duration, like 5s"
+        )),
+        duration => Ok(duration),
+    }
+}
+
+/// Parses a timeout: zero means no limit, as the specification says of timeouts.
+fn parse_timeout(text: &str) -> Result<Duration, String> {
+    match parse_duration(text)? {
+        Duration::ZERO => Ok(INDEFINITE_TIMEOUT),
+        timeout => Ok(timeout),
     }
 }
 
@@ -365,6 +405,64 @@ mod tests {
         );
         assert!(parse_duration("s").is_err());
         assert!(parse_duration("3h").is_err());
+    }
+
+    #[test]
+    fn durations_are_bounded_and_zero_means_what_each_flag_says() {
+        assert_eq!(
+            parse_duration("2147483647ms"),
+            Ok(Duration::from_millis(2_147_483_647))
+        );
+        let too_long = "`2147483648ms` is too long: at most 2147483647ms (about 24 days)";
+        assert_eq!(parse_duration("2147483648ms"), Err(too_long.to_owned()));
+        assert!(
+            parse_duration("99999999999999999m")
+                .unwrap_err()
+                .contains("too long")
+        );
+        assert!(
+            parse_duration("99999999999999999999s")
+                .unwrap_err()
+                .contains("not a duration")
+        );
+        assert_eq!(
+            parse_positive_duration("0s"),
+            Err("`0s` is zero; use a positive duration, like 5s".to_owned())
+        );
+        assert_eq!(parse_positive_duration("1ms"), Ok(Duration::from_millis(1)));
+        assert_eq!(parse_timeout("0ms"), Ok(INDEFINITE_TIMEOUT));
+        assert_eq!(parse_timeout("3s"), Ok(Duration::from_secs(3)));
+        let error = |args: &[&str]| {
+            let mut argv = vec!["otel-agent"];
+            argv.extend_from_slice(args);
+            Cli::try_parse_from(argv).unwrap_err()
+        };
+        for flag in [
+            "--stats-interval",
+            "--shutdown-timeout",
+            "--bsp-schedule-delay",
+        ] {
+            let error = error(&[flag, "0s"]);
+            assert_eq!(error.kind(), clap::error::ErrorKind::ValueValidation);
+            assert!(error.to_string().contains(flag), "{error}");
+            assert!(error.to_string().contains("is zero"), "{error}");
+        }
+        let cli = Cli::try_parse_from(["otel-agent", "--otlp-timeout", "0s"]).unwrap();
+        assert_eq!(cli.export.otlp_timeout, Some(INDEFINITE_TIMEOUT));
+    }
+
+    #[test]
+    fn max_tracked_sockets_is_bounded_before_the_kernel_refuses_it() {
+        let parse = |value: &str| {
+            Cli::try_parse_from(["otel-agent", "--max-tracked-sockets", value])
+                .map(|cli| cli.probe.max_tracked_sockets)
+        };
+        assert_eq!(parse("4194304").unwrap(), MAX_TRACKED_SOCKETS);
+        for value in ["4194305", "4294967295", "63"] {
+            let error = parse(value).unwrap_err();
+            assert_eq!(error.kind(), clap::error::ErrorKind::ValueValidation);
+            assert!(error.to_string().contains("64..=4194304"), "{error}");
+        }
     }
 
     #[test]
@@ -446,6 +544,11 @@ mod tests {
         assert!(error(&["--ring-buffer-bytes", "5000"]).contains("not a power of two"));
         assert!(error(&["-4", "-6"]).contains("cannot be used with"));
         assert!(error(&["--max-tracked-sockets", "3"]).contains("--max-tracked-sockets"));
+        assert!(
+            error(&["-p", "0"]).contains("0 is not in 1..=4294967295"),
+            "{}",
+            error(&["-p", "0"])
+        );
     }
 
     #[test]

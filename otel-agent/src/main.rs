@@ -3,11 +3,12 @@
 
 use std::{io::IsTerminal as _, process::ExitCode};
 
-use clap::Parser as _;
+use clap::{Parser as _, error::ErrorKind};
 use otel_agent::{
     agent,
     cli::Cli,
     error::{exit_code, with_causes},
+    export::config::check_utf8,
     log_text::Escaped,
 };
 use tracing_subscriber::EnvFilter;
@@ -16,7 +17,23 @@ use tracing_subscriber::EnvFilter;
 const QUIET_CRATES: &str = "h2=off,hyper=off,hyper_util=off,tonic=off,tower=off,reqwest=off";
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    if let Err(error) = check_utf8(std::env::vars_os()) {
+        eprintln!("otel-agent: {error}");
+        return ExitCode::from(exit_code::CONFIG);
+    }
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // A flag's or variable's value that clap refuses is a configuration error, like
+        // the values checked later; a malformed command line stays a usage error (2).
+        Err(error) if is_invalid_value(error.kind()) => {
+            let _ = error.print();
+            if let Some(variable) = variable_of(&error) {
+                eprintln!("otel-agent: the value comes from the environment variable {variable}");
+            }
+            return ExitCode::from(exit_code::CONFIG);
+        }
+        Err(error) => error.exit(),
+    };
     let filter = match EnvFilter::try_new(format!("{},{QUIET_CRATES}", cli.log)) {
         Ok(filter) => filter,
         Err(error) => {
@@ -45,11 +62,52 @@ fn main() -> ExitCode {
             return ExitCode::from(exit_code::INTERNAL);
         }
     };
-    match runtime.block_on(agent::run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
+    // On a task of its own, so that a panic is an error exit with a message, not 101.
+    let outcome = runtime.block_on(async { tokio::spawn(agent::run(cli)).await });
+    // Whatever is still running (a self-metrics export the shutdown deadline cut short)
+    // must not hold the exit.
+    runtime.shutdown_background();
+    match outcome {
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(error)) => {
             tracing::error!("{}", Escaped(&with_causes(&error)));
             error.exit_code()
         }
+        Err(error) => {
+            tracing::error!(%error, "the agent failed: a task panicked");
+            ExitCode::from(exit_code::INTERNAL)
+        }
     }
+}
+
+/// The variable an invalid value came from, when it did not come from the command line
+/// (clap's message names only the flag).
+fn variable_of(error: &clap::Error) -> Option<String> {
+    use clap::{CommandFactory as _, error::ContextKind};
+    let Some(clap::error::ContextValue::String(arg)) = error.get(ContextKind::InvalidArg) else {
+        return None;
+    };
+    let long = arg.split_whitespace().next()?.strip_prefix("--")?;
+    let on_command_line = std::env::args_os().any(|word| {
+        word.to_str().is_some_and(|word| {
+            word == format!("--{long}") || word.starts_with(&format!("--{long}="))
+        })
+    });
+    let command = Cli::command();
+    let variable = command
+        .get_arguments()
+        .find(|a| a.get_long() == Some(long))?
+        .get_env()?
+        .to_str()?
+        .to_owned();
+    (!on_command_line && std::env::var_os(&variable).is_some()).then_some(variable)
+}
+
+/// clap errors about a value (a flag's or an `env` variable's), as opposed to the shape of
+/// the command line.
+fn is_invalid_value(kind: ErrorKind) -> bool {
+    matches!(
+        kind,
+        ErrorKind::InvalidValue | ErrorKind::ValueValidation | ErrorKind::InvalidUtf8
+    )
 }

@@ -62,19 +62,33 @@ impl SelfMetrics {
         }
     }
 
-    /// Exports the last snapshot and stops.
-    pub async fn shutdown(self) {
+    /// Exports the last snapshot and stops, giving up after `timeout` (what remains of the
+    /// shutdown deadline: the SDK's own shutdown waits up to 5 s whatever it is told). An
+    /// export that fails or is cut short is a warning; a panic is an error.
+    pub async fn shutdown(self, timeout: Duration) -> Result<(), String> {
         let provider = self.provider;
-        match tokio::task::spawn_blocking(move || provider.shutdown()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => tracing::warn!(
-                error = %Escaped(&error.to_string()),
-                "the last self-metrics were not exported"
-            ),
-            Err(error) => tracing::warn!(
-                error = %Escaped(&error.to_string()),
-                "the self-metrics shutdown failed"
-            ),
+        let shutdown = tokio::task::spawn_blocking(move || provider.shutdown());
+        match tokio::time::timeout(timeout, shutdown).await {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(error))) => {
+                tracing::warn!(
+                    error = %Escaped(&error.to_string()),
+                    "the last self-metrics were not exported"
+                );
+                Ok(())
+            }
+            Ok(Err(error)) => Err(format!(
+                "the self-metrics shutdown panicked: {}",
+                Escaped(&error.to_string())
+            )),
+            // The blocking thread is left behind; the process exits without waiting for it.
+            Err(_) => {
+                tracing::warn!(
+                    ?timeout,
+                    "the last self-metrics were not exported: the shutdown deadline passed"
+                );
+                Ok(())
+            }
         }
     }
 }

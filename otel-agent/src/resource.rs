@@ -2,15 +2,70 @@
 //! `os.version`), the agent (`telemetry.distro.*`, and `service.name` = `otel-agent` with
 //! `service.version` unless the user names the service), and whatever
 //! `OTEL_SERVICE_NAME` / `OTEL_RESOURCE_ATTRIBUTES` say, which win.
+//!
+//! `OTEL_RESOURCE_ATTRIBUTES` is parsed here rather than by the SDK (which neither
+//! percent-decodes nor validates it): W3C Baggage-like `key1=value1,key2=value2`, each key
+//! a token, each value percent-decoded into UTF-8 (specification: Resource SDK, "Specifying
+//! resource information via an environment variable"). The specification asks to discard
+//! an invalid value and report an error; the agent refuses to start instead
+//! ([`check_environment`]), so that no attribute is silently missing.
 
-use opentelemetry::{Key, KeyValue};
+use opentelemetry::KeyValue;
 use opentelemetry_sdk::Resource;
+
+use crate::export::config::{ConfigError, percent_decode};
+
+const RESOURCE_ATTRIBUTES: &str = "OTEL_RESOURCE_ATTRIBUTES";
+const SERVICE_NAME: &str = "OTEL_SERVICE_NAME";
 
 /// The service name spans carry unless `OTEL_SERVICE_NAME` or `OTEL_RESOURCE_ATTRIBUTES`
 /// say otherwise.
 pub const DEFAULT_SERVICE_NAME: &str = "otel-agent";
 /// The agent's version.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Checks `OTEL_RESOURCE_ATTRIBUTES` at start-up: an invalid value stops the agent.
+pub fn check_environment() -> Result<(), ConfigError> {
+    parse_attributes(std::env::var(RESOURCE_ATTRIBUTES).ok().as_deref()).map(drop)
+}
+
+/// Parses an `OTEL_RESOURCE_ATTRIBUTES` value (unset or empty: no attributes).
+pub fn parse_attributes(value: Option<&str>) -> Result<Vec<KeyValue>, ConfigError> {
+    let Some(value) = value.filter(|value| !value.trim().is_empty()) else {
+        return Ok(Vec::new());
+    };
+    let invalid = |expected: &str| ConfigError {
+        source_name: RESOURCE_ATTRIBUTES.to_owned(),
+        value: value.to_owned(),
+        expected: expected.to_owned(),
+    };
+    value
+        .split(',')
+        .filter(|pair| !pair.trim().is_empty())
+        .map(|pair| {
+            let (key, text) = pair
+                .split_once('=')
+                .ok_or_else(|| invalid(&format!("comma-separated key=value pairs; `{}` has no `=`", pair.trim())))?;
+            let key = key.trim();
+            if key.is_empty() || !key.bytes().all(is_token_byte) {
+                return Err(invalid(&format!(
+                    "keys of letters, digits and !#$%&'*+-.^_`|~ (a W3C Baggage token); `{key}` is not"
+                )));
+            }
+            let text = percent_decode(text.trim()).ok_or_else(|| {
+                invalid(&format!(
+                    "values percent-encoded into UTF-8 (`%20` for a space, `%2C` for a comma); the value of `{key}` is not"
+                ))
+            })?;
+            Ok(KeyValue::new(key.to_owned(), text))
+        })
+        .collect()
+}
+
+/// A byte of an RFC 7230 token, what W3C Baggage allows in a key.
+fn is_token_byte(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&byte)
+}
 
 /// Builds the agent's resource.
 pub fn agent_resource() -> Resource {
@@ -25,31 +80,35 @@ pub fn agent_resource() -> Resource {
     if let Some(release) = kernel_release() {
         host.push(KeyValue::new("os.version", release));
     }
-    // Later sources win: the SDK's detectors read OTEL_SERVICE_NAME and
-    // OTEL_RESOURCE_ATTRIBUTES after the host attributes.
-    let resource = Resource::builder_empty()
-        .with_attributes(host.clone())
-        .with_detectors(&[
-            Box::new(opentelemetry_sdk::resource::SdkProvidedResourceDetector),
-            Box::new(opentelemetry_sdk::resource::TelemetryResourceDetector),
-            Box::new(opentelemetry_sdk::resource::EnvResourceDetector::new()),
-        ])
-        .build();
-    let unnamed = resource
-        .get(&Key::from_static_str("service.name"))
-        .is_none_or(|name| name.as_str().starts_with("unknown_service"));
-    if !unnamed {
-        return resource;
+    // Checked at start-up (`check_environment`).
+    let user =
+        parse_attributes(std::env::var(RESOURCE_ATTRIBUTES).ok().as_deref()).unwrap_or_default();
+    let service_name = std::env::var(SERVICE_NAME)
+        .ok()
+        .filter(|name| !name.trim().is_empty());
+    build(host, user, service_name)
+}
+
+/// The resource from the host's attributes, the user's (`OTEL_RESOURCE_ATTRIBUTES`, which
+/// win) and `OTEL_SERVICE_NAME` (which wins over both); without a service name from the
+/// user, the agent is the service.
+fn build(host: Vec<KeyValue>, user: Vec<KeyValue>, service_name: Option<String>) -> Resource {
+    let named = service_name.is_some() || user.iter().any(|kv| kv.key.as_str() == "service.name");
+    let mut builder = Resource::builder_empty()
+        .with_detectors(&[Box::new(
+            opentelemetry_sdk::resource::TelemetryResourceDetector,
+        )])
+        .with_attributes(host);
+    if !named {
+        builder = builder
+            .with_service_name(DEFAULT_SERVICE_NAME)
+            .with_attribute(KeyValue::new("service.version", VERSION));
     }
-    Resource::builder_empty()
-        .with_attributes(host)
-        .with_detectors(&[
-            Box::new(opentelemetry_sdk::resource::TelemetryResourceDetector),
-            Box::new(opentelemetry_sdk::resource::EnvResourceDetector::new()),
-        ])
-        .with_service_name(DEFAULT_SERVICE_NAME)
-        .with_attribute(KeyValue::new("service.version", VERSION))
-        .build()
+    builder = builder.with_attributes(user);
+    if let Some(name) = service_name {
+        builder = builder.with_service_name(name);
+    }
+    builder.build()
 }
 
 /// The resource of one observed process (`--resource-per-process`): the agent's resource
@@ -87,6 +146,8 @@ fn kernel_release() -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    use opentelemetry::Key;
+
     use super::*;
 
     fn value(resource: &Resource, key: &'static str) -> Option<String> {
@@ -117,6 +178,74 @@ mod tests {
         );
         assert_eq!(
             value(&resource, "telemetry.sdk.language").as_deref(),
+            Some("rust")
+        );
+    }
+
+    fn text(attributes: &[KeyValue]) -> Vec<(String, String)> {
+        attributes
+            .iter()
+            .map(|kv| (kv.key.to_string(), kv.value.as_str().into_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn resource_attributes_are_percent_decoded_and_validated() {
+        let parsed = parse_attributes(Some(
+            " service.name = web%20shop ,k8s.pod.name=a%2Cb,, empty=, deployment.environment.name=prod ",
+        ))
+        .unwrap();
+        assert_eq!(
+            text(&parsed),
+            [
+                ("service.name", "web shop"),
+                ("k8s.pod.name", "a,b"),
+                ("empty", ""),
+                ("deployment.environment.name", "prod"),
+            ]
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        );
+        assert_eq!(parse_attributes(None).unwrap(), vec![]);
+        assert_eq!(parse_attributes(Some("  ")).unwrap(), vec![]);
+        let error = |value: &str| parse_attributes(Some(value)).unwrap_err().to_string();
+        assert_eq!(
+            error("=x,a=b"),
+            "OTEL_RESOURCE_ATTRIBUTES=`=x,a=b` is invalid: keys of letters, digits and !#$%&'*+-.^_`|~ (a W3C Baggage token); `` is not"
+        );
+        assert_eq!(
+            error("a b=c"),
+            "OTEL_RESOURCE_ATTRIBUTES=`a b=c` is invalid: keys of letters, digits and !#$%&'*+-.^_`|~ (a W3C Baggage token); `a b` is not"
+        );
+        assert_eq!(
+            error("a=b,novalue"),
+            "OTEL_RESOURCE_ATTRIBUTES=`a=b,novalue` is invalid: comma-separated key=value pairs; `novalue` has no `=`"
+        );
+        assert_eq!(
+            error("a=%ZZ"),
+            "OTEL_RESOURCE_ATTRIBUTES=`a=%ZZ` is invalid: values percent-encoded into UTF-8 (`%20` for a space, `%2C` for a comma); the value of `a` is not"
+        );
+        assert!(error("a=%FF").contains("the value of `a` is not"));
+    }
+
+    #[test]
+    fn the_service_name_comes_from_the_variable_then_the_attributes_then_the_agent() {
+        let host = vec![KeyValue::new("host.name", "node-1")];
+        let user = vec![
+            KeyValue::new("service.name", "shop"),
+            KeyValue::new("host.name", "override"),
+        ];
+        let named = build(host.clone(), user.clone(), None);
+        assert_eq!(value(&named, "service.name").as_deref(), Some("shop"));
+        assert_eq!(value(&named, "host.name").as_deref(), Some("override"));
+        assert_eq!(value(&named, "service.version"), None);
+        let both = build(host.clone(), user, Some("checkout".into()));
+        assert_eq!(value(&both, "service.name").as_deref(), Some("checkout"));
+        let agent = build(host, vec![KeyValue::new("team", "net")], None);
+        assert_eq!(value(&agent, "service.name").as_deref(), Some("otel-agent"));
+        assert_eq!(value(&agent, "service.version").as_deref(), Some(VERSION));
+        assert_eq!(value(&agent, "team").as_deref(), Some("net"));
+        assert_eq!(
+            value(&agent, "telemetry.sdk.language").as_deref(),
             Some("rust")
         );
     }

@@ -487,21 +487,23 @@ fn invalid_values_stop_the_agent_with_code_78_naming_the_source() {
 }
 
 #[test]
-fn invalid_flags_are_usage_errors_with_code_2() {
-    for (args, message) in [
+fn invalid_flag_values_exit_78_and_malformed_command_lines_2() {
+    for (args, message, expected) in [
         (
             &["--otlp-protocol", "http/json"][..],
             "[possible values: grpc, http/protobuf]",
+            78,
         ),
-        (&["-L", "80,http"][..], "`http` is not a port (1-65535)"),
+        (&["-L", "80,http"][..], "`http` is not a port (1-65535)", 78),
         (
             &["--bsp-max-queue-size", "0"][..],
             "`0` is not a positive integer",
+            78,
         ),
-        (&["-4", "-6"][..], "cannot be used with"),
+        (&["-4", "-6"][..], "cannot be used with", 2),
     ] {
         let (code, stderr) = rejected(args, &[]);
-        assert_eq!(code, Some(2), "{args:?}: {stderr}");
+        assert_eq!(code, Some(expected), "{args:?}: {stderr}");
         assert!(
             stderr.contains(message),
             "{args:?}: expected `{message}` in:\n{stderr}"

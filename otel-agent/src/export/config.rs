@@ -15,6 +15,18 @@ const METRICS_PATH: &str = "v1/metrics";
 /// The OTLP exporter's default timeout (specification: 10 s).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The longest duration or timeout the agent accepts: 2³¹ − 1 milliseconds (about 24.8
+/// days), the range the specification asks SDKs to support for integer variables.
+pub const MAX_DURATION: Duration = Duration::from_millis(i32::MAX as u64);
+
+/// What a timeout of zero means: "indefinite", which the specification (SDK environment
+/// variables, "Timeout") lets an implementation spell as the largest 32-bit number of
+/// milliseconds.
+pub const INDEFINITE_TIMEOUT: Duration = MAX_DURATION;
+
+/// What a configuration error says instead of a value that may hold a secret.
+const REDACTED: &str = "<redacted>";
+
 /// A configuration value the agent cannot use.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{source_name}=`{value}` is invalid: {expected}")]
@@ -32,6 +44,28 @@ impl ConfigError {
             source_name: source_name.to_owned(),
             value: value.to_owned(),
             expected: expected.to_owned(),
+        }
+    }
+}
+
+/// A URL shown with its userinfo (`user:password@`) replaced by `<redacted>`, so that a
+/// password in an endpoint never reaches the log; everything that formats an endpoint goes
+/// through it.
+#[derive(Debug, Clone, Copy)]
+pub struct Redacted<'a>(pub &'a str);
+
+impl std::fmt::Display for Redacted<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let url = self.0;
+        // The authority starts after `scheme://` and ends at the first `/`, `?` or `#`;
+        // userinfo is what precedes its last `@`.
+        let start = url.find("://").map_or(0, |i| i + 3);
+        let end = url[start..]
+            .find(['/', '?', '#'])
+            .map_or(url.len(), |i| start + i);
+        match url[start..end].rfind('@') {
+            Some(at) => write!(f, "{}{REDACTED}{}", &url[..start], &url[start + at..]),
+            None => f.write_str(url),
         }
     }
 }
@@ -57,7 +91,8 @@ pub struct TlsFiles {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OtlpTarget {
     pub protocol: OtlpProtocol,
-    /// The full URL the exporter sends to (for HTTP, including `/v1/traces`).
+    /// The full URL the exporter sends to (for HTTP, including `/v1/traces`). It may carry
+    /// a password: format it with [`Redacted`].
     pub endpoint: String,
     /// Where the agent's self-metrics go (for HTTP, including `/v1/metrics`).
     pub metrics_endpoint: String,
@@ -176,13 +211,10 @@ fn resolve_otlp(
         (None, Some(base)) => signal_url(base, METRICS_PATH, protocol),
         (None, None) => endpoint.replace(TRACES_PATH, METRICS_PATH),
     };
-    if !is_http_url(&endpoint) {
-        let value = args.otlp_endpoint.clone().unwrap_or(endpoint);
-        return Err(ConfigError::new(
-            &source,
-            &value,
-            "a URL with http:// or https:// and a host, like http://127.0.0.1:4317",
-        ));
+    let shown = args.otlp_endpoint.as_deref().unwrap_or(&endpoint);
+    check_url(&source, shown, &endpoint)?;
+    if let Some(url) = env("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT") {
+        check_url("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", &url, &url)?;
     }
     let headers = match pick(
         ("--otlp-headers", args.otlp_headers.clone()),
@@ -205,7 +237,10 @@ fn resolve_otlp(
         pick(("--otlp-timeout", None), "TIMEOUT", env),
     ) {
         (Some(timeout), _) => timeout,
-        (None, Some((source, value))) => parse_millis(&source, &value)?,
+        (None, Some((source, value))) => match parse_millis(&source, &value)? {
+            Duration::ZERO => INDEFINITE_TIMEOUT,
+            timeout => timeout,
+        },
         (None, None) => DEFAULT_TIMEOUT,
     };
     let file = |flag: &'static str, value: &Option<PathBuf>, suffix: &str| {
@@ -241,6 +276,38 @@ fn resolve_otlp(
         timeout,
         tls,
     }))
+}
+
+/// Names of the variables the agent reads (directly, through clap or through the SDK), by
+/// prefix or in full, and of those that hold a path (any bytes are valid in a path).
+const READ_PREFIXES: [&str; 3] = ["OTEL_EXPORTER_OTLP_", "OTEL_BSP_", "OTEL_AGENT_"];
+const READ_NAMES: [&str; 3] = [
+    "OTEL_SDK_DISABLED",
+    "OTEL_SERVICE_NAME",
+    "OTEL_RESOURCE_ATTRIBUTES",
+];
+const PATH_VARIABLES: [&str; 2] = ["OTEL_AGENT_JSON_OUTPUT", "OTEL_AGENT_BTF"];
+
+/// Refuses a variable the agent reads whose value is not UTF-8: read as text it would be
+/// unset, silently dropping an authentication header or turning export off. Paths are
+/// exempt. `vars` is the environment (`std::env::vars_os()`).
+pub fn check_utf8(
+    vars: impl IntoIterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
+) -> Result<(), ConfigError> {
+    for (name, value) in vars {
+        let Some(name) = name.to_str() else { continue };
+        let read = READ_NAMES.contains(&name)
+            || READ_PREFIXES.iter().any(|prefix| name.starts_with(prefix));
+        if read && !PATH_VARIABLES.contains(&name) && value.to_str().is_none() {
+            return Err(ConfigError::new(
+                name,
+                REDACTED,
+                "text in UTF-8, and this value is not; percent-encode other bytes where the \
+                 variable allows it (headers, resource attributes)",
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn resolve_batch(
@@ -287,7 +354,17 @@ fn resolve_batch(
     };
     let scheduled_delay = match (args.bsp_schedule_delay, env("OTEL_BSP_SCHEDULE_DELAY")) {
         (Some(delay), _) => delay,
-        (None, Some(value)) => parse_millis("OTEL_BSP_SCHEDULE_DELAY", &value)?,
+        (None, Some(value)) => match parse_millis("OTEL_BSP_SCHEDULE_DELAY", &value)? {
+            // The specification gives a zero delay no meaning; the worker needs a period.
+            Duration::ZERO => {
+                return Err(ConfigError::new(
+                    "OTEL_BSP_SCHEDULE_DELAY",
+                    &value,
+                    "a positive integer number of milliseconds",
+                ));
+            }
+            delay => delay,
+        },
         (None, None) => defaults.scheduled_delay,
     };
     let max_concurrent_exports = count(
@@ -327,20 +404,31 @@ fn parse_bool(source: &str, value: &str) -> Result<bool, ConfigError> {
     }
 }
 
-/// Durations in `OTEL_*` variables are integer milliseconds.
+/// Durations in `OTEL_*` variables are integer milliseconds, at most [`MAX_DURATION`].
 fn parse_millis(source: &str, value: &str) -> Result<Duration, ConfigError> {
     value
         .trim()
         .parse::<u64>()
+        .ok()
         .map(Duration::from_millis)
-        .map_err(|_| ConfigError::new(source, value, "an integer number of milliseconds"))
+        .filter(|duration| *duration <= MAX_DURATION)
+        .ok_or_else(|| {
+            ConfigError::new(
+                source,
+                value,
+                &format!(
+                    "an integer number of milliseconds, at most {}",
+                    MAX_DURATION.as_millis()
+                ),
+            )
+        })
 }
 
 /// `key1=value1,key2=value2`, values percent-decoded (W3C baggage format, as the
 /// specification says for `OTEL_EXPORTER_OTLP_HEADERS`).
 fn parse_headers(source: &str, value: &str) -> Result<Vec<(String, String)>, ConfigError> {
     // The message never repeats the value: headers usually carry secrets.
-    let invalid = || ConfigError::new(source, "<redacted>", "comma-separated key=value pairs");
+    let invalid = || ConfigError::new(source, REDACTED, "comma-separated key=value pairs");
     value
         .split(',')
         .filter(|pair| !pair.trim().is_empty())
@@ -360,13 +448,18 @@ fn parse_headers(source: &str, value: &str) -> Result<Vec<(String, String)>, Con
         .collect()
 }
 
-fn percent_decode(text: &str) -> Option<String> {
+/// `text` with each `%XX` replaced by its byte, if the result is UTF-8.
+pub(crate) fn percent_decode(text: &str) -> Option<String> {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut index = 0;
     while index < bytes.len() {
         if bytes[index] == b'%' {
             let hex = text.get(index + 1..index + 3)?;
+            // `from_str_radix` alone would take a sign (`%+1`).
+            if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return None;
+            }
             out.push(u8::from_str_radix(hex, 16).ok()?);
             index += 3;
         } else {
@@ -387,11 +480,33 @@ fn signal_url(base: &str, path: &str, protocol: OtlpProtocol) -> String {
     }
 }
 
-fn is_http_url(url: &str) -> bool {
-    url.parse::<http::Uri>().is_ok_and(|uri| {
+/// Checks that `url` (given as `shown` by `source`) is an `http`/`https` URL with a host
+/// and, if it names a port, one from 1 to 65535. The message never shows a password.
+fn check_url(source: &str, shown: &str, url: &str) -> Result<(), ConfigError> {
+    let invalid = |expected: &str| ConfigError::new(source, &Redacted(shown).to_string(), expected);
+    let uri = url.parse::<http::Uri>().ok().filter(|uri| {
         matches!(uri.scheme_str(), Some("http" | "https"))
             && uri.host().is_some_and(|h| !h.is_empty())
-    })
+    });
+    let Some(uri) = uri else {
+        return Err(invalid(
+            "a URL with http:// or https:// and a host, like http://127.0.0.1:4317",
+        ));
+    };
+    // `http::Uri` accepts a port beyond 65535 (and then reports none): read it here.
+    let authority = uri.authority().map_or("", |a| a.as_str());
+    let host_port = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, rest)| rest);
+    let after_host = host_port
+        .rsplit_once(']')
+        .map_or(host_port, |(_, rest)| rest);
+    match after_host.rsplit_once(':') {
+        Some((_, port)) if !matches!(port.parse::<u16>(), Ok(1..)) => Err(invalid(
+            "a port from 1 to 65535, like http://127.0.0.1:4317",
+        )),
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]
@@ -605,7 +720,7 @@ mod tests {
         );
         assert_eq!(
             error(&[], &with(("OTEL_EXPORTER_OTLP_TIMEOUT", "10s"))),
-            "OTEL_EXPORTER_OTLP_TIMEOUT=`10s` is invalid: an integer number of milliseconds"
+            "OTEL_EXPORTER_OTLP_TIMEOUT=`10s` is invalid: an integer number of milliseconds, at most 2147483647"
         );
         assert_eq!(
             error(
@@ -635,5 +750,166 @@ mod tests {
         );
         let ftp = [("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "ftp://x/")];
         assert!(error(&[], &ftp).starts_with("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=`ftp://x/`"));
+    }
+}
+
+#[cfg(test)]
+mod hardening_tests {
+    use std::{ffi::OsString, os::unix::ffi::OsStringExt as _};
+
+    use clap::Parser as _;
+
+    use super::*;
+    use crate::cli::Cli;
+
+    fn resolve(argv: &[&str], env: &[(&str, &str)]) -> Result<ExportConfig, String> {
+        let mut full = vec!["otel-agent"];
+        full.extend_from_slice(argv);
+        let args = Cli::try_parse_from(full).unwrap().export;
+        ExportConfig::resolve(&args, |name| {
+            env.iter()
+                .find(|(key, _)| *key == name)
+                .map(|(_, value)| (*value).to_owned())
+        })
+        .map_err(|error| error.to_string())
+    }
+
+    #[test]
+    fn userinfo_is_redacted_and_nothing_else_changes() {
+        let cases = [
+            (
+                "http://alice:secret@host:4318/v1/traces",
+                "http://<redacted>@host:4318/v1/traces",
+            ),
+            ("https://token@host", "https://<redacted>@host"),
+            (
+                "http://a:b@c@host:1/x?y=z@w",
+                "http://<redacted>@host:1/x?y=z@w",
+            ),
+            ("http://host:4318/a@b", "http://host:4318/a@b"),
+            ("http://[::1]:4317", "http://[::1]:4317"),
+            ("alice:secret@host:4317", "<redacted>@host:4317"),
+        ];
+        for (url, shown) in cases {
+            assert_eq!(Redacted(url).to_string(), shown, "{url}");
+        }
+    }
+
+    #[test]
+    fn ports_out_of_range_are_refused_without_showing_the_password() {
+        for port in ["0", "99999", "65536"] {
+            let url = format!("http://alice:secret@127.0.0.1:{port}");
+            assert_eq!(
+                resolve(&["--otlp-endpoint", &url], &[]).unwrap_err(),
+                format!(
+                    "--otlp-endpoint=`http://<redacted>@127.0.0.1:{port}` is invalid: a port from 1 to 65535, like http://127.0.0.1:4317"
+                )
+            );
+        }
+        assert_eq!(
+            resolve(&[], &[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://u:p@x:0/")]).unwrap_err(),
+            "OTEL_EXPORTER_OTLP_ENDPOINT=`http://<redacted>@x:0/v1/traces` is invalid: a port from 1 to 65535, like http://127.0.0.1:4317"
+        );
+        assert_eq!(
+            resolve(
+                &["--otlp-endpoint", "http://x:4318"],
+                &[("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "http://x:70000")]
+            )
+            .unwrap_err(),
+            "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT=`http://x:70000` is invalid: a port from 1 to 65535, like http://127.0.0.1:4317"
+        );
+        assert_eq!(
+            resolve(&["--otlp-endpoint", "alice:secret@x:4318"], &[]).unwrap_err(),
+            "--otlp-endpoint=`<redacted>@x:4318` is invalid: a URL with http:// or https:// and a host, like http://127.0.0.1:4317"
+        );
+        let fine = resolve(&["--otlp-endpoint", "http://x:65535"], &[]).unwrap();
+        assert_eq!(fine.otlp.unwrap().endpoint, "http://x:65535/v1/traces");
+        let no_port = resolve(&["--otlp-endpoint", "https://x"], &[]).unwrap();
+        assert_eq!(no_port.otlp.unwrap().endpoint, "https://x/v1/traces");
+    }
+
+    #[test]
+    fn a_zero_timeout_is_indefinite_and_a_zero_schedule_delay_is_refused() {
+        let endpoint = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://x:4318");
+        let timeout = |env: &[(&str, &str)]| resolve(&[], env).unwrap().otlp.unwrap().timeout;
+        assert_eq!(
+            timeout(&[endpoint, ("OTEL_EXPORTER_OTLP_TIMEOUT", "0")]),
+            INDEFINITE_TIMEOUT
+        );
+        assert_eq!(INDEFINITE_TIMEOUT, Duration::from_millis(2_147_483_647));
+        assert_eq!(
+            timeout(&[
+                endpoint,
+                ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "2147483647")
+            ]),
+            MAX_DURATION
+        );
+        assert_eq!(
+            resolve(
+                &[],
+                &[endpoint, ("OTEL_EXPORTER_OTLP_TIMEOUT", "2147483648")]
+            )
+            .unwrap_err(),
+            "OTEL_EXPORTER_OTLP_TIMEOUT=`2147483648` is invalid: an integer number of milliseconds, at most 2147483647"
+        );
+        assert_eq!(
+            resolve(&[], &[("OTEL_BSP_SCHEDULE_DELAY", "0")]).unwrap_err(),
+            "OTEL_BSP_SCHEDULE_DELAY=`0` is invalid: a positive integer number of milliseconds"
+        );
+        assert_eq!(
+            resolve(&[], &[("OTEL_BSP_SCHEDULE_DELAY", "99999999999999")]).unwrap_err(),
+            "OTEL_BSP_SCHEDULE_DELAY=`99999999999999` is invalid: an integer number of milliseconds, at most 2147483647"
+        );
+    }
+
+    #[test]
+    fn non_utf8_values_of_variables_the_agent_reads_are_refused_by_name() {
+        let bad = || OsString::from_vec(b"authorization=Bearer \xff".to_vec());
+        for name in [
+            "OTEL_EXPORTER_OTLP_HEADERS",
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+            "OTEL_SDK_DISABLED",
+            "OTEL_RESOURCE_ATTRIBUTES",
+            "OTEL_SERVICE_NAME",
+            "OTEL_BSP_SCHEDULE_DELAY",
+            "OTEL_AGENT_STATS_INTERVAL",
+            "OTEL_AGENT_CONSOLE",
+        ] {
+            let vars = [
+                ("PATH".into(), "/bin".into()),
+                (OsString::from(name), bad()),
+            ];
+            assert_eq!(
+                check_utf8(vars).unwrap_err().to_string(),
+                format!(
+                    "{name}=`<redacted>` is invalid: text in UTF-8, and this value is not; percent-encode other bytes where the variable allows it (headers, resource attributes)"
+                )
+            );
+        }
+        // Paths may be any bytes; variables the agent does not read are not its business.
+        for name in [
+            "OTEL_AGENT_JSON_OUTPUT",
+            "OTEL_AGENT_BTF",
+            "OTEL_PYTHON_X",
+            "HOME",
+        ] {
+            assert_eq!(
+                check_utf8([(OsString::from(name), bad())]),
+                Ok(()),
+                "{name}"
+            );
+        }
+        assert_eq!(check_utf8(std::env::vars_os()), Ok(()));
+    }
+
+    #[test]
+    fn percent_decoding_takes_two_hex_digits_only() {
+        assert_eq!(percent_decode("a%20b%2C").as_deref(), Some("a b,"));
+        assert_eq!(percent_decode("%C3%A9").as_deref(), Some("é"));
+        assert_eq!(percent_decode("%+1"), None);
+        assert_eq!(percent_decode("%4"), None);
+        assert_eq!(percent_decode("%zz"), None);
+        assert_eq!(percent_decode("%FF"), None, "not UTF-8");
     }
 }

@@ -81,6 +81,8 @@ struct Output {
 pub struct Exporters {
     outputs: Vec<Output>,
     stop: CancellationToken,
+    /// Cancelled when a worker ends, however (a panic included).
+    ended: CancellationToken,
 }
 
 impl Exporters {
@@ -96,6 +98,7 @@ impl Exporters {
     ) -> Result<Self, ExportError> {
         let resource = agent_resource();
         let stop = CancellationToken::new();
+        let ended = CancellationToken::new();
         let mut outputs = Vec::new();
         if let Some(target) = &config.otlp {
             outputs.push(Output::start(
@@ -103,11 +106,15 @@ impl Exporters {
                 Transport::new(target)?,
                 RequestEncoder::new(&resource, per_process),
                 config.batch,
-                &stop,
+                (&stop, &ended),
                 deadline,
             ));
         }
-        Ok(Self { outputs, stop })
+        Ok(Self {
+            outputs,
+            stop,
+            ended,
+        })
     }
 
     /// The outputs' queues and counters.
@@ -118,10 +125,16 @@ impl Exporters {
             .collect()
     }
 
+    /// Resolves when a worker has ended: before [`Exporters::shutdown`], a failure.
+    pub async fn worker_ended(&self) {
+        self.ended.cancelled().await;
+    }
+
     /// Stops the workers; each exports what it still holds until the deadline given at
-    /// start and counts the rest as dropped.
-    pub async fn shutdown(self) {
+    /// start and counts the rest as dropped. Returns the outputs whose worker panicked.
+    pub async fn shutdown(self) -> Vec<&'static str> {
         self.stop.cancel();
+        let mut panicked = Vec::new();
         for output in self.outputs {
             if let Err(error) = output.worker.await {
                 tracing::error!(
@@ -129,8 +142,10 @@ impl Exporters {
                     error = %Escaped(&error.to_string()),
                     "the export worker panicked"
                 );
+                panicked.push(output.handle.name);
             }
         }
+        panicked
     }
 }
 
@@ -141,16 +156,20 @@ impl Output {
         destination: impl Destination,
         encoder: RequestEncoder,
         settings: BatchSettings,
-        stop: &CancellationToken,
+        (stop, ended): (&CancellationToken, &CancellationToken),
         deadline: Duration,
     ) -> Self {
         let stats = Arc::new(QueueStats::default());
         let queue = ExportQueue::new(settings, stats.clone());
-        let worker = tokio::spawn(
-            queue
-                .clone()
-                .run(destination, encoder, stop.clone(), deadline),
-        );
+        let run = queue
+            .clone()
+            .run(destination, encoder, stop.clone(), deadline);
+        // Dropped when the worker returns or unwinds.
+        let ended = ended.clone().drop_guard();
+        let worker = tokio::spawn(async move {
+            let _ended = ended;
+            run.await;
+        });
         Self {
             handle: OutputHandle { name, queue, stats },
             worker,
@@ -310,4 +329,73 @@ fn https_client(target: &OtlpTarget) -> Result<reqwest::blocking::Client, Export
         .join()
         .map_err(|_| ExportError::HttpClient("the client builder panicked".into()))?
         .map_err(|error| ExportError::HttpClient(error.to_string()))
+}
+
+#[cfg(test)]
+mod worker_failure_tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::export::transport::{Accepted, SendError};
+
+    /// A destination that accepts everything.
+    #[derive(Clone)]
+    struct AcceptAll;
+
+    impl Destination for AcceptAll {
+        async fn send(&self, _request: Bytes) -> Result<Accepted, SendError> {
+            Ok(Accepted::default())
+        }
+    }
+
+    /// A worker that panics (here: a zero schedule delay, which `tokio::time::interval`
+    /// refuses, what `OTEL_BSP_SCHEDULE_DELAY=0` used to do) is seen at once and reported
+    /// by the shutdown, so that the agent cannot stop "cleanly".
+    #[tokio::test]
+    async fn a_panicking_worker_is_reported_not_swallowed() {
+        let stop = CancellationToken::new();
+        let ended = CancellationToken::new();
+        let settings = BatchSettings {
+            scheduled_delay: Duration::ZERO,
+            ..BatchSettings::default()
+        };
+        let output = Output::start(
+            "otlp",
+            AcceptAll,
+            RequestEncoder::new(&agent_resource(), false),
+            settings,
+            (&stop, &ended),
+            Duration::from_secs(1),
+        );
+        let exporters = Exporters {
+            outputs: vec![output],
+            stop,
+            ended,
+        };
+        tokio::time::timeout(Duration::from_secs(5), exporters.worker_ended())
+            .await
+            .expect("the worker's end is noticed");
+        assert_eq!(exporters.shutdown().await, vec!["otlp"]);
+    }
+
+    #[tokio::test]
+    async fn workers_that_stop_when_asked_are_not_failures() {
+        let stop = CancellationToken::new();
+        let ended = CancellationToken::new();
+        let output = Output::start(
+            "otlp",
+            AcceptAll,
+            RequestEncoder::new(&agent_resource(), false),
+            BatchSettings::default(),
+            (&stop, &ended),
+            Duration::from_secs(1),
+        );
+        let exporters = Exporters {
+            outputs: vec![output],
+            stop,
+            ended,
+        };
+        assert!(!exporters.ended.is_cancelled());
+        assert_eq!(exporters.shutdown().await, Vec::<&str>::new());
+    }
 }
