@@ -390,10 +390,9 @@ fn sighup_flushes_and_logs_the_final_accounting_like_sigterm() {
         agent::counter(&session, "records_read"),
         "{session:?}"
     );
-    assert!(
-        agent::counter(&session, "lines_printed") >= 2,
-        "{session:?}"
-    );
+    let console = agent::output_accounting(&stderr, "console");
+    assert!(agent::counter(&console, "written") >= 2, "{console:?}");
+    agent::assert_output_balances(&stderr, "console");
 }
 
 #[test]
