@@ -252,6 +252,7 @@ impl ProbeArgs {
             report_unknown_birth: !self.skip_unknown_birth,
             max_tracked_sockets: self.max_tracked_sockets,
             ring_buffer_bytes: self.ring_buffer_bytes,
+            ..ProbeOptions::default()
         }
     }
 }
