@@ -16,7 +16,11 @@ use std::{
 
 use common::SessionRecord;
 use otel_agent::probe::{Probe, ProbeOptions, StateProbe};
-use otel_agent_tests::require_root;
+use otel_agent_tests::{
+    agent::{self, counter},
+    process::TempDir,
+    require_root,
+};
 
 /// Connections held open, then closed together: 2 sockets (2 sessions) each.
 const CONNECTIONS: usize = 5_000;
@@ -67,34 +71,11 @@ fn open_sockets(port: u16) -> BTreeMap<String, usize> {
     open
 }
 
-/// What one burst measured.
-struct Burst {
-    made: u64,
-    reported: u64,
-    skipped: u64,
-    records_read: u64,
-    run_ns_per_hit: Option<u64>,
-    hits: u64,
-}
-
 /// Opens [`CONNECTIONS`] loopback connections, then closes the client ends from one thread
-/// and the server ends from another at the same moment, with the probe attached as
-/// `state_probe`.
-fn burst(state_probe: StateProbe) -> Burst {
+/// and the server ends from another at the same moment, and returns once every one of their
+/// sockets has closed: the (local, remote) ports of the sessions made.
+fn close_burst() -> BTreeSet<(u16, u16)> {
     raise_nofile(2 * CONNECTIONS as u64 + 256);
-    // Run statistics (run_time_ns, run_cnt) while this descriptor is open; no sysctl to
-    // restore.
-    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).expect("BPF_ENABLE_STATS");
-    let options = ProbeOptions {
-        state_probe,
-        ..ProbeOptions::default()
-    };
-    let mut probe = Probe::attach(&options).expect("attach the probe");
-    assert_eq!(probe.state_probe, state_probe, "attached as asked");
-    let mut ring = probe.take_events().expect("ring buffer");
-    let before = probe.counters().expect("counters");
-    assert_eq!(before.skipped_state_change, 0, "fresh programs");
-
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let server_port = listener.local_addr().unwrap().port();
     let acceptor = std::thread::spawn(move || {
@@ -127,26 +108,12 @@ fn burst(state_probe: StateProbe) -> Burst {
     });
     // Every socket reaches TCP_CLOSE once both ends have closed; TIME_WAIT is a separate
     // mini socket, after the full one closed. Waits until none of the test's full sockets is
-    // left, so that every close happened (reported, or skipped and counted) before detaching.
+    // left, so that every close happened (reported, or skipped and counted) before returning.
     let deadline = Instant::now() + Duration::from_secs(20);
-    let mut reported = 0;
-    let mut records_read = 0;
-    let mut ours = BTreeSet::new();
-    let mut drain = |ring: &mut aya::maps::RingBuf<_>| {
-        while let Some(item) = ring.next() {
-            records_read += 1;
-            let record = SessionRecord::decode(&item).expect("decodes");
-            if ends.contains(&(record.local_port, record.remote_port)) {
-                ours.insert((record.local_port, record.remote_port));
-                reported += 1;
-            }
-        }
-    };
     loop {
-        drain(&mut ring);
         let open = open_sockets(server_port);
         if open.is_empty() {
-            break;
+            return ends;
         }
         assert!(
             Instant::now() < deadline,
@@ -154,8 +121,65 @@ fn burst(state_probe: StateProbe) -> Burst {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// The `recursion_misses` of every BPF program process `pid` holds, by program id, as the
+/// kernel prints them in /proc/<pid>/fdinfo (what `bpftool prog show` reports).
+fn program_misses(pid: u32) -> BTreeMap<u32, u64> {
+    let mut misses = BTreeMap::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fdinfo")).unwrap() {
+        let Ok(info) = std::fs::read_to_string(entry.unwrap().path()) else {
+            continue;
+        };
+        let field = |name: &str| {
+            info.lines()
+                .find_map(|line| line.strip_prefix(name)?.trim().parse::<u64>().ok())
+        };
+        if let (Some(id), Some(count)) = (field("prog_id:"), field("recursion_misses:")) {
+            misses.insert(id as u32, count);
+        }
+    }
+    misses
+}
+
+/// What one burst measured.
+struct Burst {
+    made: u64,
+    reported: u64,
+    skipped: u64,
+    records_read: u64,
+    run_ns_per_hit: Option<u64>,
+    hits: u64,
+}
+
+/// A [`close_burst`] with the probe attached as `state_probe`.
+fn burst(state_probe: StateProbe) -> Burst {
+    // Run statistics (run_time_ns, run_cnt) while this descriptor is open; no sysctl to
+    // restore.
+    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).expect("BPF_ENABLE_STATS");
+    let options = ProbeOptions {
+        state_probe,
+        ..ProbeOptions::default()
+    };
+    let mut probe = Probe::attach(&options).expect("attach the probe");
+    assert_eq!(probe.state_probe, state_probe, "attached as asked");
+    let mut ring = probe.take_events().expect("ring buffer");
+    let before = probe.counters().expect("counters");
+    assert_eq!(before.skipped_state_change, 0, "fresh programs");
+
+    let ends = close_burst();
+    let mut reported = 0;
+    let mut records_read = 0;
+    let mut ours = BTreeSet::new();
     probe.detach();
-    drain(&mut ring);
+    while let Some(item) = ring.next() {
+        records_read += 1;
+        let record = SessionRecord::decode(&item).expect("decodes");
+        if ends.contains(&(record.local_port, record.remote_port)) {
+            ours.insert((record.local_port, record.remote_port));
+            reported += 1;
+        }
+    }
     assert_eq!(reported, ours.len() as u64, "each session reported once");
 
     let counters = probe.counters().expect("counters");
@@ -167,6 +191,12 @@ fn burst(state_probe: StateProbe) -> Burst {
     assert_eq!(
         counters.skipped_state_change, state_change.recursion_misses,
         "the counter is the kernel's recursion_misses of the program (attached fresh)"
+    );
+    let from_proc = program_misses(std::process::id());
+    assert_eq!(
+        from_proc.get(&state_change.id),
+        Some(&counters.skipped_state_change),
+        "the kernel's own account (/proc/self/fdinfo) agrees"
     );
     assert_eq!(counters.emitted, records_read, "{counters:?}");
     assert_eq!(counters.ring_buffer_full, 0, "{counters:?}");
@@ -225,4 +255,52 @@ fn a_burst_of_closes_reconciles_with_the_tracepoint() {
 #[test]
 fn a_burst_of_closes_reconciles_with_the_raw_tracepoint() {
     assert_reconciles(StateProbe::RawTracepoint);
+}
+
+/// The agent's final `session accounting` line carries, per program, what the kernel says it
+/// skipped, and its sessions reconcile: the agent (with `-p`, only this test's sessions)
+/// emitted them all, or the skipped hits cover the difference.
+#[test]
+fn the_agent_logs_the_hits_the_kernel_skipped_and_reconciles() {
+    require_root();
+    let _one = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poison| poison.into_inner());
+    let dir = TempDir::new("burst");
+    let pid = std::process::id().to_string();
+    let mut agent = agent::start(&["-p", &pid], &[], dir.path());
+    let made = close_burst().len() as u64;
+    // The agent's programs by name (truncated by the kernel to 15 bytes), their misses
+    // read from its fdinfo, as late as possible before it detaches.
+    let names: BTreeMap<u32, String> = aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .map(|info| (info.id(), info.name_as_str().unwrap_or_default().to_owned()))
+        .collect();
+    let mut by_name = BTreeMap::<String, u64>::new();
+    for (id, misses) in program_misses(agent.id()) {
+        *by_name.entry(names[&id].clone()).or_default() += misses;
+    }
+    agent::stop(&mut agent);
+    let stderr = agent.stderr_text();
+    let counters = agent::accounting(&stderr);
+    let skipped = counter(&counters, "lost_probe_skipped");
+    eprintln!("agent: made {made}, kernel programs {by_name:?}, accounting {counters:?}");
+    assert_eq!(skipped, by_name["inet_sock_set_s"], "{counters:?}");
+    assert_eq!(
+        counter(&counters, "degraded_probe_skipped_reset"),
+        by_name["tcp_receive_res"]
+    );
+    assert_eq!(
+        counter(&counters, "degraded_probe_skipped_accept"),
+        by_name["sys_exit_accept"]
+    );
+    let emitted = counter(&counters, "kernel_emitted");
+    assert_eq!(emitted, counter(&counters, "records_read"));
+    assert!(
+        emitted + skipped >= made,
+        "made {made}, emitted {emitted}, skipped {skipped}: {counters:?}"
+    );
+    if skipped == 0 {
+        assert_eq!(emitted, made, "{counters:?}");
+    }
 }
