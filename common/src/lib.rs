@@ -313,6 +313,9 @@ pub mod counter {
     /// session later). `TRACKED - RELEASED - entries still open` is what the LRU map
     /// evicted.
     pub const RELEASED: u32 = 8;
+    /// State changes the kernel skipped for the primary raw tracepoint program (it was
+    /// running on that CPU) that the backup program handled instead.
+    pub const SKIPPED_RECOVERED: u32 = 9;
     /// Number of counters.
-    pub const COUNT: u32 = 9;
+    pub const COUNT: u32 = 10;
 }

@@ -156,11 +156,25 @@ static SOCKETS: LruHashMap<u64, Socket> = LruHashMap::with_max_entries(1 << 16, 
 /// Where `KernelFields::read` copies `KERNEL_OFFSETS.tcp_window`, as words so that the
 /// (aligned) members are read with one load each.
 #[map]
-static TCP_WINDOW: PerCpuArray<[u64; TCP_WINDOW_MAX / 8]> = PerCpuArray::with_max_entries(1, 0);
+static TCP_WINDOW: PerCpuArray<[u64; TCP_WINDOW_MAX / 8]> = PerCpuArray::with_max_entries(SLOTS, 0);
+
+/// Per-CPU buffers come in two slots: the backup program runs nested inside the primary one
+/// (see [`inet_sock_set_state_backup`]) and must not overwrite the primary's copy.
+const SLOTS: u32 = 2;
+/// The slot of the tracepoint program and of the primary raw tracepoint program.
+const PRIMARY_SLOT: u32 = 0;
+/// The slot of the backup raw tracepoint program.
+const BACKUP_SLOT: u32 = 1;
 
 /// Where the raw tracepoint program copies the head of a `struct sock` (see [`SockHead`]).
 #[map]
-static SOCK_HEAD: PerCpuArray<[u64; SOCK_BUFFER_BYTES / 8]> = PerCpuArray::with_max_entries(1, 0);
+static SOCK_HEAD: PerCpuArray<[u64; SOCK_BUFFER_BYTES / 8]> =
+    PerCpuArray::with_max_entries(SLOTS, 0);
+
+/// What the primary raw tracepoint program is doing on this CPU, for the backup program:
+/// `[running, last socket, last (oldstate, newstate)]`.
+#[map]
+static PRIMARY: PerCpuArray<[u64; 3]> = PerCpuArray::with_max_entries(1, 0);
 
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
@@ -183,16 +197,59 @@ pub fn inet_sock_set_state_raw(ctx: RawTracePointContext) -> u32 {
     if global!(KERNEL_OFFSETS.valid) & offsets_valid::SOCK == 0 {
         return 0;
     }
-    on_state_change(&RawStateChange {
+    let change = RawStateChange {
         sk: ctx.arg(0),
         oldstate: ctx.arg::<u64>(1) as i32,
         newstate: ctx.arg::<u64>(2) as i32,
-    });
+        slot: PRIMARY_SLOT,
+    };
+    let Some(primary) = PRIMARY.get_ptr_mut(0) else {
+        on_state_change(&change);
+        return 0;
+    };
+    // SAFETY: this CPU's entry; the backup program only reads it, nested inside this one or
+    // after it.
+    unsafe { (*primary)[0] = 1 };
+    on_state_change(&change);
+    // SAFETY: as above.
+    unsafe { *primary = [0, change.sk, change.states()] };
+    0
+}
+
+/// The same raw tracepoint, attached after [`inet_sock_set_state_raw`], with its own
+/// recursion guard: it handles the hits the kernel skipped for the primary program, which
+/// are the ones that arrive (in a softirq) while the primary runs on this CPU, and ignores
+/// the rest (the hit the primary has just handled). The kernel skips this program only
+/// while it runs itself, and then the primary handles the hit.
+#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
+pub fn inet_sock_set_state_backup(ctx: RawTracePointContext) -> u32 {
+    if global!(KERNEL_OFFSETS.valid) & offsets_valid::SOCK == 0 {
+        return 0;
+    }
+    let change = RawStateChange {
+        sk: ctx.arg(0),
+        oldstate: ctx.arg::<u64>(1) as i32,
+        newstate: ctx.arg::<u64>(2) as i32,
+        slot: BACKUP_SLOT,
+    };
+    let Some(primary) = PRIMARY.get_ptr(0) else {
+        return 0;
+    };
+    // SAFETY: this CPU's entry, written only by the primary program on this CPU.
+    let [running, sk, states] = unsafe { *primary };
+    // Not nested inside the primary, and this hit is the one it handled last: done.
+    if running == 0 && sk == change.sk && states == change.states() {
+        return 0;
+    }
+    count(counter::SKIPPED_RECOVERED);
+    on_state_change(&change);
     0
 }
 
 /// One `inet_sock_set_state` hit, whichever way the program is attached.
 trait StateChange {
+    /// Which per-CPU buffers to use.
+    fn slot(&self) -> u32;
     /// Whether the socket is a TCP one (the tracepoint also fires for SCTP and MPTCP):
     /// asked only where the answer is needed, at a birth or a close.
     fn is_tcp(&self) -> bool;
@@ -216,6 +273,10 @@ struct Ends {
 }
 
 impl StateChange for InetSockSetState {
+    fn slot(&self) -> u32 {
+        PRIMARY_SLOT
+    }
+
     fn is_tcp(&self) -> bool {
         // Checked at entry: a field of the record costs nothing.
         true
@@ -258,9 +319,22 @@ struct RawStateChange {
     sk: u64,
     oldstate: i32,
     newstate: i32,
+    /// Which per-CPU buffers to use.
+    slot: u32,
+}
+
+impl RawStateChange {
+    /// The old and new states in one word.
+    fn states(&self) -> u64 {
+        (u64::from(self.oldstate as u32) << 32) | u64::from(self.newstate as u32)
+    }
 }
 
 impl StateChange for RawStateChange {
+    fn slot(&self) -> u32 {
+        self.slot
+    }
+
     fn is_tcp(&self) -> bool {
         read::<u16>(self.sk, global!(KERNEL_OFFSETS.sk_protocol)) == Some(IPPROTO_TCP)
     }
@@ -289,7 +363,7 @@ impl StateChange for RawStateChange {
         };
         // Two reads (the helper call is what costs): `struct sock_common`, and the
         // `inet_saddr`..`inet_sport` window of `struct inet_sock`.
-        let Some(head) = SockHead::read(self.sk) else {
+        let Some(head) = SockHead::read(self.sk, self.slot) else {
             return ends;
         };
         let saddr = global!(KERNEL_OFFSETS.inet_saddr);
@@ -323,9 +397,11 @@ const SOCK_BUFFER_BYTES: usize = SOCK_HEAD_BYTES + SOCK_INET_BYTES;
 struct SockHead(&'static [u8; SOCK_BUFFER_BYTES]);
 
 impl SockHead {
-    /// Copies the head and window of the socket at `sk` into this CPU's buffer.
-    fn read(sk: u64) -> Option<Self> {
-        let buffer = SOCK_HEAD.get_ptr_mut(0)?.cast::<[u8; SOCK_BUFFER_BYTES]>();
+    /// Copies the head and window of the socket at `sk` into this CPU's buffer `slot`.
+    fn read(sk: u64, slot: u32) -> Option<Self> {
+        let buffer = SOCK_HEAD
+            .get_ptr_mut(slot)?
+            .cast::<[u8; SOCK_BUFFER_BYTES]>();
         let inet = sk + u64::from(global!(KERNEL_OFFSETS.inet_saddr));
         // SAFETY: the two reads fill the two parts of this CPU's buffer, which nothing else
         // uses while the program runs (preemption is disabled, and the program does not nest
@@ -431,7 +507,7 @@ fn on_state_change(change: &impl StateChange) {
         {
             // A listener closing, or a socket closed before it ever left CLOSE, is not a
             // session; anything else opened before the probe (or was evicted).
-            on_close(skaddr, oldstate, &change.ends(), None);
+            on_close(skaddr, oldstate, &change.ends(), None, change.slot());
         }
         return;
     };
@@ -457,7 +533,7 @@ fn on_state_change(change: &impl StateChange) {
             // Checked again: a close missed by the probe may leave an entry that another
             // protocol's socket at the same address later meets.
             if change.is_tcp() {
-                on_close(skaddr, oldstate, &change.ends(), Some(&copy));
+                on_close(skaddr, oldstate, &change.ends(), Some(&copy), change.slot());
             }
         }
         _ => {}
@@ -505,7 +581,7 @@ fn on_birth(skaddr: u64, newstate: i32, args: &Ends) {
 }
 
 /// Emits the record of a closed session; `socket` is `None` when its birth was not seen.
-fn on_close(skaddr: u64, oldstate: i32, args: &Ends, socket: Option<&Socket>) {
+fn on_close(skaddr: u64, oldstate: i32, args: &Ends, socket: Option<&Socket>, slot: u32) {
     let owner = socket.filter(|s| s.owner_known == 1);
     let pid = owner.map_or_else(current_pid, |s| s.pid);
     let tracked = socket.is_some();
@@ -533,7 +609,7 @@ fn on_close(skaddr: u64, oldstate: i32, args: &Ends, socket: Option<&Socket>) {
         count(counter::RING_BUFFER_FULL);
         return;
     };
-    let kernel = KernelFields::read(skaddr);
+    let kernel = KernelFields::read(skaddr, slot);
     let (local_addr, remote_addr) = if args.family == AF_INET {
         (ipv4_bytes(args.saddr), ipv4_bytes(args.daddr))
     } else {
@@ -599,10 +675,10 @@ struct KernelFields {
 impl KernelFields {
     /// One `bpf_probe_read_kernel` of the `tcp_sock` window instead of one per member (ten):
     /// the helper call, not the copy, is what costs.
-    fn read(skaddr: u64) -> Self {
+    fn read(skaddr: u64, slot: u32) -> Self {
         let valid = global!(KERNEL_OFFSETS.valid);
         let mut fields = Self::default();
-        if let Some(window) = read_tcp_window(skaddr) {
+        if let Some(window) = read_tcp_window(skaddr, slot) {
             if valid & offsets_valid::BYTES != 0
                 && let (Some(acked), Some(received)) = (
                     window.u64_at(global!(KERNEL_OFFSETS.bytes_acked)),
@@ -677,12 +753,12 @@ impl TcpWindow {
 
 /// Copies the socket's `tcp_sock` window into this CPU's buffer; `None` when no group of
 /// the window was resolved or the read failed.
-fn read_tcp_window(skaddr: u64) -> Option<TcpWindow> {
+fn read_tcp_window(skaddr: u64, slot: u32) -> Option<TcpWindow> {
     let len = global!(KERNEL_OFFSETS.tcp_window_len);
     if len == 0 || len as usize > TCP_WINDOW_MAX {
         return None;
     }
-    let buffer = TCP_WINDOW.get_ptr_mut(0)?;
+    let buffer = TCP_WINDOW.get_ptr_mut(slot)?;
     let source = skaddr + u64::from(global!(KERNEL_OFFSETS.tcp_window));
     // SAFETY: at most TCP_WINDOW_MAX bytes into this CPU's buffer, which nothing else uses
     // while the program runs (preemption is disabled); the helper checks the source

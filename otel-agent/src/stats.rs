@@ -109,6 +109,7 @@ impl Snapshot {
             filtered_after_tracking = kernel.filtered_after_tracking,
             lost_ring_buffer_full = kernel.ring_buffer_full,
             lost_probe_skipped = kernel.skipped_state_change,
+            recovered_probe_skipped = kernel.recovered_state_change,
             degraded_probe_skipped_reset = kernel.skipped_receive_reset,
             degraded_probe_skipped_accept = kernel.skipped_accept,
             lost_decode_error = self.decode_errors,

@@ -81,12 +81,15 @@ pub enum StateProbe {
     Tracepoint,
     /// A raw tracepoint: reads the socket itself, at offsets from BTF (without them, the
     /// classic tracepoint is attached instead). Skipped only while the same program runs
-    /// on the CPU (its own `prog->active`).
+    /// on the CPU (its own `prog->active`), and then a second program attached after it
+    /// (with a guard of its own) handles the hit.
     RawTracepoint,
 }
 
 /// The name of the raw tracepoint program in the probe object.
 const INET_SOCK_SET_STATE_RAW: &str = "inet_sock_set_state_raw";
+/// The name of its backup, attached after it: handles the hits the kernel skips for it.
+const INET_SOCK_SET_STATE_BACKUP: &str = "inet_sock_set_state_backup";
 
 /// Choices made at load time.
 #[derive(Debug, Clone)]
@@ -150,10 +153,13 @@ pub struct KernelCounters {
     pub open_at_detach: Option<u64>,
     /// Hits of the state-change program (`inet_sock_set_state`) that the kernel skipped
     /// since attach because a BPF program was already running on that CPU (its
-    /// `recursion_misses`). A skipped `TCP_CLOSE` loses a session; a skipped birth or
-    /// intermediate state only degrades one (unknown birth, a state missing): an upper bound
-    /// on the sessions lost.
+    /// `recursion_misses`), less those the backup program handled instead. A skipped
+    /// `TCP_CLOSE` loses a session; a skipped birth or intermediate state only degrades one
+    /// (unknown birth, a state missing): an upper bound on the sessions lost.
     pub skipped_state_change: u64,
+    /// Hits the kernel skipped for the primary raw tracepoint program that its backup
+    /// handled (nothing lost).
+    pub recovered_state_change: u64,
     /// Hits of `tcp:tcp_receive_reset` the kernel skipped: a session may lack its
     /// reset-by-peer mark (degraded, not lost).
     pub skipped_receive_reset: u64,
@@ -176,6 +182,8 @@ impl KernelCounters {
 pub enum ProgramRole {
     /// `inet_sock_set_state`: a session may be lost.
     StateChange,
+    /// The backup raw tracepoint program: its skipped hits were handled by the primary.
+    StateChangeBackup,
     /// `tcp_receive_reset`: a reset-by-peer mark may be missing.
     ReceiveReset,
     /// `sys_exit_accept{,4}`: a server session's owner may be the task current at close.
@@ -268,8 +276,18 @@ impl Probe {
             StateProbe::Tracepoint => {
                 attach_tracepoint(&mut ebpf, &INET_SOCK_SET_STATE, ProgramRole::StateChange)?
             }
-            StateProbe::RawTracepoint => attach_raw_tracepoint(&mut ebpf)?,
+            StateProbe::RawTracepoint => {
+                attach_raw_tracepoint(&mut ebpf, INET_SOCK_SET_STATE_RAW, ProgramRole::StateChange)?
+            }
         }];
+        if state_probe == StateProbe::RawTracepoint {
+            // After the primary: the kernel runs a tracepoint's programs in attach order.
+            programs.push(attach_raw_tracepoint(
+                &mut ebpf,
+                INET_SOCK_SET_STATE_BACKUP,
+                ProgramRole::StateChangeBackup,
+            )?);
+        }
         let resets = attach_optional(
             &mut ebpf,
             &tracefs_path,
@@ -353,7 +371,10 @@ impl Probe {
             unknown_birth_skipped: sum(counter::UNKNOWN_BIRTH_SKIPPED)?,
             released: sum(counter::RELEASED)?,
             open_at_detach: self.open_at_detach,
-            skipped_state_change: self.skipped(ProgramRole::StateChange)?,
+            skipped_state_change: self
+                .skipped(ProgramRole::StateChange)?
+                .saturating_sub(sum(counter::SKIPPED_RECOVERED)?),
+            recovered_state_change: sum(counter::SKIPPED_RECOVERED)?,
             skipped_receive_reset: self.skipped(ProgramRole::ReceiveReset)?,
             skipped_accept: self.skipped(ProgramRole::Accept)?,
         })
@@ -408,11 +429,15 @@ fn attach_tracepoint(
     AttachedProgram::new(tracepoint.name, role, fd)
 }
 
-/// Attaches the raw tracepoint program of `inet_sock_set_state`.
-fn attach_raw_tracepoint(ebpf: &mut Ebpf) -> Result<AttachedProgram, ProbeError> {
+/// Attaches the raw tracepoint program `name` to `inet_sock_set_state`.
+fn attach_raw_tracepoint(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    role: ProgramRole,
+) -> Result<AttachedProgram, ProbeError> {
     let program: &mut RawTracePoint = ebpf
-        .program_mut(INET_SOCK_SET_STATE_RAW)
-        .ok_or(ProbeError::MissingObject(INET_SOCK_SET_STATE_RAW))?
+        .program_mut(name)
+        .ok_or(ProbeError::MissingObject(name))?
         .try_into()
         .map_err(|error| ProbeError::Load(Box::new(error)))?;
     program
@@ -420,11 +445,11 @@ fn attach_raw_tracepoint(ebpf: &mut Ebpf) -> Result<AttachedProgram, ProbeError>
         .map_err(|error| ProbeError::Load(Box::new(error)))?;
     program
         .attach(INET_SOCK_SET_STATE.name)
-        .map_err(|error| ProbeError::Attach(INET_SOCK_SET_STATE_RAW, error))?;
+        .map_err(|error| ProbeError::Attach(name, error))?;
     let fd = program
         .fd()
         .map_err(|error| ProbeError::Load(Box::new(error)))?;
-    AttachedProgram::new(INET_SOCK_SET_STATE_RAW, ProgramRole::StateChange, fd)
+    AttachedProgram::new(name, role, fd)
 }
 
 /// Attaches every tracepoint of an optional feature (adding them to `programs`), or warns
