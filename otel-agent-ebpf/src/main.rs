@@ -777,11 +777,10 @@ fn read_tcp_window(skaddr: u64, slot: u32) -> Option<TcpWindow> {
 /// past a multiple of `RING_WAKEUP_BYTES` (a burst that could fill the ring before the next
 /// read): a few wakeups per burst, not one per record once past the first multiple.
 ///
-/// Each wakeup also opens a window for lost state changes: the self-IPI arrives while this
-/// program still runs, and the softirqs run on its exit (loopback and other packets whose
-/// state changes then hit the tracepoint while this program is active: the kernel skips
-/// them, `recursion_misses`). One wakeup per record past a quarter full, as before, made
-/// most of the misses of a close burst (PERFORMANCE.md, "Skipped tracepoint hits").
+/// A wakeup's self-interrupt is taken while this program still runs, and softirqs run on
+/// its exit, inside the program: their state changes are skipped by the kernel
+/// (`recursion_misses`). One wakeup per record past a quarter full, as before, added about
+/// 300 ns to each run in a burst (PERFORMANCE.md, "Skipped tracepoint hits").
 fn wakeup_flag() -> u64 {
     let step = global!(RING_WAKEUP_BYTES);
     let unread = EVENTS.query(u64::from(BPF_RB_AVAIL_DATA));

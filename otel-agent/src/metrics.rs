@@ -7,7 +7,7 @@
 //! | `otel_agent.sessions.read` | counter | | records the agent read from the ring buffer |
 //! | `otel_agent.sessions.exported` | counter | `output` | sessions whose spans an output exported |
 //! | `otel_agent.sessions.lost` | counter | `cause` (`ring_buffer_full`, `probe_skipped`, `decode_error`, `channel_full`, `queue_full`, `shutdown`), `output` | sessions lost, by cause (`probe_skipped`: an upper bound) |
-//! | `otel_agent.probe.skipped` | counter | `program` (`inet_sock_set_state`, `tcp_receive_reset`, `sys_exit_accept`) | tracepoint hits the kernel skipped (`recursion_misses`) |
+//! | `otel_agent.probe.skipped` | counter | `program` (`inet_sock_set_state`, `tcp_receive_reset`, `sys_exit_accept`) | tracepoint hits the kernel skipped (`recursion_misses`; for `inet_sock_set_state`, those the backup program did not handle) |
 //! | `otel_agent.sessions.filtered` | counter | `stage` (`birth`, `after_tracking`) | sessions a filter rejected |
 //! | `otel_agent.sessions.birth_not_seen` | counter | | sessions reported with an unknown birth |
 //! | `otel_agent.export.errors` | counter | `output` | failed export attempts (each retried) |
