@@ -171,10 +171,9 @@ const BACKUP_SLOT: u32 = 1;
 static SOCK_HEAD: PerCpuArray<[u64; SOCK_BUFFER_BYTES / 8]> =
     PerCpuArray::with_max_entries(SLOTS, 0);
 
-/// What the primary raw tracepoint program is doing on this CPU, for the backup program:
-/// `[running, last socket, last (oldstate, newstate)]`.
+/// 1 while the primary raw tracepoint program runs on this CPU, for the backup program.
 #[map]
-static PRIMARY: PerCpuArray<[u64; 3]> = PerCpuArray::with_max_entries(1, 0);
+static PRIMARY_RUNNING: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
@@ -203,24 +202,26 @@ pub fn inet_sock_set_state_raw(ctx: RawTracePointContext) -> u32 {
         newstate: ctx.arg::<u64>(2) as i32,
         slot: PRIMARY_SLOT,
     };
-    let Some(primary) = PRIMARY.get_ptr_mut(0) else {
+    let Some(running) = PRIMARY_RUNNING.get_ptr_mut(0) else {
         on_state_change(&change);
         return 0;
     };
-    // SAFETY: this CPU's entry; the backup program only reads it, nested inside this one or
-    // after it.
-    unsafe { (*primary)[0] = 1 };
+    // SAFETY: this CPU's flag; this program does not nest in itself, and the backup program
+    // only reads it.
+    unsafe { *running = 1 };
     on_state_change(&change);
     // SAFETY: as above.
-    unsafe { *primary = [0, change.sk, change.states()] };
+    unsafe { *running = 0 };
     0
 }
 
 /// The same raw tracepoint, attached after [`inet_sock_set_state_raw`], with its own
-/// recursion guard: it handles the hits the kernel skipped for the primary program, which
-/// are the ones that arrive (in a softirq) while the primary runs on this CPU, and ignores
-/// the rest (the hit the primary has just handled). The kernel skips this program only
-/// while it runs itself, and then the primary handles the hit.
+/// recursion guard: it handles the hits that arrive (in a softirq) while the primary runs
+/// on this CPU, which the kernel skips for the primary, and ignores the rest (the primary
+/// handled them). The kernel skips this program only while it runs itself, and then the
+/// primary handles the hit. A hit skipped for the primary in the few instructions around
+/// its flag (the kernel marks it running before it starts and after it ends) is handled by
+/// neither, and counted: the primary's misses less the hits recovered here.
 #[raw_tracepoint(tracepoint = "inet_sock_set_state")]
 pub fn inet_sock_set_state_backup(ctx: RawTracePointContext) -> u32 {
     if global!(KERNEL_OFFSETS.valid) & offsets_valid::SOCK == 0 {
@@ -232,13 +233,8 @@ pub fn inet_sock_set_state_backup(ctx: RawTracePointContext) -> u32 {
         newstate: ctx.arg::<u64>(2) as i32,
         slot: BACKUP_SLOT,
     };
-    let Some(primary) = PRIMARY.get_ptr(0) else {
-        return 0;
-    };
-    // SAFETY: this CPU's entry, written only by the primary program on this CPU.
-    let [running, sk, states] = unsafe { *primary };
-    // Not nested inside the primary, and this hit is the one it handled last: done.
-    if running == 0 && sk == change.sk && states == change.states() {
+    // Not nested inside the primary: it handled this hit.
+    if PRIMARY_RUNNING.get(0).is_none_or(|running| *running == 0) {
         return 0;
     }
     count(counter::SKIPPED_RECOVERED);
@@ -321,13 +317,6 @@ struct RawStateChange {
     newstate: i32,
     /// Which per-CPU buffers to use.
     slot: u32,
-}
-
-impl RawStateChange {
-    /// The old and new states in one word.
-    fn states(&self) -> u64 {
-        (u64::from(self.oldstate as u32) << 32) | u64::from(self.newstate as u32)
-    }
 }
 
 impl StateChange for RawStateChange {
