@@ -215,8 +215,9 @@ pub struct ProbeArgs {
 
     /// How the probe attaches to `sock:inet_sock_set_state`. `raw-tracepoint` is skipped by
     /// the kernel (`lost_probe_skipped`) only while the probe itself runs on that CPU, not
-    /// while any BPF tracing program does, for about 70 ns more per state change; it needs
-    /// the kernel's BTF (without it, the tracepoint is used).
+    /// while any BPF tracing program does (a backup program then handles the state change),
+    /// for about 140 ns more per state change; it needs the kernel's BTF (without it, the
+    /// tracepoint is used).
     #[arg(long, env = "OTEL_AGENT_ATTACH", value_enum, default_value_t = AttachType::Tracepoint)]
     pub attach: AttachType,
 }
