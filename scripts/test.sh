@@ -32,6 +32,6 @@ cargo build --locked -p otel-agent
 step "unit, privileged and end-to-end tests"
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
-cargo test --locked --workspace --exclude otel-agent-ebpf 2>&1 | tee "$log"
+cargo test --locked --workspace --exclude otel-agent-ebpf --features otel-agent-tests/privileged 2>&1 | tee "$log"
 # One closing line for the whole suite (cargo's own last line is a doc-test binary's).
 awk '/^test result:/ { passed += $4; failed += $6 } END { printf "summary: %d passed, %d failed\n", passed, failed }' "$log"
