@@ -16,7 +16,7 @@ step "cargo fmt --check"
 cargo fmt --all --check
 
 step "clippy: userspace crates"
-cargo clippy --locked --workspace --exclude otel-agent-ebpf --all-targets -- -D warnings
+cargo clippy --locked --workspace --exclude otel-agent-ebpf --all-targets --features otel-agent-tests/privileged -- -D warnings
 
 step "clippy: eBPF crate (bpfel-unknown-none, nightly)"
 CARGO_TARGET_DIR=target/ebpf-clippy RUSTFLAGS='--cfg=bpf_target_arch="x86_64"' \
