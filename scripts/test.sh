@@ -16,7 +16,7 @@ step "cargo fmt --check"
 cargo fmt --all --check
 
 step "clippy: userspace crates"
-cargo clippy --locked --workspace --exclude otel-agent-ebpf --all-targets -- -D warnings
+cargo clippy --locked --workspace --exclude otel-agent-ebpf --all-targets --features otel-agent-tests/privileged -- -D warnings
 
 step "clippy: eBPF crate (bpfel-unknown-none, nightly)"
 CARGO_TARGET_DIR=target/ebpf-clippy RUSTFLAGS='--cfg=bpf_target_arch="x86_64"' \
@@ -32,6 +32,6 @@ cargo build --locked -p otel-agent
 step "unit, privileged and end-to-end tests"
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
-cargo test --locked --workspace --exclude otel-agent-ebpf 2>&1 | tee "$log"
+cargo test --locked --workspace --exclude otel-agent-ebpf --features otel-agent-tests/privileged 2>&1 | tee "$log"
 # One closing line for the whole suite (cargo's own last line is a doc-test binary's).
 awk '/^test result:/ { passed += $4; failed += $6 } END { printf "summary: %d passed, %d failed\n", passed, failed }' "$log"

@@ -36,7 +36,7 @@ use otel_agent::{
     cli::Cli,
     clock::WallClock,
     export::{
-        Exporters,
+        Destinations, Exporters,
         config::{BatchSettings, ExportConfig},
         encode::RequestEncoder,
     },
@@ -322,7 +322,8 @@ async fn pipeline_run(
     .expect("agent command line");
     let config =
         ExportConfig::resolve(&cli.export, |name| std::env::var(name).ok()).expect("config");
-    let exporters = Exporters::start(&config, false, Duration::from_secs(30)).expect("exporter");
+    let destinations = Destinations::new(&config).expect("exporter");
+    let exporters = Exporters::start(destinations, false, Duration::from_secs(30));
     let outputs = exporters.handles();
     let sinks = Sinks {
         outputs: outputs.clone(),

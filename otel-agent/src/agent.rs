@@ -1,5 +1,8 @@
-//! Wiring and lifecycle: resolves the configuration, attaches the probe, runs the reader and
-//! the pipeline, and on SIGINT/SIGTERM/SIGHUP (or when a local output cannot be written)
+//! Wiring and lifecycle, in two steps. [`prepare`], on the main thread before any other
+//! thread exists: resolves and checks the configuration, opens the outputs' targets,
+//! attaches the probe and drops the privileges (so that every thread started afterwards
+//! inherits the dropped sets, [`crate::probe::drop_privileges`]). [`run`], in the async
+//! runtime: starts the outputs, the reader and the pipeline, and on SIGINT/SIGTERM/SIGHUP (or when a local output cannot be written)
 //! shuts down in stages (detach the probe, drain the ring buffer, let the pipeline finish,
 //! flush the exporters and the local outputs, export the last self-metrics), all within one
 //! deadline (`--shutdown-timeout`), then logs the session accounting. Any task that panics or
@@ -8,6 +11,7 @@
 
 use std::{path::Path, sync::Arc, time::SystemTime};
 
+use aya::maps::{MapData, RingBuf};
 use tokio::{sync::mpsc, task::JoinHandle, time::Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -29,13 +33,24 @@ use crate::{
 /// Records the reader may queue for the pipeline before it starts counting drops.
 const CHANNEL_CAPACITY: usize = 64 * 1024;
 
-/// Runs the agent until a signal asks it to stop.
-pub async fn run(cli: Cli) -> Result<(), AgentError> {
-    let signals = Signals::install()
-        .map_err(|error| AgentError::Internal(format!("cannot listen for signals: {error}")))?;
+/// The agent configured and its probe attached, privileges dropped: nothing started yet.
+pub struct Prepared {
+    cli: Cli,
+    config: ExportConfig,
+    outputs: outputs::Prepared,
+    probe: Probe,
+    ring: RingBuf<MapData>,
+    agent_start: SystemTime,
+}
+
+/// Resolves and checks the configuration (a bad value stops the agent before the probe is
+/// loaded), opens the outputs' targets, attaches the probe and drops the capabilities.
+/// Synchronous: runs on the main thread before the async runtime, or any other thread,
+/// starts.
+pub fn prepare(cli: Cli) -> Result<Prepared, AgentError> {
     let config = ExportConfig::resolve(&cli.export, |name| std::env::var(name).ok())?;
     crate::resource::check_environment()?;
-    let Outputs { exporters, locals } = outputs::open(&cli, &config)?;
+    let outputs = outputs::prepare(&cli, &config)?;
     match &config.otlp {
         Some(target) => tracing::info!(
             endpoint = %Redacted(&target.endpoint),
@@ -68,6 +83,28 @@ pub async fn run(cli: Cli) -> Result<(), AgentError> {
         attach = ?probe.state_probe,
         "probe attached to sock:inet_sock_set_state"
     );
+    Ok(Prepared {
+        cli,
+        config,
+        outputs,
+        probe,
+        ring,
+        agent_start,
+    })
+}
+
+/// Runs the prepared agent until one of `signals` asks it to stop. Must run inside the
+/// multi-thread tokio runtime.
+pub async fn run(prepared: Prepared, signals: Signals) -> Result<(), AgentError> {
+    let Prepared {
+        cli,
+        config,
+        outputs,
+        mut probe,
+        ring,
+        agent_start,
+    } = prepared;
+    let Outputs { exporters, locals } = outputs.start(&cli, &config)?;
 
     let sinks = Sinks {
         outputs: exporters.handles(),

@@ -370,27 +370,37 @@ fn parse_positive(text: &str) -> Result<usize, String> {
         .ok_or_else(|| format!("`{text}` is not a positive integer"))
 }
 
-/// Parses `500ms`, `5s` or `2m`, at most [`MAX_DURATION`].
+/// The units a duration may use: milliseconds, seconds, minutes.
+const DURATION_UNITS: [&str; 3] = ["ms", "s", "m"];
+
+/// Parses `500ms`, `5s` or `2m` (or a sum such as `1m30s`), at most [`MAX_DURATION`], with
+/// humantime, in the units of [`DURATION_UNITS`] only.
 fn parse_duration(text: &str) -> Result<Duration, String> {
     let error = || format!("`{text}` is not a duration; use a number with ms, s or m, like 5s");
-    let split = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(error)?;
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number.parse().map_err(|_| error())?;
-    let millis = match unit {
-        "ms" => Some(number),
-        "s" => number.checked_mul(1_000),
-        "m" => number.checked_mul(60_000),
-        _ => return Err(error()),
-    };
-    millis
-        .map(Duration::from_millis)
-        .filter(|duration| *duration <= MAX_DURATION)
-        .ok_or_else(|| {
-            format!(
+    let known_units = text
+        .split(|c: char| !c.is_alphabetic())
+        .filter(|unit| !unit.is_empty())
+        .all(|unit| DURATION_UNITS.contains(&unit));
+    if !known_units || !text.starts_with(|c: char| c.is_ascii_digit()) {
+        return Err(error());
+    }
+    match humantime::parse_duration(text) {
+        Ok(duration) if duration <= MAX_DURATION => Ok(duration),
+        Ok(_) | Err(humantime::DurationError::NumberOverflow) if !number_overflows(text) => {
+            Err(format!(
                 "`{text}` is too long: at most {}ms (about 24 days)",
                 MAX_DURATION.as_millis()
-            )
-        })
+            ))
+        }
+        Ok(_) | Err(_) => Err(error()),
+    }
+}
+
+/// Whether a number of `text` does not fit in 64 bits (not a duration at all, rather than
+/// one that is too long).
+fn number_overflows(text: &str) -> bool {
+    text.split(|c: char| !c.is_ascii_digit())
+        .any(|number| !number.is_empty() && number.parse::<u64>().is_err())
 }
 
 /// Parses a duration that must not be zero (a period, a deadline).

@@ -1,5 +1,9 @@
-//! The `otel-agent` binary: parses the command line, sets up logging and the runtime, runs
-//! the agent and turns its outcome into an exit code.
+//! The `otel-agent` binary, in this order: blocks the shutdown signals (an early one waits
+//! instead of killing the agent unflushed, [`otel_agent::shutdown`]), parses the command
+//! line and sets up logging, prepares the agent on the main thread (checks the
+//! configuration, attaches the probe, drops the privileges: [`agent::prepare`]), then builds
+//! the async runtime, whose threads inherit the dropped capabilities, installs the signal
+//! handlers, runs the agent and turns its outcome into an exit code.
 
 use std::{io::IsTerminal as _, process::ExitCode};
 
@@ -7,9 +11,10 @@ use clap::{Parser as _, error::ErrorKind};
 use otel_agent::{
     agent,
     cli::Cli,
-    error::{exit_code, with_causes},
+    error::{AgentError, exit_code, with_causes},
     export::config::check_utf8,
     log_text::Escaped,
+    shutdown::{Blocked, Signals},
 };
 use tracing_subscriber::EnvFilter;
 
@@ -17,6 +22,13 @@ use tracing_subscriber::EnvFilter;
 const QUIET_CRATES: &str = "h2=off,hyper=off,hyper_util=off,tonic=off,tower=off,reqwest=off";
 
 fn main() -> ExitCode {
+    let blocked = match Blocked::block() {
+        Ok(blocked) => blocked,
+        Err(error) => {
+            eprintln!("otel-agent: cannot block the shutdown signals: {error}");
+            return ExitCode::from(exit_code::INTERNAL);
+        }
+    };
     if let Err(error) = check_utf8(std::env::vars_os()) {
         eprintln!("otel-agent: {error}");
         return ExitCode::from(exit_code::CONFIG);
@@ -50,6 +62,17 @@ fn main() -> ExitCode {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
 
+    // On this thread, before any other exists: every thread started afterwards inherits the
+    // capabilities dropped once the probe is attached.
+    // A panic is an error exit with a message, not 101, as in the runtime below.
+    let prepared = match std::panic::catch_unwind(|| agent::prepare(cli)) {
+        Ok(Ok(prepared)) => prepared,
+        Ok(Err(error)) => return failed(&error),
+        Err(_) => {
+            tracing::error!("the agent failed: preparing it panicked");
+            return ExitCode::from(exit_code::INTERNAL);
+        }
+    };
     // The gRPC exporter needs a multi-thread runtime with at least two workers.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -62,22 +85,37 @@ fn main() -> ExitCode {
             return ExitCode::from(exit_code::INTERNAL);
         }
     };
+    let signals = {
+        let _runtime = runtime.enter();
+        Signals::install(blocked)
+    };
+    let signals = match signals {
+        Ok(signals) => signals,
+        Err(error) => {
+            return failed(&AgentError::Internal(format!(
+                "cannot listen for signals: {error}"
+            )));
+        }
+    };
     // On a task of its own, so that a panic is an error exit with a message, not 101.
-    let outcome = runtime.block_on(async { tokio::spawn(agent::run(cli)).await });
+    let outcome = runtime.block_on(async { tokio::spawn(agent::run(prepared, signals)).await });
     // Whatever is still running (a self-metrics export the shutdown deadline cut short)
     // must not hold the exit.
     runtime.shutdown_background();
     match outcome {
         Ok(Ok(())) => ExitCode::SUCCESS,
-        Ok(Err(error)) => {
-            tracing::error!("{}", Escaped(&with_causes(&error)));
-            error.exit_code()
-        }
+        Ok(Err(error)) => failed(&error),
         Err(error) => {
             tracing::error!(%error, "the agent failed: a task panicked");
             ExitCode::from(exit_code::INTERNAL)
         }
     }
+}
+
+/// Logs why the agent stopped and returns its exit code.
+fn failed(error: &AgentError) -> ExitCode {
+    tracing::error!("{}", Escaped(&with_causes(error)));
+    error.exit_code()
 }
 
 /// The variable an invalid value came from, when it did not come from the command line

@@ -21,7 +21,7 @@ use crate::{
     console::{Console, ConsoleFormat},
     error::AgentError,
     export::{
-        Exporters,
+        Destinations, Exporters,
         config::{ConfigError, ExportConfig},
         encode::RequestEncoder,
         json::JsonLines,
@@ -77,6 +77,18 @@ impl Plan {
     }
 }
 
+/// The outputs, checked and their targets opened, not started yet: what can fail as
+/// configuration fails here, before the probe is attached; the threads and export workers
+/// start later ([`Prepared::start`]), in the async runtime, once the privileges are
+/// dropped, so that they inherit the dropped sets.
+pub struct Prepared {
+    /// The JSON lines' target (its name and its opener).
+    json: Option<(String, Open)>,
+    /// The console's stdout.
+    console: Option<Open>,
+    destinations: Destinations,
+}
+
 /// The opened outputs.
 pub struct Outputs {
     pub exporters: Exporters,
@@ -84,79 +96,98 @@ pub struct Outputs {
     pub locals: LocalOutputs,
 }
 
-/// Opens the outputs `config` and the command line ask for.
-pub fn open(cli: &Cli, config: &ExportConfig) -> Result<Outputs, AgentError> {
+/// Checks the outputs `config` and the command line ask for and opens their targets.
+pub fn prepare(cli: &Cli, config: &ExportConfig) -> Result<Prepared, AgentError> {
     let plan = Plan::decide(
         config.otlp.is_some(),
         cli.output.console,
         cli.output.json_output.as_deref(),
     )?;
-    let per_process = cli.export.resource_per_process;
-    let failed = CancellationToken::new();
-    let mut locals = Vec::new();
-    if let Some(json) = &plan.json {
-        let (target, open) = match json {
-            JsonTarget::Stdout => ("stdout".to_owned(), open_stdout("JSON lines")?),
-            JsonTarget::File(path) => (path.display().to_string(), open_json_file(path)?),
-        };
-        let batch = config.batch;
-        locals.push(start(
-            LocalOutput::start(
-                "json",
-                Target {
-                    what: "JSON lines",
-                    name: target,
-                    open,
-                },
-                Lines::default(),
-                JsonLines::new(RequestEncoder::new(&agent_resource(), per_process)),
-                Batching {
-                    capacity: batch.max_queue_size,
-                    batch: batch.max_export_batch_size,
-                    delay: batch.scheduled_delay,
-                },
-                &failed,
-            ),
-            "json",
-        )?);
-    }
-    let exporters = Exporters::start(config, per_process, cli.shutdown_timeout)?;
-    if plan.console {
-        let console = Console::new(ConsoleFormat {
-            time: cli.output.time,
-            timestamp: cli.output.timestamp,
-            wide: cli.output.wide,
-            csv: cli.output.csv,
-        });
-        let mut header = Lines::default();
-        header
-            .buffer()
-            .extend_from_slice(console.header().as_bytes());
-        header.end_line(0);
-        locals.push(start(
-            LocalOutput::start(
-                "console",
-                Target {
-                    what: "tcplife lines",
-                    name: "stdout".to_owned(),
-                    open: open_stdout("tcplife lines")?,
-                },
-                header,
-                console,
-                Batching {
-                    capacity: cli.output.console_queue_size,
-                    batch: CONSOLE_BATCH,
-                    delay: Duration::ZERO,
-                },
-                &failed,
-            ),
-            "console",
-        )?);
-    }
-    Ok(Outputs {
-        exporters,
-        locals: LocalOutputs::new(locals, failed),
+    let json = match &plan.json {
+        Some(JsonTarget::Stdout) => Some(("stdout".to_owned(), open_stdout("JSON lines")?)),
+        Some(JsonTarget::File(path)) => Some((path.display().to_string(), open_json_file(path)?)),
+        None => None,
+    };
+    let destinations = Destinations::new(config)?;
+    let console = if plan.console {
+        Some(open_stdout("tcplife lines")?)
+    } else {
+        None
+    };
+    Ok(Prepared {
+        json,
+        console,
+        destinations,
     })
+}
+
+impl Prepared {
+    /// Starts the outputs: a thread per local output, a worker per export output. Must run
+    /// inside the multi-thread tokio runtime.
+    pub fn start(self, cli: &Cli, config: &ExportConfig) -> Result<Outputs, AgentError> {
+        let per_process = cli.export.resource_per_process;
+        let failed = CancellationToken::new();
+        let mut locals = Vec::new();
+        if let Some((target, open)) = self.json {
+            let batch = config.batch;
+            locals.push(start(
+                LocalOutput::start(
+                    "json",
+                    Target {
+                        what: "JSON lines",
+                        name: target,
+                        open,
+                    },
+                    Lines::default(),
+                    JsonLines::new(RequestEncoder::new(&agent_resource(), per_process)),
+                    Batching {
+                        capacity: batch.max_queue_size,
+                        batch: batch.max_export_batch_size,
+                        delay: batch.scheduled_delay,
+                    },
+                    &failed,
+                ),
+                "json",
+            )?);
+        }
+        let exporters = Exporters::start(self.destinations, per_process, cli.shutdown_timeout);
+        if let Some(stdout) = self.console {
+            let console = Console::new(ConsoleFormat {
+                time: cli.output.time,
+                timestamp: cli.output.timestamp,
+                wide: cli.output.wide,
+                csv: cli.output.csv,
+            });
+            let mut header = Lines::default();
+            header
+                .buffer()
+                .extend_from_slice(console.header().as_bytes());
+            header.end_line(0);
+            locals.push(start(
+                LocalOutput::start(
+                    "console",
+                    Target {
+                        what: "tcplife lines",
+                        name: "stdout".to_owned(),
+                        open: stdout,
+                    },
+                    header,
+                    console,
+                    Batching {
+                        capacity: cli.output.console_queue_size,
+                        batch: CONSOLE_BATCH,
+                        delay: Duration::ZERO,
+                    },
+                    &failed,
+                ),
+                "console",
+            )?);
+        }
+        Ok(Outputs {
+            exporters,
+            locals: LocalOutputs::new(locals, failed),
+        })
+    }
 }
 
 /// The output's thread started, or why not.

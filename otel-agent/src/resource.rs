@@ -12,6 +12,12 @@
 
 use opentelemetry::KeyValue;
 use opentelemetry_sdk::Resource;
+use opentelemetry_semantic_conventions::attribute::{
+    SERVICE_NAME as SERVICE_NAME_KEY, SERVICE_VERSION, TELEMETRY_DISTRO_NAME,
+    TELEMETRY_DISTRO_VERSION,
+};
+
+use crate::span::key::PROCESS_PID;
 
 use crate::export::config::{ConfigError, percent_decode};
 
@@ -69,10 +75,11 @@ fn is_token_byte(byte: u8) -> bool {
 
 /// Builds the agent's resource.
 pub fn agent_resource() -> Resource {
+    // `os.*` and `host.name` are not stable in the semantic conventions yet ("development").
     let mut host = vec![
         KeyValue::new("os.type", "linux"),
-        KeyValue::new("telemetry.distro.name", DEFAULT_SERVICE_NAME),
-        KeyValue::new("telemetry.distro.version", VERSION),
+        KeyValue::new(TELEMETRY_DISTRO_NAME, DEFAULT_SERVICE_NAME),
+        KeyValue::new(TELEMETRY_DISTRO_VERSION, VERSION),
     ];
     if let Some(name) = hostname() {
         host.push(KeyValue::new("host.name", name));
@@ -93,7 +100,7 @@ pub fn agent_resource() -> Resource {
 /// win) and `OTEL_SERVICE_NAME` (which wins over both); without a service name from the
 /// user, the agent is the service.
 fn build(host: Vec<KeyValue>, user: Vec<KeyValue>, service_name: Option<String>) -> Resource {
-    let named = service_name.is_some() || user.iter().any(|kv| kv.key.as_str() == "service.name");
+    let named = service_name.is_some() || user.iter().any(|kv| kv.key.as_str() == SERVICE_NAME_KEY);
     let mut builder = Resource::builder_empty()
         .with_detectors(&[Box::new(
             opentelemetry_sdk::resource::TelemetryResourceDetector,
@@ -102,7 +109,7 @@ fn build(host: Vec<KeyValue>, user: Vec<KeyValue>, service_name: Option<String>)
     if !named {
         builder = builder
             .with_service_name(DEFAULT_SERVICE_NAME)
-            .with_attribute(KeyValue::new("service.version", VERSION));
+            .with_attribute(KeyValue::new(SERVICE_VERSION, VERSION));
     }
     builder = builder.with_attributes(user);
     if let Some(name) = service_name {
@@ -116,12 +123,12 @@ fn build(host: Vec<KeyValue>, user: Vec<KeyValue>, service_name: Option<String>)
 pub fn process_resource(base: &Resource, pid: i64, comm: &str) -> Resource {
     let mut attributes: Vec<KeyValue> = base
         .iter()
-        .filter(|(key, _)| key.as_str() != "service.version")
+        .filter(|(key, _)| key.as_str() != SERVICE_VERSION)
         .map(|(key, value)| KeyValue::new(key.clone(), value.clone()))
         .collect();
-    attributes.retain(|kv| kv.key.as_str() != "service.name");
-    attributes.push(KeyValue::new("service.name", comm.to_owned()));
-    attributes.push(KeyValue::new("process.pid", pid));
+    attributes.retain(|kv| kv.key.as_str() != SERVICE_NAME_KEY);
+    attributes.push(KeyValue::new(SERVICE_NAME_KEY, comm.to_owned()));
+    attributes.push(KeyValue::new(PROCESS_PID, pid));
     Resource::builder_empty()
         .with_attributes(attributes)
         .build()

@@ -19,20 +19,19 @@ pub const SCOPE_NAME: &str = "otel-agent";
 /// The name of a session whose opening side is unknown.
 pub const UNKNOWN_SPAN_NAME: &str = "tcp session";
 
-/// Attribute keys, spelled once.
+/// Attribute keys, spelled once: the stable OpenTelemetry ones from
+/// `opentelemetry-semantic-conventions`, the agent's own (`tcplife.*`) here.
 pub mod key {
-    pub const NETWORK_TRANSPORT: &str = "network.transport";
-    pub const NETWORK_TYPE: &str = "network.type";
-    pub const NETWORK_LOCAL_ADDRESS: &str = "network.local.address";
-    pub const NETWORK_LOCAL_PORT: &str = "network.local.port";
-    pub const NETWORK_PEER_ADDRESS: &str = "network.peer.address";
-    pub const NETWORK_PEER_PORT: &str = "network.peer.port";
-    /// The side that accepted: the peer for a CLIENT span, this side for a SERVER span.
-    pub const SERVER_ADDRESS: &str = "server.address";
-    pub const SERVER_PORT: &str = "server.port";
-    /// The side that connected.
-    pub const CLIENT_ADDRESS: &str = "client.address";
-    pub const CLIENT_PORT: &str = "client.port";
+    pub use opentelemetry_semantic_conventions::attribute::{
+        CLIENT_ADDRESS, CLIENT_PORT, CONTAINER_ID, NETWORK_LOCAL_ADDRESS, NETWORK_LOCAL_PORT,
+        NETWORK_PEER_ADDRESS, NETWORK_PEER_PORT, NETWORK_TRANSPORT, NETWORK_TYPE, SERVER_ADDRESS,
+        SERVER_PORT,
+    };
+    // `SERVER_*` is the side that accepted: the peer for a CLIENT span, this side for a
+    // SERVER span; `CLIENT_*` the side that connected. `CONTAINER_ID` is the owner's
+    // container, from its cgroup.
+
+    /// Not stable in the semantic conventions yet (status "development").
     pub const PROCESS_PID: &str = "process.pid";
     /// The owner's kernel task name (16 bytes at most; a thread name, not a path).
     pub const COMM: &str = "tcplife.comm";
@@ -65,8 +64,6 @@ pub mod key {
     pub const SEGMENTS_OUT: &str = "tcplife.segments_out";
     /// Inode number of the socket's network namespace.
     pub const NETNS: &str = "tcplife.netns";
-    /// The owner's container, from its cgroup.
-    pub const CONTAINER_ID: &str = "container.id";
 }
 
 /// A span attribute's value, borrowed for the time it takes to encode it.

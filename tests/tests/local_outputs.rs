@@ -49,10 +49,8 @@ fn pipe() -> (File, OwnedFd) {
 /// Makes the pipe of `fd` hold one page (4096 bytes), the least Linux allows.
 fn shrink_pipe(fd: &impl AsRawFd) {
     // SAFETY: F_SETPIPE_SZ takes an int and changes only the pipe's capacity.
-    assert_eq!(
-        unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, 4096) },
-        4096
-    );
+    let size = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, 4096) };
+    assert_eq!(size, 4096);
 }
 
 /// Everything that can be read from `file` (non-blocking) now.

@@ -448,26 +448,22 @@ fn parse_headers(source: &str, value: &str) -> Result<Vec<(String, String)>, Con
         .collect()
 }
 
-/// `text` with each `%XX` replaced by its byte, if the result is UTF-8.
+/// `text` with each `%XX` replaced by its byte, if every `%` starts such an escape and the
+/// result is UTF-8 (`percent-encoding` alone would keep a malformed escape as it is).
 pub(crate) fn percent_decode(text: &str) -> Option<String> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut index = 0;
-    while index < bytes.len() {
-        if bytes[index] == b'%' {
-            let hex = text.get(index + 1..index + 3)?;
-            // `from_str_radix` alone would take a sign (`%+1`).
-            if !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return None;
-            }
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            index += 3;
-        } else {
-            out.push(bytes[index]);
-            index += 1;
-        }
+    let well_formed = text.split('%').skip(1).all(|escaped| {
+        escaped
+            .as_bytes()
+            .get(..2)
+            .is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit))
+    });
+    if !well_formed {
+        return None;
     }
-    String::from_utf8(out).ok()
+    percent_encoding::percent_decode_str(text)
+        .decode_utf8()
+        .ok()
+        .map(std::borrow::Cow::into_owned)
 }
 
 /// A signal's URL for a base endpoint: gRPC uses it as is, HTTP appends `v1/traces` or

@@ -85,36 +85,50 @@ pub struct Exporters {
     ended: CancellationToken,
 }
 
-impl Exporters {
-    /// Starts a worker per configured output (none: no endpoint, SDK disabled). The JSON
+/// The configured outputs' transports, built (and their settings checked: endpoint, TLS
+/// files, headers) before the probe is attached and before the async runtime starts;
+/// nothing connects before the first export.
+pub struct Destinations {
+    otlp: Option<(Transport, BatchSettings)>,
+}
+
+impl Destinations {
+    /// The transport of each configured output (none: no endpoint, SDK disabled). The JSON
     /// lines are a local output ([`crate::local`]), rendered by [`json`].
-    /// `deadline` bounds the flush at shutdown.
+    pub fn new(config: &ExportConfig) -> Result<Self, ExportError> {
+        let otlp = match &config.otlp {
+            Some(target) => Some((Transport::new(target)?, config.batch)),
+            None => None,
+        };
+        Ok(Self { otlp })
+    }
+}
+
+impl Exporters {
+    /// Starts a worker per output of `destinations`. `deadline` bounds the flush at
+    /// shutdown.
     ///
     /// Must run inside the multi-thread tokio runtime: the gRPC client lives on it.
-    pub fn start(
-        config: &ExportConfig,
-        per_process: bool,
-        deadline: Duration,
-    ) -> Result<Self, ExportError> {
+    pub fn start(destinations: Destinations, per_process: bool, deadline: Duration) -> Self {
         let resource = agent_resource();
         let stop = CancellationToken::new();
         let ended = CancellationToken::new();
         let mut outputs = Vec::new();
-        if let Some(target) = &config.otlp {
+        if let Some((transport, batch)) = destinations.otlp {
             outputs.push(Output::start(
                 "otlp",
-                Transport::new(target)?,
+                transport,
                 RequestEncoder::new(&resource, per_process),
-                config.batch,
+                batch,
                 (&stop, &ended),
                 deadline,
             ));
         }
-        Ok(Self {
+        Self {
             outputs,
             stop,
             ended,
-        })
+        }
     }
 
     /// The outputs' queues and counters.

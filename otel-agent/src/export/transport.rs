@@ -189,8 +189,10 @@ pub struct GrpcTransport {
 struct Connection {
     endpoint: Endpoint,
     gzip: bool,
-    /// The client on the current connection, replaced when an attempt times out.
-    client: Mutex<Grpc<Channel>>,
+    /// The client on the current connection: made at the first request (so that the
+    /// transport can be built before the async runtime starts), dropped when an attempt
+    /// times out.
+    client: Mutex<Option<Grpc<Channel>>>,
 }
 
 impl GrpcTransport {
@@ -208,7 +210,7 @@ impl GrpcTransport {
         let gzip = target.compression == Compression::Gzip;
         Ok(Self {
             connection: Arc::new(Connection {
-                client: Mutex::new(connect(&endpoint, gzip)),
+                client: Mutex::new(None),
                 endpoint,
                 gzip,
             }),
@@ -217,7 +219,7 @@ impl GrpcTransport {
         })
     }
 
-    fn client(&self) -> std::sync::MutexGuard<'_, Grpc<Channel>> {
+    fn client(&self) -> std::sync::MutexGuard<'_, Option<Grpc<Channel>>> {
         self.connection
             .client
             .lock()
@@ -230,11 +232,14 @@ impl GrpcTransport {
     /// dropped (requests still on it keep it until they end) and the next request starts a
     /// new one.
     async fn send(&self, body: Bytes) -> Result<Accepted, SendError> {
-        let client = self.client().clone();
+        let client = self
+            .client()
+            .get_or_insert_with(|| connect(&self.connection.endpoint, self.connection.gzip))
+            .clone();
         match tokio::time::timeout(self.link.timeout, self.call(client, body)).await {
             Ok(outcome) => outcome,
             Err(_) => {
-                *self.client() = connect(&self.connection.endpoint, self.connection.gzip);
+                *self.client() = None;
                 Err(SendError::NoAnswer(self.link.timed_out()))
             }
         }
