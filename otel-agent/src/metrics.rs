@@ -8,9 +8,10 @@
 //! | `otel_agent.sessions.exported` | counter | `output` | sessions whose spans an output exported |
 //! | `otel_agent.sessions.written` | counter | `output` (`console`, `json`) | sessions a local output wrote |
 //! | `otel_agent.sessions.unconfirmed` | counter | `output` | sessions of requests answered with a success that was not an OTLP response (may not have arrived) |
-//! | `otel_agent.sessions.lost` | counter | `cause` (`ring_buffer_full`, `decode_error`, `channel_full`, `queue_full`, `shutdown`, `rejected_by_collector`, `output_full`, `output_failed`), `output` | sessions lost, by cause |
-//! | `otel_agent.sessions.filtered` | counter | `stage` (`birth`, `after_tracking`) | sessions a filter rejected |
-//! | `otel_agent.sessions.birth_not_seen` | counter | | sessions reported with an unknown birth |
+//! | `otel_agent.sessions.lost` | counter | `cause` (`ring_buffer_full`, `decode_error`, `channel_full`, `queue_full`, `rejected`, `output_full`, `output_failed`, `at_shutdown`), `output` (the output's causes) | sessions lost, by cause ([`LossCause`]) |
+//! | `otel_agent.sessions.filtered` | counter | `cause` (`at_birth`, `after_tracking`, `unknown_birth`) | sessions deliberately left out, by cause ([`FilterCause`]) |
+//! | `otel_agent.sessions.degraded` | counter | `cause` (`birth_not_seen`, `evicted`, `map_update_failed`) | sessions reported with less than they should carry, by cause ([`Degradation`]; `evicted` once the probe is detached) |
+//! | `otel_agent.sessions.birth_not_seen` | counter | | sessions reported with an unknown birth (the same as `degraded` with `cause=birth_not_seen`) |
 //! | `otel_agent.export.errors` | counter | `output` | failed export attempts (each retried) |
 //! | `otel_agent.export.queue.depth` | gauge | `output` | sessions waiting for export |
 
@@ -26,6 +27,7 @@ use opentelemetry::{
 use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
 
 use crate::{
+    accounting::{Degradation, FilterCause, LossCause, OutputKind, Stage},
     export::{self, ExportError, config::OtlpTarget},
     log_text::Escaped,
     resource::agent_resource,
@@ -135,7 +137,7 @@ fn register(meter: &Meter, latest: &Arc<Mutex<Snapshot>>) {
         |s, i| {
             for export in &s.exports {
                 i.observe(
-                    export.unconfirmed,
+                    export.exported_unconfirmed,
                     &[KeyValue::new("output", export.output)],
                 );
             }
@@ -145,23 +147,23 @@ fn register(meter: &Meter, latest: &Arc<Mutex<Snapshot>>) {
         "otel_agent.sessions.lost",
         "Sessions lost, by cause",
         |s, i| {
-            let cause = |cause: &'static str| [KeyValue::new("cause", cause)];
-            i.observe(s.kernel.ring_buffer_full, &cause("ring_buffer_full"));
-            i.observe(s.decode_errors, &cause("decode_error"));
-            i.observe(s.channel_full, &cause("channel_full"));
+            let cause = |cause: LossCause| KeyValue::new("cause", cause.name());
+            for loss in
+                LossCause::of_stage(Stage::Kernel).chain(LossCause::of_stage(Stage::Pipeline))
+            {
+                i.observe(s.lost(loss).unwrap_or(0), &[cause(loss)]);
+            }
             for export in &s.exports {
                 let output = KeyValue::new("output", export.output);
-                let with = |cause: &'static str| [KeyValue::new("cause", cause), output.clone()];
-                i.observe(export.dropped_queue_full, &with("queue_full"));
-                i.observe(export.dropped_at_shutdown, &with("shutdown"));
-                i.observe(export.rejected, &with("rejected_by_collector"));
+                for loss in LossCause::of_output(OutputKind::Export) {
+                    i.observe(export.lost(loss), &[cause(loss), output.clone()]);
+                }
             }
             for local in &s.locals {
                 let output = KeyValue::new("output", local.output);
-                let with = |cause: &'static str| [KeyValue::new("cause", cause), output.clone()];
-                i.observe(local.lost_output_full, &with("output_full"));
-                i.observe(local.lost_output_failed, &with("output_failed"));
-                i.observe(local.lost_at_shutdown, &with("shutdown"));
+                for loss in LossCause::of_output(OutputKind::Local) {
+                    i.observe(local.lost(loss), &[cause(loss), output.clone()]);
+                }
             }
         },
     );
@@ -176,16 +178,22 @@ fn register(meter: &Meter, latest: &Arc<Mutex<Snapshot>>) {
     );
     counter(
         "otel_agent.sessions.filtered",
-        "Sessions rejected by a filter",
+        "Sessions deliberately left out, by cause",
         |s, i| {
-            i.observe(
-                s.kernel.filtered_at_birth,
-                &[KeyValue::new("stage", "birth")],
-            );
-            i.observe(
-                s.kernel.filtered_after_tracking,
-                &[KeyValue::new("stage", "after_tracking")],
-            );
+            for cause in FilterCause::ALL {
+                i.observe(s.filtered(cause), &[KeyValue::new("cause", cause.name())]);
+            }
+        },
+    );
+    counter(
+        "otel_agent.sessions.degraded",
+        "Sessions reported with less than they should carry, by cause",
+        |s, i| {
+            for cause in Degradation::ALL {
+                if let Some(value) = s.degraded(cause) {
+                    i.observe(value, &[KeyValue::new("cause", cause.name())]);
+                }
+            }
         },
     );
     counter(
@@ -214,10 +222,7 @@ fn register(meter: &Meter, latest: &Arc<Mutex<Snapshot>>) {
         .with_callback(move |instrument| {
             if let Ok(snapshot) = latest.lock() {
                 for export in &snapshot.exports {
-                    instrument.observe(
-                        export.queue_depth,
-                        &[KeyValue::new("output", export.output)],
-                    );
+                    instrument.observe(export.queued, &[KeyValue::new("output", export.output)]);
                 }
             }
         })
