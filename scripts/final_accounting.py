@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Reads the agent's final accounting from its log (stderr): the one `final accounting`
-line, whose `json` field holds every figure under the name it has in the text accounting
+"""Reads the agent's final accounting from its log (stderr, in either --log-format): the one
+`final accounting` line, whose `json` field holds every figure under the name it has in the text accounting
 lines and the agent's own verdict on the accounting equation (`reconciled`, and
 `imbalance` when it does not hold; the equation is `Accounting::reconcile` in
 otel-agent/src/accounting.rs and is not restated here).
@@ -26,10 +26,13 @@ def read(path):
     found = None
     with open(path, errors="replace") as f:
         for line in f:
-            if LINE in line and " json=" in line:
+            if LINE in line and ("json=" in line or '"json":' in line):
                 found = line
     if found is None:
         return None
+    if found.startswith("{"):
+        # --log-format json: the figures are the event's `json` field, as a string.
+        return json.loads(json.loads(found)["json"])
     text = found.split(" json=", 1)[1]
     value, _ = json.JSONDecoder().raw_decode(text)
     return value

@@ -440,12 +440,21 @@ impl Accounting {
         Some(Self { session, outputs })
     }
 
-    /// The JSON object of the last `final accounting` line of the agent's log `stderr`.
+    /// The JSON object of the last `final accounting` line of the agent's log `stderr`, in
+    /// either log format (`--log-format text`: `... final accounting json={...}`; `json`: a
+    /// JSON object whose `json` field is that object as a string).
     pub fn final_json(stderr: &str) -> Option<Value> {
         let line = stderr
             .lines()
             .rev()
             .find(|line| line.contains(FINAL_LINE))?;
+        if line.starts_with('{') {
+            let event: Value = serde_json::from_str(line).ok()?;
+            if event.get("message")?.as_str()? != FINAL_LINE {
+                return None;
+            }
+            return serde_json::from_str(event.get("json")?.as_str()?).ok();
+        }
         let (_, json) = line.split_once(" json=")?;
         serde_json::Deserializer::from_str(json)
             .into_iter::<Value>()
@@ -582,6 +591,18 @@ mod tests {
         let line = format!("2026-01-01T00:00:00Z  INFO otel_agent: {FINAL_LINE} json={json}");
         let read = Accounting::final_json(&format!("other\n{line}\n")).unwrap();
         assert_eq!(read, json);
+        // The same line as `--log-format json` writes it.
+        let event = serde_json::json!({
+            "timestamp": "2026-01-01T00:00:00Z",
+            "level": "INFO",
+            "message": FINAL_LINE,
+            "json": json.to_string(),
+            "target": "otel_agent::accounting",
+        });
+        assert_eq!(
+            Accounting::final_json(&format!("{event}\n")),
+            Some(json.clone())
+        );
         let back = Accounting::from_json(&read).unwrap();
         // The JSON object sorts the names; the figures are the same.
         for (mine, theirs) in std::iter::once((&accounting.session, &back.session)).chain(

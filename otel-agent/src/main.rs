@@ -6,7 +6,7 @@ use std::{io::IsTerminal as _, process::ExitCode};
 use clap::{Parser as _, error::ErrorKind};
 use otel_agent::{
     agent,
-    cli::Cli,
+    cli::{Cli, LogFormat},
     error::{exit_code, with_causes},
     export::config::check_utf8,
     log_text::Escaped,
@@ -44,11 +44,13 @@ fn main() -> ExitCode {
             return ExitCode::from(exit_code::CONFIG);
         }
     };
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
 
     // The gRPC exporter needs a multi-thread runtime with at least two workers.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
