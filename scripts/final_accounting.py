@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Reads the agent's final accounting from its log (stderr, in either --log-format): the one
-`final accounting` line, whose `json` field holds every figure under the name it has in the text accounting
-lines and the agent's own verdict on the accounting equation (`reconciled`, and
-`imbalance` when it does not hold; the equation is `Accounting::reconcile` in
+`final accounting` line, whose `json` field holds every figure under the name it has in the
+text accounting lines and the agent's own verdict on the accounting equation (`reconciled`,
+and `imbalance` when it does not hold; the equation is `Accounting::reconcile` in
 otel-agent/src/accounting.rs and is not restated here).
 
   final_accounting.py json STDERR
