@@ -151,7 +151,7 @@ fn register(meter: &Meter, latest: &Arc<Mutex<Snapshot>>) {
             for loss in
                 LossCause::of_stage(Stage::Kernel).chain(LossCause::of_stage(Stage::Pipeline))
             {
-                i.observe(s.lost(loss).unwrap_or(0), &[cause(loss)]);
+                i.observe(s.lost(loss), &[cause(loss)]);
             }
             for export in &s.exports {
                 let output = KeyValue::new("output", export.output);

@@ -184,14 +184,14 @@ impl Snapshot {
         }
     }
 
-    /// Sessions lost to `cause` in the kernel or the pipeline (`None` for an output's cause:
-    /// see [`ExportSnapshot::lost`] and [`LocalSnapshot::lost`]).
-    pub fn lost(&self, cause: LossCause) -> Option<u64> {
+    /// Sessions lost to `cause` in the kernel or the pipeline (0 for an output's cause: see
+    /// [`ExportSnapshot::lost`] and [`LocalSnapshot::lost`]).
+    pub fn lost(&self, cause: LossCause) -> u64 {
         match cause {
-            LossCause::RingBufferFull => Some(self.kernel.ring_buffer_full),
-            LossCause::DecodeError => Some(self.lost_decode_error),
-            LossCause::ChannelFull => Some(self.lost_channel_full),
-            _ => None,
+            LossCause::RingBufferFull => self.kernel.ring_buffer_full,
+            LossCause::DecodeError => self.lost_decode_error,
+            LossCause::ChannelFull => self.lost_channel_full,
+            _ => 0,
         }
     }
 
@@ -226,7 +226,7 @@ impl Snapshot {
         }
         for cause in LossCause::of_stage(Stage::Kernel).chain(LossCause::of_stage(Stage::Pipeline))
         {
-            session.push(cause.key(), self.lost(cause).unwrap_or(0));
+            session.push(cause.key(), self.lost(cause));
         }
         for cause in Degradation::ALL {
             if let Some(value) = self.degraded(cause) {
