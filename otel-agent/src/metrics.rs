@@ -228,3 +228,116 @@ fn register(meter: &Meter, latest: &Arc<Mutex<Snapshot>>) {
         })
         .build();
 }
+
+#[cfg(test)]
+mod cause_tests {
+    use opentelemetry_sdk::metrics::{
+        InMemoryMetricExporter,
+        data::{AggregatedMetrics, MetricData},
+    };
+
+    use super::*;
+    use crate::{
+        probe::KernelCounters,
+        stats::{ExportSnapshot, LocalSnapshot},
+    };
+
+    /// Every data point of the counter `name`: its attributes as `key=value` and its value.
+    fn points(exporter: &InMemoryMetricExporter, name: &str) -> Vec<(Vec<String>, u64)> {
+        let metrics = exporter.get_finished_metrics().unwrap();
+        let metric = metrics
+            .iter()
+            .flat_map(|resource| resource.scope_metrics())
+            .flat_map(|scope| scope.metrics())
+            .find(|metric| metric.name() == name)
+            .unwrap_or_else(|| panic!("no metric {name}"));
+        let AggregatedMetrics::U64(MetricData::Sum(sum)) = metric.data() else {
+            panic!("{name} is not a u64 sum");
+        };
+        let mut points: Vec<_> = sum
+            .data_points()
+            .map(|point| {
+                let mut attributes: Vec<_> = point
+                    .attributes()
+                    .map(|kv| format!("{}={}", kv.key, kv.value))
+                    .collect();
+                attributes.sort();
+                (attributes, point.value())
+            })
+            .collect();
+        points.sort();
+        points
+    }
+
+    #[test]
+    fn every_cause_is_a_data_point_under_its_one_name() {
+        let exporter = InMemoryMetricExporter::default();
+        let provider = SdkMeterProvider::builder()
+            .with_reader(PeriodicReader::builder(exporter.clone()).build())
+            .build();
+        let latest = Arc::new(Mutex::new(Snapshot {
+            kernel: KernelCounters {
+                ring_buffer_full: 1,
+                filtered_at_birth: 11,
+                filtered_after_tracking: 12,
+                unknown_birth_skipped: 13,
+                birth_not_seen: 21,
+                map_update_failed: 23,
+                tracked: 30,
+                released: 8,
+                open_at_detach: Some(0),
+                ..KernelCounters::default()
+            },
+            lost_decode_error: 2,
+            lost_channel_full: 3,
+            exports: vec![ExportSnapshot {
+                output: "otlp",
+                lost_queue_full: 4,
+                lost_rejected: 5,
+                lost_at_shutdown: 6,
+                ..ExportSnapshot::default()
+            }],
+            locals: vec![LocalSnapshot {
+                output: "console",
+                lost_output_full: 7,
+                lost_output_failed: 8,
+                lost_at_shutdown: 9,
+                ..LocalSnapshot::default()
+            }],
+            ..Snapshot::default()
+        }));
+        register(&provider.meter("test"), &latest);
+        provider.force_flush().unwrap();
+
+        let point = |attributes: &[&str], value| {
+            (attributes.iter().map(|a| (*a).to_owned()).collect(), value)
+        };
+        let mut lost = vec![
+            point(&["cause=ring_buffer_full"], 1),
+            point(&["cause=decode_error"], 2),
+            point(&["cause=channel_full"], 3),
+            point(&["cause=queue_full", "output=otlp"], 4),
+            point(&["cause=rejected", "output=otlp"], 5),
+            point(&["cause=at_shutdown", "output=otlp"], 6),
+            point(&["cause=output_full", "output=console"], 7),
+            point(&["cause=output_failed", "output=console"], 8),
+            point(&["cause=at_shutdown", "output=console"], 9),
+        ];
+        lost.sort();
+        assert_eq!(points(&exporter, "otel_agent.sessions.lost"), lost);
+        let mut filtered = vec![
+            point(&["cause=at_birth"], 11),
+            point(&["cause=after_tracking"], 12),
+            point(&["cause=unknown_birth"], 13),
+        ];
+        filtered.sort();
+        assert_eq!(points(&exporter, "otel_agent.sessions.filtered"), filtered);
+        let mut degraded = vec![
+            point(&["cause=birth_not_seen"], 21),
+            point(&["cause=evicted"], 22),
+            point(&["cause=map_update_failed"], 23),
+        ];
+        degraded.sort();
+        assert_eq!(points(&exporter, "otel_agent.sessions.degraded"), degraded);
+    }
+}
