@@ -309,35 +309,47 @@ mod cause_tests {
         register(&provider.meter("test"), &latest);
         provider.force_flush().unwrap();
 
-        let point = |attributes: &[&str], value| {
-            (attributes.iter().map(|a| (*a).to_owned()).collect(), value)
+        // `name`'s points are exactly `expected` ((attributes, value), in any order).
+        let check = |name: &str, expected: &[(&[&str], u64)]| {
+            let mut expected: Vec<(Vec<String>, u64)> = expected
+                .iter()
+                .map(|(attributes, value)| {
+                    let attributes = attributes.iter().map(|a| (*a).to_owned()).collect();
+                    (attributes, *value)
+                })
+                .collect();
+            expected.sort();
+            assert_eq!(points(&exporter, name), expected, "{name}");
         };
-        let mut lost = vec![
-            point(&["cause=ring_buffer_full"], 1),
-            point(&["cause=decode_error"], 2),
-            point(&["cause=channel_full"], 3),
-            point(&["cause=queue_full", "output=otlp"], 4),
-            point(&["cause=rejected", "output=otlp"], 5),
-            point(&["cause=at_shutdown", "output=otlp"], 6),
-            point(&["cause=output_full", "output=console"], 7),
-            point(&["cause=output_failed", "output=console"], 8),
-            point(&["cause=at_shutdown", "output=console"], 9),
-        ];
-        lost.sort();
-        assert_eq!(points(&exporter, "otel_agent.sessions.lost"), lost);
-        let mut filtered = vec![
-            point(&["cause=at_birth"], 11),
-            point(&["cause=after_tracking"], 12),
-            point(&["cause=unknown_birth"], 13),
-        ];
-        filtered.sort();
-        assert_eq!(points(&exporter, "otel_agent.sessions.filtered"), filtered);
-        let mut degraded = vec![
-            point(&["cause=birth_not_seen"], 21),
-            point(&["cause=evicted"], 22),
-            point(&["cause=map_update_failed"], 23),
-        ];
-        degraded.sort();
-        assert_eq!(points(&exporter, "otel_agent.sessions.degraded"), degraded);
+        check(
+            "otel_agent.sessions.lost",
+            &[
+                (&["cause=ring_buffer_full"], 1),
+                (&["cause=decode_error"], 2),
+                (&["cause=channel_full"], 3),
+                (&["cause=queue_full", "output=otlp"], 4),
+                (&["cause=rejected", "output=otlp"], 5),
+                (&["cause=at_shutdown", "output=otlp"], 6),
+                (&["cause=output_full", "output=console"], 7),
+                (&["cause=output_failed", "output=console"], 8),
+                (&["cause=at_shutdown", "output=console"], 9),
+            ],
+        );
+        check(
+            "otel_agent.sessions.filtered",
+            &[
+                (&["cause=at_birth"], 11),
+                (&["cause=after_tracking"], 12),
+                (&["cause=unknown_birth"], 13),
+            ],
+        );
+        check(
+            "otel_agent.sessions.degraded",
+            &[
+                (&["cause=birth_not_seen"], 21),
+                (&["cause=evicted"], 22),
+                (&["cause=map_update_failed"], 23),
+            ],
+        );
     }
 }
