@@ -221,6 +221,7 @@ def summary(results_path, machine_path, collector):
         ("kernel_tracked", "kernel_tracked"),
         ("kernel_emitted", "kernel_emitted"),
         ("lost_ring_buffer_full", "lost_ring_buffer_full"),
+        ("lost_probe_skipped (upper bound)", "lost_probe_skipped"),
         ("records_read", "records_read"),
         ("lost_decode_error", "lost_decode_error"),
         ("lost_channel_full", "lost_channel_full"),

@@ -205,11 +205,36 @@ pub struct KernelOffsets {
     /// [`TCP_WINDOW_MAX`] bytes, read at close with one `bpf_probe_read_kernel`.
     pub tcp_window: u32,
     pub tcp_window_len: u32,
+    /// What `sock:inet_sock_set_state` records, read from the socket itself by the raw
+    /// tracepoint program (the `SOCK` group; offsets from the start of `struct sock`):
+    /// `sock.sk_protocol` (2 bytes), `sock.__sk_common.skc_family` (2),
+    /// `.skc_dport` (2, network order), `.skc_daddr` (4), `.skc_v6_daddr` (16),
+    /// `.skc_v6_rcv_saddr` (16), `inet_sock.inet_sport` (2, network order) and
+    /// `inet_sock.inet_saddr` (4), as the tracepoint's `TP_fast_assign` reads them
+    /// (include/trace/events/sock.h).
+    pub sk_protocol: u32,
+    pub skc_family: u32,
+    pub skc_dport: u32,
+    pub skc_daddr: u32,
+    pub skc_v6_daddr: u32,
+    pub skc_v6_rcv_saddr: u32,
+    pub inet_sport: u32,
+    pub inet_saddr: u32,
 }
 
 /// The largest `KernelOffsets::tcp_window_len`: the probe's per-CPU buffer for the window
 /// (`struct tcp_sock` is about 2,300 bytes on Linux 6.x).
 pub const TCP_WINDOW_MAX: usize = 4096;
+
+/// The bytes of `struct sock` (from its start) that the raw tracepoint program copies at
+/// once: `struct sock_common`'s family, destination port and addresses must lie inside
+/// (88 bytes on Linux 6.x), or the `SOCK` group is not used.
+pub const SOCK_HEAD_BYTES: usize = 128;
+
+/// The bytes of `struct inet_sock` from `inet_saddr` that the raw tracepoint program copies
+/// at once: `inet_sport` must lie inside (6 bytes after `inet_saddr` on Linux 6.x), or the
+/// `SOCK` group is not used.
+pub const SOCK_INET_BYTES: usize = 16;
 
 /// Bits of `KernelOffsets::valid`, one per group of members read together.
 pub mod offsets_valid {
@@ -218,6 +243,8 @@ pub mod offsets_valid {
     pub const HEALTH: u32 = 1 << 2;
     pub const NETNS: u32 = 1 << 3;
     pub const ACCEPT: u32 = 1 << 4;
+    /// The socket's protocol, family, ports and addresses, for the raw tracepoint program.
+    pub const SOCK: u32 = 1 << 5;
 }
 
 /// Most ports one port filter holds (tcplife's `-L` / `-D` lists).
@@ -286,6 +313,9 @@ pub mod counter {
     /// session later). `TRACKED - RELEASED - entries still open` is what the LRU map
     /// evicted.
     pub const RELEASED: u32 = 8;
+    /// State changes the kernel skipped for the primary raw tracepoint program (it was
+    /// running on that CPU) that the backup program handled instead.
+    pub const SKIPPED_RECOVERED: u32 = 9;
     /// Number of counters.
-    pub const COUNT: u32 = 9;
+    pub const COUNT: u32 = 10;
 }

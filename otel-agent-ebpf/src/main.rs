@@ -8,6 +8,13 @@
 //! so resets this side sends are inferred in userspace from the states), and `syscalls:sys_exit_accept{,4}` record the process that accepted a
 //! connection (the owner of a server-side session), found through the new file descriptor.
 //!
+//! The state-change program comes in two attach types, chosen at load time: the classic
+//! tracepoint (reads the event record; needs tracefs) and a raw tracepoint
+//! (`inet_sock_set_state_raw`: gets the tracepoint's arguments and reads family, ports and
+//! addresses from the socket, at offsets from BTF). A classic tracepoint program is skipped
+//! while any BPF tracing program runs on the CPU (the global `bpf_prog_active`); a raw
+//! tracepoint only while the same program runs (its own `prog->active`).
+//!
 //! Filters set at load time reject sessions as soon as the fact they test is known, before
 //! any map insert where it is known at birth. Every outcome is counted per CPU in `COUNTERS`.
 #![no_std]
@@ -22,14 +29,14 @@ use aya_ebpf::{
         bpf_get_current_pid_tgid, bpf_get_current_task, bpf_ktime_get_ns, bpf_probe_read_kernel,
         generated,
     },
-    macros::{map, tracepoint},
+    macros::{map, raw_tracepoint, tracepoint},
     maps::{LruHashMap, PerCpuArray, RingBuf},
-    programs::TracePointContext,
+    programs::{RawTracePointContext, TracePointContext},
 };
 use common::{
     AF_INET, AF_INET6, COMM_LEN, Filters, IPPROTO_TCP, KernelOffsets, MAX_FILTER_PORTS,
-    SessionRecord, SocketState as Socket, TCP_WINDOW_MAX, counter, flags, offsets_valid, origin,
-    states, tcp_state,
+    SOCK_HEAD_BYTES, SOCK_INET_BYTES, SessionRecord, SocketState as Socket, TCP_WINDOW_MAX,
+    counter, flags, offsets_valid, origin, states, tcp_state,
 };
 
 /// `sock:inet_sock_set_state`, as laid out in
@@ -101,6 +108,14 @@ static KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
     socket_sk: 0,
     tcp_window: 0,
     tcp_window_len: 0,
+    sk_protocol: 0,
+    skc_family: 0,
+    skc_dport: 0,
+    skc_daddr: 0,
+    skc_v6_daddr: 0,
+    skc_v6_rcv_saddr: 0,
+    inet_sport: 0,
+    inet_saddr: 0,
 };
 
 #[unsafe(no_mangle)]
@@ -141,7 +156,24 @@ static SOCKETS: LruHashMap<u64, Socket> = LruHashMap::with_max_entries(1 << 16, 
 /// Where `KernelFields::read` copies `KERNEL_OFFSETS.tcp_window`, as words so that the
 /// (aligned) members are read with one load each.
 #[map]
-static TCP_WINDOW: PerCpuArray<[u64; TCP_WINDOW_MAX / 8]> = PerCpuArray::with_max_entries(1, 0);
+static TCP_WINDOW: PerCpuArray<[u64; TCP_WINDOW_MAX / 8]> = PerCpuArray::with_max_entries(SLOTS, 0);
+
+/// Per-CPU buffers come in two slots: the backup program runs nested inside the primary one
+/// (see [`inet_sock_set_state_backup`]) and must not overwrite the primary's copy.
+const SLOTS: u32 = 2;
+/// The slot of the tracepoint program and of the primary raw tracepoint program.
+const PRIMARY_SLOT: u32 = 0;
+/// The slot of the backup raw tracepoint program.
+const BACKUP_SLOT: u32 = 1;
+
+/// Where the raw tracepoint program copies the head of a `struct sock` (see [`SockHead`]).
+#[map]
+static SOCK_HEAD: PerCpuArray<[u64; SOCK_BUFFER_BYTES / 8]> =
+    PerCpuArray::with_max_entries(SLOTS, 0);
+
+/// 1 while the primary raw tracepoint program runs on this CPU, for the backup program.
+#[map]
+static PRIMARY_RUNNING: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
@@ -155,6 +187,239 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
         on_state_change(args);
     }
     0
+}
+
+/// The same tracepoint, attached raw: its arguments are `TP_PROTO(const struct sock *sk,
+/// const int oldstate, const int newstate)` (include/trace/events/sock.h).
+#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
+pub fn inet_sock_set_state_raw(ctx: RawTracePointContext) -> u32 {
+    if global!(KERNEL_OFFSETS.valid) & offsets_valid::SOCK == 0 {
+        return 0;
+    }
+    let change = RawStateChange {
+        sk: ctx.arg(0),
+        oldstate: ctx.arg::<u64>(1) as i32,
+        newstate: ctx.arg::<u64>(2) as i32,
+        slot: PRIMARY_SLOT,
+    };
+    let Some(running) = PRIMARY_RUNNING.get_ptr_mut(0) else {
+        on_state_change(&change);
+        return 0;
+    };
+    // SAFETY: this CPU's flag; this program does not nest in itself, and the backup program
+    // only reads it.
+    unsafe { *running = 1 };
+    on_state_change(&change);
+    // SAFETY: as above.
+    unsafe { *running = 0 };
+    0
+}
+
+/// The same raw tracepoint, attached after [`inet_sock_set_state_raw`], with its own
+/// recursion guard: it handles the hits that arrive (in a softirq) while the primary runs
+/// on this CPU, which the kernel skips for the primary, and ignores the rest (the primary
+/// handled them). The kernel skips this program only while it runs itself, and then the
+/// primary handles the hit. A hit skipped for the primary in the few instructions around
+/// its flag (the kernel marks it running before it starts and after it ends) is handled by
+/// neither, and counted: the primary's misses less the hits recovered here.
+#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
+pub fn inet_sock_set_state_backup(ctx: RawTracePointContext) -> u32 {
+    if global!(KERNEL_OFFSETS.valid) & offsets_valid::SOCK == 0 {
+        return 0;
+    }
+    let change = RawStateChange {
+        sk: ctx.arg(0),
+        oldstate: ctx.arg::<u64>(1) as i32,
+        newstate: ctx.arg::<u64>(2) as i32,
+        slot: BACKUP_SLOT,
+    };
+    // Not nested inside the primary: it handled this hit.
+    if PRIMARY_RUNNING.get(0).is_none_or(|running| *running == 0) {
+        return 0;
+    }
+    count(counter::SKIPPED_RECOVERED);
+    on_state_change(&change);
+    0
+}
+
+/// One `inet_sock_set_state` hit, whichever way the program is attached.
+trait StateChange {
+    /// Which per-CPU buffers to use.
+    fn slot(&self) -> u32;
+    /// Whether the socket is a TCP one (the tracepoint also fires for SCTP and MPTCP):
+    /// asked only where the answer is needed, at a birth or a close.
+    fn is_tcp(&self) -> bool;
+    fn skaddr(&self) -> u64;
+    fn oldstate(&self) -> i32;
+    fn newstate(&self) -> i32;
+    /// Family, ports and addresses, as the tracepoint records them.
+    fn ends(&self) -> Ends;
+}
+
+/// A socket's family, ports (host byte order) and addresses (read as words, in network
+/// byte order in memory; the IPv6 ones only meaningful for `AF_INET6`).
+struct Ends {
+    family: u16,
+    sport: u16,
+    dport: u16,
+    saddr: u32,
+    daddr: u32,
+    saddr_v6: [u64; 2],
+    daddr_v6: [u64; 2],
+}
+
+impl StateChange for InetSockSetState {
+    fn slot(&self) -> u32 {
+        PRIMARY_SLOT
+    }
+
+    fn is_tcp(&self) -> bool {
+        // Checked at entry: a field of the record costs nothing.
+        true
+    }
+
+    fn skaddr(&self) -> u64 {
+        self.skaddr
+    }
+
+    fn oldstate(&self) -> i32 {
+        self.oldstate
+    }
+
+    fn newstate(&self) -> i32 {
+        self.newstate
+    }
+
+    fn ends(&self) -> Ends {
+        // The verifier only allows loads at constant offsets from the context: the arrays are
+        // read word by word (a copy would go through a moved pointer).
+        // SAFETY: words of the context record, read in place.
+        let word = |place: &u64| unsafe { core::ptr::read_volatile(place) };
+        Ends {
+            family: self.family,
+            sport: self.sport,
+            dport: self.dport,
+            saddr: self.saddr,
+            daddr: self.daddr,
+            saddr_v6: [word(&self.saddr_v6[0]), word(&self.saddr_v6[1])],
+            daddr_v6: [word(&self.daddr_v6[0]), word(&self.daddr_v6[1])],
+        }
+    }
+}
+
+/// The raw tracepoint's arguments; the rest is read from the socket as the tracepoint's
+/// `TP_fast_assign` does: family and ports from `sk_family`, `inet_sport`, `inet_dport`,
+/// IPv4 addresses from `inet_saddr`, `inet_daddr`, IPv6 ones from `sk_v6_rcv_saddr`,
+/// `sk_v6_daddr`. A failed read leaves zero.
+struct RawStateChange {
+    sk: u64,
+    oldstate: i32,
+    newstate: i32,
+    /// Which per-CPU buffers to use.
+    slot: u32,
+}
+
+impl StateChange for RawStateChange {
+    fn slot(&self) -> u32 {
+        self.slot
+    }
+
+    fn is_tcp(&self) -> bool {
+        read::<u16>(self.sk, global!(KERNEL_OFFSETS.sk_protocol)) == Some(IPPROTO_TCP)
+    }
+
+    fn skaddr(&self) -> u64 {
+        self.sk
+    }
+
+    fn oldstate(&self) -> i32 {
+        self.oldstate
+    }
+
+    fn newstate(&self) -> i32 {
+        self.newstate
+    }
+
+    fn ends(&self) -> Ends {
+        let mut ends = Ends {
+            family: 0,
+            sport: 0,
+            dport: 0,
+            saddr: 0,
+            daddr: 0,
+            saddr_v6: [0; 2],
+            daddr_v6: [0; 2],
+        };
+        // Two reads (the helper call is what costs): `struct sock_common`, and the
+        // `inet_saddr`..`inet_sport` window of `struct inet_sock`.
+        let Some(head) = SockHead::read(self.sk, self.slot) else {
+            return ends;
+        };
+        let saddr = global!(KERNEL_OFFSETS.inet_saddr);
+        let inet = |offset: u32| SOCK_HEAD_BYTES as u32 + offset - saddr;
+        ends.family = head.at(global!(KERNEL_OFFSETS.skc_family)).unwrap_or(0);
+        ends.sport = u16::from_be(
+            head.at(inet(global!(KERNEL_OFFSETS.inet_sport)))
+                .unwrap_or(0),
+        );
+        ends.dport = u16::from_be(head.at(global!(KERNEL_OFFSETS.skc_dport)).unwrap_or(0));
+        if ends.family == AF_INET6 {
+            ends.saddr_v6 = head
+                .at(global!(KERNEL_OFFSETS.skc_v6_rcv_saddr))
+                .unwrap_or([0; 2]);
+            ends.daddr_v6 = head
+                .at(global!(KERNEL_OFFSETS.skc_v6_daddr))
+                .unwrap_or([0; 2]);
+        } else {
+            ends.saddr = head.at(inet(saddr)).unwrap_or(0);
+            ends.daddr = head.at(global!(KERNEL_OFFSETS.skc_daddr)).unwrap_or(0);
+        }
+        ends
+    }
+}
+
+/// Bytes of the buffer holding a copy of the first [`SOCK_HEAD_BYTES`] of a `struct sock`
+/// (its `struct sock_common`), then [`SOCK_INET_BYTES`] from `inet_sock.inet_saddr`.
+const SOCK_BUFFER_BYTES: usize = SOCK_HEAD_BYTES + SOCK_INET_BYTES;
+
+/// The copy of the socket's head and `inet_sock` window.
+struct SockHead(&'static [u8; SOCK_BUFFER_BYTES]);
+
+impl SockHead {
+    /// Copies the head and window of the socket at `sk` into this CPU's buffer `slot`.
+    fn read(sk: u64, slot: u32) -> Option<Self> {
+        let buffer = SOCK_HEAD
+            .get_ptr_mut(slot)?
+            .cast::<[u8; SOCK_BUFFER_BYTES]>();
+        let inet = sk + u64::from(global!(KERNEL_OFFSETS.inet_saddr));
+        // SAFETY: the two reads fill the two parts of this CPU's buffer, which nothing else
+        // uses while the program runs (preemption is disabled, and the program does not nest
+        // in itself); the helper checks the source address and fails instead of faulting.
+        let copied = unsafe {
+            generated::bpf_probe_read_kernel(
+                buffer.cast(),
+                SOCK_HEAD_BYTES as u32,
+                sk as *const core::ffi::c_void,
+            ) | generated::bpf_probe_read_kernel(
+                buffer.cast::<u8>().add(SOCK_HEAD_BYTES).cast(),
+                SOCK_INET_BYTES as u32,
+                inet as *const core::ffi::c_void,
+            )
+        };
+        // SAFETY: as above; the buffer lives as long as the map.
+        (copied == 0).then(|| Self(unsafe { &*buffer }))
+    }
+
+    /// The `T` at `offset` in the buffer, if it holds it.
+    fn at<T: Copy>(&self, offset: u32) -> Option<T> {
+        let offset = offset as usize;
+        if offset + size_of::<T>() > SOCK_BUFFER_BYTES {
+            return None;
+        }
+        // SAFETY: in bounds (checked above); any bit pattern is a valid integer or array of
+        // integers, and the read is unaligned-safe.
+        Some(unsafe { core::ptr::read_unaligned(self.0.as_ptr().add(offset).cast::<T>()) })
+    }
 }
 
 #[tracepoint]
@@ -215,22 +480,28 @@ fn on_accept(ctx: &TracePointContext) {
     socket.owner_known = 1;
 }
 
-fn on_state_change(args: &InetSockSetState) {
-    let skaddr = args.skaddr;
-    let newstate = args.newstate;
+fn on_state_change(change: &impl StateChange) {
+    let skaddr = change.skaddr();
+    let oldstate = change.oldstate();
+    let newstate = change.newstate();
     let Some(socket) = SOCKETS.get_ptr_mut(skaddr) else {
         if newstate < tcp_state::FIN_WAIT1 {
-            on_birth(args);
+            if change.is_tcp() {
+                on_birth(skaddr, newstate, &change.ends());
+            }
         } else if newstate == tcp_state::CLOSE
-            && args.oldstate != tcp_state::LISTEN
-            && args.oldstate != tcp_state::CLOSE
+            && oldstate != tcp_state::LISTEN
+            && oldstate != tcp_state::CLOSE
+            && change.is_tcp()
         {
             // A listener closing, or a socket closed before it ever left CLOSE, is not a
             // session; anything else opened before the probe (or was evicted).
-            on_close(args, None);
+            on_close(skaddr, oldstate, &change.ends(), None, change.slot());
         }
         return;
     };
+    // Only TCP sockets are tracked (their birth was checked), so a change of a tracked
+    // socket needs no check until its close.
     // SAFETY: a live map value; the socket lock serialises changes to one socket.
     let socket = unsafe { &mut *socket };
     socket.states |= states::bit(newstate);
@@ -248,14 +519,17 @@ fn on_state_change(args: &InetSockSetState) {
             let copy = *socket;
             let _ = SOCKETS.remove(skaddr);
             count(counter::RELEASED);
-            on_close(args, Some(&copy));
+            // Checked again: a close missed by the probe may leave an entry that another
+            // protocol's socket at the same address later meets.
+            if change.is_tcp() {
+                on_close(skaddr, oldstate, &change.ends(), Some(&copy), change.slot());
+            }
         }
         _ => {}
     }
 }
 
-fn on_birth(args: &InetSockSetState) {
-    let newstate = args.newstate;
+fn on_birth(skaddr: u64, newstate: i32, args: &Ends) {
     // Only connect() runs SYN_SENT in the owner's context: the pid filter can act now.
     let owner_known = newstate == tcp_state::SYN_SENT;
     let pid = if owner_known { current_pid() } else { 0 };
@@ -264,7 +538,7 @@ fn on_birth(args: &InetSockSetState) {
         || !port_allowed(args.dport, false)
         || (args.sport != 0 && !port_allowed(args.sport, true))
         || (owner_known && !pid_allowed(pid))
-        || !netns_allowed(args.skaddr);
+        || !netns_allowed(skaddr);
     if rejected {
         count(counter::FILTERED_AT_BIRTH);
         return;
@@ -288,7 +562,7 @@ fn on_birth(args: &InetSockSetState) {
         _padding: 0,
         _padding_tail: 0,
     };
-    if SOCKETS.insert(args.skaddr, socket, 0).is_ok() {
+    if SOCKETS.insert(skaddr, socket, 0).is_ok() {
         count(counter::TRACKED);
     } else {
         count(counter::MAP_UPDATE_FAILED);
@@ -296,14 +570,14 @@ fn on_birth(args: &InetSockSetState) {
 }
 
 /// Emits the record of a closed session; `socket` is `None` when its birth was not seen.
-fn on_close(args: &InetSockSetState, socket: Option<&Socket>) {
+fn on_close(skaddr: u64, oldstate: i32, args: &Ends, socket: Option<&Socket>, slot: u32) {
     let owner = socket.filter(|s| s.owner_known == 1);
     let pid = owner.map_or_else(current_pid, |s| s.pid);
     let tracked = socket.is_some();
     let filtered = !port_allowed(args.sport, true)
         || !pid_allowed(pid)
         || (!tracked && (!family_allowed(args) || !port_allowed(args.dport, false)))
-        || (!tracked && !netns_allowed(args.skaddr));
+        || (!tracked && !netns_allowed(skaddr));
     if filtered {
         count(if tracked {
             counter::FILTERED_AFTER_TRACKING
@@ -324,7 +598,7 @@ fn on_close(args: &InetSockSetState, socket: Option<&Socket>) {
         count(counter::RING_BUFFER_FULL);
         return;
     };
-    let kernel = KernelFields::read(args.skaddr);
+    let kernel = KernelFields::read(skaddr, slot);
     let (local_addr, remote_addr) = if args.family == AF_INET {
         (ipv4_bytes(args.saddr), ipv4_bytes(args.daddr))
     } else {
@@ -362,7 +636,7 @@ fn on_close(args: &InetSockSetState, socket: Option<&Socket>) {
         local_port: args.sport,
         remote_port: args.dport,
         origin: socket.map_or(origin::UNKNOWN, |s| s.origin),
-        close_from_state: args.oldstate as u8,
+        close_from_state: oldstate as u8,
         local_addr,
         remote_addr,
         comm: owner.map_or_else(current_comm, |s| s.comm),
@@ -390,10 +664,10 @@ struct KernelFields {
 impl KernelFields {
     /// One `bpf_probe_read_kernel` of the `tcp_sock` window instead of one per member (ten):
     /// the helper call, not the copy, is what costs.
-    fn read(skaddr: u64) -> Self {
+    fn read(skaddr: u64, slot: u32) -> Self {
         let valid = global!(KERNEL_OFFSETS.valid);
         let mut fields = Self::default();
-        if let Some(window) = read_tcp_window(skaddr) {
+        if let Some(window) = read_tcp_window(skaddr, slot) {
             if valid & offsets_valid::BYTES != 0
                 && let (Some(acked), Some(received)) = (
                     window.u64_at(global!(KERNEL_OFFSETS.bytes_acked)),
@@ -468,12 +742,12 @@ impl TcpWindow {
 
 /// Copies the socket's `tcp_sock` window into this CPU's buffer; `None` when no group of
 /// the window was resolved or the read failed.
-fn read_tcp_window(skaddr: u64) -> Option<TcpWindow> {
+fn read_tcp_window(skaddr: u64, slot: u32) -> Option<TcpWindow> {
     let len = global!(KERNEL_OFFSETS.tcp_window_len);
     if len == 0 || len as usize > TCP_WINDOW_MAX {
         return None;
     }
-    let buffer = TCP_WINDOW.get_ptr_mut(0)?;
+    let buffer = TCP_WINDOW.get_ptr_mut(slot)?;
     let source = skaddr + u64::from(global!(KERNEL_OFFSETS.tcp_window));
     // SAFETY: at most TCP_WINDOW_MAX bytes into this CPU's buffer, which nothing else uses
     // while the program runs (preemption is disabled); the helper checks the source
@@ -488,15 +762,29 @@ fn read_tcp_window(skaddr: u64) -> Option<TcpWindow> {
 /// Whether submitting a record wakes the agent. A wakeup is an `irq_work`, which raises an
 /// inter-processor interrupt (a VM exit in a guest): by far the largest cost of a record
 /// when the agent keeps up and would be woken for every one. So the agent reads the ring
-/// buffer periodically, and is woken at once only when unread records pass
-/// `RING_WAKEUP_BYTES` (a burst that could fill the ring before the next read).
+/// buffer periodically, and is woken at once only when this record takes the unread bytes
+/// past a multiple of `RING_WAKEUP_BYTES` (a burst that could fill the ring before the next
+/// read): a few wakeups per burst, not one per record once past the first multiple.
+///
+/// A wakeup's self-interrupt is taken while this program still runs, and softirqs run on
+/// its exit, inside the program: their state changes are skipped by the kernel
+/// (`recursion_misses`). One wakeup per record past a quarter full, as before, added about
+/// 300 ns to each run in a burst (PERFORMANCE.md, "Skipped tracepoint hits").
 fn wakeup_flag() -> u64 {
-    if EVENTS.query(u64::from(BPF_RB_AVAIL_DATA)) >= global!(RING_WAKEUP_BYTES) {
+    let step = global!(RING_WAKEUP_BYTES);
+    let unread = EVENTS.query(u64::from(BPF_RB_AVAIL_DATA));
+    // The unread bytes include this record (reserved, not yet submitted) and its header.
+    let before = unread.saturating_sub(RECORD_RING_BYTES);
+    if step == 0 || unread / step != before / step {
         u64::from(BPF_RB_FORCE_WAKEUP)
     } else {
         u64::from(BPF_RB_NO_WAKEUP)
     }
 }
+
+/// What one record takes in the ring buffer: the record and the ring buffer's 8-byte header
+/// (`BPF_RINGBUF_HDR_SZ`), rounded up to 8 bytes.
+const RECORD_RING_BYTES: u64 = (core::mem::size_of::<SessionRecord>() as u64 + 8).div_ceil(8) * 8;
 
 /// Sets `bits` in the state of a tracked socket.
 fn mark(skaddr: u64, bits: u32) {
@@ -521,7 +809,7 @@ fn read<T>(base: u64, offset: u32) -> Option<T> {
     unsafe { bpf_probe_read_kernel((base + u64::from(offset)) as *const T) }.ok()
 }
 
-fn family_allowed(args: &InetSockSetState) -> bool {
+fn family_allowed(args: &Ends) -> bool {
     let wanted = global!(FILTERS.family);
     if wanted == 0 {
         return true;

@@ -71,6 +71,10 @@ impl OutputKind {
 pub enum LossCause {
     /// The ring buffer had no room for a record.
     RingBufferFull,
+    /// The kernel skipped the state-change program (a BPF program was already running on
+    /// that CPU) and no backup handled it: an upper bound (a skipped close loses a session,
+    /// a skipped birth or intermediate state only degrades one).
+    ProbeSkipped,
     /// A ring-buffer record did not decode.
     DecodeError,
     /// The pipeline fell behind the reader by more than its channel holds.
@@ -89,8 +93,9 @@ pub enum LossCause {
 
 impl LossCause {
     /// Every cause, in the order of the log lines.
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 9] = [
         Self::RingBufferFull,
+        Self::ProbeSkipped,
         Self::DecodeError,
         Self::ChannelFull,
         Self::QueueFull,
@@ -104,6 +109,7 @@ impl LossCause {
     pub const fn name(self) -> &'static str {
         match self {
             Self::RingBufferFull => "ring_buffer_full",
+            Self::ProbeSkipped => "probe_skipped",
             Self::DecodeError => "decode_error",
             Self::ChannelFull => "channel_full",
             Self::QueueFull => "queue_full",
@@ -122,7 +128,7 @@ impl LossCause {
     /// Where it happens.
     pub const fn stage(self) -> Stage {
         match self {
-            Self::RingBufferFull => Stage::Kernel,
+            Self::RingBufferFull | Self::ProbeSkipped => Stage::Kernel,
             Self::DecodeError | Self::ChannelFull => Stage::Pipeline,
             Self::QueueFull
             | Self::Rejected
@@ -138,7 +144,9 @@ impl LossCause {
             Self::QueueFull | Self::Rejected => matches!(kind, OutputKind::Export),
             Self::OutputFull | Self::OutputFailed => matches!(kind, OutputKind::Local),
             Self::AtShutdown => true,
-            Self::RingBufferFull | Self::DecodeError | Self::ChannelFull => false,
+            Self::RingBufferFull | Self::ProbeSkipped | Self::DecodeError | Self::ChannelFull => {
+                false
+            }
         }
     }
 
@@ -197,11 +205,22 @@ pub enum Degradation {
     Evicted,
     /// Its birth could not be stored in the socket map.
     MapUpdateFailed,
+    /// The kernel skipped `tcp:tcp_receive_reset` for it: it may lack its reset-by-peer mark.
+    ProbeSkippedReset,
+    /// The kernel skipped `syscalls:sys_exit_accept*` for it: a server session may carry the
+    /// task current at close as its owner.
+    ProbeSkippedAccept,
 }
 
 impl Degradation {
     /// Every degradation, in the order of the log line.
-    pub const ALL: [Self; 3] = [Self::BirthNotSeen, Self::Evicted, Self::MapUpdateFailed];
+    pub const ALL: [Self; 5] = [
+        Self::BirthNotSeen,
+        Self::Evicted,
+        Self::MapUpdateFailed,
+        Self::ProbeSkippedReset,
+        Self::ProbeSkippedAccept,
+    ];
 
     /// The one name: `cause="<name>"` on `otel_agent.sessions.degraded`, `degraded_<name>`
     /// in the log.
@@ -210,6 +229,8 @@ impl Degradation {
             Self::BirthNotSeen => "birth_not_seen",
             Self::Evicted => "evicted",
             Self::MapUpdateFailed => "map_update_failed",
+            Self::ProbeSkippedReset => "probe_skipped_reset",
+            Self::ProbeSkippedAccept => "probe_skipped_accept",
         }
     }
 

@@ -65,6 +65,7 @@ pub async fn run(cli: Cli) -> Result<(), AgentError> {
         netns = features.netns,
         resets = features.resets,
         accept_owner = features.accept_owner,
+        attach = ?probe.state_probe,
         "probe attached to sock:inet_sock_set_state"
     );
 

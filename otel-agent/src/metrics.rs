@@ -8,9 +8,10 @@
 //! | `otel_agent.sessions.exported` | counter | `output` | sessions whose spans an output exported |
 //! | `otel_agent.sessions.written` | counter | `output` (`console`, `json`) | sessions a local output wrote |
 //! | `otel_agent.sessions.unconfirmed` | counter | `output` | sessions of requests answered with a success that was not an OTLP response (may not have arrived) |
-//! | `otel_agent.sessions.lost` | counter | `cause` (`ring_buffer_full`, `decode_error`, `channel_full`, `queue_full`, `rejected`, `output_full`, `output_failed`, `at_shutdown`), `output` (the output's causes) | sessions lost, by cause ([`LossCause`]) |
+//! | `otel_agent.sessions.lost` | counter | `cause` (`ring_buffer_full`, `probe_skipped`, `decode_error`, `channel_full`, `queue_full`, `rejected`, `output_full`, `output_failed`, `at_shutdown`), `output` (the output's causes) | sessions lost, by cause ([`LossCause`]; `probe_skipped`: an upper bound) |
+//! | `otel_agent.probe.skipped` | counter | `program` (`inet_sock_set_state`, `tcp_receive_reset`, `sys_exit_accept`) | tracepoint hits the kernel skipped (`recursion_misses`; for `inet_sock_set_state`, those the backup program did not handle) |
 //! | `otel_agent.sessions.filtered` | counter | `cause` (`at_birth`, `after_tracking`, `unknown_birth`) | sessions deliberately left out, by cause ([`FilterCause`]) |
-//! | `otel_agent.sessions.degraded` | counter | `cause` (`birth_not_seen`, `evicted`, `map_update_failed`) | sessions reported with less than they should carry, by cause ([`Degradation`]; `evicted` once the probe is detached) |
+//! | `otel_agent.sessions.degraded` | counter | `cause` (`birth_not_seen`, `evicted`, `map_update_failed`, `probe_skipped_reset`, `probe_skipped_accept`) | sessions reported with less than they should carry, by cause ([`Degradation`]; `evicted` once the probe is detached) |
 //! | `otel_agent.sessions.birth_not_seen` | counter | | sessions reported with an unknown birth (the same as `degraded` with `cause=birth_not_seen`) |
 //! | `otel_agent.export.errors` | counter | `output` | failed export attempts (each retried) |
 //! | `otel_agent.export.queue.depth` | gauge | `output` | sessions waiting for export |
@@ -168,6 +169,22 @@ fn register(meter: &Meter, latest: &Arc<Mutex<Snapshot>>) {
         },
     );
     counter(
+        "otel_agent.probe.skipped",
+        "Tracepoint hits the kernel skipped because a BPF program was running, by program",
+        |s, i| {
+            let program = |name: &'static str| [KeyValue::new("program", name)];
+            i.observe(
+                s.kernel.skipped_state_change,
+                &program("inet_sock_set_state"),
+            );
+            i.observe(
+                s.kernel.skipped_receive_reset,
+                &program("tcp_receive_reset"),
+            );
+            i.observe(s.kernel.skipped_accept, &program("sys_exit_accept"));
+        },
+    );
+    counter(
         "otel_agent.sessions.written",
         "Sessions a local output wrote, by output",
         |s, i| {
@@ -278,6 +295,9 @@ mod cause_tests {
         let latest = Arc::new(Mutex::new(Snapshot {
             kernel: KernelCounters {
                 ring_buffer_full: 1,
+                skipped_state_change: 10,
+                skipped_receive_reset: 24,
+                skipped_accept: 25,
                 filtered_at_birth: 11,
                 filtered_after_tracking: 12,
                 unknown_birth_skipped: 13,
@@ -325,6 +345,7 @@ mod cause_tests {
             "otel_agent.sessions.lost",
             &[
                 (&["cause=ring_buffer_full"], 1),
+                (&["cause=probe_skipped"], 10),
                 (&["cause=decode_error"], 2),
                 (&["cause=channel_full"], 3),
                 (&["cause=queue_full", "output=otlp"], 4),
@@ -349,7 +370,73 @@ mod cause_tests {
                 (&["cause=birth_not_seen"], 21),
                 (&["cause=evicted"], 22),
                 (&["cause=map_update_failed"], 23),
+                (&["cause=probe_skipped_reset"], 24),
+                (&["cause=probe_skipped_accept"], 25),
             ],
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry_sdk::metrics::{
+        InMemoryMetricExporter,
+        data::{AggregatedMetrics, MetricData},
+    };
+
+    use super::*;
+    use crate::probe::KernelCounters;
+
+    /// The value of `name`'s data point whose attribute `key` is `value`.
+    fn point(exporter: &InMemoryMetricExporter, name: &str, key: &str, value: &str) -> u64 {
+        let metrics = exporter.get_finished_metrics().unwrap();
+        let metric = metrics
+            .iter()
+            .flat_map(|resource| resource.scope_metrics())
+            .flat_map(|scope| scope.metrics())
+            .find(|metric| metric.name() == name)
+            .unwrap_or_else(|| panic!("no metric {name}"));
+        let AggregatedMetrics::U64(MetricData::Sum(sum)) = metric.data() else {
+            panic!("{name} is not a u64 sum");
+        };
+        sum.data_points()
+            .find(|point| {
+                point
+                    .attributes()
+                    .any(|kv| kv.key.as_str() == key && kv.value.as_str() == value)
+            })
+            .unwrap_or_else(|| panic!("no {key}={value} point of {name}"))
+            .value()
+    }
+
+    #[test]
+    fn skipped_probe_hits_are_a_loss_cause_and_counted_per_program() {
+        let exporter = InMemoryMetricExporter::default();
+        let provider = SdkMeterProvider::builder()
+            .with_reader(PeriodicReader::builder(exporter.clone()).build())
+            .build();
+        let latest = Arc::new(Mutex::new(Snapshot {
+            kernel: KernelCounters {
+                skipped_state_change: 266,
+                skipped_receive_reset: 3,
+                skipped_accept: 5,
+                ring_buffer_full: 7,
+                ..KernelCounters::default()
+            },
+            ..Snapshot::default()
+        }));
+        register(&provider.meter("test"), &latest);
+        provider.force_flush().unwrap();
+
+        let lost = "otel_agent.sessions.lost";
+        assert_eq!(point(&exporter, lost, "cause", "probe_skipped"), 266);
+        assert_eq!(point(&exporter, lost, "cause", "ring_buffer_full"), 7);
+        let skipped = "otel_agent.probe.skipped";
+        assert_eq!(
+            point(&exporter, skipped, "program", "inet_sock_set_state"),
+            266
+        );
+        assert_eq!(point(&exporter, skipped, "program", "tcp_receive_reset"), 3);
+        assert_eq!(point(&exporter, skipped, "program", "sys_exit_accept"), 5);
     }
 }

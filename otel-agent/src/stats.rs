@@ -189,6 +189,7 @@ impl Snapshot {
     pub fn lost(&self, cause: LossCause) -> u64 {
         match cause {
             LossCause::RingBufferFull => self.kernel.ring_buffer_full,
+            LossCause::ProbeSkipped => self.kernel.skipped_state_change,
             LossCause::DecodeError => self.lost_decode_error,
             LossCause::ChannelFull => self.lost_channel_full,
             _ => 0,
@@ -211,6 +212,8 @@ impl Snapshot {
             Degradation::BirthNotSeen => Some(self.kernel.birth_not_seen),
             Degradation::Evicted => self.kernel.evicted(),
             Degradation::MapUpdateFailed => Some(self.kernel.map_update_failed),
+            Degradation::ProbeSkippedReset => Some(self.kernel.skipped_receive_reset),
+            Degradation::ProbeSkippedAccept => Some(self.kernel.skipped_accept),
         }
     }
 
@@ -228,6 +231,8 @@ impl Snapshot {
         {
             session.push(cause.key(), self.lost(cause));
         }
+        // Skipped hits a backup program handled: nothing lost, nothing degraded.
+        session.push("recovered_probe_skipped", kernel.recovered_state_change);
         for cause in Degradation::ALL {
             if let Some(value) = self.degraded(cause) {
                 session.push(cause.key(), value);
@@ -276,6 +281,10 @@ mod tests {
                 unknown_birth_skipped: 6,
                 released: 11,
                 open_at_detach: Some(0),
+                skipped_state_change: 7,
+                recovered_state_change: 8,
+                skipped_receive_reset: 9,
+                skipped_accept: 10,
             },
             records_read: 10,
             lost_decode_error: 0,
@@ -337,9 +346,10 @@ mod tests {
             [
                 "session accounting when=\"final\" kernel_tracked=12 kernel_emitted=10 \
                  records_read=10 filtered_at_birth=3 filtered_after_tracking=4 \
-                 filtered_unknown_birth=6 lost_ring_buffer_full=2 lost_decode_error=0 \
-                 lost_channel_full=1 degraded_birth_not_seen=5 degraded_evicted=1 \
-                 degraded_map_update_failed=1",
+                 filtered_unknown_birth=6 lost_ring_buffer_full=2 lost_probe_skipped=7 \
+                 lost_decode_error=0 lost_channel_full=1 recovered_probe_skipped=8 \
+                 degraded_birth_not_seen=5 degraded_evicted=1 degraded_map_update_failed=1 \
+                 degraded_probe_skipped_reset=9 degraded_probe_skipped_accept=10",
                 "export accounting when=\"final\" output=\"otlp\" enqueued=8 exported=7 \
                  exported_unconfirmed=0 queued=0 lost_queue_full=1 lost_rejected=1 \
                  lost_at_shutdown=0 export_errors=2",

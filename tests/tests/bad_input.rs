@@ -140,9 +140,43 @@ fn without_btf_the_agent_runs_and_warns_once_about_what_it_leaves_out() {
     assert_eq!(
         attached,
         vec![
-            "otel_agent::agent: probe attached to sock:inet_sock_set_state bytes=false payload=false health=false netns=false resets=true accept_owner=false"
+            "otel_agent::agent: probe attached to sock:inet_sock_set_state bytes=false payload=false health=false netns=false resets=true accept_owner=false attach=Tracepoint"
                 .to_owned()
         ]
+    );
+}
+
+#[test]
+fn without_btf_the_raw_tracepoint_falls_back_to_the_tracepoint_and_says_so() {
+    require_root();
+    let dir = TempDir::new("bad-input-btf-raw");
+    let pid = std::process::id().to_string();
+    let mut agent = agent::start(
+        &[
+            "--btf",
+            "/nonexistent",
+            "--attach",
+            "raw-tracepoint",
+            "-p",
+            &pid,
+        ],
+        &[],
+        dir.path(),
+    );
+    agent::stop(&mut agent);
+    let stderr = agent.stderr_text();
+    assert_eq!(
+        agent::log_lines(&stderr, "WARN"),
+        vec![
+            "otel_agent::probe: sessions will have no byte counts, payload, RTT, retransmits, segment counts, network namespace or accepting process: cannot read BTF from /nonexistent: No such file or directory (os error 2)"
+                .to_owned(),
+            "otel_agent::probe: the raw tracepoint needs the socket's layout from BTF: attaching the classic tracepoint reason=cannot read BTF from /nonexistent: No such file or directory (os error 2)"
+                .to_owned(),
+        ]
+    );
+    assert!(
+        stderr.contains("attach=Tracepoint"),
+        "the tracepoint is attached:\n{stderr}"
     );
 }
 

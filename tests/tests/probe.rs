@@ -16,7 +16,7 @@ use aya::maps::{MapData, RingBuf};
 use common::{SessionRecord, flags, user::Origin};
 use otel_agent::{
     clock::WallClock,
-    probe::{Probe, ProbeOptions},
+    probe::{Probe, ProbeOptions, StateProbe},
     session::{Closer, Payload, Session},
 };
 use otel_agent_tests::{
@@ -132,8 +132,18 @@ fn assert_session(record: &SessionRecord, exchange: &Exchange, ip: IpAddr, expec
 /// its payload (+2), each side receives the other's FIN (+1), and the accepted socket starts
 /// after its SYN-ACK was acknowledged (+1 for its FIN only).
 fn check(ip: IpAddr, order: CloseOrder) {
+    check_with(ip, order, StateProbe::Tracepoint);
+}
+
+/// [`check`], with the state-change program attached as `state_probe`.
+fn check_with(ip: IpAddr, order: CloseOrder, state_probe: StateProbe) {
     require_root();
-    let mut probe = Probe::attach(&ProbeOptions::default()).expect("attach the probe");
+    let options = ProbeOptions {
+        state_probe,
+        ..ProbeOptions::default()
+    };
+    let mut probe = Probe::attach(&options).expect("attach the probe");
+    assert_eq!(probe.state_probe, state_probe);
     let features = probe.features;
     assert!(
         features.bytes && features.payload && features.health && features.netns,
@@ -184,4 +194,24 @@ fn ipv4_session_closed_by_the_client_is_reported_exactly() {
 #[test]
 fn ipv6_session_closed_by_the_server_is_reported_exactly() {
     check("::1".parse().unwrap(), CloseOrder::Server);
+}
+
+/// The raw tracepoint reads family, ports and addresses from the socket itself: the same
+/// records, field for field.
+#[test]
+fn ipv4_session_is_reported_exactly_through_the_raw_tracepoint() {
+    check_with(
+        "127.0.0.1".parse().unwrap(),
+        CloseOrder::Client,
+        StateProbe::RawTracepoint,
+    );
+}
+
+#[test]
+fn ipv6_session_is_reported_exactly_through_the_raw_tracepoint() {
+    check_with(
+        "::1".parse().unwrap(),
+        CloseOrder::Server,
+        StateProbe::RawTracepoint,
+    );
 }

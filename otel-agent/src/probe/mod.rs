@@ -8,6 +8,7 @@
 
 pub mod btf;
 pub mod drop_privileges;
+pub mod info;
 pub mod offsets;
 pub mod privileges;
 pub mod tracefs;
@@ -17,7 +18,7 @@ use std::path::{Path, PathBuf};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, PerCpuArray, RingBuf},
-    programs::TracePoint,
+    programs::{ProgramFd, RawTracePoint, TracePoint},
 };
 use common::{
     COUNTERS_MAP, EVENTS_MAP, FILTERS, Filters, KERNEL_OFFSETS, REPORT_UNKNOWN_BIRTH,
@@ -72,6 +73,25 @@ impl ProbeError {
     }
 }
 
+/// How the state-change program attaches to `sock:inet_sock_set_state`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum StateProbe {
+    /// A classic (perf event) tracepoint: reads the event record. Skipped while any BPF
+    /// tracing program runs on the CPU (the kernel's global `bpf_prog_active`).
+    #[default]
+    Tracepoint,
+    /// A raw tracepoint: reads the socket itself, at offsets from BTF (without them, the
+    /// classic tracepoint is attached instead). Skipped only while the same program runs
+    /// on the CPU (its own `prog->active`), and then a second program attached after it
+    /// (with a guard of its own) handles the hit.
+    RawTracepoint,
+}
+
+/// The name of the raw tracepoint program in the probe object.
+const INET_SOCK_SET_STATE_RAW: &str = "inet_sock_set_state_raw";
+/// The name of its backup, attached after it: handles the hits the kernel skips for it.
+const INET_SOCK_SET_STATE_BACKUP: &str = "inet_sock_set_state_backup";
+
 /// Choices made at load time.
 #[derive(Debug, Clone)]
 pub struct ProbeOptions {
@@ -84,6 +104,8 @@ pub struct ProbeOptions {
     pub max_tracked_sockets: u32,
     /// Size of the ring buffer in bytes (a power of two, at least one page).
     pub ring_buffer_bytes: u32,
+    /// How the state-change program attaches.
+    pub state_probe: StateProbe,
 }
 
 impl Default for ProbeOptions {
@@ -94,6 +116,7 @@ impl Default for ProbeOptions {
             report_unknown_birth: true,
             max_tracked_sockets: 1 << 16,
             ring_buffer_bytes: 1 << 22,
+            state_probe: StateProbe::default(),
         }
     }
 }
@@ -129,6 +152,21 @@ pub struct KernelCounters {
     pub released: u64,
     /// Entries still in the socket map when the probe was detached (`None` before).
     pub open_at_detach: Option<u64>,
+    /// Hits of the state-change program (`inet_sock_set_state`) that the kernel skipped
+    /// since attach because a BPF program was already running on that CPU (its
+    /// `recursion_misses`), less those the backup program handled instead. A skipped
+    /// `TCP_CLOSE` loses a session; a skipped birth or intermediate state only degrades one
+    /// (unknown birth, a state missing): an upper bound on the sessions lost.
+    pub skipped_state_change: u64,
+    /// Hits the kernel skipped for the primary raw tracepoint program that its backup
+    /// handled (nothing lost).
+    pub recovered_state_change: u64,
+    /// Hits of `tcp:tcp_receive_reset` the kernel skipped: a session may lack its
+    /// reset-by-peer mark (degraded, not lost).
+    pub skipped_receive_reset: u64,
+    /// Hits of `syscalls:sys_exit_accept{,4}` the kernel skipped: a server session may carry
+    /// the task current at close as its owner (degraded, not lost).
+    pub skipped_accept: u64,
 }
 
 impl KernelCounters {
@@ -140,14 +178,55 @@ impl KernelCounters {
     }
 }
 
+/// What a hit the kernel skips costs, by program.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProgramRole {
+    /// `inet_sock_set_state`: a session may be lost.
+    StateChange,
+    /// The backup raw tracepoint program: its skipped hits were handled by the primary.
+    StateChangeBackup,
+    /// `tcp_receive_reset`: a reset-by-peer mark may be missing.
+    ReceiveReset,
+    /// `sys_exit_accept{,4}`: a server session's owner may be the task current at close.
+    Accept,
+}
+
+/// An attached program, through a descriptor of its own: the program outlives its links, so
+/// that its statistics are still readable after [`Probe::detach`].
+struct AttachedProgram {
+    name: &'static str,
+    role: ProgramRole,
+    fd: ProgramFd,
+    /// `recursion_misses` when it was attached.
+    misses_at_attach: u64,
+}
+
+impl AttachedProgram {
+    fn new(name: &'static str, role: ProgramRole, fd: &ProgramFd) -> Result<Self, ProbeError> {
+        let fd = fd
+            .try_clone()
+            .map_err(|error| ProbeError::Load(Box::new(error)))?;
+        let stats = info::program_stats(&fd).map_err(|error| ProbeError::Load(Box::new(error)))?;
+        Ok(Self {
+            name,
+            role,
+            fd,
+            misses_at_attach: stats.recursion_misses,
+        })
+    }
+}
+
 /// The attached probe.
 pub struct Probe {
     /// The programs and maps; `None` once detached.
     ebpf: Option<Ebpf>,
+    programs: Vec<AttachedProgram>,
     counters: PerCpuArray<MapData, u64>,
     /// Entries left in the socket map at detach.
     open_at_detach: Option<u64>,
     pub features: Features,
+    /// How the state-change program is attached.
+    pub state_probe: StateProbe,
 }
 
 impl Probe {
@@ -187,19 +266,48 @@ impl Probe {
             .load(PROBE_OBJECT)
             .map_err(|error| ProbeError::Load(Box::new(error)))?;
 
-        attach_tracepoint(&mut ebpf, &INET_SOCK_SET_STATE)?;
+        let state_probe = match (options.state_probe, &resolved.sock_missing) {
+            (StateProbe::RawTracepoint, Some(reason)) => {
+                tracing::warn!(
+                    reason = %reason,
+                    "the raw tracepoint needs the socket's layout from BTF: attaching the classic tracepoint"
+                );
+                StateProbe::Tracepoint
+            }
+            (chosen, _) => chosen,
+        };
+        let mut programs = vec![match state_probe {
+            StateProbe::Tracepoint => {
+                attach_tracepoint(&mut ebpf, &INET_SOCK_SET_STATE, ProgramRole::StateChange)?
+            }
+            StateProbe::RawTracepoint => {
+                attach_raw_tracepoint(&mut ebpf, INET_SOCK_SET_STATE_RAW, ProgramRole::StateChange)?
+            }
+        }];
+        if state_probe == StateProbe::RawTracepoint {
+            // After the primary: the kernel runs a tracepoint's programs in attach order.
+            programs.push(attach_raw_tracepoint(
+                &mut ebpf,
+                INET_SOCK_SET_STATE_BACKUP,
+                ProgramRole::StateChangeBackup,
+            )?);
+        }
         let resets = attach_optional(
             &mut ebpf,
             &tracefs_path,
             &[TCP_RECEIVE_RESET],
+            ProgramRole::ReceiveReset,
             "sessions will not say whether the peer reset them",
+            &mut programs,
         );
         let accept_owner = kernel_offsets.valid & offsets_valid::ACCEPT != 0
             && attach_optional(
                 &mut ebpf,
                 &tracefs_path,
                 &[SYS_EXIT_ACCEPT, SYS_EXIT_ACCEPT4],
+                ProgramRole::Accept,
                 "server sessions reset before close will carry the task current at close as owner",
+                &mut programs,
             );
         let counters = ebpf
             .take_map(COUNTERS_MAP)
@@ -209,6 +317,7 @@ impl Probe {
         let valid = |bit| kernel_offsets.valid & bit != 0;
         Ok(Self {
             ebpf: Some(ebpf),
+            programs,
             counters,
             open_at_detach: None,
             features: Features {
@@ -219,6 +328,7 @@ impl Probe {
                 resets,
                 accept_owner,
             },
+            state_probe,
         })
     }
 
@@ -265,11 +375,47 @@ impl Probe {
             unknown_birth_skipped: sum(counter::UNKNOWN_BIRTH_SKIPPED)?,
             released: sum(counter::RELEASED)?,
             open_at_detach: self.open_at_detach,
+            skipped_state_change: self
+                .skipped(ProgramRole::StateChange)?
+                .saturating_sub(sum(counter::SKIPPED_RECOVERED)?),
+            recovered_state_change: sum(counter::SKIPPED_RECOVERED)?,
+            skipped_receive_reset: self.skipped(ProgramRole::ReceiveReset)?,
+            skipped_accept: self.skipped(ProgramRole::Accept)?,
         })
+    }
+
+    /// Hits the kernel skipped since attach, over the programs of `role`.
+    fn skipped(&self, role: ProgramRole) -> Result<u64, ProbeError> {
+        let mut skipped = 0;
+        for program in self.programs.iter().filter(|p| p.role == role) {
+            let stats = info::program_stats(&program.fd)
+                .map_err(|error| ProbeError::Load(Box::new(error)))?;
+            skipped += stats
+                .recursion_misses
+                .saturating_sub(program.misses_at_attach);
+        }
+        Ok(skipped)
+    }
+
+    /// Each attached program's name and kernel-side statistics now (readable after
+    /// [`Probe::detach`] too).
+    pub fn program_stats(&self) -> Result<Vec<(&'static str, info::ProgramStats)>, ProbeError> {
+        self.programs
+            .iter()
+            .map(|program| {
+                info::program_stats(&program.fd)
+                    .map(|stats| (program.name, stats))
+                    .map_err(|error| ProbeError::Load(Box::new(error)))
+            })
+            .collect()
     }
 }
 
-fn attach_tracepoint(ebpf: &mut Ebpf, tracepoint: &Tracepoint) -> Result<(), ProbeError> {
+fn attach_tracepoint(
+    ebpf: &mut Ebpf,
+    tracepoint: &Tracepoint,
+    role: ProgramRole,
+) -> Result<AttachedProgram, ProbeError> {
     let program: &mut TracePoint = ebpf
         .program_mut(tracepoint.name)
         .ok_or(ProbeError::MissingObject(tracepoint.name))?
@@ -281,21 +427,50 @@ fn attach_tracepoint(ebpf: &mut Ebpf, tracepoint: &Tracepoint) -> Result<(), Pro
     program
         .attach(tracepoint.category, tracepoint.name)
         .map_err(|error| ProbeError::Attach(tracepoint.name, error))?;
-    Ok(())
+    let fd = program
+        .fd()
+        .map_err(|error| ProbeError::Load(Box::new(error)))?;
+    AttachedProgram::new(tracepoint.name, role, fd)
 }
 
-/// Attaches every tracepoint of an optional feature, or warns with `consequence` and
-/// returns false.
+/// Attaches the raw tracepoint program `name` to `inet_sock_set_state`.
+fn attach_raw_tracepoint(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    role: ProgramRole,
+) -> Result<AttachedProgram, ProbeError> {
+    let program: &mut RawTracePoint = ebpf
+        .program_mut(name)
+        .ok_or(ProbeError::MissingObject(name))?
+        .try_into()
+        .map_err(|error| ProbeError::Load(Box::new(error)))?;
+    program
+        .load()
+        .map_err(|error| ProbeError::Load(Box::new(error)))?;
+    program
+        .attach(INET_SOCK_SET_STATE.name)
+        .map_err(|error| ProbeError::Attach(name, error))?;
+    let fd = program
+        .fd()
+        .map_err(|error| ProbeError::Load(Box::new(error)))?;
+    AttachedProgram::new(name, role, fd)
+}
+
+/// Attaches every tracepoint of an optional feature (adding them to `programs`), or warns
+/// with `consequence` and returns false.
 fn attach_optional(
     ebpf: &mut Ebpf,
     tracefs_path: &Path,
     tracepoints: &[Tracepoint],
+    role: ProgramRole,
     consequence: &str,
+    programs: &mut Vec<AttachedProgram>,
 ) -> bool {
     tracepoints.iter().all(|tracepoint| {
         tracefs::check_layout(tracefs_path, tracepoint)
             .map_err(ProbeError::from)
-            .and_then(|()| attach_tracepoint(ebpf, tracepoint))
+            .and_then(|()| attach_tracepoint(ebpf, tracepoint, role))
+            .map(|program| programs.push(program))
             .inspect_err(|error| {
                 tracing::warn!(
                     error = %Escaped(&crate::error::with_causes(error)),

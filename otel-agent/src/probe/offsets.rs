@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use common::{KernelOffsets, TCP_WINDOW_MAX, offsets_valid};
+use common::{KernelOffsets, SOCK_HEAD_BYTES, SOCK_INET_BYTES, TCP_WINDOW_MAX, offsets_valid};
 
 use super::btf::{Btf, BtfError};
 
@@ -39,6 +39,9 @@ const ACCEPT: Group = Group {
 pub struct Resolved {
     pub offsets: KernelOffsets,
     pub missing: Vec<String>,
+    /// Why the `SOCK` group (needed by the raw tracepoint program only, so not an attribute
+    /// missing) could not be resolved.
+    pub sock_missing: Option<String>,
 }
 
 /// Resolves every group from the BTF at `path` (normally `/sys/kernel/btf/vmlinux`).
@@ -51,6 +54,7 @@ pub fn resolve(path: &Path) -> Resolved {
                 missing: vec![format!(
                     "no byte counts, payload, RTT, retransmits, segment counts, network namespace or accepting process: {error}"
                 )],
+                sock_missing: Some(error.to_string()),
             };
         }
     };
@@ -96,8 +100,54 @@ pub fn resolve(path: &Path) -> Resolved {
         o.socket_sk = sized(btf, "socket", "sk", 8)?;
         Ok(())
     });
+    let sock_missing = resolve_sock(&btf, &mut offsets).err();
     set_tcp_window(&mut offsets, &mut missing);
-    Resolved { offsets, missing }
+    Resolved {
+        offsets,
+        missing,
+        sock_missing,
+    }
+}
+
+/// The `SOCK` group: what the tracepoint records, read from the socket by the raw
+/// tracepoint program.
+fn resolve_sock(btf: &Btf, o: &mut KernelOffsets) -> Result<(), String> {
+    let member =
+        |structure, path, size| sized(btf, structure, path, size).map_err(|e| e.to_string());
+    o.sk_protocol = member("sock", "sk_protocol", 2)?;
+    o.skc_family = member("sock", "__sk_common.skc_family", 2)?;
+    o.skc_dport = member("sock", "__sk_common.skc_dport", 2)?;
+    o.skc_daddr = member("sock", "__sk_common.skc_daddr", 4)?;
+    o.skc_v6_daddr = member("sock", "__sk_common.skc_v6_daddr", 16)?;
+    o.skc_v6_rcv_saddr = member("sock", "__sk_common.skc_v6_rcv_saddr", 16)?;
+    // `struct inet_sock` starts with its `struct sock`.
+    o.inet_sport = member("inet_sock", "inet_sport", 2)?;
+    o.inet_saddr = member("inet_sock", "inet_saddr", 4)?;
+    let head = [
+        (o.skc_family, 2),
+        (o.skc_dport, 2),
+        (o.skc_daddr, 4),
+        (o.skc_v6_daddr, 16),
+        (o.skc_v6_rcv_saddr, 16),
+    ];
+    if let Some((offset, _)) = head
+        .iter()
+        .find(|(offset, size)| (offset + size) as usize > SOCK_HEAD_BYTES)
+    {
+        return Err(format!(
+            "a `struct sock_common` member at offset {offset} lies beyond the {SOCK_HEAD_BYTES} bytes the probe reads"
+        ));
+    }
+    if o.inet_sport < o.inet_saddr + 4
+        || (o.inet_sport + 2 - o.inet_saddr) as usize > SOCK_INET_BYTES
+    {
+        return Err(format!(
+            "`inet_sock.inet_sport` (at {}) is not within {SOCK_INET_BYTES} bytes after `inet_saddr` (at {})",
+            o.inet_sport, o.inet_saddr
+        ));
+    }
+    o.valid |= offsets_valid::SOCK;
+    Ok(())
 }
 
 /// Sets the `tcp_sock` window that the probe reads at once: the 8-byte aligned range holding
