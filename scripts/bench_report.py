@@ -238,6 +238,9 @@ def summary(results_path, machine_path, collector):
         ("degraded_birth_not_seen", "degraded_birth_not_seen"),
         ("degraded_evicted", "degraded_evicted"),
         ("degraded_map_update_failed", "degraded_map_update_failed"),
+        ("degraded_probe_skipped_reset", "degraded_probe_skipped_reset"),
+        ("degraded_probe_skipped_accept", "degraded_probe_skipped_accept"),
+        ("recovered_probe_skipped", "recovered_probe_skipped"),
         ("reconciled (the agent's verdict)", "reconciled"),
     ]
     c_rows = [by_mode["c"][rnd] for rnd in rounds if rnd in by_mode["c"]]
