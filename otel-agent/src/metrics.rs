@@ -247,7 +247,7 @@ fn register(meter: &Meter, latest: &Arc<Mutex<Snapshot>>) {
 }
 
 #[cfg(test)]
-mod cause_tests {
+mod tests {
     use opentelemetry_sdk::metrics::{
         InMemoryMetricExporter,
         data::{AggregatedMetrics, MetricData},
@@ -284,6 +284,47 @@ mod cause_tests {
             .collect();
         points.sort();
         points
+    }
+
+    /// The value of `name`'s data point whose attribute `key` is `value`.
+    fn point(exporter: &InMemoryMetricExporter, name: &str, key: &str, value: &str) -> u64 {
+        let wanted = format!("{key}={value}");
+        points(exporter, name)
+            .into_iter()
+            .find(|(attributes, _)| attributes.contains(&wanted))
+            .unwrap_or_else(|| panic!("no {wanted} point of {name}"))
+            .1
+    }
+
+    #[test]
+    fn skipped_probe_hits_are_a_loss_cause_and_counted_per_program() {
+        let exporter = InMemoryMetricExporter::default();
+        let provider = SdkMeterProvider::builder()
+            .with_reader(PeriodicReader::builder(exporter.clone()).build())
+            .build();
+        let latest = Arc::new(Mutex::new(Snapshot {
+            kernel: KernelCounters {
+                skipped_state_change: 266,
+                skipped_receive_reset: 3,
+                skipped_accept: 5,
+                ring_buffer_full: 7,
+                ..KernelCounters::default()
+            },
+            ..Snapshot::default()
+        }));
+        register(&provider.meter("test"), &latest);
+        provider.force_flush().unwrap();
+
+        let lost = "otel_agent.sessions.lost";
+        assert_eq!(point(&exporter, lost, "cause", "probe_skipped"), 266);
+        assert_eq!(point(&exporter, lost, "cause", "ring_buffer_full"), 7);
+        let skipped = "otel_agent.probe.skipped";
+        assert_eq!(
+            point(&exporter, skipped, "program", "inet_sock_set_state"),
+            266
+        );
+        assert_eq!(point(&exporter, skipped, "program", "tcp_receive_reset"), 3);
+        assert_eq!(point(&exporter, skipped, "program", "sys_exit_accept"), 5);
     }
 
     #[test]
@@ -374,69 +415,5 @@ mod cause_tests {
                 (&["cause=probe_skipped_accept"], 25),
             ],
         );
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use opentelemetry_sdk::metrics::{
-        InMemoryMetricExporter,
-        data::{AggregatedMetrics, MetricData},
-    };
-
-    use super::*;
-    use crate::probe::KernelCounters;
-
-    /// The value of `name`'s data point whose attribute `key` is `value`.
-    fn point(exporter: &InMemoryMetricExporter, name: &str, key: &str, value: &str) -> u64 {
-        let metrics = exporter.get_finished_metrics().unwrap();
-        let metric = metrics
-            .iter()
-            .flat_map(|resource| resource.scope_metrics())
-            .flat_map(|scope| scope.metrics())
-            .find(|metric| metric.name() == name)
-            .unwrap_or_else(|| panic!("no metric {name}"));
-        let AggregatedMetrics::U64(MetricData::Sum(sum)) = metric.data() else {
-            panic!("{name} is not a u64 sum");
-        };
-        sum.data_points()
-            .find(|point| {
-                point
-                    .attributes()
-                    .any(|kv| kv.key.as_str() == key && kv.value.as_str() == value)
-            })
-            .unwrap_or_else(|| panic!("no {key}={value} point of {name}"))
-            .value()
-    }
-
-    #[test]
-    fn skipped_probe_hits_are_a_loss_cause_and_counted_per_program() {
-        let exporter = InMemoryMetricExporter::default();
-        let provider = SdkMeterProvider::builder()
-            .with_reader(PeriodicReader::builder(exporter.clone()).build())
-            .build();
-        let latest = Arc::new(Mutex::new(Snapshot {
-            kernel: KernelCounters {
-                skipped_state_change: 266,
-                skipped_receive_reset: 3,
-                skipped_accept: 5,
-                ring_buffer_full: 7,
-                ..KernelCounters::default()
-            },
-            ..Snapshot::default()
-        }));
-        register(&provider.meter("test"), &latest);
-        provider.force_flush().unwrap();
-
-        let lost = "otel_agent.sessions.lost";
-        assert_eq!(point(&exporter, lost, "cause", "probe_skipped"), 266);
-        assert_eq!(point(&exporter, lost, "cause", "ring_buffer_full"), 7);
-        let skipped = "otel_agent.probe.skipped";
-        assert_eq!(
-            point(&exporter, skipped, "program", "inet_sock_set_state"),
-            266
-        );
-        assert_eq!(point(&exporter, skipped, "program", "tcp_receive_reset"), 3);
-        assert_eq!(point(&exporter, skipped, "program", "sys_exit_accept"), 5);
     }
 }
