@@ -286,6 +286,17 @@ mod tests {
         points
     }
 
+    /// The self-metrics of `snapshot`, exported once.
+    fn observed(snapshot: Snapshot) -> InMemoryMetricExporter {
+        let exporter = InMemoryMetricExporter::default();
+        let provider = SdkMeterProvider::builder()
+            .with_reader(PeriodicReader::builder(exporter.clone()).build())
+            .build();
+        register(&provider.meter("test"), &Arc::new(Mutex::new(snapshot)));
+        provider.force_flush().unwrap();
+        exporter
+    }
+
     /// The value of `name`'s data point whose attribute `key` is `value`.
     fn point(exporter: &InMemoryMetricExporter, name: &str, key: &str, value: &str) -> u64 {
         let wanted = format!("{key}={value}");
@@ -298,11 +309,7 @@ mod tests {
 
     #[test]
     fn skipped_probe_hits_are_a_loss_cause_and_counted_per_program() {
-        let exporter = InMemoryMetricExporter::default();
-        let provider = SdkMeterProvider::builder()
-            .with_reader(PeriodicReader::builder(exporter.clone()).build())
-            .build();
-        let latest = Arc::new(Mutex::new(Snapshot {
+        let exporter = observed(Snapshot {
             kernel: KernelCounters {
                 skipped_state_change: 266,
                 skipped_receive_reset: 3,
@@ -311,9 +318,7 @@ mod tests {
                 ..KernelCounters::default()
             },
             ..Snapshot::default()
-        }));
-        register(&provider.meter("test"), &latest);
-        provider.force_flush().unwrap();
+        });
 
         let lost = "otel_agent.sessions.lost";
         assert_eq!(point(&exporter, lost, "cause", "probe_skipped"), 266);
@@ -329,11 +334,7 @@ mod tests {
 
     #[test]
     fn every_cause_is_a_data_point_under_its_one_name() {
-        let exporter = InMemoryMetricExporter::default();
-        let provider = SdkMeterProvider::builder()
-            .with_reader(PeriodicReader::builder(exporter.clone()).build())
-            .build();
-        let latest = Arc::new(Mutex::new(Snapshot {
+        let exporter = observed(Snapshot {
             kernel: KernelCounters {
                 ring_buffer_full: 1,
                 skipped_state_change: 10,
@@ -366,9 +367,7 @@ mod tests {
                 ..LocalSnapshot::default()
             }],
             ..Snapshot::default()
-        }));
-        register(&provider.meter("test"), &latest);
-        provider.force_flush().unwrap();
+        });
 
         // `name`'s points are exactly `expected` ((attributes, value), in any order).
         let check = |name: &str, expected: &[(&[&str], u64)]| {
