@@ -262,7 +262,7 @@ run_b() {
 }
 
 run_c() {
-    local round="$1" line pid progs cpu0 collector0 collector1 accounting export err
+    local round="$1" line pid progs cpu0 collector0 collector1 accounting err
     err="$OUT_DIR/agent.$round.err"
     start_collector "$round"
     stats_on
@@ -289,16 +289,11 @@ run_c() {
     collector1="$(cpu_ticks "$COLLECTOR_PID" || echo 0)"
     stop_collector "$round"
     echo "$progs" >"$OUT_DIR/progs.c.$round.txt"
-    # The agent's final accounting: one `session accounting` line and one `export
-    # accounting` line per output (here only otlp), both with when="final".
-    accounting="$( (grep 'when="final"' "$err" || true) | grep -o 'session accounting .*' \
-        | tail -n 1 | sed 's/^session accounting //; s/when="final" //' || true)"
-    export="$( (grep 'when="final"' "$err" || true) | (grep 'output="otlp"' || true) \
-        | grep -o 'export accounting .*' | tail -n 1 \
-        | sed 's/^export accounting //; s/when="final" //; s/output="otlp" //' || true)"
-    [ -n "$accounting" ] && [ -n "$export" ] \
-        || say "round $round: the agent logged no final session/export accounting lines (exit $STOP_RC; see $err)"
-    echo "mode=c round=$round $line $(grep '^total ' <<<"$progs" | cut -d' ' -f2-) cpu_ticks=$((STOP_TICKS - cpu0)) cpu_ticks_total=$STOP_TICKS vmhwm_kb=$STOP_HWM_KB exit=$STOP_RC received=${RECEIVED:-0} collector_cpu_ticks=$((collector1 - collector0)) $foreign $accounting $export" >>"$RESULTS"
+    # The agent's final accounting (its one `final accounting` JSON line): the session
+    # figures, the otlp output's, and the agent's verdict on the equation (reconciled=1).
+    accounting="$(python3 scripts/final_accounting.py pairs "$err" otlp)" \
+        || say "round $round: the agent logged no final accounting line (exit $STOP_RC; see $err)"
+    echo "mode=c round=$round $line $(grep '^total ' <<<"$progs" | cut -d' ' -f2-) cpu_ticks=$((STOP_TICKS - cpu0)) cpu_ticks_total=$STOP_TICKS vmhwm_kb=$STOP_HWM_KB exit=$STOP_RC received=${RECEIVED:-0} collector_cpu_ticks=$((collector1 - collector0)) $foreign $accounting" >>"$RESULTS"
     say "round $round c (otel-agent -> $COLLECTOR): $line"
 }
 

@@ -228,15 +228,20 @@ def summary(results_path, machine_path, collector):
         ("enqueued (otlp export queue)", "enqueued"),
         ("lost_queue_full", "lost_queue_full"),
         ("exported", "exported"),
+        ("exported_unconfirmed", "exported_unconfirmed"),
         ("lost_rejected (by the collector)", "lost_rejected"),
         ("lost_at_shutdown", "lost_at_shutdown"),
         ("queued at exit", "queued"),
         ("export_errors (retried)", "export_errors"),
         (f"received by {collector}", "received"),
         ("uncounted (exported - received)", None),
-        ("birth_not_seen", "birth_not_seen"),
-        ("kernel_evicted", "kernel_evicted"),
-        ("kernel_map_update_failed", "kernel_map_update_failed"),
+        ("degraded_birth_not_seen", "degraded_birth_not_seen"),
+        ("degraded_evicted", "degraded_evicted"),
+        ("degraded_map_update_failed", "degraded_map_update_failed"),
+        ("degraded_probe_skipped_reset", "degraded_probe_skipped_reset"),
+        ("degraded_probe_skipped_accept", "degraded_probe_skipped_accept"),
+        ("recovered_probe_skipped", "recovered_probe_skipped"),
+        ("reconciled (the agent's verdict)", "reconciled"),
     ]
     c_rows = [by_mode["c"][rnd] for rnd in rounds if rnd in by_mode["c"]]
     print(f"{'':>38}" + "".join(f"{'round ' + r['round']:>12}" for r in c_rows))
@@ -254,21 +259,14 @@ def summary(results_path, machine_path, collector):
         print(f"{label:>38}" + "".join(f"{v:>12}" for v in values))
     for r in c_rows:
         g = lambda key: integer(r, key)  # noqa: E731
-        ring, decode, channel = g("lost_ring_buffer_full"), g("lost_decode_error"), g("lost_channel_full")
-        queue_full, at_shutdown = g("lost_queue_full"), g("lost_at_shutdown")
-        rejected = g("lost_rejected")
-        counted = ring + decode + channel + queue_full + at_shutdown + rejected
+        # Every loss the agent counted, whatever its cause; the equation is the agent's
+        # (Accounting::reconcile, its verdict in `reconciled`), the collector's count is not.
+        counted = sum(integer(r, key) for key in r if key.startswith("lost_"))
         uncounted = g("exported") - g("received")
         lost_total += counted + abs(uncounted)
-        exact = (
-            "exported" in r
-            and g("records_read") == g("kernel_emitted")
-            and g("enqueued") + queue_full == g("records_read") - decode - channel
-            and g("exported") + rejected + at_shutdown + g("queued") == g("enqueued")
-            and g("received") == g("exported")
-        )
+        exact = g("reconciled") == 1 and g("received") == g("exported")
         reconciled &= exact
-        saw = g("kernel_emitted") + ring
+        saw = g("kernel_emitted") + g("lost_ring_buffer_full")
         print(
             f"  round {r['round']}: kernel saw {saw} closed sessions "
             f"({saw - 2 * g('connections')} beyond the workload's), exported {g('exported')}, "

@@ -2,7 +2,8 @@
 # Soak test (not part of scripts/test.sh or CI): runs the release agent exporting over OTLP/gRPC
 # to a real rotel collector (blackhole exporter) while a bounded loop drives loopback TCP
 # churn, samples the agent's resident memory every 10 s, then stops the agent with SIGINT and
-# checks its final `session accounting` and `export accounting` lines: kernel_emitted ==
+# checks its final accounting (the `final accounting` JSON line, read by
+# scripts/final_accounting.py): the agent's own verdict that the figures reconcile,
 # records_read == exported and every lost_* counter 0. Needs root (the probe) and what
 # `scripts/setup.sh test` installs (rotel).
 #
@@ -147,15 +148,13 @@ wait "$AGENT_PID" || AGENT_STATUS=$?
 AGENT_PID=""
 ELAPSED=$((SECONDS - STARTED))
 
-# The final accounting: one `session accounting` line and one `export accounting` line per
-# output (the OTLP exporter here), both with when="final".
-ACCOUNTING="$(grep 'when="final"' "$DIR/agent.stderr" | grep "session accounting" | tail -n 1 || true)"
-EXPORT="$(grep 'when="final"' "$DIR/agent.stderr" | grep "export accounting" | tail -n 1 || true)"
-[ -n "$ACCOUNTING" ] && [ -n "$EXPORT" ] \
-    || { cat "$DIR/agent.stderr" >&2; die "no final session and export accounting lines from the agent"; }
-counter() { grep -o " $1=[0-9]*" <<<"$2" | cut -d= -f2; }
-RECORDS="$(counter records_read "$ACCOUNTING")"
-EXPORTED="$(counter exported "$EXPORT")"
+# The final accounting: the session figures and the OTLP output's, with the agent's verdict
+# on the equation (reconciled=1), from its one `final accounting` line.
+FIGURES="$(python3 scripts/final_accounting.py pairs "$DIR/agent.stderr" otlp)" \
+    || { cat "$DIR/agent.stderr" >&2; die "no final accounting line from the agent"; }
+counter() { grep -o "\(^\| \)$1=[0-9]*" <<<"$FIGURES" | cut -d= -f2; }
+RECORDS="$(counter records_read)"
+EXPORTED="$(counter exported)"
 RSS_MAX=0
 for kib in "${RSS_SAMPLES[@]}"; do [ "$kib" -gt "$RSS_MAX" ] && RSS_MAX=$kib; done
 
@@ -164,17 +163,16 @@ echo "connections made:  ${CONNECTIONS} (two sessions each)"
 echo "sessions:          records_read=${RECORDS} exported=${EXPORTED}"
 echo "agent RSS (KiB):   first=${RSS_SAMPLES[0]} last=${RSS_SAMPLES[-1]} max=${RSS_MAX} (${#RSS_SAMPLES[@]} samples, every ${SAMPLE_EVERY} s)"
 echo "agent exit status: ${AGENT_STATUS}"
-echo "session accounting: ${ACCOUNTING#*session accounting }"
-echo "export accounting:  ${EXPORT#*export accounting }"
+echo "final accounting:  ${FIGURES}"
 
 FAILED=0
 if [ "$AGENT_STATUS" -ne 0 ]; then
     echo "FAIL: the agent exited with ${AGENT_STATUS}, not 0"; FAILED=1
 fi
-if [ "$(counter kernel_emitted "$ACCOUNTING")" != "$RECORDS" ]; then
-    echo "FAIL: kernel_emitted=$(counter kernel_emitted "$ACCOUNTING") != records_read=${RECORDS}"; FAILED=1
+if [ "$(counter reconciled)" != 1 ]; then
+    echo "FAIL: the accounting does not reconcile: $(python3 scripts/final_accounting.py json "$DIR/agent.stderr")"; FAILED=1
 fi
-LOST="$(grep -o 'lost_[a-z_]*=[0-9]*' <<<"$ACCOUNTING $EXPORT" | grep -v '=0$' || true)"
+LOST="$(grep -o 'lost_[a-z_]*=[0-9]*' <<<"$FIGURES" | grep -v '=0$' || true)"
 if [ -n "$LOST" ]; then
     echo "FAIL: sessions lost: $(tr '\n' ' ' <<<"$LOST")"; FAILED=1
 fi
@@ -184,5 +182,5 @@ fi
 if [ "$RECORDS" -lt $((2 * CONNECTIONS)) ]; then
     echo "FAIL: fewer sessions read (${RECORDS}) than the driver made ($((2 * CONNECTIONS)))"; FAILED=1
 fi
-[ "$FAILED" -eq 0 ] && echo "OK: kernel_emitted == records_read == exported, no lost_* counter above 0"
+[ "$FAILED" -eq 0 ] && echo "OK: the accounting reconciles, records_read == exported, no lost_* counter above 0"
 exit "$FAILED"

@@ -402,9 +402,9 @@ fn pipeline_throughput(mode: &str, window: Option<u64>) {
             result.export.enqueued,
             result.export.exported,
             result.received,
-            result.export.dropped_queue_full,
-            result.export.dropped_at_shutdown,
-            result.export.rejected,
+            result.export.lost_queue_full,
+            result.export.lost_at_shutdown,
+            result.export.lost_rejected,
             result.elapsed.as_secs_f64(),
             result.received_per_s(),
             result.cpu.as_secs_f64(),
@@ -417,10 +417,10 @@ fn pipeline_throughput(mode: &str, window: Option<u64>) {
         values.sort_by(f64::total_cmp);
         values[values.len() / 2]
     };
-    let lost: u64 = results.iter().map(|r| r.export.lost()).sum();
+    let lost: u64 = results.iter().map(|r| r.export.lost_total()).sum();
     let uncounted: u64 = results
         .iter()
-        .map(|r| r.sessions - r.received - r.export.lost())
+        .map(|r| r.sessions - r.received - r.export.lost_total())
         .sum();
     println!(
         "pipeline mode={mode} median received_per_s={:.0} received_per_cpu_s={:.0} lost_counted_total={lost} lost_uncounted_total={uncounted}",

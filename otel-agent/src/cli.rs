@@ -57,6 +57,19 @@ pub struct Cli {
     /// (for example `info` or `otel_agent=debug`).
     #[arg(long, env = "OTEL_AGENT_LOG", default_value = "info")]
     pub log: String,
+
+    /// Format of the agent's own logs on stderr: `text` (one `key=value` line per event) or
+    /// `json` (one JSON object per line, its fields at the top level). The final accounting
+    /// is one line in either (`final accounting`, its figures in the `json` field).
+    #[arg(long, env = "OTEL_AGENT_LOG_FORMAT", default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+/// How the agent's own logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 /// Where spans go and how they are batched. Flags win over the standard variables named in

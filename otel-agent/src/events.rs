@@ -58,11 +58,11 @@ fn drain(ring: &mut RingBuf<MapData>, tx: &mpsc::Sender<SessionRecord>, stats: &
         match decoded {
             Ok(record) => {
                 if tx.try_send(record).is_err() {
-                    PipelineStats::add(&stats.channel_full);
+                    PipelineStats::add(&stats.lost_channel_full);
                 }
             }
             Err(error) => {
-                PipelineStats::add(&stats.decode_errors);
+                PipelineStats::add(&stats.lost_decode_error);
                 tracing::warn!(%error, "dropped a ring-buffer record that is not a session");
             }
         }

@@ -6,6 +6,7 @@
 //! the [`resource`]), and the [`local`] outputs ([`console`], JSON lines). [`agent`] wires the stages and shuts them down,
 //! [`outputs`] decides where sessions go; [`cli`] holds the flags.
 
+pub mod accounting;
 pub mod agent;
 pub mod cli;
 pub mod clock;

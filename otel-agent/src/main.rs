@@ -10,7 +10,7 @@ use std::{io::IsTerminal as _, process::ExitCode};
 use clap::{Parser as _, error::ErrorKind};
 use otel_agent::{
     agent,
-    cli::Cli,
+    cli::{Cli, LogFormat},
     error::{AgentError, exit_code, with_causes},
     export::config::check_utf8,
     log_text::Escaped,
@@ -56,11 +56,13 @@ fn main() -> ExitCode {
             return ExitCode::from(exit_code::CONFIG);
         }
     };
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
 
     // On this thread, before any other exists: every thread started afterwards inherits the
     // capabilities dropped once the probe is attached.

@@ -8,10 +8,11 @@
 //! | `otel_agent.sessions.exported` | counter | `output` | sessions whose spans an output exported |
 //! | `otel_agent.sessions.written` | counter | `output` (`console`, `json`) | sessions a local output wrote |
 //! | `otel_agent.sessions.unconfirmed` | counter | `output` | sessions of requests answered with a success that was not an OTLP response (may not have arrived) |
-//! | `otel_agent.sessions.lost` | counter | `cause` (`ring_buffer_full`, `probe_skipped`, `decode_error`, `channel_full`, `queue_full`, `shutdown`, `rejected_by_collector`, `output_full`, `output_failed`), `output` | sessions lost, by cause (`probe_skipped`: an upper bound) |
+//! | `otel_agent.sessions.lost` | counter | `cause` (`ring_buffer_full`, `probe_skipped`, `decode_error`, `channel_full`, `queue_full`, `rejected`, `output_full`, `output_failed`, `at_shutdown`), `output` (the output's causes) | sessions lost, by cause ([`LossCause`]; `probe_skipped`: an upper bound) |
 //! | `otel_agent.probe.skipped` | counter | `program` (`inet_sock_set_state`, `tcp_receive_reset`, `sys_exit_accept`) | tracepoint hits the kernel skipped (`recursion_misses`; for `inet_sock_set_state`, those the backup program did not handle) |
-//! | `otel_agent.sessions.filtered` | counter | `stage` (`birth`, `after_tracking`) | sessions a filter rejected |
-//! | `otel_agent.sessions.birth_not_seen` | counter | | sessions reported with an unknown birth |
+//! | `otel_agent.sessions.filtered` | counter | `cause` (`at_birth`, `after_tracking`, `unknown_birth`) | sessions deliberately left out, by cause ([`FilterCause`]) |
+//! | `otel_agent.sessions.degraded` | counter | `cause` (`birth_not_seen`, `evicted`, `map_update_failed`, `probe_skipped_reset`, `probe_skipped_accept`) | sessions reported with less than they should carry, by cause ([`Degradation`]; `evicted` once the probe is detached) |
+//! | `otel_agent.sessions.birth_not_seen` | counter | | sessions reported with an unknown birth (the same as `degraded` with `cause=birth_not_seen`) |
 //! | `otel_agent.export.errors` | counter | `output` | failed export attempts (each retried) |
 //! | `otel_agent.export.queue.depth` | gauge | `output` | sessions waiting for export |
 
@@ -27,6 +28,7 @@ use opentelemetry::{
 use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
 
 use crate::{
+    accounting::{Degradation, FilterCause, LossCause, OutputKind, Stage},
     export::{self, ExportError, config::OtlpTarget},
     log_text::Escaped,
     resource::agent_resource,
@@ -136,7 +138,7 @@ fn register(meter: &Meter, latest: &Arc<Mutex<Snapshot>>) {
         |s, i| {
             for export in &s.exports {
                 i.observe(
-                    export.unconfirmed,
+                    export.exported_unconfirmed,
                     &[KeyValue::new("output", export.output)],
                 );
             }
@@ -146,33 +148,23 @@ fn register(meter: &Meter, latest: &Arc<Mutex<Snapshot>>) {
         "otel_agent.sessions.lost",
         "Sessions lost, by cause",
         |s, i| {
-            let cause = |cause: &'static str| [KeyValue::new("cause", cause)];
-            i.observe(s.kernel.ring_buffer_full, &cause("ring_buffer_full"));
-            i.observe(s.kernel.skipped_state_change, &cause("probe_skipped"));
-            i.observe(s.decode_errors, &cause("decode_error"));
-            i.observe(s.channel_full, &cause("channel_full"));
+            let cause = |cause: LossCause| KeyValue::new("cause", cause.name());
+            for loss in
+                LossCause::of_stage(Stage::Kernel).chain(LossCause::of_stage(Stage::Pipeline))
+            {
+                i.observe(s.lost(loss), &[cause(loss)]);
+            }
             for export in &s.exports {
                 let output = KeyValue::new("output", export.output);
-                let with = |cause: &'static str| [KeyValue::new("cause", cause), output.clone()];
-                i.observe(export.dropped_queue_full, &with("queue_full"));
-                i.observe(export.dropped_at_shutdown, &with("shutdown"));
-                i.observe(export.rejected, &with("rejected_by_collector"));
+                for loss in LossCause::of_output(OutputKind::Export) {
+                    i.observe(export.lost(loss), &[cause(loss), output.clone()]);
+                }
             }
             for local in &s.locals {
                 let output = KeyValue::new("output", local.output);
-                let with = |cause: &'static str| [KeyValue::new("cause", cause), output.clone()];
-                i.observe(local.lost_output_full, &with("output_full"));
-                i.observe(local.lost_output_failed, &with("output_failed"));
-                i.observe(local.lost_at_shutdown, &with("shutdown"));
-            }
-        },
-    );
-    counter(
-        "otel_agent.sessions.written",
-        "Sessions a local output wrote, by output",
-        |s, i| {
-            for local in &s.locals {
-                i.observe(local.written, &[KeyValue::new("output", local.output)]);
+                for loss in LossCause::of_output(OutputKind::Local) {
+                    i.observe(local.lost(loss), &[cause(loss), output.clone()]);
+                }
             }
         },
     );
@@ -193,17 +185,32 @@ fn register(meter: &Meter, latest: &Arc<Mutex<Snapshot>>) {
         },
     );
     counter(
-        "otel_agent.sessions.filtered",
-        "Sessions rejected by a filter",
+        "otel_agent.sessions.written",
+        "Sessions a local output wrote, by output",
         |s, i| {
-            i.observe(
-                s.kernel.filtered_at_birth,
-                &[KeyValue::new("stage", "birth")],
-            );
-            i.observe(
-                s.kernel.filtered_after_tracking,
-                &[KeyValue::new("stage", "after_tracking")],
-            );
+            for local in &s.locals {
+                i.observe(local.written, &[KeyValue::new("output", local.output)]);
+            }
+        },
+    );
+    counter(
+        "otel_agent.sessions.filtered",
+        "Sessions deliberately left out, by cause",
+        |s, i| {
+            for cause in FilterCause::ALL {
+                i.observe(s.filtered(cause), &[KeyValue::new("cause", cause.name())]);
+            }
+        },
+    );
+    counter(
+        "otel_agent.sessions.degraded",
+        "Sessions reported with less than they should carry, by cause",
+        |s, i| {
+            for cause in Degradation::ALL {
+                if let Some(value) = s.degraded(cause) {
+                    i.observe(value, &[KeyValue::new("cause", cause.name())]);
+                }
+            }
         },
     );
     counter(
@@ -232,10 +239,7 @@ fn register(meter: &Meter, latest: &Arc<Mutex<Snapshot>>) {
         .with_callback(move |instrument| {
             if let Ok(snapshot) = latest.lock() {
                 for export in &snapshot.exports {
-                    instrument.observe(
-                        export.queue_depth,
-                        &[KeyValue::new("output", export.output)],
-                    );
+                    instrument.observe(export.queued, &[KeyValue::new("output", export.output)]);
                 }
             }
         })
@@ -250,10 +254,13 @@ mod tests {
     };
 
     use super::*;
-    use crate::probe::KernelCounters;
+    use crate::{
+        probe::KernelCounters,
+        stats::{ExportSnapshot, LocalSnapshot},
+    };
 
-    /// The value of `name`'s data point whose attribute `key` is `value`.
-    fn point(exporter: &InMemoryMetricExporter, name: &str, key: &str, value: &str) -> u64 {
+    /// Every data point of the counter `name`: its attributes as `key=value` and its value.
+    fn points(exporter: &InMemoryMetricExporter, name: &str) -> Vec<(Vec<String>, u64)> {
         let metrics = exporter.get_finished_metrics().unwrap();
         let metric = metrics
             .iter()
@@ -264,23 +271,45 @@ mod tests {
         let AggregatedMetrics::U64(MetricData::Sum(sum)) = metric.data() else {
             panic!("{name} is not a u64 sum");
         };
-        sum.data_points()
-            .find(|point| {
-                point
+        let mut points: Vec<_> = sum
+            .data_points()
+            .map(|point| {
+                let mut attributes: Vec<_> = point
                     .attributes()
-                    .any(|kv| kv.key.as_str() == key && kv.value.as_str() == value)
+                    .map(|kv| format!("{}={}", kv.key, kv.value))
+                    .collect();
+                attributes.sort();
+                (attributes, point.value())
             })
-            .unwrap_or_else(|| panic!("no {key}={value} point of {name}"))
-            .value()
+            .collect();
+        points.sort();
+        points
     }
 
-    #[test]
-    fn skipped_probe_hits_are_a_loss_cause_and_counted_per_program() {
+    /// The self-metrics of `snapshot`, exported once.
+    fn observed(snapshot: Snapshot) -> InMemoryMetricExporter {
         let exporter = InMemoryMetricExporter::default();
         let provider = SdkMeterProvider::builder()
             .with_reader(PeriodicReader::builder(exporter.clone()).build())
             .build();
-        let latest = Arc::new(Mutex::new(Snapshot {
+        register(&provider.meter("test"), &Arc::new(Mutex::new(snapshot)));
+        provider.force_flush().unwrap();
+        exporter
+    }
+
+    /// The value of `name`'s data point whose attribute `key` is `value`.
+    fn point(exporter: &InMemoryMetricExporter, name: &str, key: &str, value: &str) -> u64 {
+        let wanted = format!("{key}={value}");
+        points(exporter, name)
+            .into_iter()
+            .find(|(attributes, _)| attributes.contains(&wanted))
+            .unwrap_or_else(|| panic!("no {wanted} point of {name}"))
+            .1
+    }
+
+    #[test]
+    fn skipped_probe_hits_are_a_loss_cause_and_counted_per_program() {
+        let exporter = observed(Snapshot {
             kernel: KernelCounters {
                 skipped_state_change: 266,
                 skipped_receive_reset: 3,
@@ -289,9 +318,7 @@ mod tests {
                 ..KernelCounters::default()
             },
             ..Snapshot::default()
-        }));
-        register(&provider.meter("test"), &latest);
-        provider.force_flush().unwrap();
+        });
 
         let lost = "otel_agent.sessions.lost";
         assert_eq!(point(&exporter, lost, "cause", "probe_skipped"), 266);
@@ -303,5 +330,89 @@ mod tests {
         );
         assert_eq!(point(&exporter, skipped, "program", "tcp_receive_reset"), 3);
         assert_eq!(point(&exporter, skipped, "program", "sys_exit_accept"), 5);
+    }
+
+    #[test]
+    fn every_cause_is_a_data_point_under_its_one_name() {
+        let exporter = observed(Snapshot {
+            kernel: KernelCounters {
+                ring_buffer_full: 1,
+                skipped_state_change: 10,
+                skipped_receive_reset: 24,
+                skipped_accept: 25,
+                filtered_at_birth: 11,
+                filtered_after_tracking: 12,
+                unknown_birth_skipped: 13,
+                birth_not_seen: 21,
+                map_update_failed: 23,
+                tracked: 30,
+                released: 8,
+                open_at_detach: Some(0),
+                ..KernelCounters::default()
+            },
+            lost_decode_error: 2,
+            lost_channel_full: 3,
+            exports: vec![ExportSnapshot {
+                output: "otlp",
+                lost_queue_full: 4,
+                lost_rejected: 5,
+                lost_at_shutdown: 6,
+                ..ExportSnapshot::default()
+            }],
+            locals: vec![LocalSnapshot {
+                output: "console",
+                lost_output_full: 7,
+                lost_output_failed: 8,
+                lost_at_shutdown: 9,
+                ..LocalSnapshot::default()
+            }],
+            ..Snapshot::default()
+        });
+
+        // `name`'s points are exactly `expected` ((attributes, value), in any order).
+        let check = |name: &str, expected: &[(&[&str], u64)]| {
+            let mut expected: Vec<(Vec<String>, u64)> = expected
+                .iter()
+                .map(|(attributes, value)| {
+                    let attributes = attributes.iter().map(|a| (*a).to_owned()).collect();
+                    (attributes, *value)
+                })
+                .collect();
+            expected.sort();
+            assert_eq!(points(&exporter, name), expected, "{name}");
+        };
+        check(
+            "otel_agent.sessions.lost",
+            &[
+                (&["cause=ring_buffer_full"], 1),
+                (&["cause=probe_skipped"], 10),
+                (&["cause=decode_error"], 2),
+                (&["cause=channel_full"], 3),
+                (&["cause=queue_full", "output=otlp"], 4),
+                (&["cause=rejected", "output=otlp"], 5),
+                (&["cause=at_shutdown", "output=otlp"], 6),
+                (&["cause=output_full", "output=console"], 7),
+                (&["cause=output_failed", "output=console"], 8),
+                (&["cause=at_shutdown", "output=console"], 9),
+            ],
+        );
+        check(
+            "otel_agent.sessions.filtered",
+            &[
+                (&["cause=at_birth"], 11),
+                (&["cause=after_tracking"], 12),
+                (&["cause=unknown_birth"], 13),
+            ],
+        );
+        check(
+            "otel_agent.sessions.degraded",
+            &[
+                (&["cause=birth_not_seen"], 21),
+                (&["cause=evicted"], 22),
+                (&["cause=map_update_failed"], 23),
+                (&["cause=probe_skipped_reset"], 24),
+                (&["cause=probe_skipped_accept"], 25),
+            ],
+        );
     }
 }

@@ -69,7 +69,7 @@ fn handle(
     let mut session = match Session::from_record(record, clock, sinks.agent_start) {
         Ok(session) => session,
         Err(error) => {
-            PipelineStats::add(&stats.decode_errors);
+            PipelineStats::add(&stats.lost_decode_error);
             tracing::warn!(
                 error = %crate::log_text::Escaped(&error.to_string()),
                 "dropped a session record that does not decode"

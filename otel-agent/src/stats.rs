@@ -1,12 +1,19 @@
 //! The agent's own accounting: every session the pipeline receives, every place one can be
 //! lost (in the kernel, in the pipeline, in each export queue and local output), and every
 //! span exported and line written.
-//! Names are spelled here once; a [`Snapshot`] feeds the periodic and final log lines and
-//! the self-metrics.
+//! A [`Snapshot`] reads them all at once and names them through the contract of
+//! [`crate::accounting`], for the periodic and final log lines and the self-metrics.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::{export::OutputHandle, local::LocalHandle, probe::KernelCounters};
+use crate::{
+    accounting::{
+        Accounting, Degradation, Figures, FilterCause, LossCause, OutputFigures, OutputKind, Stage,
+    },
+    export::OutputHandle,
+    local::LocalHandle,
+    probe::KernelCounters,
+};
 
 /// Userspace counters, shared between the reader and the pipeline.
 #[derive(Debug, Default)]
@@ -14,9 +21,9 @@ pub struct PipelineStats {
     /// Records read from the ring buffer.
     pub records_read: AtomicU64,
     /// Records that failed to decode (lost).
-    pub decode_errors: AtomicU64,
+    pub lost_decode_error: AtomicU64,
     /// Records dropped because the pipeline's channel was full (lost).
-    pub channel_full: AtomicU64,
+    pub lost_channel_full: AtomicU64,
 }
 
 impl PipelineStats {
@@ -29,17 +36,18 @@ impl PipelineStats {
 /// One export output's counters at one moment.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ExportSnapshot {
-    /// `otlp` or `json`.
+    /// `otlp`.
     pub output: &'static str,
     pub enqueued: u64,
     pub exported: u64,
     /// Answered with a success that was not an OTLP response: neither exported nor lost.
-    pub unconfirmed: u64,
-    pub rejected: u64,
-    pub dropped_queue_full: u64,
-    pub dropped_at_shutdown: u64,
+    pub exported_unconfirmed: u64,
+    pub lost_rejected: u64,
+    pub lost_queue_full: u64,
+    pub lost_at_shutdown: u64,
     pub export_errors: u64,
-    pub queue_depth: u64,
+    /// Sessions waiting, in flight or awaiting a retry.
+    pub queued: u64,
 }
 
 /// One local output's counters (the console, JSON lines) at one moment, in sessions.
@@ -68,6 +76,30 @@ impl LocalSnapshot {
             lost_at_shutdown: get(&output.stats.lost_at_shutdown),
         }
     }
+
+    /// Sessions lost to `cause` (0 for a cause a local output does not count).
+    pub fn lost(&self, cause: LossCause) -> u64 {
+        match cause {
+            LossCause::OutputFull => self.lost_output_full,
+            LossCause::OutputFailed => self.lost_output_failed,
+            LossCause::AtShutdown => self.lost_at_shutdown,
+            _ => 0,
+        }
+    }
+
+    fn figures(&self) -> OutputFigures {
+        let mut figures = Figures::default();
+        figures.push("written", self.written);
+        figures.push("queued", self.queued);
+        for cause in LossCause::of_output(OutputKind::Local) {
+            figures.push(cause.key(), self.lost(cause));
+        }
+        OutputFigures {
+            kind: OutputKind::Local,
+            output: self.output.to_owned(),
+            figures,
+        }
+    }
 }
 
 /// Every counter at one moment.
@@ -75,8 +107,8 @@ impl LocalSnapshot {
 pub struct Snapshot {
     pub kernel: KernelCounters,
     pub records_read: u64,
-    pub decode_errors: u64,
-    pub channel_full: u64,
+    pub lost_decode_error: u64,
+    pub lost_channel_full: u64,
     pub exports: Vec<ExportSnapshot>,
     pub locals: Vec<LocalSnapshot>,
 }
@@ -89,18 +121,47 @@ impl ExportSnapshot {
             output: output.name,
             enqueued: get(&output.stats.enqueued),
             exported: get(&output.stats.exported),
-            unconfirmed: get(&output.stats.unconfirmed),
-            rejected: get(&output.stats.rejected),
-            dropped_queue_full: get(&output.stats.dropped_queue_full),
-            dropped_at_shutdown: get(&output.stats.dropped_at_shutdown),
+            exported_unconfirmed: get(&output.stats.exported_unconfirmed),
+            lost_rejected: get(&output.stats.lost_rejected),
+            lost_queue_full: get(&output.stats.lost_queue_full),
+            lost_at_shutdown: get(&output.stats.lost_at_shutdown),
             export_errors: get(&output.stats.export_errors),
-            queue_depth: output.queue.depth() as u64,
+            queued: output.queue.depth() as u64,
+        }
+    }
+
+    /// Sessions lost to `cause` (0 for a cause an export output does not count).
+    pub fn lost(&self, cause: LossCause) -> u64 {
+        match cause {
+            LossCause::QueueFull => self.lost_queue_full,
+            LossCause::Rejected => self.lost_rejected,
+            LossCause::AtShutdown => self.lost_at_shutdown,
+            _ => 0,
         }
     }
 
     /// Sessions this output lost, every cause counted.
-    pub fn lost(&self) -> u64 {
-        self.dropped_queue_full + self.dropped_at_shutdown + self.rejected
+    pub fn lost_total(&self) -> u64 {
+        LossCause::of_output(OutputKind::Export)
+            .map(|cause| self.lost(cause))
+            .sum()
+    }
+
+    fn figures(&self) -> OutputFigures {
+        let mut figures = Figures::default();
+        figures.push("enqueued", self.enqueued);
+        figures.push("exported", self.exported);
+        figures.push("exported_unconfirmed", self.exported_unconfirmed);
+        figures.push("queued", self.queued);
+        for cause in LossCause::of_output(OutputKind::Export) {
+            figures.push(cause.key(), self.lost(cause));
+        }
+        figures.push("export_errors", self.export_errors);
+        OutputFigures {
+            kind: OutputKind::Export,
+            output: self.output.to_owned(),
+            figures,
+        }
     }
 }
 
@@ -116,63 +177,209 @@ impl Snapshot {
         Self {
             kernel,
             records_read: get(&pipeline.records_read),
-            decode_errors: get(&pipeline.decode_errors),
-            channel_full: get(&pipeline.channel_full),
+            lost_decode_error: get(&pipeline.lost_decode_error),
+            lost_channel_full: get(&pipeline.lost_channel_full),
             exports: outputs.iter().map(ExportSnapshot::of).collect(),
             locals: locals.iter().map(LocalSnapshot::of).collect(),
         }
     }
 
-    /// Logs every counter: one `session accounting` line, one `export accounting` line per
-    /// export output and one `output accounting` line per local output. `when` says which (`periodic` or `final`).
-    pub fn log(&self, when: &'static str) {
+    /// Sessions lost to `cause` in the kernel or the pipeline (0 for an output's cause: see
+    /// [`ExportSnapshot::lost`] and [`LocalSnapshot::lost`]).
+    pub fn lost(&self, cause: LossCause) -> u64 {
+        match cause {
+            LossCause::RingBufferFull => self.kernel.ring_buffer_full,
+            LossCause::ProbeSkipped => self.kernel.skipped_state_change,
+            LossCause::DecodeError => self.lost_decode_error,
+            LossCause::ChannelFull => self.lost_channel_full,
+            _ => 0,
+        }
+    }
+
+    /// Sessions a filter left out, by cause.
+    pub fn filtered(&self, cause: FilterCause) -> u64 {
+        match cause {
+            FilterCause::AtBirth => self.kernel.filtered_at_birth,
+            FilterCause::AfterTracking => self.kernel.filtered_after_tracking,
+            FilterCause::UnknownBirth => self.kernel.unknown_birth_skipped,
+        }
+    }
+
+    /// Sessions reported degraded, by cause (`None` for evictions before the probe is
+    /// detached).
+    pub fn degraded(&self, cause: Degradation) -> Option<u64> {
+        match cause {
+            Degradation::BirthNotSeen => Some(self.kernel.birth_not_seen),
+            Degradation::Evicted => self.kernel.evicted(),
+            Degradation::MapUpdateFailed => Some(self.kernel.map_update_failed),
+            Degradation::ProbeSkippedReset => Some(self.kernel.skipped_receive_reset),
+            Degradation::ProbeSkippedAccept => Some(self.kernel.skipped_accept),
+        }
+    }
+
+    /// Every figure by its name.
+    pub fn accounting(&self) -> Accounting {
         let kernel = &self.kernel;
-        tracing::info!(
-            when,
-            kernel_tracked = kernel.tracked,
-            kernel_emitted = kernel.emitted,
-            records_read = self.records_read,
-            birth_not_seen = kernel.birth_not_seen,
-            kernel_evicted = kernel.evicted(),
-            skipped_unknown_birth = kernel.unknown_birth_skipped,
-            filtered_at_birth = kernel.filtered_at_birth,
-            filtered_after_tracking = kernel.filtered_after_tracking,
-            lost_ring_buffer_full = kernel.ring_buffer_full,
-            lost_probe_skipped = kernel.skipped_state_change,
-            recovered_probe_skipped = kernel.recovered_state_change,
-            degraded_probe_skipped_reset = kernel.skipped_receive_reset,
-            degraded_probe_skipped_accept = kernel.skipped_accept,
-            lost_decode_error = self.decode_errors,
-            lost_channel_full = self.channel_full,
-            kernel_map_update_failed = kernel.map_update_failed,
-            "session accounting"
+        let mut session = Figures::default();
+        session.push("kernel_tracked", kernel.tracked);
+        session.push("kernel_emitted", kernel.emitted);
+        session.push("records_read", self.records_read);
+        for cause in FilterCause::ALL {
+            session.push(cause.key(), self.filtered(cause));
+        }
+        for cause in LossCause::of_stage(Stage::Kernel).chain(LossCause::of_stage(Stage::Pipeline))
+        {
+            session.push(cause.key(), self.lost(cause));
+        }
+        // Skipped hits a backup program handled: nothing lost, nothing degraded.
+        session.push("recovered_probe_skipped", kernel.recovered_state_change);
+        for cause in Degradation::ALL {
+            if let Some(value) = self.degraded(cause) {
+                session.push(cause.key(), value);
+            }
+        }
+        let outputs = self
+            .exports
+            .iter()
+            .map(ExportSnapshot::figures)
+            .chain(self.locals.iter().map(LocalSnapshot::figures))
+            .collect();
+        Accounting { session, outputs }
+    }
+
+    /// Logs every counter: one `session accounting` line, one `export accounting` line per
+    /// export output and one `output accounting` line per local output. `when` says which
+    /// (`periodic` or `final`); the final figures are also logged as one JSON line, with
+    /// the verdict of [`Accounting::reconcile`].
+    pub fn log(&self, when: &'static str) {
+        let accounting = self.accounting();
+        accounting.log(when);
+        if when == "final" {
+            accounting.log_final();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    /// A consistent final snapshot: 10 records, 1 lost to a full channel; the OTLP output
+    /// exported 7, 1 rejected, 1 at a full queue; the console wrote 8 and lost 1 at shutdown.
+    fn snapshot() -> Snapshot {
+        Snapshot {
+            kernel: KernelCounters {
+                tracked: 12,
+                emitted: 10,
+                ring_buffer_full: 2,
+                map_update_failed: 1,
+                filtered_at_birth: 3,
+                filtered_after_tracking: 4,
+                birth_not_seen: 5,
+                unknown_birth_skipped: 6,
+                released: 11,
+                open_at_detach: Some(0),
+                skipped_state_change: 7,
+                recovered_state_change: 8,
+                skipped_receive_reset: 9,
+                skipped_accept: 10,
+            },
+            records_read: 10,
+            lost_decode_error: 0,
+            lost_channel_full: 1,
+            exports: vec![ExportSnapshot {
+                output: "otlp",
+                enqueued: 8,
+                exported: 7,
+                lost_rejected: 1,
+                lost_queue_full: 1,
+                export_errors: 2,
+                ..ExportSnapshot::default()
+            }],
+            locals: vec![LocalSnapshot {
+                output: "console",
+                written: 8,
+                lost_at_shutdown: 1,
+                ..LocalSnapshot::default()
+            }],
+        }
+    }
+
+    /// Collects what the `fmt` subscriber writes.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// The log lines `log` writes, without timestamps, level and target.
+    fn logged(log: impl FnOnce()) -> Vec<String> {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .without_time()
+            .with_target(false)
+            .finish();
+        tracing::subscriber::with_default(subscriber, log);
+        let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        text.lines()
+            .map(|line| line.trim_start().split_once(' ').unwrap().1.to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn the_accounting_lines_name_every_figure_once_and_the_final_json_reconciles() {
+        let lines = logged(|| snapshot().log("final"));
+        assert_eq!(
+            lines,
+            [
+                "session accounting when=\"final\" kernel_tracked=12 kernel_emitted=10 \
+                 records_read=10 filtered_at_birth=3 filtered_after_tracking=4 \
+                 filtered_unknown_birth=6 lost_ring_buffer_full=2 lost_probe_skipped=7 \
+                 lost_decode_error=0 lost_channel_full=1 recovered_probe_skipped=8 \
+                 degraded_birth_not_seen=5 degraded_evicted=1 degraded_map_update_failed=1 \
+                 degraded_probe_skipped_reset=9 degraded_probe_skipped_accept=10",
+                "export accounting when=\"final\" output=\"otlp\" enqueued=8 exported=7 \
+                 exported_unconfirmed=0 queued=0 lost_queue_full=1 lost_rejected=1 \
+                 lost_at_shutdown=0 export_errors=2",
+                "output accounting when=\"final\" output=\"console\" written=8 queued=0 \
+                 lost_output_full=0 lost_output_failed=0 lost_at_shutdown=1",
+                &format!(
+                    "final accounting json={}",
+                    snapshot().accounting().to_json(&Ok(()))
+                ),
+            ]
         );
-        for export in &self.exports {
-            tracing::info!(
-                when,
-                output = export.output,
-                enqueued = export.enqueued,
-                exported = export.exported,
-                exported_unconfirmed = export.unconfirmed,
-                queued = export.queue_depth,
-                lost_rejected = export.rejected,
-                lost_queue_full = export.dropped_queue_full,
-                lost_at_shutdown = export.dropped_at_shutdown,
-                export_errors = export.export_errors,
-                "export accounting"
-            );
-        }
-        for local in &self.locals {
-            tracing::info!(
-                when,
-                output = local.output,
-                written = local.written,
-                queued = local.queued,
-                lost_output_full = local.lost_output_full,
-                lost_output_failed = local.lost_output_failed,
-                lost_at_shutdown = local.lost_at_shutdown,
-                "output accounting"
-            );
-        }
+        let json = Accounting::final_json(&lines.join("\n")).unwrap();
+        assert_eq!(json["reconciled"], true, "{json}");
+        assert_eq!(json["outputs"][1]["lost_at_shutdown"], 1, "{json}");
+        assert_eq!(Accounting::from_json(&json).unwrap().reconcile(), Ok(()));
+    }
+
+    #[test]
+    fn a_final_accounting_that_does_not_reconcile_says_so() {
+        let mut broken = snapshot();
+        broken.locals[0].written = 9;
+        let lines = logged(|| broken.log("final"));
+        assert_eq!(
+            lines[3],
+            "the final accounting does not reconcile imbalance=console: written + unconfirmed \
+             + lost + queued = 10, but records_read - the pipeline's losses = 9"
+        );
+        let json = Accounting::final_json(&lines.join("\n")).unwrap();
+        assert_eq!(json["reconciled"], false, "{json}");
+        // Periodic lines carry no verdict.
+        assert_eq!(logged(|| broken.log("periodic")).len(), 3);
     }
 }

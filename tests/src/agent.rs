@@ -8,6 +8,8 @@ use std::{
     time::Duration,
 };
 
+use otel_agent::accounting::{Accounting, Figures, OutputKind};
+
 use crate::process::{ChildGuard, agent_binary};
 
 /// A command for the agent binary with every `OTEL_*` variable of the test's own
@@ -124,44 +126,74 @@ pub fn counter(counters: &BTreeMap<String, u64>, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("no counter {name} in {counters:?}"))
 }
 
-/// The counters of the agent's final `session accounting` line (logged at shutdown).
+/// The agent's final figures, from its `final accounting` line (logged at shutdown).
+pub fn final_accounting(stderr: &str) -> Accounting {
+    let json = Accounting::final_json(stderr)
+        .unwrap_or_else(|| panic!("no final accounting line in:\n{stderr}"));
+    Accounting::from_json(&json).unwrap_or_else(|| panic!("a malformed final accounting: {json}"))
+}
+
+fn by_name(figures: &Figures) -> BTreeMap<String, u64> {
+    figures.0.iter().cloned().collect()
+}
+
+/// The final session figures (kernel and pipeline; those of the `session accounting` line).
 pub fn accounting(stderr: &str) -> BTreeMap<String, u64> {
-    log_counters(stderr, &["session accounting", "when=\"final\""])
+    by_name(&final_accounting(stderr).session)
 }
 
-/// The counters of the agent's final `export accounting` line (of its only output).
+/// The final figures of the agent's only export output (those of its `export accounting`
+/// line).
 pub fn export_accounting(stderr: &str) -> BTreeMap<String, u64> {
-    log_counters(stderr, &["export accounting", "when=\"final\""])
+    let accounting = final_accounting(stderr);
+    let export = accounting
+        .outputs
+        .iter()
+        .find(|output| output.kind == OutputKind::Export)
+        .unwrap_or_else(|| panic!("no export output in {accounting:?}"));
+    by_name(&export.figures)
 }
 
-/// The counters of the agent's final `output accounting` line of the local output `output`
-/// (`console`, `json`).
+/// The final figures of the local output `output` (`console`, `json`; those of its `output
+/// accounting` line).
 pub fn output_accounting(stderr: &str, output: &str) -> BTreeMap<String, u64> {
-    let output = format!("output=\"{output}\"");
-    log_counters(stderr, &["output accounting", "when=\"final\"", &output])
+    local_output(&final_accounting(stderr), output)
+        .unwrap_or_else(|| panic!("no local output {output} in:\n{stderr}"))
 }
 
-/// Fails the test unless the accounting reconciles: every record the kernel emitted was
-/// read, no `lost_*` counter is above zero, and every local output (console, JSON lines)
-/// wrote every session read.
+fn local_output(accounting: &Accounting, output: &str) -> Option<BTreeMap<String, u64>> {
+    accounting
+        .outputs
+        .iter()
+        .find(|found| found.kind == OutputKind::Local && found.output == output)
+        .map(|found| by_name(&found.figures))
+}
+
+/// Fails the test unless the agent's final figures reconcile ([`Accounting::reconcile`], the
+/// one check of the equation, which the agent itself ran: its verdict must agree); returns
+/// them.
+pub fn assert_reconciled(stderr: &str) -> Accounting {
+    let accounting = final_accounting(stderr);
+    let verdict = accounting.reconcile();
+    assert_eq!(verdict, Ok(()), "{accounting:?}");
+    let json = Accounting::final_json(stderr).expect("the final accounting line");
+    assert_eq!(json["reconciled"], true, "the agent's own verdict: {json}");
+    accounting
+}
+
+/// Fails the test unless the accounting reconciles ([`assert_reconciled`]: every record the
+/// kernel emitted was read, ...), no session `lost_*` figure is above zero, and every local
+/// output (console, JSON lines) wrote every session read.
 pub fn assert_nothing_lost(stderr: &str) {
-    let counters = accounting(stderr);
-    assert_eq!(
-        counters.get("kernel_emitted"),
-        counters.get("records_read"),
-        "{counters:?}"
-    );
-    assert!(counters.contains_key("kernel_emitted"), "{counters:?}");
+    let accounting = assert_reconciled(stderr);
+    let counters = by_name(&accounting.session);
     let lost: Vec<_> = counters
         .iter()
         .filter(|(name, value)| name.starts_with("lost_") && **value != 0)
         .collect();
     assert!(lost.is_empty(), "lost sessions: {lost:?}");
     for output in ["console", "json"] {
-        if stderr.contains(&format!(
-            "output accounting when=\"final\" output=\"{output}\""
-        )) {
-            let local = output_accounting(stderr, output);
+        if let Some(local) = local_output(&accounting, output) {
             assert_eq!(
                 counter(&local, "written"),
                 counter(&counters, "records_read"),
@@ -171,29 +203,14 @@ pub fn assert_nothing_lost(stderr: &str) {
     }
 }
 
-/// Fails the test unless the final accounting of the local output `output` balances:
-/// `written + lost_output_full + lost_output_failed + lost_at_shutdown + queued =
-/// records_read - lost_channel_full - lost_decode_error`. Returns its counters.
+/// Fails the test unless the final accounting reconciles ([`assert_reconciled`], which for
+/// the local output `output` is `written + lost_output_full + lost_output_failed +
+/// lost_at_shutdown + queued = records_read - lost_channel_full - lost_decode_error`) with
+/// nothing left queued in `output`. Returns its figures.
 pub fn assert_output_balances(stderr: &str, output: &str) -> BTreeMap<String, u64> {
-    let session = accounting(stderr);
-    let local = output_accounting(stderr, output);
-    let accounted: u64 = [
-        "written",
-        "lost_output_full",
-        "lost_output_failed",
-        "lost_at_shutdown",
-        "queued",
-    ]
-    .iter()
-    .map(|name| counter(&local, name))
-    .sum();
-    assert_eq!(
-        accounted,
-        counter(&session, "records_read")
-            - counter(&session, "lost_channel_full")
-            - counter(&session, "lost_decode_error"),
-        "{output}: {local:?}, {session:?}"
-    );
+    let accounting = assert_reconciled(stderr);
+    let local = local_output(&accounting, output)
+        .unwrap_or_else(|| panic!("no local output {output} in {accounting:?}"));
     assert_eq!(counter(&local, "queued"), 0, "{local:?}");
     local
 }

@@ -42,10 +42,8 @@ fn raise_nofile(needed: u64) {
         rlim_max: 0,
     };
     // SAFETY: `limit` is a valid rlimit for the call to fill.
-    assert_eq!(
-        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) },
-        0
-    );
+    let status = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
+    assert_eq!(status, 0, "getrlimit");
     assert!(
         limit.rlim_max >= needed,
         "RLIMIT_NOFILE hard limit {} < {needed}",
@@ -54,7 +52,8 @@ fn raise_nofile(needed: u64) {
     if limit.rlim_cur < needed {
         limit.rlim_cur = needed;
         // SAFETY: as above; only the soft limit changes, up to the hard limit.
-        assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) }, 0);
+        let status = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) };
+        assert_eq!(status, 0, "setrlimit");
     }
 }
 

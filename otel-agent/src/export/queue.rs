@@ -42,18 +42,18 @@ pub struct QueueStats {
     /// Sessions accepted into the queue.
     pub enqueued: AtomicU64,
     /// Sessions dropped because the queue was full (collector down or too slow).
-    pub dropped_queue_full: AtomicU64,
+    pub lost_queue_full: AtomicU64,
     /// Sessions exported (the collector accepted their spans).
     pub exported: AtomicU64,
     /// Sessions of requests answered with a success that was not an OTLP response (an HTML
     /// page, garbage): not retried, not known to have arrived; counted apart from both
     /// `exported` and the losses.
-    pub unconfirmed: AtomicU64,
+    pub exported_unconfirmed: AtomicU64,
     /// Sessions whose spans the collector rejected: those a partial success names, and
     /// those of a request it refused with an error that retrying cannot fix.
-    pub rejected: AtomicU64,
+    pub lost_rejected: AtomicU64,
     /// Sessions still queued or in flight when the shutdown deadline passed (dropped).
-    pub dropped_at_shutdown: AtomicU64,
+    pub lost_at_shutdown: AtomicU64,
     /// Requests that failed: retried, unless the error says retrying cannot help.
     pub export_errors: AtomicU64,
 }
@@ -135,7 +135,7 @@ impl ExportQueue {
         };
         QueueStats::add(&shared.stats.enqueued, accepted as u64);
         QueueStats::add(
-            &shared.stats.dropped_queue_full,
+            &shared.stats.lost_queue_full,
             (batch.len() - accepted) as u64,
         );
         if waiting >= shared.settings.max_export_batch_size {
@@ -287,7 +287,7 @@ impl<D: Destination> Worker<'_, D> {
                 unconfirmed: Some(answer),
                 ..
             }) => {
-                QueueStats::add(&stats.unconfirmed, request.sessions as u64);
+                QueueStats::add(&stats.exported_unconfirmed, request.sessions as u64);
                 self.queue.release(request.sessions);
                 if !self.unconfirmed {
                     self.unconfirmed = true;
@@ -306,7 +306,7 @@ impl<D: Destination> Worker<'_, D> {
                 let rejected = (accepted.rejected as usize).min(request.sessions);
                 QueueStats::add(&stats.exported, (request.sessions - rejected) as u64);
                 if rejected > 0 {
-                    QueueStats::add(&stats.rejected, rejected as u64);
+                    QueueStats::add(&stats.lost_rejected, rejected as u64);
                     tracing::warn!(
                         rejected,
                         collector_message = %Escaped(&accepted.message),
@@ -320,7 +320,7 @@ impl<D: Destination> Worker<'_, D> {
             }
             Err(error) if !error.is_retryable() => {
                 QueueStats::add(&stats.export_errors, 1);
-                QueueStats::add(&stats.rejected, request.sessions as u64);
+                QueueStats::add(&stats.lost_rejected, request.sessions as u64);
                 self.queue.release(request.sessions);
                 if !self.refusing {
                     self.refusing = true;
@@ -386,7 +386,7 @@ impl<D: Destination> Worker<'_, D> {
         self.in_flight.abort_all();
         let left = self.queue.depth();
         if left > 0 {
-            QueueStats::add(&self.queue.shared.stats.dropped_at_shutdown, left as u64);
+            QueueStats::add(&self.queue.shared.stats.lost_at_shutdown, left as u64);
             tracing::warn!(
                 dropped = left,
                 "spans not exported before the shutdown deadline"
@@ -553,7 +553,7 @@ mod tests {
         let queue = ExportQueue::new(settings(3, 2, 1), stats.clone());
         let sessions: Vec<_> = (1..=5).map(session).collect();
         queue.push(&sessions);
-        assert_eq!(get(&stats.dropped_queue_full), 2);
+        assert_eq!(get(&stats.lost_queue_full), 2);
         let destination = Shared::default();
         run_until(&queue, destination.clone(), || get(&stats.exported) >= 3).await;
         assert_eq!(*destination.0.exported.lock().unwrap(), vec![1, 2, 3]);
@@ -576,7 +576,7 @@ mod tests {
         assert_eq!(queue.take(false).len(), 2);
         assert_eq!(queue.take(false).len(), 2);
         queue.push(&[session(5)]);
-        assert_eq!(get(&stats.dropped_queue_full), 1);
+        assert_eq!(get(&stats.lost_queue_full), 1);
         assert_eq!(queue.depth(), 4);
         queue.release(2);
         queue.push(&[session(6)]);
@@ -635,13 +635,13 @@ mod tests {
         }));
         queue.push(&[session(1), session(2), session(3), session(4)]);
         run_until(&queue, destination.clone(), || {
-            get(&stats.exported) + get(&stats.rejected) >= 4
+            get(&stats.exported) + get(&stats.lost_rejected) >= 4
         })
         .await;
         assert_eq!(*destination.0.exported.lock().unwrap(), vec![3, 4]);
         assert_eq!(
             (
-                get(&stats.rejected),
+                get(&stats.lost_rejected),
                 get(&stats.exported),
                 get(&stats.export_errors)
             ),
@@ -660,10 +660,10 @@ mod tests {
         }));
         queue.push(&[session(1), session(2), session(3)]);
         run_until(&queue, destination, || {
-            get(&stats.exported) + get(&stats.rejected) >= 3
+            get(&stats.exported) + get(&stats.lost_rejected) >= 3
         })
         .await;
-        assert_eq!((get(&stats.exported), get(&stats.rejected)), (2, 1));
+        assert_eq!((get(&stats.exported), get(&stats.lost_rejected)), (2, 1));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -681,7 +681,7 @@ mod tests {
             .clone()
             .run(destination, encoder(), stop, Duration::from_millis(200))
             .await;
-        assert_eq!(get(&stats.dropped_at_shutdown), 4);
+        assert_eq!(get(&stats.lost_at_shutdown), 4);
         assert_eq!(get(&stats.exported), 0);
         assert_eq!(queue.depth(), 0);
     }
@@ -695,13 +695,16 @@ mod tests {
             ..Flaky::default()
         }));
         queue.push(&[session(1), session(2), session(3)]);
-        run_until(&queue, destination.clone(), || get(&stats.unconfirmed) >= 3).await;
+        run_until(&queue, destination.clone(), || {
+            get(&stats.exported_unconfirmed) >= 3
+        })
+        .await;
         assert_eq!(
             (
-                get(&stats.unconfirmed),
+                get(&stats.exported_unconfirmed),
                 get(&stats.exported),
                 get(&stats.export_errors),
-                get(&stats.rejected)
+                get(&stats.lost_rejected)
             ),
             (3, 0, 0, 0)
         );
@@ -767,6 +770,6 @@ mod tests {
             "{:?}",
             started.elapsed()
         );
-        assert_eq!(get(&stats.dropped_at_shutdown), 2);
+        assert_eq!(get(&stats.lost_at_shutdown), 2);
     }
 }
