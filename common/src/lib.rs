@@ -1,6 +1,7 @@
 //! The contract between the eBPF probe and the agent: the session record the probe writes
 //! into the ring buffer at `TCP_CLOSE`, the names of the maps and globals the loader sets,
-//! and the indices of the kernel-side loss counters.
+//! the indices of the kernel-side loss counters, and the layouts of the tracepoint records
+//! the probe reads ([`tracepoint`]).
 //!
 //! Everything here is `#![no_std]` and made of fixed-width integers and byte arrays so that
 //! both sides agree on the layout. Decoding (length checks, enums, addresses) lives behind
@@ -10,6 +11,7 @@
 #[cfg(feature = "user")]
 extern crate std;
 
+pub mod tracepoint;
 #[cfg(feature = "user")]
 pub mod user;
 

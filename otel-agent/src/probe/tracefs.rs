@@ -12,53 +12,11 @@ use std::{
 pub const TRACEFS: &str = "/sys/kernel/tracing";
 /// The older location, under debugfs, that aya also looks at.
 const DEBUGFS_TRACING: &str = "/sys/kernel/debug/tracing";
-/// A tracepoint the probe attaches to, with the fields the probe reads as
-/// `(field, offset, size)`, as laid out in the probe's context structs
-/// (`otel-agent-ebpf/src/main.rs`).
-pub struct Tracepoint {
-    pub category: &'static str,
-    pub name: &'static str,
-    fields: &'static [(&'static str, u32, u32)],
-}
-
-/// `sock:inet_sock_set_state`: every TCP state change.
-pub const INET_SOCK_SET_STATE: Tracepoint = Tracepoint {
-    category: "sock",
-    name: "inet_sock_set_state",
-    fields: &[
-        ("skaddr", 8, 8),
-        ("oldstate", 16, 4),
-        ("newstate", 20, 4),
-        ("sport", 24, 2),
-        ("dport", 26, 2),
-        ("family", 28, 2),
-        ("protocol", 30, 2),
-        ("saddr", 32, 4),
-        ("daddr", 36, 4),
-        ("saddr_v6", 40, 16),
-        ("daddr_v6", 56, 16),
-    ],
-};
-
-/// `tcp:tcp_receive_reset`: the peer reset a socket.
-pub const TCP_RECEIVE_RESET: Tracepoint = Tracepoint {
-    category: "tcp",
-    name: "tcp_receive_reset",
-    fields: &[("skaddr", 8, 8)],
-};
-
-/// `syscalls:sys_exit_accept`: `accept()` returned (ret = the new descriptor).
-pub const SYS_EXIT_ACCEPT: Tracepoint = Tracepoint {
-    category: "syscalls",
-    name: "sys_exit_accept",
-    fields: &[("ret", 16, 8)],
-};
-
-/// `syscalls:sys_exit_accept4`: `accept4()` returned (ret = the new descriptor).
-pub const SYS_EXIT_ACCEPT4: Tracepoint = Tracepoint {
-    category: "syscalls",
-    name: "sys_exit_accept4",
-    fields: &[("ret", 16, 8)],
+/// The tracepoints the probe attaches to, with the fields it reads: derived from the
+/// record structs the probe reads its context through (`common::tracepoint`), so the check
+/// below cannot drift from the probe.
+pub use common::tracepoint::{
+    INET_SOCK_SET_STATE, SYS_EXIT_ACCEPT, SYS_EXIT_ACCEPT4, TCP_RECEIVE_RESET, Tracepoint,
 };
 
 /// What stops the probe from attaching to its tracepoint.
@@ -172,15 +130,15 @@ pub fn check_layout(tracefs: &Path, tracepoint: &Tracepoint) -> Result<(), Trace
 }
 
 fn check_format(format: &str, tracepoint: &Tracepoint) -> Result<(), TracefsError> {
-    for &(field, expected_offset, expected_size) in tracepoint.fields {
-        let found = parse_field(format, field);
-        if found != Some((expected_offset, expected_size)) {
+    for field in tracepoint.fields {
+        let found = parse_field(format, field.name);
+        if found != Some((field.offset, field.size)) {
             return Err(TracefsError::Layout {
                 category: tracepoint.category,
                 name: tracepoint.name,
-                field,
-                expected_offset,
-                expected_size,
+                field: field.name,
+                expected_offset: field.offset,
+                expected_size: field.size,
                 found: found.map_or("no such field".to_owned(), |(offset, size)| {
                     format!("offset {offset} size {size}")
                 }),
