@@ -320,8 +320,8 @@ async fn pipeline_run(
         "grpc",
     ])
     .expect("agent command line");
-    let config =
-        ExportConfig::resolve(&cli.export, |name| std::env::var(name).ok()).expect("config");
+    let config = ExportConfig::resolve(&cli.export.flags(), |name| std::env::var(name).ok())
+        .expect("config");
     let destinations = Destinations::new(&config).expect("exporter");
     let exporters = Exporters::start(destinations, false, Duration::from_secs(30));
     let outputs = exporters.handles();

@@ -18,10 +18,10 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     cli::Cli,
     container::{ContainerIdCache, proc_shows_host_pids},
-    error::{AgentError, with_causes},
+    error::AgentError,
     events,
     export::config::{ExportConfig, Redacted},
-    log_text::Escaped,
+    log_text::{Escaped, with_causes},
     metrics::SelfMetrics,
     outputs::{self, Outputs},
     pipeline::{self, Sinks},
@@ -48,7 +48,7 @@ pub struct Prepared {
 /// Synchronous: runs on the main thread before the async runtime, or any other thread,
 /// starts.
 pub fn prepare(cli: Cli) -> Result<Prepared, AgentError> {
-    let config = ExportConfig::resolve(&cli.export, |name| std::env::var(name).ok())?;
+    let config = ExportConfig::resolve(&cli.export.flags(), |name| std::env::var(name).ok())?;
     crate::resource::check_environment()?;
     let outputs = outputs::prepare(&cli, &config)?;
     match &config.otlp {

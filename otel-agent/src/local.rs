@@ -34,14 +34,13 @@ const PIPE_BUF: usize = libc::PIPE_BUF;
 
 /// A local output could not be written; the agent stops with exit 74.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot write {what} to {target}: {source}")]
+#[error("cannot write {what} to {target}: {error}")]
 pub struct OutputFailed {
     /// `tcplife lines` or `JSON lines`.
     pub what: &'static str,
     /// `stdout` or the path.
     pub target: String,
-    #[source]
-    pub source: io::Error,
+    pub error: io::Error,
 }
 
 /// The counters of one local output, in sessions.
@@ -503,13 +502,13 @@ impl LocalOutputs {
                     output.target
                 );
             }
-            if let Some(source) = state.error.take()
+            if let Some(error) = state.error.take()
                 && first_failure.is_none()
             {
                 first_failure = Some(OutputFailed {
                     what: output.what,
                     target: output.target.clone(),
-                    source,
+                    error,
                 });
             }
         }

@@ -208,10 +208,10 @@ fn open_stdout(what: &'static str) -> Result<Open, AgentError> {
     let fd = std::io::stdout()
         .as_fd()
         .try_clone_to_owned()
-        .map_err(|source| OutputFailed {
+        .map_err(|error| OutputFailed {
             what,
             target: "stdout".into(),
-            source,
+            error,
         })?;
     let file = File::from(fd);
     Ok(Box::new(move || Ok(file)))
@@ -221,9 +221,9 @@ fn open_stdout(what: &'static str) -> Result<Open, AgentError> {
 /// except a FIFO that no reader has opened yet (opening it would block until one does):
 /// its thread opens it, and the agent does not wait.
 fn open_json_file(path: &Path) -> Result<Open, AgentError> {
-    let failed = |source| AgentError::JsonOutput {
+    let failed = |error| AgentError::JsonOutput {
         path: path.to_owned(),
-        source,
+        error,
     };
     let opened = OpenOptions::new()
         .create(true)

@@ -26,26 +26,27 @@ use opentelemetry_otlp::{
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use self::config::OtlpProtocol;
 use self::{
     config::{BatchSettings, Compression, ExportConfig, OtlpTarget},
     encode::RequestEncoder,
     queue::{Destination, ExportQueue, QueueStats},
     transport::Transport,
 };
-use crate::{cli::OtlpProtocol, log_text::Escaped, resource::agent_resource, session::Session};
+use crate::{log_text::Escaped, resource::agent_resource, session::Session};
 
 /// The exporter could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
     #[error("cannot set up the OTLP exporter: {0}")]
-    Build(#[from] opentelemetry_otlp::ExporterBuildError),
+    Build(opentelemetry_otlp::ExporterBuildError),
     #[error("cannot use the OTLP endpoint: {0}")]
     Endpoint(String),
-    #[error("cannot read the {what} {path}: {source}")]
+    #[error("cannot read the {what} {path}: {error}")]
     TlsFile {
         what: &'static str,
         path: String,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("cannot use the {what} {path}: {reason}")]
     TlsInvalid {
@@ -203,10 +204,14 @@ pub fn metric_exporter(target: &OtlpTarget) -> Result<MetricExporter, ExportErro
     let endpoint = &target.metrics_endpoint;
     Ok(match target.protocol {
         OtlpProtocol::Grpc => {
-            tonic_options(MetricExporter::builder().with_tonic(), target, endpoint)?.build()?
+            tonic_options(MetricExporter::builder().with_tonic(), target, endpoint)?
+                .build()
+                .map_err(ExportError::Build)?
         }
         OtlpProtocol::HttpProtobuf => {
-            http_options(MetricExporter::builder().with_http(), target, endpoint)?.build()?
+            http_options(MetricExporter::builder().with_http(), target, endpoint)?
+                .build()
+                .map_err(ExportError::Build)?
         }
     })
 }
@@ -273,10 +278,10 @@ fn install_crypto_provider() {
 }
 
 fn read_pem(what: &'static str, path: &Path) -> Result<Vec<u8>, ExportError> {
-    std::fs::read(path).map_err(|source| ExportError::TlsFile {
+    std::fs::read(path).map_err(|error| ExportError::TlsFile {
         what,
         path: path.display().to_string(),
-        source,
+        error,
     })
 }
 
