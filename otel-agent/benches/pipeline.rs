@@ -35,16 +35,17 @@ use criterion::{Criterion, Throughput};
 use otel_agent::{
     cli::Cli,
     clock::WallClock,
+    events::PipelineStats,
     export::{
         Destinations, Exporters,
         config::{BatchSettings, ExportConfig},
         encode::RequestEncoder,
+        resource::agent_resource,
+        span::{self, SpanText},
     },
     pipeline::{self, Sinks},
-    resource::agent_resource,
     session::Session,
-    span::{self, SpanText},
-    stats::{ExportSnapshot, PipelineStats},
+    stats::ExportSnapshot,
 };
 use otel_agent_bench::sink::{self, Counts};
 use tokio::sync::mpsc;

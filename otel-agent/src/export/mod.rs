@@ -8,10 +8,11 @@
 
 pub mod config;
 pub mod encode;
-pub mod json;
 pub mod per_process;
 pub mod protobuf;
 pub mod queue;
+pub mod resource;
+pub mod span;
 pub mod transport;
 
 use std::{collections::HashMap, path::Path, sync::Arc, time::Duration};
@@ -27,13 +28,14 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use self::config::OtlpProtocol;
+use self::resource::agent_resource;
 use self::{
     config::{BatchSettings, Compression, ExportConfig, OtlpTarget},
     encode::RequestEncoder,
     queue::{Destination, ExportQueue, QueueStats},
     transport::Transport,
 };
-use crate::{log_text::Escaped, resource::agent_resource, session::Session};
+use crate::{log_text::Escaped, session::Session};
 
 /// The exporter could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -95,7 +97,7 @@ pub struct Destinations {
 
 impl Destinations {
     /// The transport of each configured output (none: no endpoint, SDK disabled). The JSON
-    /// lines are a local output ([`crate::local`]), rendered by [`json`].
+    /// lines are a local output ([`crate::local`]), rendered by [`crate::json_lines`].
     pub fn new(config: &ExportConfig) -> Result<Self, ExportError> {
         let otlp = match &config.otlp {
             Some(target) => Some((Transport::new(target)?, config.batch)),

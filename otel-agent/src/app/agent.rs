@@ -19,15 +19,15 @@ use crate::{
     cli::Cli,
     container::{ContainerIdCache, proc_shows_host_pids},
     error::AgentError,
-    events,
+    events::{self, PipelineStats},
     export::config::{ExportConfig, Redacted},
     log_text::{Escaped, with_causes},
     metrics::SelfMetrics,
-    outputs::{self, Outputs},
     pipeline::{self, Sinks},
     probe::Probe,
+    routing::{self, Outputs},
     shutdown::Signals,
-    stats::{PipelineStats, Snapshot},
+    stats::Snapshot,
 };
 
 /// Records the reader may queue for the pipeline before it starts counting drops.
@@ -37,7 +37,7 @@ const CHANNEL_CAPACITY: usize = 64 * 1024;
 pub struct Prepared {
     cli: Cli,
     config: ExportConfig,
-    outputs: outputs::Prepared,
+    outputs: routing::Prepared,
     probe: Probe,
     ring: RingBuf<MapData>,
     agent_start: SystemTime,
@@ -49,8 +49,8 @@ pub struct Prepared {
 /// starts.
 pub fn prepare(cli: Cli) -> Result<Prepared, AgentError> {
     let config = ExportConfig::resolve(&cli.export.flags(), |name| std::env::var(name).ok())?;
-    crate::resource::check_environment()?;
-    let outputs = outputs::prepare(&cli, &config)?;
+    crate::export::resource::check_environment()?;
+    let outputs = routing::prepare(&cli, &config)?;
     match &config.otlp {
         Some(target) => tracing::info!(
             endpoint = %Redacted(&target.endpoint),

@@ -12,10 +12,10 @@ use tokio::sync::mpsc;
 use crate::{
     clock::WallClock,
     container::ContainerIdCache,
+    events::PipelineStats,
     export::{self, OutputHandle},
     local::LocalHandle,
     session::Session,
-    stats::PipelineStats,
 };
 
 /// Records taken from the channel at once; the wall clock is sampled once per batch.

@@ -10,28 +10,11 @@ use crate::{
     accounting::{
         Accounting, Degradation, Figures, FilterCause, LossCause, OutputFigures, OutputKind, Stage,
     },
+    events::PipelineStats,
     export::OutputHandle,
     local::LocalHandle,
     probe::KernelCounters,
 };
-
-/// Userspace counters, shared between the reader and the pipeline.
-#[derive(Debug, Default)]
-pub struct PipelineStats {
-    /// Records read from the ring buffer.
-    pub records_read: AtomicU64,
-    /// Records that failed to decode (lost).
-    pub lost_decode_error: AtomicU64,
-    /// Records dropped because the pipeline's channel was full (lost).
-    pub lost_channel_full: AtomicU64,
-}
-
-impl PipelineStats {
-    /// Adds one to `counter`.
-    pub fn add(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
-}
 
 /// One export output's counters at one moment.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

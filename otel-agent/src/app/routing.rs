@@ -24,10 +24,10 @@ use crate::{
         Destinations, Exporters,
         config::{ConfigError, ExportConfig},
         encode::RequestEncoder,
-        json::JsonLines,
+        resource::agent_resource,
     },
+    json_lines::JsonLines,
     local::{Batching, Lines, LocalOutput, LocalOutputs, Open, OutputFailed, Target},
-    resource::agent_resource,
 };
 
 /// Sessions the console's thread formats into one write (at most one pipeline batch).
