@@ -43,7 +43,7 @@ use otel_agent::{
         resource::agent_resource,
         span::{self, SpanText},
     },
-    pipeline::{self, Sinks},
+    pipeline::{self, Routes},
     session::Session,
     stats::ExportSnapshot,
 };
@@ -326,9 +326,9 @@ async fn pipeline_run(
     let destinations = Destinations::new(&config).expect("exporter");
     let exporters = Exporters::start(destinations, false, Duration::from_secs(30));
     let outputs = exporters.handles();
-    let sinks = Sinks {
-        outputs: outputs.clone(),
-        locals: Vec::new(),
+    let routes = Routes {
+        exporters: outputs.clone(),
+        sinks: Vec::new(),
         spans: true,
         agent_start: SystemTime::now(),
         containers: None,
@@ -337,7 +337,7 @@ async fn pipeline_run(
     // The agent's channel capacity; the reader here waits instead of dropping, so that the
     // pipeline stage (not this producer) sets the pace.
     let (tx, rx) = mpsc::channel(64 * 1024);
-    let stage = tokio::spawn(pipeline::run(rx, sinks, stats.clone()));
+    let stage = tokio::spawn(pipeline::run(rx, routes, stats.clone()));
     for i in 0..sessions {
         if let Some(window) = window {
             receiver

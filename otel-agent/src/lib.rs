@@ -25,7 +25,7 @@ pub mod probe;
 #[path = "session/clock.rs"]
 pub mod clock;
 #[path = "session/container.rs"]
-pub mod container;
+pub(crate) mod container;
 #[path = "app/pipeline.rs"]
 pub mod pipeline;
 #[path = "session/session.rs"]
@@ -36,17 +36,17 @@ pub mod export;
 
 // Sinks: local outputs, each written by its own thread.
 #[path = "sinks/console.rs"]
-pub mod console;
+pub(crate) mod console;
 #[path = "sinks/json_lines.rs"]
-pub mod json_lines;
+pub(crate) mod json_lines;
 #[path = "sinks/local.rs"]
-pub mod local;
+pub(crate) mod local;
 
 // Self-telemetry: every session accounted for, in the logs and the self-metrics.
 #[path = "telemetry/accounting.rs"]
 pub mod accounting;
 #[path = "telemetry/metrics.rs"]
-pub mod metrics;
+pub(crate) mod metrics;
 #[path = "telemetry/stats.rs"]
 pub mod stats;
 
@@ -58,7 +58,7 @@ pub mod cli;
 #[path = "app/error.rs"]
 pub mod error;
 #[path = "app/routing.rs"]
-pub mod routing;
+pub(crate) mod routing;
 #[path = "app/shutdown.rs"]
 pub mod shutdown;
 

@@ -31,7 +31,7 @@ pub enum AgentError {
     #[error(transparent)]
     Probe(#[from] probe::ProbeError),
     #[error(transparent)]
-    Output(#[from] local::OutputFailed),
+    Output(#[from] local::SinkFailed),
     #[error("cannot open the JSON output {path}: {error}; check the path and its permissions")]
     JsonOutput {
         path: std::path::PathBuf,
@@ -62,7 +62,7 @@ mod tests {
     use crate::log_text::with_causes;
 
     fn output_failed(error: std::io::Error) -> AgentError {
-        AgentError::Output(local::OutputFailed {
+        AgentError::Output(local::SinkFailed {
             what: "tcplife lines",
             target: "stdout".into(),
             error,

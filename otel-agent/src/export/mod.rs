@@ -1,8 +1,9 @@
-//! Owns the export side: one bounded [`queue`] and worker per output, which encodes
+//! The exporters: one bounded [`queue`] and worker per OTLP destination, which encodes
 //! batches of sessions straight into OTLP protobuf ([`encode`], [`protobuf`]) under the
 //! agent's resource (or each process's: [`per_process`]) and sends them to the collector
-//! ([`transport`], configured by [`config`]) ([`json`] renders the same requests as OTLP
-//! JSON lines for a local output); and the staged shutdown that flushes what is queued
+//! ([`transport`], configured by [`config`]), each session as the span [`span`] maps it,
+//! under the [`resource`] ([`crate::json_lines`] renders the same requests for a sink);
+//! and the staged shutdown that flushes what is queued
 //! within a deadline. The agent's self-metrics go through the OpenTelemetry SDK's OTLP
 //! exporter ([`metric_exporter`]) to the same collector.
 
@@ -67,7 +68,7 @@ pub enum ExportError {
 /// What the rest of the agent sees of one output: its queue (fed by the pipeline) and its
 /// counters.
 #[derive(Clone)]
-pub struct OutputHandle {
+pub struct ExporterHandle {
     /// `otlp`.
     pub name: &'static str,
     pub queue: ExportQueue,
@@ -76,7 +77,7 @@ pub struct OutputHandle {
 
 /// One running output.
 struct Output {
-    handle: OutputHandle,
+    handle: ExporterHandle,
     worker: JoinHandle<()>,
 }
 
@@ -135,7 +136,7 @@ impl Exporters {
     }
 
     /// The outputs' queues and counters.
-    pub fn handles(&self) -> Vec<OutputHandle> {
+    pub fn handles(&self) -> Vec<ExporterHandle> {
         self.outputs
             .iter()
             .map(|output| output.handle.clone())
@@ -188,14 +189,14 @@ impl Output {
             run.await;
         });
         Self {
-            handle: OutputHandle { name, queue, stats },
+            handle: ExporterHandle { name, queue, stats },
             worker,
         }
     }
 }
 
 /// Hands a batch of sessions to every output's queue, one lock per queue.
-pub fn push_all(outputs: &[OutputHandle], sessions: &[Arc<Session>]) {
+pub fn push_all(outputs: &[ExporterHandle], sessions: &[Arc<Session>]) {
     for output in outputs {
         output.queue.push(sessions);
     }

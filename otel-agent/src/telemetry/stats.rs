@@ -11,8 +11,8 @@ use crate::{
         Accounting, Degradation, Figures, FilterCause, LossCause, OutputFigures, OutputKind, Stage,
     },
     events::PipelineStats,
-    export::OutputHandle,
-    local::LocalHandle,
+    export::ExporterHandle,
+    local::SinkHandle,
     probe::KernelCounters,
 };
 
@@ -48,7 +48,7 @@ pub struct LocalSnapshot {
 
 impl LocalSnapshot {
     /// Reads the counters of `output` now.
-    pub fn of(output: &LocalHandle) -> Self {
+    pub fn of(output: &SinkHandle) -> Self {
         let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         Self {
             output: output.name,
@@ -98,7 +98,7 @@ pub struct Snapshot {
 
 impl ExportSnapshot {
     /// Reads the counters of `output` now.
-    pub fn of(output: &OutputHandle) -> Self {
+    pub fn of(output: &ExporterHandle) -> Self {
         let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         Self {
             output: output.name,
@@ -153,8 +153,8 @@ impl Snapshot {
     pub fn take(
         kernel: KernelCounters,
         pipeline: &PipelineStats,
-        outputs: &[OutputHandle],
-        locals: &[LocalHandle],
+        outputs: &[ExporterHandle],
+        locals: &[SinkHandle],
     ) -> Self {
         let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         Self {
