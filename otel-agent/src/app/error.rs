@@ -79,6 +79,23 @@ mod tests {
     }
 
     #[test]
+    fn errors_embed_their_cause_and_expose_none() {
+        use std::error::Error as _;
+        let output = output_failed(std::io::Error::other("disk on fire"));
+        let mount = tracefs(probe::tracefs::TracefsError::Mount {
+            error: std::io::Error::from_raw_os_error(libc::EPERM),
+        });
+        let json = AgentError::JsonOutput {
+            path: "/x".into(),
+            error: std::io::Error::other("disk full"),
+        };
+        for error in [output, mount, json] {
+            assert!(error.source().is_none(), "{error}");
+            assert_eq!(with_causes(&error), error.to_string());
+        }
+    }
+
+    #[test]
     fn each_kind_of_failure_has_its_own_code() {
         let config = AgentError::Config(export::config::ConfigError {
             source_name: "--otlp-endpoint".into(),

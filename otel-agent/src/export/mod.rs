@@ -41,7 +41,7 @@ use crate::{log_text::Escaped, session::Session};
 /// The exporter could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
-    #[error("cannot set up the OTLP exporter: {0}")]
+    #[error("cannot set up the OTLP exporter: {}", crate::log_text::with_causes(.0))]
     Build(opentelemetry_otlp::ExporterBuildError),
     #[error("cannot use the OTLP endpoint: {0}")]
     Endpoint(String),

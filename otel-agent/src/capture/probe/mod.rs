@@ -549,3 +549,31 @@ fn attach_optional(
             .is_ok()
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use aya::maps::MapError;
+
+    use super::*;
+
+    #[test]
+    fn each_refusal_says_what_failed() {
+        assert_eq!(
+            ProbeError::load_object(&aya::EbpfError::NoBTF).to_string(),
+            "the kernel refused the probe while reading BTF: no BTF parsed for object"
+        );
+        assert_eq!(
+            ProbeError::map(COUNTERS_MAP, &MapError::KeyNotFound).to_string(),
+            format!("cannot use the probe's map {COUNTERS_MAP}: key not found")
+        );
+        let denied = std::io::Error::from_raw_os_error(libc::EPERM);
+        assert_eq!(
+            ProbeError::load_program("inet_sock_set_state", &denied).to_string(),
+            "the kernel refused the program inet_sock_set_state: Operation not permitted (os error 1)"
+        );
+        assert_eq!(
+            ProbeError::program_stats("inet_sock_set_state", &denied).to_string(),
+            "cannot read the kernel's statistics of the program inet_sock_set_state: Operation not permitted (os error 1)"
+        );
+    }
+}
