@@ -9,12 +9,12 @@
 
 pub mod config;
 pub mod encode;
-pub mod per_process;
-pub mod protobuf;
+pub(crate) mod per_process;
+pub(crate) mod protobuf;
 pub mod queue;
 pub mod resource;
 pub mod span;
-pub mod transport;
+pub(crate) mod transport;
 
 use std::{collections::HashMap, path::Path, sync::Arc, time::Duration};
 
@@ -65,7 +65,7 @@ pub enum ExportError {
     InvalidHeader(String),
 }
 
-/// What the rest of the agent sees of one output: its queue (fed by the pipeline) and its
+/// What the rest of the agent sees of one exporter: its queue (fed by the pipeline) and its
 /// counters.
 #[derive(Clone)]
 pub struct ExporterHandle {
@@ -75,21 +75,21 @@ pub struct ExporterHandle {
     pub stats: Arc<QueueStats>,
 }
 
-/// One running output.
-struct Output {
+/// One running exporter.
+struct Exporter {
     handle: ExporterHandle,
     worker: JoinHandle<()>,
 }
 
-/// The running outputs.
+/// The running exporters.
 pub struct Exporters {
-    outputs: Vec<Output>,
+    exporters: Vec<Exporter>,
     stop: CancellationToken,
     /// Cancelled when a worker ends, however (a panic included).
     ended: CancellationToken,
 }
 
-/// The configured outputs' transports, built (and their settings checked: endpoint, TLS
+/// The configured exporters' transports, built (and their settings checked: endpoint, TLS
 /// files, headers) before the probe is attached and before the async runtime starts;
 /// nothing connects before the first export.
 pub struct Destinations {
@@ -119,7 +119,7 @@ impl Exporters {
         let ended = CancellationToken::new();
         let mut outputs = Vec::new();
         if let Some((transport, batch)) = destinations.otlp {
-            outputs.push(Output::start(
+            outputs.push(Exporter::start(
                 "otlp",
                 transport,
                 RequestEncoder::new(&resource, per_process),
@@ -129,15 +129,15 @@ impl Exporters {
             ));
         }
         Self {
-            outputs,
+            exporters: outputs,
             stop,
             ended,
         }
     }
 
-    /// The outputs' queues and counters.
+    /// The exporters' queues and counters.
     pub fn handles(&self) -> Vec<ExporterHandle> {
-        self.outputs
+        self.exporters
             .iter()
             .map(|output| output.handle.clone())
             .collect()
@@ -149,11 +149,11 @@ impl Exporters {
     }
 
     /// Stops the workers; each exports what it still holds until the deadline given at
-    /// start and counts the rest as dropped. Returns the outputs whose worker panicked.
+    /// start and counts the rest as dropped. Returns the exporters whose worker panicked.
     pub async fn shutdown(self) -> Vec<&'static str> {
         self.stop.cancel();
         let mut panicked = Vec::new();
-        for output in self.outputs {
+        for output in self.exporters {
             if let Err(error) = output.worker.await {
                 tracing::error!(
                     output = output.handle.name,
@@ -167,7 +167,7 @@ impl Exporters {
     }
 }
 
-impl Output {
+impl Exporter {
     /// Starts the worker of one output.
     fn start(
         name: &'static str,
@@ -381,7 +381,7 @@ mod worker_failure_tests {
             scheduled_delay: Duration::ZERO,
             ..BatchSettings::default()
         };
-        let output = Output::start(
+        let output = Exporter::start(
             "otlp",
             AcceptAll,
             RequestEncoder::new(&agent_resource(), false),
@@ -390,7 +390,7 @@ mod worker_failure_tests {
             Duration::from_secs(1),
         );
         let exporters = Exporters {
-            outputs: vec![output],
+            exporters: vec![output],
             stop,
             ended,
         };
@@ -404,7 +404,7 @@ mod worker_failure_tests {
     async fn workers_that_stop_when_asked_are_not_failures() {
         let stop = CancellationToken::new();
         let ended = CancellationToken::new();
-        let output = Output::start(
+        let output = Exporter::start(
             "otlp",
             AcceptAll,
             RequestEncoder::new(&agent_resource(), false),
@@ -413,7 +413,7 @@ mod worker_failure_tests {
             Duration::from_secs(1),
         );
         let exporters = Exporters {
-            outputs: vec![output],
+            exporters: vec![output],
             stop,
             ended,
         };
