@@ -3,13 +3,13 @@
 //!
 //! Data flows one way, and the folders follow it (`docs/ARCHITECTURE.md` draws the flow):
 //! `capture/` ([`probe`] loads the kernel probe, [`events`] reads its ring buffer) ->
-//! `session/` ([`pipeline`] decodes each record into a [`session`], with [`clock`] and
-//! [`container`]) -> `export/` ([`export`]: the OTLP exporters, the span mapping
-//! [`export::span`] and the [`export::resource`]) and `sinks/` ([`local`] sinks: the
-//! [`console`] and [`json_lines`]). `telemetry/` counts every session ([`accounting`],
-//! [`stats`], [`metrics`]); `app/` wires the stages ([`agent`], [`routing`] decides the
-//! exporters and sinks, [`cli`], [`shutdown`], [`error`]). [`log_text`] is a leaf that every
-//! stage may use.
+//! `session/` (a record decoded into a [`session`], with [`clock`] and `container`) ->
+//! `export/` ([`export`]: the OTLP exporters, the span mapping [`export::span`] and the
+//! [`export::resource`]) and `sinks/` (the local outputs, `local`: the `console` and
+//! `json_lines`). `telemetry/` counts every session ([`accounting`], [`stats`], `metrics`);
+//! `app/` wires the stages ([`agent`]; [`pipeline`] carries each session from the reader to
+//! the outputs that `routing` chose; [`cli`], [`shutdown`], [`error`]). [`log_text`] is a
+//! leaf that every stage may use.
 //!
 //! Module paths stay flat (`otel_agent::probe`, not `otel_agent::capture::probe`): they are
 //! also the targets of the agent's log lines, which users filter on (`OTEL_AGENT_LOG`), so

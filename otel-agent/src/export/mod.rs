@@ -1,8 +1,8 @@
 //! The exporters: one bounded [`queue`] and worker per OTLP destination, which encodes
-//! batches of sessions straight into OTLP protobuf ([`encode`], [`protobuf`]) under the
-//! agent's resource (or each process's: [`per_process`]) and sends them to the collector
-//! ([`transport`], configured by [`config`]), each session as the span [`span`] maps it,
-//! under the [`resource`] ([`crate::json_lines`] renders the same requests for a sink);
+//! batches of sessions straight into OTLP protobuf ([`encode`], `protobuf`) under the
+//! agent's resource (or each process's: `per_process`) and sends them to the collector
+//! (`transport`, configured by [`config`]), each session as the span [`span`] maps it,
+//! under the [`resource`] (`crate::json_lines` renders the same requests for a sink);
 //! and the staged shutdown that flushes what is queued
 //! within a deadline. The agent's self-metrics go through the OpenTelemetry SDK's OTLP
 //! exporter ([`metric_exporter`]) to the same collector.
@@ -98,7 +98,7 @@ pub struct Destinations {
 
 impl Destinations {
     /// The transport of each configured output (none: no endpoint, SDK disabled). The JSON
-    /// lines are a local output ([`crate::local`]), rendered by [`crate::json_lines`].
+    /// lines are a local output (`local`), rendered by `crate::json_lines`.
     pub fn new(config: &ExportConfig) -> Result<Self, ExportError> {
         let otlp = match &config.otlp {
             Some(target) => Some((Transport::new(target)?, config.batch)),
