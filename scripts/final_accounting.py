@@ -3,7 +3,7 @@
 `final accounting` line, whose `json` field holds every figure under the name it has in the
 text accounting lines and the agent's own verdict on the accounting equation (`reconciled`,
 and `imbalance` when it does not hold; the equation is `Accounting::reconcile` in
-otel-agent/src/accounting.rs and is not restated here).
+otel-agent/src/telemetry/accounting.rs and is not restated here).
 
   final_accounting.py json STDERR
       The JSON object, on one line.

@@ -17,7 +17,7 @@ import sys
 STAGES = [
     ("decode (ring-buffer record -> SessionRecord)", ["SessionRecord::decode"]),
     ("session (record -> Session)", ["Session::from_record"]),
-    ("span text (name, addresses)", ["otel_agent::span::SpanText"]),
+    ("span text (name, addresses)", ["otel_agent::export::span::SpanText"]),
     ("OTLP encoding (sessions -> request bytes)", ["otel_agent::export::encode", "otel_agent::export::protobuf"]),
     ("pipeline stage, other (channel, queue push)", ["otel_agent::pipeline::"]),
     ("export queue (batching, locking, request tasks)", ["otel_agent::export::queue"]),

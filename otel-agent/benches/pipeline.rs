@@ -35,16 +35,17 @@ use criterion::{Criterion, Throughput};
 use otel_agent::{
     cli::Cli,
     clock::WallClock,
+    events::PipelineStats,
     export::{
         Destinations, Exporters,
         config::{BatchSettings, ExportConfig},
         encode::RequestEncoder,
+        resource::agent_resource,
+        span::{self, SpanText},
     },
-    pipeline::{self, Sinks},
-    resource::agent_resource,
+    pipeline::{self, Routes},
     session::Session,
-    span::{self, SpanText},
-    stats::{ExportSnapshot, PipelineStats},
+    stats::ExportSnapshot,
 };
 use otel_agent_bench::sink::{self, Counts};
 use tokio::sync::mpsc;
@@ -320,14 +321,14 @@ async fn pipeline_run(
         "grpc",
     ])
     .expect("agent command line");
-    let config =
-        ExportConfig::resolve(&cli.export, |name| std::env::var(name).ok()).expect("config");
+    let config = ExportConfig::resolve(&cli.export.flags(), |name| std::env::var(name).ok())
+        .expect("config");
     let destinations = Destinations::new(&config).expect("exporter");
     let exporters = Exporters::start(destinations, false, Duration::from_secs(30));
     let outputs = exporters.handles();
-    let sinks = Sinks {
-        outputs: outputs.clone(),
-        locals: Vec::new(),
+    let routes = Routes {
+        exporters: outputs.clone(),
+        sinks: Vec::new(),
         spans: true,
         agent_start: SystemTime::now(),
         containers: None,
@@ -336,7 +337,7 @@ async fn pipeline_run(
     // The agent's channel capacity; the reader here waits instead of dropping, so that the
     // pipeline stage (not this producer) sets the pace.
     let (tx, rx) = mpsc::channel(64 * 1024);
-    let stage = tokio::spawn(pipeline::run(rx, sinks, stats.clone()));
+    let stage = tokio::spawn(pipeline::run(rx, routes, stats.clone()));
     for i in 0..sessions {
         if let Some(window) = window {
             receiver

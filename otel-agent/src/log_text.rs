@@ -3,6 +3,8 @@
 //! (ESC, newline, carriage return, DEL, C1) and invisible bidirectional-text marks as
 //! escapes, so a collector cannot colour the terminal or forge log lines, and bounds the
 //! length, so an answer cannot flood the log. Clean text is shown unchanged.
+//! [`with_causes`] writes an error and its causes on one line. A leaf: it uses no other
+//! module of the agent.
 
 use std::fmt;
 
@@ -42,6 +44,27 @@ fn needs_escape(c: char) -> bool {
             c,
             '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}'
         )
+}
+
+/// `error` and its chain of causes on one line: `outer: cause: root cause`.
+///
+/// The agent's own errors follow one rule: a message embeds what caused it and does not
+/// expose it as a [`source`](std::error::Error::source), so their chain is their message.
+/// The chain is walked for other crates' errors (aya, hyper, tonic, the SDK), whose messages
+/// often leave their cause out; a cause whose text is already in the line (a crate that
+/// both embeds and exposes it) is not repeated.
+pub fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 #[cfg(test)]

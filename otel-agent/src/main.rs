@@ -11,9 +11,9 @@ use clap::{Parser as _, error::ErrorKind};
 use otel_agent::{
     agent,
     cli::{Cli, LogFormat},
-    error::{AgentError, exit_code, with_causes},
+    error::{AgentError, exit_code},
     export::config::check_utf8,
-    log_text::Escaped,
+    log_text::{Escaped, with_causes},
     shutdown::{Blocked, Signals},
 };
 use tracing_subscriber::EnvFilter;

@@ -245,7 +245,7 @@ fn the_shutdown_deadline_holds_and_what_is_left_is_counted() {
     );
 }
 
-/// Metric names the agent exports about itself (otel-agent/src/metrics.rs).
+/// Metric names the agent exports about itself (otel-agent/src/telemetry/metrics.rs).
 const SELF_METRICS: [&str; 8] = [
     "otel_agent.sessions.closed",
     "otel_agent.sessions.read",

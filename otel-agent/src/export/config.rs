@@ -1,13 +1,12 @@
-//! Decides the export configuration from the flags and the standard OpenTelemetry
-//! variables, in one place and as a pure function: a flag wins over the signal-specific
+//! Decides the export configuration from the flags (as plain values: [`ExportFlags`], filled
+//! in by the command line) and the standard OpenTelemetry variables, in one place and as a
+//! pure function: a flag wins over the signal-specific
 //! variable (`OTEL_EXPORTER_OTLP_TRACES_*`), which wins over the generic one
 //! (`OTEL_EXPORTER_OTLP_*`); batching comes from the flags or `OTEL_BSP_*`. Every value is
 //! validated here, so that a bad one stops the agent with a message naming its source and
 //! the accepted values (the SDK would silently ignore it).
 
 use std::{path::PathBuf, time::Duration};
-
-use crate::cli::{ExportArgs, OtlpProtocol};
 
 const TRACES_PATH: &str = "v1/traces";
 const METRICS_PATH: &str = "v1/metrics";
@@ -68,6 +67,53 @@ impl std::fmt::Display for Redacted<'_> {
             None => f.write_str(url),
         }
     }
+}
+
+/// The OTLP transports the agent speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OtlpProtocol {
+    /// OTLP over gRPC (usually port 4317).
+    Grpc,
+    /// OTLP over HTTP with protobuf bodies (usually port 4318).
+    HttpProtobuf,
+}
+
+impl OtlpProtocol {
+    /// Every protocol, in the order `--help` lists them.
+    pub const ALL: [Self; 2] = [Self::Grpc, Self::HttpProtobuf];
+
+    /// The name used on the command line and in `OTEL_EXPORTER_OTLP_PROTOCOL`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Grpc => "grpc",
+            Self::HttpProtobuf => "http/protobuf",
+        }
+    }
+
+    /// The protocol called `name`, if any.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|protocol| protocol.name() == name)
+    }
+}
+
+/// The export flags as given (`None`: not given); [`ExportConfig::resolve`] combines them
+/// with the environment. The command line fills them in (`ExportArgs::flags`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExportFlags {
+    pub otlp_endpoint: Option<String>,
+    pub otlp_protocol: Option<OtlpProtocol>,
+    pub otlp_headers: Option<String>,
+    pub otlp_compression: Option<String>,
+    pub otlp_timeout: Option<Duration>,
+    pub otlp_certificate: Option<PathBuf>,
+    pub otlp_client_certificate: Option<PathBuf>,
+    pub otlp_client_key: Option<PathBuf>,
+    pub bsp_max_queue_size: Option<usize>,
+    pub bsp_max_export_batch_size: Option<usize>,
+    pub bsp_schedule_delay: Option<Duration>,
+    pub bsp_max_concurrent_exports: Option<usize>,
 }
 
 /// Compression of export requests.
@@ -141,7 +187,7 @@ pub struct ExportConfig {
 impl ExportConfig {
     /// Combines the flags with the environment, read through `env`.
     pub fn resolve(
-        args: &ExportArgs,
+        args: &ExportFlags,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, ConfigError> {
         // The OpenTelemetry specification treats an empty variable as unset.
@@ -183,7 +229,7 @@ fn pick(
 }
 
 fn resolve_otlp(
-    args: &ExportArgs,
+    args: &ExportFlags,
     env: &impl Fn(&str) -> Option<String>,
 ) -> Result<Option<OtlpTarget>, ConfigError> {
     let protocol = match args.otlp_protocol {
@@ -311,7 +357,7 @@ pub fn check_utf8(
 }
 
 fn resolve_batch(
-    args: &ExportArgs,
+    args: &ExportFlags,
     env: &impl Fn(&str) -> Option<String>,
 ) -> Result<BatchSettings, ConfigError> {
     let defaults = BatchSettings::default();
@@ -381,11 +427,8 @@ fn resolve_batch(
 }
 
 fn parse_protocol(source: &str, value: &str) -> Result<OtlpProtocol, ConfigError> {
-    match value.trim() {
-        "grpc" => Ok(OtlpProtocol::Grpc),
-        "http/protobuf" => Ok(OtlpProtocol::HttpProtobuf),
-        _ => Err(ConfigError::new(source, value, "grpc or http/protobuf")),
-    }
+    OtlpProtocol::from_name(value.trim())
+        .ok_or_else(|| ConfigError::new(source, value, "grpc or http/protobuf"))
 }
 
 fn parse_compression(source: &str, value: &str) -> Result<Compression, ConfigError> {
@@ -512,10 +555,10 @@ mod tests {
     use super::*;
     use crate::cli::Cli;
 
-    fn args(argv: &[&str]) -> ExportArgs {
+    fn args(argv: &[&str]) -> ExportFlags {
         let mut full = vec!["otel-agent"];
         full.extend_from_slice(argv);
-        Cli::try_parse_from(full).unwrap().export
+        Cli::try_parse_from(full).unwrap().export.flags()
     }
 
     fn env_of<'a>(pairs: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
@@ -761,7 +804,7 @@ mod hardening_tests {
     fn resolve(argv: &[&str], env: &[(&str, &str)]) -> Result<ExportConfig, String> {
         let mut full = vec!["otel-agent"];
         full.extend_from_slice(argv);
-        let args = Cli::try_parse_from(full).unwrap().export;
+        let args = Cli::try_parse_from(full).unwrap().export.flags();
         ExportConfig::resolve(&args, |name| {
             env.iter()
                 .find(|(key, _)| *key == name)

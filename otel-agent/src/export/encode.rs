@@ -30,8 +30,8 @@ use prost::Message as _;
 
 use super::{per_process::ProcessResources, protobuf};
 use crate::{
+    export::span::{self, AttributeValue, SpanText},
     session::Session,
-    span::{self, AttributeValue, SpanText},
 };
 
 /// `ExportTraceServiceRequest.resource_spans`.
@@ -300,8 +300,8 @@ pub(crate) mod tests {
 
     use super::*;
     use crate::{
+        export::span::tests::span_data,
         session::{Closer, ResetByPeer, tests::client_session},
-        span::tests::span_data,
     };
 
     /// Hands out trace ids 1, 2, 3, ... and span ids 1001, 1002, ...
@@ -440,7 +440,7 @@ pub(crate) mod tests {
             (10, "nginx", vec![nginx.clone(), nginx]),
             (20, "curl", vec![curl]),
         ] {
-            let process = crate::resource::process_resource(&base, pid, comm);
+            let process = crate::export::resource::process_resource(&base, pid, comm);
             expected.extend(
                 ExportTraceServiceRequest::decode(sdk_request(&members, &process).as_slice())
                     .unwrap()

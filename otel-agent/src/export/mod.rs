@@ -1,18 +1,20 @@
-//! Owns the export side: one bounded [`queue`] and worker per output, which encodes
-//! batches of sessions straight into OTLP protobuf ([`encode`], [`protobuf`]) under the
-//! agent's resource (or each process's: [`per_process`]) and sends them to the collector
-//! ([`transport`], configured by [`config`]) ([`json`] renders the same requests as OTLP
-//! JSON lines for a local output); and the staged shutdown that flushes what is queued
+//! The exporters: one bounded [`queue`] and worker per OTLP destination, which encodes
+//! batches of sessions straight into OTLP protobuf ([`encode`], `protobuf`) under the
+//! agent's resource (or each process's: `per_process`) and sends them to the collector
+//! (`transport`, configured by [`config`]), each session as the span [`span`] maps it,
+//! under the [`resource`] (`crate::json_lines` renders the same requests for a sink);
+//! and the staged shutdown that flushes what is queued
 //! within a deadline. The agent's self-metrics go through the OpenTelemetry SDK's OTLP
 //! exporter ([`metric_exporter`]) to the same collector.
 
 pub mod config;
 pub mod encode;
-pub mod json;
-pub mod per_process;
-pub mod protobuf;
+pub(crate) mod per_process;
+pub(crate) mod protobuf;
 pub mod queue;
-pub mod transport;
+pub mod resource;
+pub mod span;
+pub(crate) mod transport;
 
 use std::{collections::HashMap, path::Path, sync::Arc, time::Duration};
 
@@ -26,26 +28,28 @@ use opentelemetry_otlp::{
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use self::config::OtlpProtocol;
+use self::resource::agent_resource;
 use self::{
     config::{BatchSettings, Compression, ExportConfig, OtlpTarget},
     encode::RequestEncoder,
     queue::{Destination, ExportQueue, QueueStats},
     transport::Transport,
 };
-use crate::{cli::OtlpProtocol, log_text::Escaped, resource::agent_resource, session::Session};
+use crate::{log_text::Escaped, session::Session};
 
 /// The exporter could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
-    #[error("cannot set up the OTLP exporter: {0}")]
-    Build(#[from] opentelemetry_otlp::ExporterBuildError),
+    #[error("cannot set up the OTLP exporter: {}", crate::log_text::with_causes(.0))]
+    Build(opentelemetry_otlp::ExporterBuildError),
     #[error("cannot use the OTLP endpoint: {0}")]
     Endpoint(String),
-    #[error("cannot read the {what} {path}: {source}")]
+    #[error("cannot read the {what} {path}: {error}")]
     TlsFile {
         what: &'static str,
         path: String,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("cannot use the {what} {path}: {reason}")]
     TlsInvalid {
@@ -61,31 +65,31 @@ pub enum ExportError {
     InvalidHeader(String),
 }
 
-/// What the rest of the agent sees of one output: its queue (fed by the pipeline) and its
+/// What the rest of the agent sees of one exporter: its queue (fed by the pipeline) and its
 /// counters.
 #[derive(Clone)]
-pub struct OutputHandle {
+pub struct ExporterHandle {
     /// `otlp`.
     pub name: &'static str,
     pub queue: ExportQueue,
     pub stats: Arc<QueueStats>,
 }
 
-/// One running output.
-struct Output {
-    handle: OutputHandle,
+/// One running exporter.
+struct Exporter {
+    handle: ExporterHandle,
     worker: JoinHandle<()>,
 }
 
-/// The running outputs.
+/// The running exporters.
 pub struct Exporters {
-    outputs: Vec<Output>,
+    exporters: Vec<Exporter>,
     stop: CancellationToken,
     /// Cancelled when a worker ends, however (a panic included).
     ended: CancellationToken,
 }
 
-/// The configured outputs' transports, built (and their settings checked: endpoint, TLS
+/// The configured exporters' transports, built (and their settings checked: endpoint, TLS
 /// files, headers) before the probe is attached and before the async runtime starts;
 /// nothing connects before the first export.
 pub struct Destinations {
@@ -94,7 +98,7 @@ pub struct Destinations {
 
 impl Destinations {
     /// The transport of each configured output (none: no endpoint, SDK disabled). The JSON
-    /// lines are a local output ([`crate::local`]), rendered by [`json`].
+    /// lines are a local output (`local`), rendered by `crate::json_lines`.
     pub fn new(config: &ExportConfig) -> Result<Self, ExportError> {
         let otlp = match &config.otlp {
             Some(target) => Some((Transport::new(target)?, config.batch)),
@@ -115,7 +119,7 @@ impl Exporters {
         let ended = CancellationToken::new();
         let mut outputs = Vec::new();
         if let Some((transport, batch)) = destinations.otlp {
-            outputs.push(Output::start(
+            outputs.push(Exporter::start(
                 "otlp",
                 transport,
                 RequestEncoder::new(&resource, per_process),
@@ -125,15 +129,15 @@ impl Exporters {
             ));
         }
         Self {
-            outputs,
+            exporters: outputs,
             stop,
             ended,
         }
     }
 
-    /// The outputs' queues and counters.
-    pub fn handles(&self) -> Vec<OutputHandle> {
-        self.outputs
+    /// The exporters' queues and counters.
+    pub fn handles(&self) -> Vec<ExporterHandle> {
+        self.exporters
             .iter()
             .map(|output| output.handle.clone())
             .collect()
@@ -145,11 +149,11 @@ impl Exporters {
     }
 
     /// Stops the workers; each exports what it still holds until the deadline given at
-    /// start and counts the rest as dropped. Returns the outputs whose worker panicked.
+    /// start and counts the rest as dropped. Returns the exporters whose worker panicked.
     pub async fn shutdown(self) -> Vec<&'static str> {
         self.stop.cancel();
         let mut panicked = Vec::new();
-        for output in self.outputs {
+        for output in self.exporters {
             if let Err(error) = output.worker.await {
                 tracing::error!(
                     output = output.handle.name,
@@ -163,7 +167,7 @@ impl Exporters {
     }
 }
 
-impl Output {
+impl Exporter {
     /// Starts the worker of one output.
     fn start(
         name: &'static str,
@@ -185,14 +189,14 @@ impl Output {
             run.await;
         });
         Self {
-            handle: OutputHandle { name, queue, stats },
+            handle: ExporterHandle { name, queue, stats },
             worker,
         }
     }
 }
 
 /// Hands a batch of sessions to every output's queue, one lock per queue.
-pub fn push_all(outputs: &[OutputHandle], sessions: &[Arc<Session>]) {
+pub fn push_all(outputs: &[ExporterHandle], sessions: &[Arc<Session>]) {
     for output in outputs {
         output.queue.push(sessions);
     }
@@ -203,10 +207,14 @@ pub fn metric_exporter(target: &OtlpTarget) -> Result<MetricExporter, ExportErro
     let endpoint = &target.metrics_endpoint;
     Ok(match target.protocol {
         OtlpProtocol::Grpc => {
-            tonic_options(MetricExporter::builder().with_tonic(), target, endpoint)?.build()?
+            tonic_options(MetricExporter::builder().with_tonic(), target, endpoint)?
+                .build()
+                .map_err(ExportError::Build)?
         }
         OtlpProtocol::HttpProtobuf => {
-            http_options(MetricExporter::builder().with_http(), target, endpoint)?.build()?
+            http_options(MetricExporter::builder().with_http(), target, endpoint)?
+                .build()
+                .map_err(ExportError::Build)?
         }
     })
 }
@@ -273,10 +281,10 @@ fn install_crypto_provider() {
 }
 
 fn read_pem(what: &'static str, path: &Path) -> Result<Vec<u8>, ExportError> {
-    std::fs::read(path).map_err(|source| ExportError::TlsFile {
+    std::fs::read(path).map_err(|error| ExportError::TlsFile {
         what,
         path: path.display().to_string(),
-        source,
+        error,
     })
 }
 
@@ -373,7 +381,7 @@ mod worker_failure_tests {
             scheduled_delay: Duration::ZERO,
             ..BatchSettings::default()
         };
-        let output = Output::start(
+        let output = Exporter::start(
             "otlp",
             AcceptAll,
             RequestEncoder::new(&agent_resource(), false),
@@ -382,7 +390,7 @@ mod worker_failure_tests {
             Duration::from_secs(1),
         );
         let exporters = Exporters {
-            outputs: vec![output],
+            exporters: vec![output],
             stop,
             ended,
         };
@@ -396,7 +404,7 @@ mod worker_failure_tests {
     async fn workers_that_stop_when_asked_are_not_failures() {
         let stop = CancellationToken::new();
         let ended = CancellationToken::new();
-        let output = Output::start(
+        let output = Exporter::start(
             "otlp",
             AcceptAll,
             RequestEncoder::new(&agent_resource(), false),
@@ -405,7 +413,7 @@ mod worker_failure_tests {
             Duration::from_secs(1),
         );
         let exporters = Exporters {
-            outputs: vec![output],
+            exporters: vec![output],
             stop,
             ended,
         };

@@ -1,5 +1,5 @@
 //! `--resource-per-process`: each observed process (pid and comm) gets its own resource
-//! ([`crate::resource::process_resource`]), so that Jaeger and Tempo list each program as
+//! ([`super::resource::process_resource`]), so that Jaeger and Tempo list each program as
 //! its own service. A batch becomes one request with one `ResourceSpans` per process in
 //! it; each process's resource is encoded once and kept for the next batches.
 
@@ -11,7 +11,8 @@ use std::{
 use opentelemetry_sdk::Resource;
 
 use super::encode::EncodedResource;
-use crate::{resource::process_resource, session::Session};
+use super::resource::process_resource;
+use crate::session::Session;
 
 /// Encoded resources kept at most; beyond, the cache starts over (a host that runs that
 /// many distinct processes between two clears pays one encoding per process again).

@@ -429,7 +429,7 @@ mod tests {
     use prost::Message as _;
 
     use super::*;
-    use crate::{session::tests::client_session, span};
+    use crate::{export::span, session::tests::client_session};
 
     /// Fails its first `failures` requests, then records the local port of every span it
     /// receives; `rejects` spans of each accepted request are reported as rejected.

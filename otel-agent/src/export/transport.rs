@@ -27,15 +27,12 @@ use tonic_types::StatusExt as _;
 
 use super::{
     ExportError,
-    config::{Compression, OtlpTarget},
+    config::{Compression, OtlpProtocol, OtlpTarget},
     grpc_tls, header_map, install_crypto_provider,
     queue::Destination,
     reqwest_tls,
 };
-use crate::{
-    cli::OtlpProtocol,
-    log_text::{self, Escaped},
-};
+use crate::log_text::{self, Escaped};
 
 /// The gRPC method of OTLP trace export.
 const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
@@ -497,7 +494,7 @@ impl Link {
     /// What happened to a request that got no answer, from the chain of causes: timeout,
     /// refused, reset, closed, TLS mismatch; then the causes themselves.
     fn describe(&self, error: &(dyn std::error::Error + 'static)) -> String {
-        let causes = crate::error::with_causes(error);
+        let causes = crate::log_text::with_causes(error);
         let what = self
             .cause(error)
             .or_else(|| self.cause_in_text(&causes.to_lowercase()));

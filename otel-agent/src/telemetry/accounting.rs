@@ -673,7 +673,7 @@ mod tests {
     /// The README's tables and the metrics module's table name exactly these causes.
     #[test]
     fn the_docs_list_exactly_these_names() {
-        let readme = include_str!("../../README.md");
+        let readme = include_str!("../../../README.md");
         let metrics = include_str!("metrics.rs");
         let lost = metric_causes(LossCause::ALL.iter().map(|cause| cause.name()));
         let filtered = metric_causes(FilterCause::ALL.iter().map(|cause| cause.name()));

@@ -1,8 +1,7 @@
-//! Decides and opens where sessions go: the OTLP exporter, OTLP JSON lines (a file, a FIFO
-//! or stdout), and tcplife's console (stdout). Without an OTLP endpoint the console is on, so
+//! Routing: decides and opens where sessions go, the outputs: the OTLP exporter, and the
+//! sinks, OTLP JSON lines (a file, a FIFO or stdout) and tcplife's console (stdout). Without an OTLP endpoint the console is on, so
 //! that the agent is useful out of the box; `--console` keeps it on next to the exporter.
-//! The console and the JSON lines are local outputs, each written by its own thread
-//! ([`crate::local`]).
+//! Each sink is written by its own thread ([`crate::local`]).
 
 use std::{
     fs::{File, OpenOptions},
@@ -24,10 +23,10 @@ use crate::{
         Destinations, Exporters,
         config::{ConfigError, ExportConfig},
         encode::RequestEncoder,
-        json::JsonLines,
+        resource::agent_resource,
     },
-    local::{Batching, Lines, LocalOutput, LocalOutputs, Open, OutputFailed, Target},
-    resource::agent_resource,
+    json_lines::JsonLines,
+    local::{Batching, Lines, Open, Sink, SinkFailed, Sinks, Target},
 };
 
 /// Sessions the console's thread formats into one write (at most one pipeline batch).
@@ -93,7 +92,7 @@ pub struct Prepared {
 pub struct Outputs {
     pub exporters: Exporters,
     /// The console and the JSON lines, each on its own thread.
-    pub locals: LocalOutputs,
+    pub sinks: Sinks,
 }
 
 /// Checks the outputs `config` and the command line ask for and opens their targets.
@@ -131,7 +130,7 @@ impl Prepared {
         if let Some((target, open)) = self.json {
             let batch = config.batch;
             locals.push(start(
-                LocalOutput::start(
+                Sink::start(
                     "json",
                     Target {
                         what: "JSON lines",
@@ -164,7 +163,7 @@ impl Prepared {
                 .extend_from_slice(console.header().as_bytes());
             header.end_line(0);
             locals.push(start(
-                LocalOutput::start(
+                Sink::start(
                     "console",
                     Target {
                         what: "tcplife lines",
@@ -185,16 +184,13 @@ impl Prepared {
         }
         Ok(Outputs {
             exporters,
-            locals: LocalOutputs::new(locals, failed),
+            sinks: Sinks::new(locals, failed),
         })
     }
 }
 
 /// The output's thread started, or why not.
-fn start(
-    output: std::io::Result<LocalOutput>,
-    name: &'static str,
-) -> Result<LocalOutput, AgentError> {
+fn start(output: std::io::Result<Sink>, name: &'static str) -> Result<Sink, AgentError> {
     output.map_err(|error| {
         AgentError::Internal(format!(
             "cannot start the thread of the {name} output: {error}"
@@ -208,10 +204,10 @@ fn open_stdout(what: &'static str) -> Result<Open, AgentError> {
     let fd = std::io::stdout()
         .as_fd()
         .try_clone_to_owned()
-        .map_err(|source| OutputFailed {
+        .map_err(|error| SinkFailed {
             what,
             target: "stdout".into(),
-            source,
+            error,
         })?;
     let file = File::from(fd);
     Ok(Box::new(move || Ok(file)))
@@ -221,9 +217,9 @@ fn open_stdout(what: &'static str) -> Result<Open, AgentError> {
 /// except a FIFO that no reader has opened yet (opening it would block until one does):
 /// its thread opens it, and the agent does not wait.
 fn open_json_file(path: &Path) -> Result<Open, AgentError> {
-    let failed = |source| AgentError::JsonOutput {
+    let failed = |error| AgentError::JsonOutput {
         path: path.to_owned(),
-        source,
+        error,
     };
     let opened = OpenOptions::new()
         .create(true)

@@ -37,13 +37,13 @@ pub struct Dropped {
 /// Why the capabilities could not all be dropped.
 #[derive(Debug, thiserror::Error)]
 pub enum DropError {
-    #[error("cannot {what}: {source}")]
+    #[error("cannot {what}: {error}")]
     Syscall {
         what: &'static str,
-        source: io::Error,
+        error: io::Error,
     },
-    #[error("cannot read {path}: {source}")]
-    Proc { path: String, source: io::Error },
+    #[error("cannot read {path}: {error}")]
+    Proc { path: String, error: io::Error },
     #[error("{path} shows no capability sets")]
     Status { path: String },
     #[error("threads still holding capabilities after the drop: {0}")]
@@ -122,7 +122,7 @@ pub fn drop_after_attach() {
             "dropped every capability and set no_new_privs: the attached probe needs none"
         ),
         Err(error) => tracing::warn!(
-            error = %crate::log_text::Escaped(&crate::error::with_causes(&error)),
+            error = %crate::log_text::Escaped(&crate::log_text::with_causes(&error)),
             "could not drop the capabilities the agent no longer needs; it keeps running with them"
         ),
     }
@@ -156,9 +156,9 @@ fn describe(threads: &[&Thread]) -> String {
 /// Every live thread of this process (one that exits while being read is left out).
 fn threads() -> Result<Vec<Thread>, DropError> {
     let dir = "/proc/self/task";
-    let entries = std::fs::read_dir(dir).map_err(|source| DropError::Proc {
+    let entries = std::fs::read_dir(dir).map_err(|error| DropError::Proc {
         path: dir.to_owned(),
-        source,
+        error,
     })?;
     let mut threads = Vec::new();
     for entry in entries.flatten() {
@@ -178,9 +178,9 @@ fn threads() -> Result<Vec<Thread>, DropError> {
 }
 
 fn read_sets(path: &str) -> Result<CapSets, DropError> {
-    let status = std::fs::read_to_string(path).map_err(|source| DropError::Proc {
+    let status = std::fs::read_to_string(path).map_err(|error| DropError::Proc {
         path: path.to_owned(),
-        source,
+        error,
     })?;
     CapSets::from_status(&status).ok_or_else(|| DropError::Status {
         path: path.to_owned(),
@@ -193,7 +193,7 @@ fn drop_this_thread(keep: u64) -> Result<(), DropError> {
     let failed = |what: &'static str| {
         move |error: capctl::Error| DropError::Syscall {
             what,
-            source: error.into(),
+            error: error.into(),
         }
     };
     capctl::prctl::set_no_new_privs().map_err(failed("set PR_SET_NO_NEW_PRIVS"))?;

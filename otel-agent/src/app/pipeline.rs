@@ -1,7 +1,7 @@
 //! The stage between the reader and the outputs: takes decoded records in batches, turns
 //! each into a [`Session`] with wall-clock times (and the owner's container, for spans),
-//! and offers it to the sinks: the span export queues and the local outputs (the tcplife
-//! console, JSON lines), none of which it ever waits for. Ends when the reader closes the
+//! and offers it to the outputs ([`Routes`]): the exporters' queues and the sinks (the
+//! tcplife console, JSON lines), none of which it ever waits for. Ends when the reader closes the
 //! channel and every record received has been handled.
 
 use std::{sync::Arc, time::SystemTime};
@@ -12,21 +12,21 @@ use tokio::sync::mpsc;
 use crate::{
     clock::WallClock,
     container::ContainerIdCache,
-    export::{self, OutputHandle},
-    local::LocalHandle,
+    events::PipelineStats,
+    export::{self, ExporterHandle},
+    local::SinkHandle,
     session::Session,
-    stats::PipelineStats,
 };
 
 /// Records taken from the channel at once; the wall clock is sampled once per batch.
 const BATCH: usize = 1024;
 
 /// Where sessions go.
-pub struct Sinks {
-    /// The export outputs (OTLP); empty when nothing is exported.
-    pub outputs: Vec<OutputHandle>,
-    /// The local outputs: the console and/or JSON lines.
-    pub locals: Vec<LocalHandle>,
+pub struct Routes {
+    /// The exporters (OTLP); empty when nothing is exported.
+    pub exporters: Vec<ExporterHandle>,
+    /// The sinks: the console and/or JSON lines.
+    pub sinks: Vec<SinkHandle>,
     /// Whether any output carries spans (OTLP or JSON lines): only they need container.id.
     pub spans: bool,
     /// When the agent started: the start of sessions whose birth the probe did not see.
@@ -38,7 +38,7 @@ pub struct Sinks {
 /// Handles records until the channel closes.
 pub async fn run(
     mut rx: mpsc::Receiver<SessionRecord>,
-    mut sinks: Sinks,
+    mut routes: Routes,
     stats: Arc<PipelineStats>,
 ) {
     let mut batch = Vec::with_capacity(BATCH);
@@ -48,13 +48,13 @@ pub async fn run(
         sessions.extend(
             batch
                 .drain(..)
-                .filter_map(|record| handle(&record, clock, &mut sinks, &stats))
+                .filter_map(|record| handle(&record, clock, &mut routes, &stats))
                 .map(Arc::new),
         );
-        for local in &sinks.locals {
+        for local in &routes.sinks {
             local.offer(&sessions);
         }
-        export::push_all(&sinks.outputs, &sessions);
+        export::push_all(&routes.exporters, &sessions);
         sessions.clear();
     }
 }
@@ -63,10 +63,10 @@ pub async fn run(
 fn handle(
     record: &SessionRecord,
     clock: WallClock,
-    sinks: &mut Sinks,
+    routes: &mut Routes,
     stats: &PipelineStats,
 ) -> Option<Session> {
-    let mut session = match Session::from_record(record, clock, sinks.agent_start) {
+    let mut session = match Session::from_record(record, clock, routes.agent_start) {
         Ok(session) => session,
         Err(error) => {
             PipelineStats::add(&stats.lost_decode_error);
@@ -77,8 +77,8 @@ fn handle(
             return None;
         }
     };
-    if sinks.spans
-        && let Some(containers) = &mut sinks.containers
+    if routes.spans
+        && let Some(containers) = &mut routes.containers
     {
         session.container_id = containers.container_id(session.pid);
     }

@@ -2,9 +2,16 @@
 //! when the probe wakes its fd (`AsyncFd`) because the ring buffer is filling up; drains it
 //! until empty, decodes each item (never holding one across an await) and hands the records
 //! to the pipeline through a bounded channel, counting what a full channel or a bad record
-//! costs.
+//! costs ([`PipelineStats`]).
 
-use std::{io, sync::Arc, time::Duration};
+use std::{
+    io,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use aya::maps::{MapData, RingBuf};
 use common::SessionRecord;
@@ -15,7 +22,23 @@ use tokio::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::stats::PipelineStats;
+/// Userspace counters, shared between the reader and the pipeline.
+#[derive(Debug, Default)]
+pub struct PipelineStats {
+    /// Records read from the ring buffer.
+    pub records_read: AtomicU64,
+    /// Records that failed to decode (lost).
+    pub lost_decode_error: AtomicU64,
+    /// Records dropped because the pipeline's channel was full (lost).
+    pub lost_channel_full: AtomicU64,
+}
+
+impl PipelineStats {
+    /// Adds one to `counter`.
+    pub fn add(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
 
 /// How long a record may wait in the ring buffer: the probe wakes the reader only when the
 /// ring buffer passes a quarter full (a wakeup per record is the probe's largest cost).

@@ -17,9 +17,9 @@ use opentelemetry_semantic_conventions::attribute::{
     TELEMETRY_DISTRO_VERSION,
 };
 
-use crate::span::key::PROCESS_PID;
+use super::span::key::PROCESS_PID;
 
-use crate::export::config::{ConfigError, percent_decode};
+use super::config::{ConfigError, percent_decode};
 
 const RESOURCE_ATTRIBUTES: &str = "OTEL_RESOURCE_ATTRIBUTES";
 const SERVICE_NAME: &str = "OTEL_SERVICE_NAME";

@@ -4,11 +4,14 @@
 
 use std::{os::unix::fs::MetadataExt as _, path::PathBuf, time::Duration};
 
-use clap::{Args, Parser, ValueEnum};
+use clap::{
+    Args, Parser, ValueEnum,
+    builder::{PossibleValuesParser, TypedValueParser as _},
+};
 use common::{AF_INET, AF_INET6, Filters, MAX_FILTER_PORTS};
 
 use crate::{
-    export::config::{INDEFINITE_TIMEOUT, MAX_DURATION},
+    export::config::{ExportFlags, INDEFINITE_TIMEOUT, MAX_DURATION, OtlpProtocol},
     probe::{ProbeOptions, StateProbe},
 };
 
@@ -85,7 +88,7 @@ pub struct ExportArgs {
 
     /// OTLP transport. Environment: OTEL_EXPORTER_OTLP_TRACES_PROTOCOL,
     /// OTEL_EXPORTER_OTLP_PROTOCOL. Default: http/protobuf.
-    #[arg(long, value_name = "PROTOCOL")]
+    #[arg(long, value_name = "PROTOCOL", value_parser = protocol_parser())]
     pub otlp_protocol: Option<OtlpProtocol>,
 
     /// Request headers, for example an authentication token: comma-separated key=value
@@ -259,6 +262,26 @@ pub struct ProbeArgs {
     pub attach: AttachType,
 }
 
+impl ExportArgs {
+    /// The export flags as plain values, for [`crate::export::config::ExportConfig::resolve`].
+    pub fn flags(&self) -> ExportFlags {
+        ExportFlags {
+            otlp_endpoint: self.otlp_endpoint.clone(),
+            otlp_protocol: self.otlp_protocol,
+            otlp_headers: self.otlp_headers.clone(),
+            otlp_compression: self.otlp_compression.clone(),
+            otlp_timeout: self.otlp_timeout,
+            otlp_certificate: self.otlp_certificate.clone(),
+            otlp_client_certificate: self.otlp_client_certificate.clone(),
+            otlp_client_key: self.otlp_client_key.clone(),
+            bsp_max_queue_size: self.bsp_max_queue_size,
+            bsp_max_export_batch_size: self.bsp_max_export_batch_size,
+            bsp_schedule_delay: self.bsp_schedule_delay,
+            bsp_max_concurrent_exports: self.bsp_max_concurrent_exports,
+        }
+    }
+}
+
 /// Ports of one filter, at most [`MAX_FILTER_PORTS`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PortList(Vec<u16>);
@@ -354,25 +377,12 @@ pub enum AttachType {
     RawTracepoint,
 }
 
-/// The OTLP transports the agent speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum OtlpProtocol {
-    /// OTLP over gRPC (usually port 4317).
-    #[value(name = "grpc")]
-    Grpc,
-    /// OTLP over HTTP with protobuf bodies (usually port 4318).
-    #[value(name = "http/protobuf")]
-    HttpProtobuf,
-}
-
-impl OtlpProtocol {
-    /// The name used on the command line and in `OTEL_EXPORTER_OTLP_PROTOCOL`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Grpc => "grpc",
-            Self::HttpProtobuf => "http/protobuf",
-        }
-    }
+/// `--otlp-protocol`: one of the [`OtlpProtocol`] names (listed by `--help` and by the
+/// error for any other value).
+fn protocol_parser() -> impl clap::builder::TypedValueParser<Value = OtlpProtocol> {
+    PossibleValuesParser::new(OtlpProtocol::ALL.map(OtlpProtocol::name)).try_map(|name| {
+        OtlpProtocol::from_name(&name).ok_or_else(|| format!("`{name}` is not an OTLP protocol"))
+    })
 }
 
 /// Parses a positive integer.

@@ -23,22 +23,22 @@ pub use common::tracepoint::{
 #[derive(Debug, thiserror::Error)]
 pub enum TracefsError {
     #[error(
-        "tracefs is not mounted and mounting it at {TRACEFS} failed ({source}); run as root: mount -t tracefs tracefs {TRACEFS}"
+        "tracefs is not mounted and mounting it at {TRACEFS} failed ({error}); run as root: mount -t tracefs tracefs {TRACEFS}"
     )]
-    Mount { source: io::Error },
+    Mount { error: io::Error },
     #[error(
-        "this process cannot read tracefs at {} ({source}): it is readable by root only; run otel-agent as root, or grant CAP_DAC_READ_SEARCH as well: setcap cap_bpf,cap_perfmon,cap_dac_read_search+ep otel-agent",
+        "this process cannot read tracefs at {} ({error}): it is readable by root only; run otel-agent as root, or grant CAP_DAC_READ_SEARCH as well: setcap cap_bpf,cap_perfmon,cap_dac_read_search+ep otel-agent",
         path.display()
     )]
-    NotReadable { path: PathBuf, source: io::Error },
+    NotReadable { path: PathBuf, error: io::Error },
     #[error(
-        "this kernel has no tracepoint {category}:{name} ({path} is missing: {source}); otel-agent needs Linux 5.17 or newer with CONFIG_INET"
+        "this kernel has no tracepoint {category}:{name} ({path} is missing: {error}); otel-agent needs Linux 5.17 or newer with CONFIG_INET"
     )]
     TracepointMissing {
         category: &'static str,
         name: &'static str,
         path: PathBuf,
-        source: io::Error,
+        error: io::Error,
     },
     #[error(
         "this kernel lays out {category}:{name} differently from what the probe expects (field {field}: expected offset {expected_offset} size {expected_size}, found {found}); please report your kernel version"
@@ -61,7 +61,7 @@ impl TracefsError {
         match self {
             Self::NotReadable { .. } => true,
             // EPERM and EACCES.
-            Self::Mount { source } => source.kind() == io::ErrorKind::PermissionDenied,
+            Self::Mount { error } => error.kind() == io::ErrorKind::PermissionDenied,
             Self::TracepointMissing { .. } | Self::Layout { .. } => false,
         }
     }
@@ -74,16 +74,16 @@ pub fn ensure_mounted() -> Result<(PathBuf, bool), TracefsError> {
     for candidate in [TRACEFS, DEBUGFS_TRACING] {
         match std::fs::metadata(Path::new(candidate).join("events")) {
             Ok(metadata) if metadata.is_dir() => return Ok((PathBuf::from(candidate), false)),
-            Err(source) if source.kind() == io::ErrorKind::PermissionDenied => {
+            Err(error) if error.kind() == io::ErrorKind::PermissionDenied => {
                 return Err(TracefsError::NotReadable {
                     path: PathBuf::from(candidate),
-                    source,
+                    error,
                 });
             }
             Ok(_) | Err(_) => {}
         }
     }
-    mount_tracefs().map_err(|source| TracefsError::Mount { source })?;
+    mount_tracefs().map_err(|error| TracefsError::Mount { error })?;
     Ok((PathBuf::from(TRACEFS), true))
 }
 
@@ -114,15 +114,15 @@ pub fn check_layout(tracefs: &Path, tracepoint: &Tracepoint) -> Result<(), Trace
         .join(tracepoint.category)
         .join(tracepoint.name)
         .join("format");
-    let format = std::fs::read_to_string(&path).map_err(|source| {
-        if source.kind() == io::ErrorKind::PermissionDenied {
-            TracefsError::NotReadable { path, source }
+    let format = std::fs::read_to_string(&path).map_err(|error| {
+        if error.kind() == io::ErrorKind::PermissionDenied {
+            TracefsError::NotReadable { path, error }
         } else {
             TracefsError::TracepointMissing {
                 category: tracepoint.category,
                 name: tracepoint.name,
                 path,
-                source,
+                error,
             }
         }
     })?;

@@ -18,16 +18,16 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     cli::Cli,
     container::{ContainerIdCache, proc_shows_host_pids},
-    error::{AgentError, with_causes},
-    events,
+    error::AgentError,
+    events::{self, PipelineStats},
     export::config::{ExportConfig, Redacted},
-    log_text::Escaped,
+    log_text::{Escaped, with_causes},
     metrics::SelfMetrics,
-    outputs::{self, Outputs},
-    pipeline::{self, Sinks},
+    pipeline::{self, Routes},
     probe::Probe,
+    routing::{self, Outputs},
     shutdown::Signals,
-    stats::{PipelineStats, Snapshot},
+    stats::Snapshot,
 };
 
 /// Records the reader may queue for the pipeline before it starts counting drops.
@@ -37,7 +37,7 @@ const CHANNEL_CAPACITY: usize = 64 * 1024;
 pub struct Prepared {
     cli: Cli,
     config: ExportConfig,
-    outputs: outputs::Prepared,
+    outputs: routing::Prepared,
     probe: Probe,
     ring: RingBuf<MapData>,
     agent_start: SystemTime,
@@ -48,9 +48,9 @@ pub struct Prepared {
 /// Synchronous: runs on the main thread before the async runtime, or any other thread,
 /// starts.
 pub fn prepare(cli: Cli) -> Result<Prepared, AgentError> {
-    let config = ExportConfig::resolve(&cli.export, |name| std::env::var(name).ok())?;
-    crate::resource::check_environment()?;
-    let outputs = outputs::prepare(&cli, &config)?;
+    let config = ExportConfig::resolve(&cli.export.flags(), |name| std::env::var(name).ok())?;
+    crate::export::resource::check_environment()?;
+    let outputs = routing::prepare(&cli, &config)?;
     match &config.otlp {
         Some(target) => tracing::info!(
             endpoint = %Redacted(&target.endpoint),
@@ -104,11 +104,11 @@ pub async fn run(prepared: Prepared, signals: Signals) -> Result<(), AgentError>
         ring,
         agent_start,
     } = prepared;
-    let Outputs { exporters, locals } = outputs.start(&cli, &config)?;
+    let Outputs { exporters, sinks } = outputs.start(&cli, &config)?;
 
-    let sinks = Sinks {
-        outputs: exporters.handles(),
-        locals: locals.handles(),
+    let routes = Routes {
+        exporters: exporters.handles(),
+        sinks: sinks.handles(),
         spans: config.otlp.is_some() || cli.output.json_output.is_some(),
         agent_start,
         containers: container_ids(),
@@ -117,10 +117,10 @@ pub async fn run(prepared: Prepared, signals: Signals) -> Result<(), AgentError>
     let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
     let stop = CancellationToken::new();
     let mut reader = tokio::spawn(events::read(ring, tx, stats.clone(), stop.clone()));
-    let mut pipeline = tokio::spawn(pipeline::run(rx, sinks, stats.clone()));
+    let mut pipeline = tokio::spawn(pipeline::run(rx, routes, stats.clone()));
 
     let outputs = exporters.handles();
-    let local_outputs = locals.handles();
+    let sink_handles = sinks.handles();
     let self_metrics = match &config.otlp {
         Some(target) => Some(SelfMetrics::start(target, cli.stats_interval)?),
         None => None,
@@ -133,7 +133,7 @@ pub async fn run(prepared: Prepared, signals: Signals) -> Result<(), AgentError>
             );
             Default::default()
         });
-        Snapshot::take(kernel, &stats, &outputs, &local_outputs)
+        Snapshot::take(kernel, &stats, &outputs, &sink_handles)
     };
     let mut ticker = tokio::time::interval(cli.stats_interval);
     ticker.tick().await;
@@ -145,7 +145,7 @@ pub async fn run(prepared: Prepared, signals: Signals) -> Result<(), AgentError>
             result = &mut reader => break First::ReaderEnded(result),
             result = &mut pipeline => break First::PipelineEnded(result),
             () = exporters.worker_ended() => break First::WorkerEnded,
-            () = locals.failed() => break First::OutputFailed,
+            () = sinks.failed() => break First::OutputFailed,
             _ = ticker.tick() => {
                 let now = snapshot(&probe);
                 now.log("periodic");
@@ -196,7 +196,7 @@ pub async fn run(prepared: Prepared, signals: Signals) -> Result<(), AgentError>
         ),
     };
     // The exporters and the local outputs flush together, within the same deadline.
-    let (panicked, local_result) = tokio::join!(exporters.shutdown(), locals.shutdown(deadline));
+    let (panicked, local_result) = tokio::join!(exporters.shutdown(), sinks.shutdown(deadline));
     for output in panicked {
         failures.push(format!("the {output} export worker panicked"));
     }

@@ -10,28 +10,11 @@ use crate::{
     accounting::{
         Accounting, Degradation, Figures, FilterCause, LossCause, OutputFigures, OutputKind, Stage,
     },
-    export::OutputHandle,
-    local::LocalHandle,
+    events::PipelineStats,
+    export::ExporterHandle,
+    local::SinkHandle,
     probe::KernelCounters,
 };
-
-/// Userspace counters, shared between the reader and the pipeline.
-#[derive(Debug, Default)]
-pub struct PipelineStats {
-    /// Records read from the ring buffer.
-    pub records_read: AtomicU64,
-    /// Records that failed to decode (lost).
-    pub lost_decode_error: AtomicU64,
-    /// Records dropped because the pipeline's channel was full (lost).
-    pub lost_channel_full: AtomicU64,
-}
-
-impl PipelineStats {
-    /// Adds one to `counter`.
-    pub fn add(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
-}
 
 /// One export output's counters at one moment.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -65,7 +48,7 @@ pub struct LocalSnapshot {
 
 impl LocalSnapshot {
     /// Reads the counters of `output` now.
-    pub fn of(output: &LocalHandle) -> Self {
+    pub fn of(output: &SinkHandle) -> Self {
         let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         Self {
             output: output.name,
@@ -115,7 +98,7 @@ pub struct Snapshot {
 
 impl ExportSnapshot {
     /// Reads the counters of `output` now.
-    pub fn of(output: &OutputHandle) -> Self {
+    pub fn of(output: &ExporterHandle) -> Self {
         let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         Self {
             output: output.name,
@@ -170,8 +153,8 @@ impl Snapshot {
     pub fn take(
         kernel: KernelCounters,
         pipeline: &PipelineStats,
-        outputs: &[OutputHandle],
-        locals: &[LocalHandle],
+        outputs: &[ExporterHandle],
+        locals: &[SinkHandle],
     ) -> Self {
         let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         Self {

@@ -9,8 +9,8 @@ use std::{io, sync::Arc};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message as _;
 
-use super::encode::RequestEncoder;
 use crate::{
+    export::encode::RequestEncoder,
     local::{Lines, Render},
     session::Session,
 };

@@ -41,10 +41,10 @@ const KIND_ENUM64: u32 = 19;
 /// Why an offset could not be resolved.
 #[derive(Debug, thiserror::Error)]
 pub enum BtfError {
-    #[error("cannot read BTF from {path}: {source}")]
+    #[error("cannot read BTF from {path}: {error}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("malformed BTF: {0}")]
     Malformed(&'static str),
@@ -83,9 +83,9 @@ pub struct Btf {
 impl Btf {
     /// Reads and parses a BTF file.
     pub fn from_file(path: &Path) -> Result<Self, BtfError> {
-        let data = std::fs::read(path).map_err(|source| BtfError::Read {
+        let data = std::fs::read(path).map_err(|error| BtfError::Read {
             path: path.to_owned(),
-            source,
+            error,
         })?;
         Self::parse(&data)
     }

@@ -28,7 +28,7 @@ use common::{
 use self::tracefs::{
     INET_SOCK_SET_STATE, SYS_EXIT_ACCEPT, SYS_EXIT_ACCEPT4, TCP_RECEIVE_RESET, Tracepoint,
 };
-use crate::log_text::Escaped;
+use crate::log_text::{Escaped, with_causes};
 
 /// The probe object built by `build.rs`.
 static PROBE_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/otel-agent"));
@@ -44,12 +44,74 @@ pub enum ProbeError {
         "the network namespace filter needs the kernel's BTF to locate a socket's namespace, and it does not: {0}"
     )]
     NetnsFilterUnsupported(String),
-    #[error("the kernel refused the probe: {0}")]
-    Load(#[source] Box<dyn std::error::Error + Send + Sync>),
-    #[error("cannot attach the probe to {0}: {1}")]
-    Attach(&'static str, #[source] aya::programs::ProgramError),
+    /// The probe object could not be loaded: `what` names the step (parsing it, setting a
+    /// global, creating a map, reading or relocating against BTF).
+    #[error("the kernel refused the probe while {what}: {reason}")]
+    LoadObject { what: &'static str, reason: String },
+    #[error("the kernel refused the program {program}: {reason}")]
+    LoadProgram {
+        program: &'static str,
+        reason: String,
+    },
+    #[error("cannot attach the probe to {program}: {reason}")]
+    Attach {
+        program: &'static str,
+        reason: String,
+    },
+    #[error("cannot use the probe's map {map}: {reason}")]
+    Map { map: &'static str, reason: String },
+    #[error("cannot read the kernel's statistics of the program {program}: {reason}")]
+    ProgramStats {
+        program: &'static str,
+        reason: String,
+    },
     #[error("the probe object has no `{0}`; rebuild otel-agent")]
     MissingObject(&'static str),
+}
+
+impl ProbeError {
+    /// Why `EbpfLoader::load` failed, named by the step that failed.
+    fn load_object(error: &aya::EbpfError) -> Self {
+        use aya::EbpfError;
+        let what = match error {
+            // A global set at load time (filters, offsets, switches) that the object lacks
+            // is a parse error too.
+            EbpfError::ParseError(_) | EbpfError::FileError { .. } => {
+                "parsing the object and setting its globals"
+            }
+            EbpfError::MapError(_) | EbpfError::UnexpectedPinningType { .. } => "creating a map",
+            EbpfError::BtfError(_) | EbpfError::NoBTF => "reading BTF",
+            EbpfError::RelocationError(_) | EbpfError::BtfRelocationError(_) => {
+                "relocating the programs"
+            }
+            _ => "loading the object",
+        };
+        Self::LoadObject {
+            what,
+            reason: with_causes(error),
+        }
+    }
+
+    fn load_program(program: &'static str, error: &dyn std::error::Error) -> Self {
+        Self::LoadProgram {
+            program,
+            reason: with_causes(error),
+        }
+    }
+
+    fn map(map: &'static str, error: &aya::maps::MapError) -> Self {
+        Self::Map {
+            map,
+            reason: with_causes(error),
+        }
+    }
+
+    fn program_stats(program: &'static str, error: &dyn std::error::Error) -> Self {
+        Self::ProgramStats {
+            program,
+            reason: with_causes(error),
+        }
+    }
 }
 
 impl ProbeError {
@@ -205,8 +267,9 @@ impl AttachedProgram {
     fn new(name: &'static str, role: ProgramRole, fd: &ProgramFd) -> Result<Self, ProbeError> {
         let fd = fd
             .try_clone()
-            .map_err(|error| ProbeError::Load(Box::new(error)))?;
-        let stats = info::program_stats(&fd).map_err(|error| ProbeError::Load(Box::new(error)))?;
+            .map_err(|error| ProbeError::program_stats(name, &error))?;
+        let stats =
+            info::program_stats(&fd).map_err(|error| ProbeError::program_stats(name, &error))?;
         Ok(Self {
             name,
             role,
@@ -264,7 +327,7 @@ impl Probe {
             .map_max_entries(SOCKETS_MAP, options.max_tracked_sockets)
             .map_max_entries(EVENTS_MAP, options.ring_buffer_bytes)
             .load(PROBE_OBJECT)
-            .map_err(|error| ProbeError::Load(Box::new(error)))?;
+            .map_err(|error| ProbeError::load_object(&error))?;
 
         let state_probe = match (options.state_probe, &resolved.sock_missing) {
             (StateProbe::RawTracepoint, Some(reason)) => {
@@ -312,8 +375,8 @@ impl Probe {
         let counters = ebpf
             .take_map(COUNTERS_MAP)
             .ok_or(ProbeError::MissingObject(COUNTERS_MAP))?;
-        let counters =
-            PerCpuArray::try_from(counters).map_err(|error| ProbeError::Load(Box::new(error)))?;
+        let counters = PerCpuArray::try_from(counters)
+            .map_err(|error| ProbeError::map(COUNTERS_MAP, &error))?;
         let valid = |bit| kernel_offsets.valid & bit != 0;
         Ok(Self {
             ebpf: Some(ebpf),
@@ -339,7 +402,7 @@ impl Probe {
             .as_mut()
             .and_then(|ebpf| ebpf.take_map(EVENTS_MAP))
             .ok_or(ProbeError::MissingObject(EVENTS_MAP))?;
-        RingBuf::try_from(map).map_err(|error| ProbeError::Load(Box::new(error)))
+        RingBuf::try_from(map).map_err(|error| ProbeError::map(EVENTS_MAP, &error))
     }
 
     /// Detaches every program: no record is written after this returns. Counts the socket
@@ -361,7 +424,7 @@ impl Probe {
             let values = self
                 .counters
                 .get(&index, 0)
-                .map_err(|error| ProbeError::Load(Box::new(error)))?;
+                .map_err(|error| ProbeError::map(COUNTERS_MAP, &error))?;
             Ok(values.iter().sum())
         };
         Ok(KernelCounters {
@@ -389,7 +452,7 @@ impl Probe {
         let mut skipped = 0;
         for program in self.programs.iter().filter(|p| p.role == role) {
             let stats = info::program_stats(&program.fd)
-                .map_err(|error| ProbeError::Load(Box::new(error)))?;
+                .map_err(|error| ProbeError::program_stats(program.name, &error))?;
             skipped += stats
                 .recursion_misses
                 .saturating_sub(program.misses_at_attach);
@@ -405,7 +468,7 @@ impl Probe {
             .map(|program| {
                 info::program_stats(&program.fd)
                     .map(|stats| (program.name, stats))
-                    .map_err(|error| ProbeError::Load(Box::new(error)))
+                    .map_err(|error| ProbeError::program_stats(program.name, &error))
             })
             .collect()
     }
@@ -420,16 +483,19 @@ fn attach_tracepoint(
         .program_mut(tracepoint.name)
         .ok_or(ProbeError::MissingObject(tracepoint.name))?
         .try_into()
-        .map_err(|error| ProbeError::Load(Box::new(error)))?;
+        .map_err(|error| ProbeError::load_program(tracepoint.name, &error))?;
     program
         .load()
-        .map_err(|error| ProbeError::Load(Box::new(error)))?;
+        .map_err(|error| ProbeError::load_program(tracepoint.name, &error))?;
     program
         .attach(tracepoint.category, tracepoint.name)
-        .map_err(|error| ProbeError::Attach(tracepoint.name, error))?;
+        .map_err(|error| ProbeError::Attach {
+            program: tracepoint.name,
+            reason: with_causes(&error),
+        })?;
     let fd = program
         .fd()
-        .map_err(|error| ProbeError::Load(Box::new(error)))?;
+        .map_err(|error| ProbeError::load_program(tracepoint.name, &error))?;
     AttachedProgram::new(tracepoint.name, role, fd)
 }
 
@@ -443,16 +509,19 @@ fn attach_raw_tracepoint(
         .program_mut(name)
         .ok_or(ProbeError::MissingObject(name))?
         .try_into()
-        .map_err(|error| ProbeError::Load(Box::new(error)))?;
+        .map_err(|error| ProbeError::load_program(name, &error))?;
     program
         .load()
-        .map_err(|error| ProbeError::Load(Box::new(error)))?;
+        .map_err(|error| ProbeError::load_program(name, &error))?;
     program
         .attach(INET_SOCK_SET_STATE.name)
-        .map_err(|error| ProbeError::Attach(name, error))?;
+        .map_err(|error| ProbeError::Attach {
+            program: name,
+            reason: with_causes(&error),
+        })?;
     let fd = program
         .fd()
-        .map_err(|error| ProbeError::Load(Box::new(error)))?;
+        .map_err(|error| ProbeError::load_program(name, &error))?;
     AttachedProgram::new(name, role, fd)
 }
 
@@ -473,10 +542,38 @@ fn attach_optional(
             .map(|program| programs.push(program))
             .inspect_err(|error| {
                 tracing::warn!(
-                    error = %Escaped(&crate::error::with_causes(error)),
+                    error = %Escaped(&with_causes(error)),
                     "{consequence}"
                 );
             })
             .is_ok()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use aya::maps::MapError;
+
+    use super::*;
+
+    #[test]
+    fn each_refusal_says_what_failed() {
+        assert_eq!(
+            ProbeError::load_object(&aya::EbpfError::NoBTF).to_string(),
+            "the kernel refused the probe while reading BTF: no BTF parsed for object"
+        );
+        assert_eq!(
+            ProbeError::map(COUNTERS_MAP, &MapError::KeyNotFound).to_string(),
+            format!("cannot use the probe's map {COUNTERS_MAP}: key not found")
+        );
+        let denied = std::io::Error::from_raw_os_error(libc::EPERM);
+        assert_eq!(
+            ProbeError::load_program("inet_sock_set_state", &denied).to_string(),
+            "the kernel refused the program inet_sock_set_state: Operation not permitted (os error 1)"
+        );
+        assert_eq!(
+            ProbeError::program_stats("inet_sock_set_state", &denied).to_string(),
+            "cannot read the kernel's statistics of the program inet_sock_set_state: Operation not permitted (os error 1)"
+        );
+    }
 }

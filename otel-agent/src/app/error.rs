@@ -31,11 +31,11 @@ pub enum AgentError {
     #[error(transparent)]
     Probe(#[from] probe::ProbeError),
     #[error(transparent)]
-    Output(#[from] local::OutputFailed),
-    #[error("cannot open the JSON output {path}: {source}; check the path and its permissions")]
+    Output(#[from] local::SinkFailed),
+    #[error("cannot open the JSON output {path}: {error}; check the path and its permissions")]
     JsonOutput {
         path: std::path::PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{0}")]
     Internal(String),
@@ -56,30 +56,16 @@ impl AgentError {
     }
 }
 
-/// `error` and its chain of causes on one line: `outer: cause: root cause`.
-pub fn with_causes(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::log_text::with_causes;
 
-    fn output_failed(source: std::io::Error) -> AgentError {
-        AgentError::Output(local::OutputFailed {
+    fn output_failed(error: std::io::Error) -> AgentError {
+        AgentError::Output(local::SinkFailed {
             what: "tcplife lines",
             target: "stdout".into(),
-            source,
+            error,
         })
     }
 
@@ -90,6 +76,23 @@ mod tests {
             with_causes(&error),
             "cannot write tcplife lines to stdout: disk on fire"
         );
+    }
+
+    #[test]
+    fn errors_embed_their_cause_and_expose_none() {
+        use std::error::Error as _;
+        let output = output_failed(std::io::Error::other("disk on fire"));
+        let mount = tracefs(probe::tracefs::TracefsError::Mount {
+            error: std::io::Error::from_raw_os_error(libc::EPERM),
+        });
+        let json = AgentError::JsonOutput {
+            path: "/x".into(),
+            error: std::io::Error::other("disk full"),
+        };
+        for error in [output, mount, json] {
+            assert!(error.source().is_none(), "{error}");
+            assert_eq!(with_causes(&error), error.to_string());
+        }
     }
 
     #[test]
@@ -114,7 +117,7 @@ mod tests {
         let os = std::io::Error::from_raw_os_error;
         let privileges = ExitCode::from(exit_code::NO_PERMISSION);
         let kernel = ExitCode::from(exit_code::KERNEL_UNSUPPORTED);
-        let mount = |errno| tracefs(TracefsError::Mount { source: os(errno) });
+        let mount = |errno| tracefs(TracefsError::Mount { error: os(errno) });
         assert_eq!(mount(libc::EPERM).exit_code(), privileges);
         assert_eq!(mount(libc::EACCES).exit_code(), privileges);
         assert_eq!(
@@ -124,14 +127,14 @@ mod tests {
         );
         let not_readable = tracefs(TracefsError::NotReadable {
             path: "/sys/kernel/tracing".into(),
-            source: os(libc::EACCES),
+            error: os(libc::EACCES),
         });
         assert_eq!(not_readable.exit_code(), privileges);
         let missing = tracefs(TracefsError::TracepointMissing {
             category: "sock",
             name: "inet_sock_set_state",
             path: "/sys/kernel/tracing/events/sock/inet_sock_set_state/format".into(),
-            source: os(libc::ENOENT),
+            error: os(libc::ENOENT),
         });
         assert_eq!(missing.exit_code(), kernel);
         assert_eq!(

@@ -29,9 +29,8 @@ use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
 
 use crate::{
     accounting::{Degradation, FilterCause, LossCause, OutputKind, Stage},
-    export::{self, ExportError, config::OtlpTarget},
+    export::{self, ExportError, config::OtlpTarget, resource::agent_resource},
     log_text::Escaped,
-    resource::agent_resource,
     stats::Snapshot,
 };
 

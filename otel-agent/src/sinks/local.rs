@@ -1,15 +1,15 @@
-//! Local outputs (tcplife's console, OTLP JSON lines): each has a bounded hand-off and its
+//! The sinks, the local outputs (tcplife's console, OTLP JSON lines): each has a bounded hand-off and its
 //! own OS thread, which opens the target (opening a FIFO blocks until a reader opens it) and
 //! does every blocking write, so that a slow, stuck or failed consumer never holds up the
 //! reader, the pipeline, the export, the signals or the accounting.
 //!
-//! The pipeline only ever offers sessions ([`LocalHandle::offer`]); those that do not fit
+//! The pipeline only ever offers sessions ([`SinkHandle::offer`]); those that do not fit
 //! are counted (`lost_output_full`). The thread renders them into lines ([`Render`]) and
 //! writes whole lines, grouped into writes of at most `PIPE_BUF` bytes (a longer line is
 //! written alone), so that on a pipe every write is atomic: a session counts as written
 //! once the write holding its line returned. A failed write ends the output: the sessions
 //! not written, and every one offered afterwards, are counted (`lost_output_failed`), a
-//! line torn in a regular file is cut off, and the agent is told ([`LocalOutputs::failed`])
+//! line torn in a regular file is cut off, and the agent is told ([`Sinks::failed`])
 //! so that it stops with exit 74. At shutdown the thread gets until the deadline; what it
 //! has not written then is counted (`lost_at_shutdown`) and the thread, which may be blocked
 //! in `write(2)` for good, is left behind, never joined.
@@ -34,14 +34,13 @@ const PIPE_BUF: usize = libc::PIPE_BUF;
 
 /// A local output could not be written; the agent stops with exit 74.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot write {what} to {target}: {source}")]
-pub struct OutputFailed {
+#[error("cannot write {what} to {target}: {error}")]
+pub struct SinkFailed {
     /// `tcplife lines` or `JSON lines`.
     pub what: &'static str,
     /// `stdout` or the path.
     pub target: String,
-    #[source]
-    pub source: io::Error,
+    pub error: io::Error,
 }
 
 /// The counters of one local output, in sessions.
@@ -128,7 +127,7 @@ pub struct Target {
 
 /// What the pipeline and the accounting see of one local output.
 #[derive(Clone)]
-pub struct LocalHandle {
+pub struct SinkHandle {
     /// `console` or `json`.
     pub name: &'static str,
     pub stats: Arc<LocalStats>,
@@ -241,7 +240,7 @@ impl Shared {
     }
 }
 
-impl LocalHandle {
+impl SinkHandle {
     /// Offers sessions to the output: those that do not fit are counted
     /// (`lost_output_full`), and all of them once the output failed (`lost_output_failed`).
     /// Never waits for the output.
@@ -290,13 +289,13 @@ impl LocalHandle {
 }
 
 /// One running local output.
-pub struct LocalOutput {
-    handle: LocalHandle,
+pub struct Sink {
+    handle: SinkHandle,
     what: &'static str,
     target: String,
 }
 
-impl LocalOutput {
+impl Sink {
     /// Starts the thread of the output `name`, which opens `target`, writes `preamble` (the
     /// console's header), then the lines `render` makes of the sessions offered. `failed` is
     /// cancelled if it fails.
@@ -328,7 +327,7 @@ impl LocalOutput {
             .name(format!("otel-agent-{name}"))
             .spawn(move || run(&thread_shared, open, preamble, render))?;
         Ok(Self {
-            handle: LocalHandle {
+            handle: SinkHandle {
                 name,
                 stats,
                 shared,
@@ -338,7 +337,7 @@ impl LocalOutput {
         })
     }
 
-    pub fn handle(&self) -> LocalHandle {
+    pub fn handle(&self) -> SinkHandle {
         self.handle.clone()
     }
 }
@@ -457,19 +456,19 @@ fn cut_torn_line(file: &mut File, torn: usize, error: io::Error) -> io::Error {
 }
 
 /// The running local outputs.
-pub struct LocalOutputs {
-    outputs: Vec<LocalOutput>,
+pub struct Sinks {
+    outputs: Vec<Sink>,
     failed: CancellationToken,
 }
 
-impl LocalOutputs {
+impl Sinks {
     /// `outputs`, which report failures on `failed`.
-    pub fn new(outputs: Vec<LocalOutput>, failed: CancellationToken) -> Self {
+    pub fn new(outputs: Vec<Sink>, failed: CancellationToken) -> Self {
         Self { outputs, failed }
     }
 
-    pub fn handles(&self) -> Vec<LocalHandle> {
-        self.outputs.iter().map(LocalOutput::handle).collect()
+    pub fn handles(&self) -> Vec<SinkHandle> {
+        self.outputs.iter().map(Sink::handle).collect()
     }
 
     /// Completes when an output has failed (never, if none does).
@@ -479,7 +478,7 @@ impl LocalOutputs {
 
     /// Lets every thread write what it holds until `deadline`, then counts what is left as
     /// lost at shutdown and leaves the threads behind. Returns the first failure.
-    pub async fn shutdown(self, deadline: tokio::time::Instant) -> Result<(), OutputFailed> {
+    pub async fn shutdown(self, deadline: tokio::time::Instant) -> Result<(), SinkFailed> {
         for output in &self.outputs {
             output.handle.shared.state().closing = true;
             output.handle.shared.wake.notify_all();
@@ -503,13 +502,13 @@ impl LocalOutputs {
                     output.target
                 );
             }
-            if let Some(source) = state.error.take()
+            if let Some(error) = state.error.take()
                 && first_failure.is_none()
             {
-                first_failure = Some(OutputFailed {
+                first_failure = Some(SinkFailed {
                     what: output.what,
                     target: output.target.clone(),
-                    source,
+                    error,
                 });
             }
         }
@@ -562,11 +561,11 @@ mod tests {
         }
     }
 
-    fn start(out: File, capacity: usize, failed: &CancellationToken) -> LocalOutput {
+    fn start(out: File, capacity: usize, failed: &CancellationToken) -> Sink {
         let mut header = Lines::default();
         header.buffer().extend_from_slice(b"PORT");
         header.end_line(0);
-        LocalOutput::start(
+        Sink::start(
             "test",
             Target {
                 what: "test lines",
@@ -593,7 +592,7 @@ mod tests {
         let failed = CancellationToken::new();
         let output = start(write, 100, &failed);
         let handle = output.handle();
-        let outputs = LocalOutputs::new(vec![output], failed);
+        let outputs = Sinks::new(vec![output], failed);
         // 5,000 lines of 6 bytes: far more than the pipe (4096 bytes) and the hand-off hold.
         let all = sessions(10_000..15_000);
         let started = Instant::now();
@@ -632,7 +631,7 @@ mod tests {
         let failed = CancellationToken::new();
         let output = start(write, 1_000, &failed);
         let handle = output.handle();
-        let outputs = LocalOutputs::new(vec![output], failed);
+        let outputs = Sinks::new(vec![output], failed);
         drop(read);
         handle.offer(&sessions(1..11));
         tokio::time::timeout(Duration::from_secs(5), outputs.failed())
@@ -671,7 +670,7 @@ mod tests {
     async fn a_panic_in_the_thread_fails_the_output_and_counts_its_sessions() {
         let (_read, write) = pipe();
         let failed = CancellationToken::new();
-        let output = LocalOutput::start(
+        let output = Sink::start(
             "test",
             Target {
                 what: "test lines",
@@ -689,7 +688,7 @@ mod tests {
         )
         .unwrap();
         let handle = output.handle();
-        let outputs = LocalOutputs::new(vec![output], failed);
+        let outputs = Sinks::new(vec![output], failed);
         handle.offer(&sessions(1..4));
         tokio::time::timeout(Duration::from_secs(5), outputs.failed())
             .await
