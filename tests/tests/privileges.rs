@@ -137,6 +137,15 @@ fn after_attach_no_thread_holds_a_capability_and_sessions_are_still_reported() {
     );
     let pid = std::process::id().to_string();
     let mut agent = agent::start(&["-s", "-p", &pid], &[], dir.path());
+    // "probe attached" is logged on the main thread before the runtime exists: wait for its
+    // workers, which must be born without capabilities.
+    let tasks = format!("/proc/{}/task", agent.id());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::fs::read_dir(&tasks).map_or(0, Iterator::count) < 3
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
 
     let threads = assert_every_thread_dropped(agent.id());
     assert!(
