@@ -370,17 +370,10 @@ mod worker_failure_tests {
         }
     }
 
-    /// A worker that panics (here: a zero schedule delay, which `tokio::time::interval`
-    /// refuses, what `OTEL_BSP_SCHEDULE_DELAY=0` used to do) is seen at once and reported
-    /// by the shutdown, so that the agent cannot stop "cleanly".
-    #[tokio::test]
-    async fn a_panicking_worker_is_reported_not_swallowed() {
+    /// One OTLP exporter with `settings`, sending to [`AcceptAll`].
+    fn exporters(settings: BatchSettings) -> Exporters {
         let stop = CancellationToken::new();
         let ended = CancellationToken::new();
-        let settings = BatchSettings {
-            scheduled_delay: Duration::ZERO,
-            ..BatchSettings::default()
-        };
         let output = Exporter::start(
             "otlp",
             AcceptAll,
@@ -389,11 +382,22 @@ mod worker_failure_tests {
             (&stop, &ended),
             Duration::from_secs(1),
         );
-        let exporters = Exporters {
+        Exporters {
             exporters: vec![output],
             stop,
             ended,
-        };
+        }
+    }
+
+    /// A worker that panics (here: a zero schedule delay, which `tokio::time::interval`
+    /// refuses, what `OTEL_BSP_SCHEDULE_DELAY=0` used to do) is seen at once and reported
+    /// by the shutdown, so that the agent cannot stop "cleanly".
+    #[tokio::test]
+    async fn a_panicking_worker_is_reported_not_swallowed() {
+        let exporters = exporters(BatchSettings {
+            scheduled_delay: Duration::ZERO,
+            ..BatchSettings::default()
+        });
         tokio::time::timeout(Duration::from_secs(5), exporters.worker_ended())
             .await
             .expect("the worker's end is noticed");
@@ -402,21 +406,7 @@ mod worker_failure_tests {
 
     #[tokio::test]
     async fn workers_that_stop_when_asked_are_not_failures() {
-        let stop = CancellationToken::new();
-        let ended = CancellationToken::new();
-        let output = Exporter::start(
-            "otlp",
-            AcceptAll,
-            RequestEncoder::new(&agent_resource(), false),
-            BatchSettings::default(),
-            (&stop, &ended),
-            Duration::from_secs(1),
-        );
-        let exporters = Exporters {
-            exporters: vec![output],
-            stop,
-            ended,
-        };
+        let exporters = exporters(BatchSettings::default());
         assert!(!exporters.ended.is_cancelled());
         assert_eq!(exporters.shutdown().await, Vec::<&str>::new());
     }
