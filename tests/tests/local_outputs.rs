@@ -176,6 +176,30 @@ fn assert_read_exactly(stderr: &str, n: u64) {
     assert_eq!(counter(&session, "lost_channel_full"), 0, "{session:?}");
 }
 
+/// Checks the final accounting of `output`, whose reader never read while `sessions` came
+/// through a hand-off of `capacity`: every session read; the hand-off's `capacity` lost at
+/// the deadline, fewer than that written (what the pipe took: an atomic write of up to 4096
+/// bytes waits for room for all of it), the rest lost when it did not fit. Returns how many
+/// were written.
+fn assert_stuck(stderr: &str, output: &str, sessions: u64, capacity: u64) -> u64 {
+    assert_read_exactly(stderr, sessions);
+    let counters = agent::assert_output_balances(stderr, output);
+    assert_eq!(
+        counter(&counters, "lost_at_shutdown"),
+        capacity,
+        "{counters:?}"
+    );
+    assert_eq!(counter(&counters, "lost_output_failed"), 0, "{counters:?}");
+    let written = counter(&counters, "written");
+    assert!(written < capacity, "{counters:?}");
+    assert_eq!(
+        counter(&counters, "lost_output_full"),
+        sessions - capacity - written,
+        "{counters:?}"
+    );
+    written
+}
+
 #[test]
 fn a_console_pipe_nobody_reads_never_freezes_the_agent_and_its_unprinted_lines_are_counted() {
     require_root();
@@ -192,20 +216,7 @@ fn a_console_pipe_nobody_reads_never_freezes_the_agent_and_its_unprinted_lines_a
     assert_eq!(terminate(&mut agent), Some(0), "{}", agent.stderr_text());
 
     let stderr = agent.stderr_text();
-    assert_read_exactly(&stderr, 1_000);
-    let console = agent::assert_output_balances(&stderr, "console");
-    // Stuck with a full hand-off: its 100 lines are lost at the deadline, the rest when
-    // they did not fit.
-    assert_eq!(counter(&console, "lost_at_shutdown"), 100, "{console:?}");
-    assert_eq!(counter(&console, "lost_output_failed"), 0, "{console:?}");
-    // What the pipe took (an atomic write of up to 4096 bytes waits for room for all of it).
-    let written = counter(&console, "written");
-    assert!(written < 100, "{console:?}");
-    assert_eq!(
-        counter(&console, "lost_output_full"),
-        1_000 - 100 - written,
-        "{console:?}"
-    );
+    let written = assert_stuck(&stderr, "console", 1_000, 100);
     assert_eq!(
         agent::log_lines(&stderr, "WARN"),
         [
@@ -262,16 +273,7 @@ fn json_lines_into_a_fifo_nobody_reads_never_freeze_the_agent() {
     assert_eq!(terminate(&mut agent), Some(0), "{}", agent.stderr_text());
 
     let stderr = agent.stderr_text();
-    assert_read_exactly(&stderr, 300);
-    let json = agent::assert_output_balances(&stderr, "json");
-    assert_eq!(counter(&json, "lost_at_shutdown"), 50, "{json:?}");
-    let written = counter(&json, "written");
-    assert!(written < 50, "{json:?}");
-    assert_eq!(
-        counter(&json, "lost_output_full"),
-        300 - 50 - written,
-        "{json:?}"
-    );
+    let written = assert_stuck(&stderr, "json", 300, 50);
     // The console (to a file) printed every session meanwhile.
     let console = agent::assert_output_balances(&stderr, "console");
     assert_eq!(counter(&console, "written"), 300, "{console:?}");
