@@ -140,7 +140,7 @@ fn without_btf_the_agent_runs_and_warns_once_about_what_it_leaves_out() {
     assert_eq!(
         attached,
         vec![
-            "otel_agent::agent: probe attached to sock:inet_sock_set_state bytes=false payload=false health=false netns=false resets=true accept_owner=false attach=Tracepoint"
+            "otel_agent::agent: probe attached to sock:inet_sock_set_state bytes=false payload=false health=false netns=false resets=true accept_owner=false attach=\"tracepoint\""
                 .to_owned()
         ]
     );
@@ -175,7 +175,7 @@ fn without_btf_the_raw_tracepoint_falls_back_to_the_tracepoint_and_says_so() {
         ]
     );
     assert!(
-        stderr.contains("attach=Tracepoint"),
+        stderr.contains("attach=\"tracepoint\""),
         "the tracepoint is attached:\n{stderr}"
     );
 }

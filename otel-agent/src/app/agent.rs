@@ -80,7 +80,7 @@ pub fn prepare(cli: Cli) -> Result<Prepared, AgentError> {
         netns = features.netns,
         resets = features.resets,
         accept_owner = features.accept_owner,
-        attach = ?probe.state_probe,
+        attach = probe.state_probe.name(),
         "probe attached to sock:inet_sock_set_state"
     );
     Ok(Prepared {

@@ -149,6 +149,16 @@ pub enum StateProbe {
     RawTracepoint,
 }
 
+impl StateProbe {
+    /// The name used by `--attach` and in the logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Tracepoint => "tracepoint",
+            Self::RawTracepoint => "raw-tracepoint",
+        }
+    }
+}
+
 /// The name of the raw tracepoint program in the probe object.
 const INET_SOCK_SET_STATE_RAW: &str = "inet_sock_set_state_raw";
 /// The name of its backup, attached after it: handles the hits the kernel skips for it.
