@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Quick start, part two: installs what the tests need (scripts/setup.sh test), then runs the
 # whole suite: formatting, clippy for the userspace crates and for the eBPF crate (on its
-# real bpfel target), the static checks of the deployment files, the unit tests, and the
+# real bpfel target), the module graph (one-way dependencies), the static checks of the
+# deployment files, the unit tests, and the
 # privileged and end-to-end tests (root needed: they load the probe into the kernel and
 # start the rotel collector and tcplife).
 set -euo pipefail
@@ -22,6 +23,9 @@ step "clippy: eBPF crate (bpfel-unknown-none, nightly)"
 CARGO_TARGET_DIR=target/ebpf-clippy RUSTFLAGS='--cfg=bpf_target_arch="x86_64"' \
     cargo +nightly clippy --locked -p otel-agent-ebpf --target bpfel-unknown-none \
     -Z build-std=core --bins -- -D warnings
+
+step "module graph: dependencies run one way (no cycle between modules or stage folders)"
+python3 scripts/module_graph.py >/dev/null
 
 step "deployment files: collector config, docker-compose, Kubernetes manifests, Dockerfile"
 scripts/check-deploy.sh
