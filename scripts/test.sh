@@ -2,9 +2,8 @@
 # Quick start, part two: installs what the tests need (scripts/setup.sh test), then runs the
 # whole suite: formatting, clippy for the userspace crates and for the eBPF crate (on its
 # real bpfel target), the module graph (one-way dependencies), the static checks of the
-# deployment files, the unit tests, and the
-# privileged and end-to-end tests (root needed: they load the probe into the kernel and
-# start the rotel collector and tcplife).
+# deployment files, the unit tests, and the privileged and end-to-end tests (root needed:
+# they load the probe into the kernel and start the rotel collector and tcplife).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
