@@ -109,8 +109,14 @@ mod tests {
         let server_space = server_sent + u64::from(server_fin);
         // Everything was acknowledged and received: snd_una on one end is rcv_nxt on the
         // other.
-        let client_end = isns.client.wrapping_add(1).wrapping_add(low32(client_space));
-        let server_end = isns.server.wrapping_add(1).wrapping_add(low32(server_space));
+        let client_end = isns
+            .client
+            .wrapping_add(1)
+            .wrapping_add(low32(client_space));
+        let server_end = isns
+            .server
+            .wrapping_add(1)
+            .wrapping_add(low32(server_space));
         let client = SeqCounters {
             snd_una: client_end,
             bytes_acked: client_space + 1,

@@ -540,11 +540,18 @@ pub(crate) mod tests {
 
         let mut record = client_record();
         record.states |= states::bit(tcp_state::SYN_RECV);
-        assert_eq!(isns(&record), None, "simultaneous open: both ends connected");
+        assert_eq!(
+            isns(&record),
+            None,
+            "simultaneous open: both ends connected"
+        );
 
         let mut record = client_record();
         record.states |= states::RESET_RECEIVED;
-        assert!(isns(&record).is_some(), "a reset session keeps its identity");
+        assert!(
+            isns(&record).is_some(),
+            "a reset session keeps its identity"
+        );
     }
 
     #[test]

@@ -1,0 +1,376 @@
+//! The connection identity against the wire: the (client ISN, server ISN) pair that each end
+//! derives from the probe's record at close (`otel_agent::isn`) must be the sequence numbers
+//! of the SYN and the SYN-ACK on `lo`, captured by an `AF_PACKET` socket, on both ends of
+//! the test's own loopback connections: IPv4, IPv6, with several KB each way, with no data,
+//! and opened before the probe was attached.
+
+use std::{
+    collections::HashMap,
+    io::{Read, Write},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant, SystemTime},
+};
+
+use aya::maps::{MapData, RingBuf};
+use common::{SessionRecord, user::Origin};
+use otel_agent::{
+    clock::WallClock,
+    isn::{self, IsnPair, SeqCounters, Side},
+    probe::{Probe, ProbeOptions},
+    session::Session,
+};
+use otel_agent_tests::require_root;
+
+/// `ETH_P_ALL`, `ETH_P_IP` and `ETH_P_IPV6` from `include/uapi/linux/if_ether.h`.
+const ETH_P_ALL: u16 = 0x0003;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+/// TCP header flag bits.
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
+
+/// What the wire showed of one connection: keyed by (client port, server port).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Handshake {
+    /// Sequence number of the SYN.
+    syn: Option<u32>,
+    /// Sequence number of the SYN-ACK.
+    syn_ack: Option<u32>,
+}
+
+type Seen = Arc<Mutex<HashMap<(u16, u16), Handshake>>>;
+
+/// An `AF_PACKET` socket on `lo` and the thread that reads SYNs and SYN-ACKs from it.
+struct Capture {
+    seen: Seen,
+    stop: Arc<AtomicBool>,
+    reader: Option<JoinHandle<()>>,
+}
+
+impl Capture {
+    /// Opens the socket before returning, so every packet sent afterwards is captured.
+    fn start() -> Self {
+        // SAFETY: plain socket(2) call; the result is checked.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_RAW,
+                i32::from(ETH_P_ALL.to_be()),
+            )
+        };
+        assert!(
+            fd >= 0,
+            "AF_PACKET socket: {}",
+            std::io::Error::last_os_error()
+        );
+        // SAFETY: the name is a NUL-terminated string.
+        let ifindex = unsafe { libc::if_nametoindex(c"lo".as_ptr()) };
+        assert_ne!(ifindex, 0, "lo has an index");
+        // SAFETY: sockaddr_ll is plain data; all zeros is a valid value.
+        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_protocol = ETH_P_ALL.to_be();
+        addr.sll_ifindex = ifindex as i32;
+        // SAFETY: `addr` is a valid sockaddr_ll of the size given.
+        let status = unsafe {
+            libc::bind(
+                fd,
+                std::ptr::from_ref(&addr).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(status, 0, "bind to lo: {}", std::io::Error::last_os_error());
+        let timeout = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 50_000,
+        };
+        let rcvbuf: libc::c_int = 8 << 20;
+        // SAFETY: each option value is valid for its size.
+        unsafe {
+            assert_eq!(
+                libc::setsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    libc::SO_RCVTIMEO,
+                    std::ptr::from_ref(&timeout).cast(),
+                    std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+                ),
+                0
+            );
+            assert_eq!(
+                libc::setsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    libc::SO_RCVBUFFORCE,
+                    std::ptr::from_ref(&rcvbuf).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                ),
+                0
+            );
+        }
+        let seen = Seen::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let reader = {
+            let (seen, stop) = (Arc::clone(&seen), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                // Headers only: a longer packet is truncated, which is all the test needs.
+                let mut buf = [0_u8; 256];
+                while !stop.load(Ordering::Relaxed) {
+                    // SAFETY: `buf` is valid for writes of its length.
+                    let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+                    if let Ok(n) = usize::try_from(n)
+                        && let Some((client, server, handshake)) = parse(&buf[..n.min(buf.len())])
+                    {
+                        let mut seen = seen.lock().unwrap();
+                        let entry = seen.entry((client, server)).or_default();
+                        entry.syn = entry.syn.or(handshake.syn);
+                        entry.syn_ack = entry.syn_ack.or(handshake.syn_ack);
+                    }
+                }
+                // SAFETY: the thread owns `fd` and closes it once.
+                unsafe { libc::close(fd) };
+            })
+        };
+        Self {
+            seen,
+            stop,
+            reader: Some(reader),
+        }
+    }
+
+    /// The wire's (SYN seq, SYN-ACK seq) of the connection from `client` to `server`.
+    fn pair(&self, client: u16, server: u16) -> IsnPair {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            let handshake = self.seen.lock().unwrap().get(&(client, server)).copied();
+            if let Some(Handshake {
+                syn: Some(syn),
+                syn_ack: Some(syn_ack),
+            }) = handshake
+            {
+                return IsnPair {
+                    client: syn,
+                    server: syn_ack,
+                };
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the capture saw the handshake of :{client} -> :{server}: {handshake:?}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(reader) = self.reader.take() {
+            reader.join().unwrap();
+        }
+    }
+}
+
+/// A SYN or SYN-ACK in an Ethernet frame (as `lo` frames them): (client port, server port,
+/// what it tells).
+fn parse(frame: &[u8]) -> Option<(u16, u16, Handshake)> {
+    let u16_at = |b: &[u8], i: usize| Some(u16::from_be_bytes(b.get(i..i + 2)?.try_into().ok()?));
+    let ethertype = u16_at(frame, 12)?;
+    let ip = frame.get(14..)?;
+    let tcp = match ethertype {
+        ETH_P_IP => {
+            let header_len = usize::from(ip.first()? & 0x0f) * 4;
+            (*ip.get(9)? == libc::IPPROTO_TCP as u8).then_some(())?;
+            ip.get(header_len..)?
+        }
+        // Loopback traffic carries no extension headers.
+        ETH_P_IPV6 => {
+            (*ip.get(6)? == libc::IPPROTO_TCP as u8).then_some(())?;
+            ip.get(40..)?
+        }
+        _ => return None,
+    };
+    let (source, destination) = (u16_at(tcp, 0)?, u16_at(tcp, 2)?);
+    let seq = u32::from_be_bytes(tcp.get(4..8)?.try_into().ok()?);
+    let flags = *tcp.get(13)?;
+    match (flags & TCP_SYN != 0, flags & TCP_ACK != 0) {
+        (true, false) => Some((
+            source,
+            destination,
+            Handshake {
+                syn: Some(seq),
+                syn_ack: None,
+            },
+        )),
+        (true, true) => Some((
+            destination,
+            source,
+            Handshake {
+                syn: None,
+                syn_ack: Some(seq),
+            },
+        )),
+        _ => None,
+    }
+}
+
+/// A connected pair on `ip`: (client, server).
+fn connect(ip: IpAddr) -> (TcpStream, TcpStream) {
+    let listener = TcpListener::bind(SocketAddr::new(ip, 0)).unwrap();
+    let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (server, _) = listener.accept().unwrap();
+    (client, server)
+}
+
+/// Sends `client_bytes` one way and `server_bytes` back, then closes the client first and
+/// the server once it has read the client's FIN. Returns (client port, server port).
+fn exchange(
+    mut client: TcpStream,
+    mut server: TcpStream,
+    client_bytes: usize,
+    server_bytes: usize,
+) -> (u16, u16) {
+    let ports = (
+        client.local_addr().unwrap().port(),
+        server.local_addr().unwrap().port(),
+    );
+    let writer = std::thread::spawn(move || {
+        client.write_all(&vec![b'c'; client_bytes]).unwrap();
+        let mut back = vec![0; server_bytes];
+        client.read_exact(&mut back).unwrap();
+    });
+    let mut got = vec![0; client_bytes];
+    server.read_exact(&mut got).unwrap();
+    server.write_all(&vec![b's'; server_bytes]).unwrap();
+    writer.join().unwrap();
+    let mut rest = Vec::new();
+    assert_eq!(
+        server.read_to_end(&mut rest).unwrap(),
+        0,
+        "only the FIN left"
+    );
+    drop(server);
+    ports
+}
+
+/// The probe's records of the connection `ports` = (client, server): (client end, server
+/// end), read until both arrive or two seconds pass.
+fn records_for(ring: &mut RingBuf<MapData>, ports: (u16, u16)) -> (SessionRecord, SessionRecord) {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let (mut client, mut server) = (None, None);
+    while Instant::now() < deadline && (client.is_none() || server.is_none()) {
+        while let Some(item) = ring.next() {
+            let record = SessionRecord::decode(&item).expect("every record decodes");
+            let seen = (record.local_port, record.remote_port);
+            if seen == ports {
+                client = Some(record);
+            } else if seen == (ports.1, ports.0) {
+                server = Some(record);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    (
+        client.expect("the probe reported the client end"),
+        server.expect("the probe reported the server end"),
+    )
+}
+
+fn session(record: &SessionRecord) -> Session {
+    Session::from_record(record, WallClock::sample(), SystemTime::now()).expect("converts")
+}
+
+fn counters(record: &SessionRecord) -> SeqCounters {
+    SeqCounters {
+        snd_una: record.snd_una,
+        bytes_acked: record.bytes_acked,
+        rcv_nxt: record.rcv_nxt,
+        bytes_received: record.bytes_received,
+    }
+}
+
+fn attach() -> (Probe, RingBuf<MapData>) {
+    require_root();
+    let mut probe = Probe::attach(&ProbeOptions::default()).expect("attach the probe");
+    assert!(
+        probe.features.bytes && probe.features.payload,
+        "this kernel has BTF: counters and sequence numbers are read: {:?}",
+        probe.features
+    );
+    let ring = probe.take_events().expect("ring buffer");
+    (probe, ring)
+}
+
+/// Both ends of a connection on `ip` carrying `client_bytes` and `server_bytes`, made while
+/// the probe watches, derive the wire's pair.
+fn check(ip: IpAddr, client_bytes: usize, server_bytes: usize) {
+    let (_probe, mut ring) = attach();
+    let capture = Capture::start();
+    let (client, server) = connect(ip);
+    let ports = exchange(client, server, client_bytes, server_bytes);
+    let wire = capture.pair(ports.0, ports.1);
+    let (client, server) = records_for(&mut ring, ports);
+    let (client, server) = (session(&client), session(&server));
+    assert_eq!(
+        (client.origin, server.origin),
+        (Origin::Active, Origin::Passive)
+    );
+    assert_eq!(
+        client.isns,
+        Some(wire),
+        "the client end derives the wire's pair"
+    );
+    assert_eq!(
+        server.isns,
+        Some(wire),
+        "the server end derives the wire's pair"
+    );
+}
+
+#[test]
+fn ipv4_connection_with_data_both_ways_derives_the_wire_isns_on_both_ends() {
+    check(IpAddr::V4(Ipv4Addr::LOCALHOST), 40_000, 9_000);
+}
+
+#[test]
+fn ipv6_connection_with_data_both_ways_derives_the_wire_isns_on_both_ends() {
+    check(IpAddr::V6(Ipv6Addr::LOCALHOST), 9_000, 40_000);
+}
+
+#[test]
+fn ipv4_connection_without_data_derives_the_wire_isns_on_both_ends() {
+    check(IpAddr::V4(Ipv4Addr::LOCALHOST), 0, 0);
+}
+
+#[test]
+fn ipv6_connection_without_data_derives_the_wire_isns_on_both_ends() {
+    check(IpAddr::V6(Ipv6Addr::LOCALHOST), 0, 0);
+}
+
+/// A connection opened before the probe was attached: the record does not say which end
+/// connected (origin unknown, birth not seen), so the session carries no pair; given the
+/// side, which the test knows, the counters at close still give the wire's pair.
+#[test]
+fn connection_opened_before_the_probe_derives_the_wire_isns_given_its_side() {
+    require_root();
+    let capture = Capture::start();
+    let (client, server) = connect(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    let (_probe, mut ring) = attach();
+    let ports = exchange(client, server, 6_000, 7_000);
+    let wire = capture.pair(ports.0, ports.1);
+    let (client, server) = records_for(&mut ring, ports);
+    for record in [&client, &server] {
+        let session = session(record);
+        assert!(!session.birth_known);
+        assert_eq!(session.origin, Origin::Unknown);
+        assert!(session.established);
+        assert_eq!(session.isns, None, "the side is unknown");
+    }
+    assert_eq!(isn::derive(Side::Client, counters(&client)), wire);
+    assert_eq!(isn::derive(Side::Server, counters(&server)), wire);
+}
