@@ -94,6 +94,8 @@ pub fn derive(side: Side, counters: SeqCounters) -> IsnPair {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     /// One connection's ends, from its ISNs and the sequence space each way (SYN and FIN
@@ -214,6 +216,64 @@ mod tests {
         assert_eq!(client.bytes_acked, (5 << 32) + 77 + 2);
         assert_eq!(derive(Side::Client, client), isns);
         assert_eq!(derive(Side::Server, server), isns);
+    }
+
+    /// One connection's two ends at close, from any ISNs and any amounts of sequence space
+    /// (SYN excluded, FIN included) each end had acknowledged and received in each
+    /// direction: the receiver of a direction may be ahead of its sender's `snd_una` (the
+    /// last ACK still in flight), never behind.
+    fn any_connection() -> impl Strategy<Value = (IsnPair, SeqCounters, SeqCounters)> {
+        (
+            any::<u32>(),
+            any::<u32>(),
+            0..(1_u64 << 40),
+            0..(1_u64 << 20),
+            0..(1_u64 << 40),
+            0..(1_u64 << 20),
+        )
+            .prop_map(
+                |(
+                    client_isn,
+                    server_isn,
+                    client_acked,
+                    client_ahead,
+                    server_acked,
+                    server_ahead,
+                )| {
+                    let isns = IsnPair {
+                        client: client_isn,
+                        server: server_isn,
+                    };
+                    let at = |isn: u32, space: u64| isn.wrapping_add(1).wrapping_add(low32(space));
+                    let (client_received, server_received) =
+                        (client_acked + client_ahead, server_acked + server_ahead);
+                    let client = SeqCounters {
+                        snd_una: at(client_isn, client_acked),
+                        bytes_acked: client_acked + 1,
+                        rcv_nxt: at(server_isn, server_received),
+                        bytes_received: server_received,
+                    };
+                    let server = SeqCounters {
+                        snd_una: at(server_isn, server_acked),
+                        bytes_acked: server_acked,
+                        rcv_nxt: at(client_isn, client_received),
+                        bytes_received: client_received,
+                    };
+                    (isns, client, server)
+                },
+            )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4096))]
+
+        #[test]
+        fn both_ends_derive_the_same_pair_for_any_connection(
+            (isns, client, server) in any_connection()
+        ) {
+            prop_assert_eq!(derive(Side::Client, client), isns);
+            prop_assert_eq!(derive(Side::Server, server), isns);
+        }
     }
 
     #[test]
