@@ -26,6 +26,8 @@ pub mod probe;
 pub mod clock;
 #[path = "session/container.rs"]
 pub(crate) mod container;
+#[path = "session/isn.rs"]
+pub mod isn;
 #[path = "app/pipeline.rs"]
 pub mod pipeline;
 #[path = "session/session.rs"]

@@ -1,7 +1,8 @@
 //! A closed TCP session in userspace terms, made from a decoded [`SessionRecord`]: socket
 //! addresses, wall-clock times, and the facts derived from the states the session went
 //! through (established or not, handshake time, who closed first, reset, payload without
-//! SYN and FIN). This is what every sink (span, console) consumes.
+//! SYN and FIN, the connection's initial sequence numbers). This is what every sink (span,
+//! console) consumes.
 
 use std::{
     net::SocketAddr,
@@ -11,11 +12,16 @@ use std::{
 
 use common::{
     SessionRecord, flags, states,
-    tcp_state::{CLOSE_WAIT, CLOSING, ESTABLISHED, FIN_WAIT1, FIN_WAIT2, LAST_ACK, TIME_WAIT},
+    tcp_state::{
+        CLOSE_WAIT, CLOSING, ESTABLISHED, FIN_WAIT1, FIN_WAIT2, LAST_ACK, SYN_RECV, TIME_WAIT,
+    },
     user::{DecodeError, Origin},
 };
 
-use crate::clock::WallClock;
+use crate::{
+    clock::WallClock,
+    isn::{self, IsnPair, SeqCounters, Side},
+};
 
 /// Byte counters from `struct tcp_sock` at close, as tcplife reports them (sequence space:
 /// SYN and FIN included).
@@ -103,6 +109,11 @@ pub struct Session {
     pub health: Option<TcpHealth>,
     /// Inode number of the socket's network namespace.
     pub netns: Option<u32>,
+    /// The connection's (client ISN, server ISN), the same on both ends ([`isn`]); `None`
+    /// when the session never reached `ESTABLISHED`, the counters or sequence numbers were
+    /// not read, the side is unknown (birth not seen), or both ends connected (simultaneous
+    /// open: neither is the server).
+    pub isns: Option<IsnPair>,
     /// The owner's container (`container.id`), filled in by the pipeline when the agent
     /// sees the host's pids.
     pub container_id: Option<Arc<str>>,
@@ -160,6 +171,23 @@ impl Session {
             )),
             _ => None,
         };
+        let isns = Side::from_origin(origin)
+            .filter(|&side| {
+                established
+                    && record.has(flags::BYTES_VALID | flags::SEQ_VALID)
+                    && !(side == Side::Client && saw(SYN_RECV))
+            })
+            .map(|side| {
+                isn::derive(
+                    side,
+                    SeqCounters {
+                        snd_una: record.snd_una,
+                        bytes_acked: record.bytes_acked,
+                        rcv_nxt: record.rcv_nxt,
+                        bytes_received: record.bytes_received,
+                    },
+                )
+            });
         let handshake = (birth_known && record.established_ns != 0)
             .then(|| Duration::from_nanos(record.established_ns.saturating_sub(record.birth_ns)));
         Ok(Self {
@@ -189,6 +217,7 @@ impl Session {
                 segs_out: record.segs_out,
             }),
             netns: record.has(flags::NETNS_VALID).then_some(record.netns),
+            isns,
             container_id: None,
         })
     }
@@ -333,6 +362,10 @@ pub(crate) mod tests {
                     segs_out: 9
                 }),
                 netns: Some(4_026_531_840),
+                isns: Some(IsnPair {
+                    client: 5_000_u32.wrapping_sub(12_347),
+                    server: 9_001 - 2_049 - 1
+                }),
                 container_id: None,
             }
         );
@@ -452,6 +485,73 @@ pub(crate) mod tests {
             "without the birth, the SYN is unknown"
         );
         assert!(session.bytes.is_some());
+    }
+
+    #[test]
+    fn the_server_end_of_the_client_records_connection_gives_the_same_isns() {
+        // The peer of client_record(): client ISN 5,000 - 12,347 sent 12,345 bytes and FIN,
+        // server ISN 6,951 sent 2,048 bytes and FIN; the accepted socket's counters start
+        // after the SYNs.
+        let mut record = client_record();
+        record.origin = origin::PASSIVE;
+        record.states = bits(&[
+            tcp_state::SYN_RECV,
+            tcp_state::ESTABLISHED,
+            tcp_state::CLOSE_WAIT,
+            tcp_state::LAST_ACK,
+            tcp_state::CLOSE,
+        ]);
+        record.close_from_state = tcp_state::LAST_ACK as u8;
+        (record.snd_una, record.bytes_acked) = (9_001, 2_049);
+        (record.rcv_nxt, record.bytes_received) = (5_000, 12_346);
+        let server = Session::from_record(&record, clock(), agent_start()).unwrap();
+        assert_eq!(server.isns, client_session().isns);
+        assert_eq!(
+            server.isns,
+            Some(IsnPair {
+                client: 5_000_u32.wrapping_sub(12_347),
+                server: 6_951
+            })
+        );
+    }
+
+    #[test]
+    fn isns_need_an_established_session_of_a_known_side_with_its_counters() {
+        let isns = |record: &SessionRecord| {
+            Session::from_record(record, clock(), agent_start())
+                .unwrap()
+                .isns
+        };
+        let mut record = client_record();
+        record.states = bits(&[tcp_state::SYN_SENT, tcp_state::CLOSE]);
+        record.close_from_state = tcp_state::SYN_SENT as u8;
+        assert_eq!(isns(&record), None, "a connect that never established");
+
+        let mut record = client_record();
+        record.flags &= !flags::BIRTH_SEEN;
+        record.origin = origin::UNKNOWN;
+        assert_eq!(isns(&record), None, "the side is unknown");
+
+        for flag in [flags::SEQ_VALID, flags::BYTES_VALID] {
+            let mut record = client_record();
+            record.flags &= !flag;
+            assert_eq!(isns(&record), None, "without flag {flag}");
+        }
+
+        let mut record = client_record();
+        record.states |= states::bit(tcp_state::SYN_RECV);
+        assert_eq!(
+            isns(&record),
+            None,
+            "simultaneous open: both ends connected"
+        );
+
+        let mut record = client_record();
+        record.states |= states::RESET_RECEIVED;
+        assert!(
+            isns(&record).is_some(),
+            "a reset session keeps its identity"
+        );
     }
 
     #[test]
