@@ -87,7 +87,8 @@
 //! here, SHA-256 is in every language's standard library (another implementation, a
 //! collector processor in Go or a script in Python, reproduces the ids with no extra
 //! dependency), and the derivation costs about 14% of encoding one span (485 ns). The
-//! comparison is in the commit that chose it; the bench keeps `derive` and `sha256_sha2`.
+//! comparison is in the commit that chose it (887e1e5); the bench keeps `derive` and
+//! `sha256`.
 
 use opentelemetry::trace::{SpanId, TraceId};
 use sha2::{Digest as _, Sha256};
