@@ -41,9 +41,11 @@
 //! ISNs are keyed hashes with a clock, unpredictable from outside. In OTLP, `Span.flags`
 //! carries the trace flags in bits 0-7 and, in bits 8 and 9, whether the parent (or a link's
 //! span) is remote (`SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE_MASK` = 0x100,
-//! `SPAN_FLAGS_CONTEXT_IS_REMOTE_MASK` = 0x200): [`OTLP_FLAGS_ROOT`] for a root span,
-//! [`OTLP_FLAGS_REMOTE_PARENT`] for a server span whose parent (or link) is the client span,
-//! which always lives at the other end of the connection.
+//! `SPAN_FLAGS_CONTEXT_IS_REMOTE_MASK` = 0x200): [`OTLP_FLAGS_ROOT`] is the `Span.flags` of
+//! any span without a parent (the client span, a server span that only links to it);
+//! [`OTLP_FLAGS_REMOTE_PARENT`] is the `Span.flags` of a server span whose parent is the
+//! client span and the `Link.flags` of a link to the client span, which always lives at the
+//! other end of the connection.
 //!
 //! A later version changes the version byte and says so in the README; the domain keeps
 //! these ids apart from any other SHA-256 use.
@@ -105,8 +107,8 @@ pub const TRACE_FLAGS: u8 = 0x03;
 /// OTLP `Span.flags` of a root span: [`TRACE_FLAGS`] and "the parent's remoteness is known"
 /// (0x100; a root has no remote parent).
 pub const OTLP_FLAGS_ROOT: u32 = 0x100 | TRACE_FLAGS as u32;
-/// OTLP `Span.flags` (or `Link.flags`) of a server span whose parent (or link) is the client
-/// span: [`TRACE_FLAGS`], remoteness known (0x100) and remote (0x200).
+/// OTLP `Span.flags` of a server span whose parent is the client span, and `Link.flags` of a
+/// link to the client span: [`TRACE_FLAGS`], remoteness known (0x100) and remote (0x200).
 pub const OTLP_FLAGS_REMOTE_PARENT: u32 = 0x300 | TRACE_FLAGS as u32;
 
 /// The ids if every attempt failed (see the module doc): the SHA-256 of the empty string's
