@@ -3,6 +3,9 @@
 //! - per session, with criterion: decoding a ring-buffer record, building the `Session`,
 //!   formatting its span's text (name, addresses), visiting its attributes, and encoding a
 //!   batch of sessions into one OTLP request (per span);
+//! - per connection, with criterion (`trace_context`): deriving its trace context from the
+//!   ISN pair (`derive`), and the SHA-256 alone on its 37-byte input (`sha256`; the
+//!   comparison with BLAKE3 and ring is in `trace_context`'s module doc);
 //! - the whole pipeline: synthetic ring-buffer records -> decode -> the agent's pipeline
 //!   stage -> the agent's export queue and OTLP/gRPC exporter -> a counting receiver on
 //!   loopback. Everything but the receiver runs pinned to one CPU, the receiver on
@@ -46,6 +49,7 @@ use otel_agent::{
     pipeline::{self, Routes},
     session::Session,
     stats::ExportSnapshot,
+    trace_context::{ConnectionIds, IsnPair},
 };
 use otel_agent_bench::sink::{self, Counts};
 use tokio::sync::mpsc;
@@ -159,6 +163,25 @@ fn per_session(c: &mut Criterion) {
     group.throughput(Throughput::Elements(EXPORT_BATCH as u64));
     group.bench_function("encode", |b| {
         b.iter(|| encoder.encode(black_box(&batch)));
+    });
+    group.finish();
+}
+
+/// The cost of a connection's trace context, and of its hash alone.
+fn trace_context(c: &mut Criterion) {
+    use sha2::Digest as _;
+    let pair = IsnPair {
+        client_isn: 0x1234_5678,
+        server_isn: 0x9abc_def0,
+    };
+    let input = pair.hash_input(0);
+    let mut group = c.benchmark_group("trace_context");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("derive", |b| {
+        b.iter(|| ConnectionIds::derive(black_box(pair)));
+    });
+    group.bench_function("sha256", |b| {
+        b.iter(|| sha2::Sha256::digest(black_box(&input)));
     });
     group.finish();
 }
@@ -486,6 +509,7 @@ fn main() {
         .warm_up_time(Duration::from_secs(1))
         .configure_from_args();
     per_session(&mut criterion);
+    trace_context(&mut criterion);
     criterion.final_summary();
     if pipeline_selected() {
         // Without `--bench` (`cargo test --benches`), criterion runs each function once;

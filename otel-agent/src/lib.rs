@@ -3,7 +3,8 @@
 //!
 //! Data flows one way, and the folders follow it (`docs/ARCHITECTURE.md` draws the flow):
 //! `capture/` ([`probe`] loads the kernel probe, [`events`] reads its ring buffer) ->
-//! `session/` (a record decoded into a [`session`], with [`clock`] and `container`) ->
+//! `session/` (a record decoded into a [`session`], with [`clock`] and `container`;
+//! [`trace_context`] derives a connection's ids) ->
 //! `export/` ([`export`]: the OTLP exporters, the span mapping [`export::span`] and the
 //! [`export::resource`]) and `sinks/` (the local outputs, `local`: the `console` and
 //! `json_lines`). `telemetry/` counts every session ([`accounting`], [`stats`], `metrics`);
@@ -32,6 +33,8 @@ pub mod isn;
 pub mod pipeline;
 #[path = "session/session.rs"]
 pub mod session;
+#[path = "session/trace_context.rs"]
+pub mod trace_context;
 
 // Export: sessions as OTLP spans, sent to a collector.
 pub mod export;
