@@ -46,10 +46,11 @@ use otel_agent::{
         resource::agent_resource,
         span::{self, SpanText},
     },
+    isn::IsnPair,
     pipeline::{self, Routes},
     session::Session,
     stats::ExportSnapshot,
-    trace_context::{ConnectionIds, IsnPair},
+    trace_context::ConnectionIds,
 };
 use otel_agent_bench::sink::{self, Counts};
 use tokio::sync::mpsc;
@@ -171,8 +172,8 @@ fn per_session(c: &mut Criterion) {
 fn trace_context(c: &mut Criterion) {
     use sha2::Digest as _;
     let pair = IsnPair {
-        client_isn: 0x1234_5678,
-        server_isn: 0x9abc_def0,
+        client: 0x1234_5678,
+        server: 0x9abc_def0,
     };
     let input = pair.hash_input(0);
     let mut group = c.benchmark_group("trace_context");

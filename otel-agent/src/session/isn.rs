@@ -54,6 +54,22 @@ pub struct IsnPair {
     pub server: u32,
 }
 
+impl IsnPair {
+    /// The pair as one end sees it: its own ISN and its peer's, and its side.
+    pub fn from_local(side: Side, local_isn: u32, peer_isn: u32) -> Self {
+        match side {
+            Side::Client => Self {
+                client: local_isn,
+                server: peer_isn,
+            },
+            Side::Server => Self {
+                client: peer_isn,
+                server: local_isn,
+            },
+        }
+    }
+}
+
 /// `struct tcp_sock` at close: the sequence numbers and the counters that count from them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SeqCounters {
@@ -80,16 +96,12 @@ pub fn derive(side: Side, counters: SeqCounters) -> IsnPair {
         .rcv_nxt
         .wrapping_sub(low32(counters.bytes_received))
         .wrapping_sub(1);
-    match side {
-        Side::Client => IsnPair {
-            client: local,
-            server: remote,
-        },
-        Side::Server => IsnPair {
-            client: remote,
-            server: local.wrapping_sub(1),
-        },
-    }
+    // The accepting side's counters start after its SYN-ACK.
+    let local_isn = match side {
+        Side::Client => local,
+        Side::Server => local.wrapping_sub(1),
+    };
+    IsnPair::from_local(side, local_isn, remote)
 }
 
 #[cfg(test)]

@@ -98,6 +98,8 @@
 use opentelemetry::trace::{SpanId, TraceId};
 use sha2::{Digest as _, Sha256};
 
+use crate::isn::{IsnPair, Side};
+
 /// The domain separation prefix of the hash input.
 pub const DOMAIN: &[u8; 27] = b"otel-agent/connection-trace";
 /// The version of the derivation, byte 27 of the hash input.
@@ -122,47 +124,15 @@ pub const FALLBACK: ConnectionIds = ConnectionIds {
     server_span_id: SpanId::from_bytes([0xa4, 0x95, 0x99, 0x1b, 0x78, 0x52, 0xb8, 0x55]),
 };
 
-/// Which end of the connection a session is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Side {
-    /// Sent the SYN (active open, `connect`).
-    Client,
-    /// Answered with the SYN-ACK (passive open, `accept`).
-    Server,
-}
-
-/// The initial sequence numbers of a connection, oriented client then server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct IsnPair {
-    /// The sequence number of the client's SYN.
-    pub client_isn: u32,
-    /// The sequence number of the server's SYN-ACK.
-    pub server_isn: u32,
-}
-
 impl IsnPair {
-    /// The pair as one end sees it: its own ISN and its peer's, and its side.
-    pub fn from_local(side: Side, local_isn: u32, peer_isn: u32) -> Self {
-        match side {
-            Side::Client => Self {
-                client_isn: local_isn,
-                server_isn: peer_isn,
-            },
-            Side::Server => Self {
-                client_isn: peer_isn,
-                server_isn: local_isn,
-            },
-        }
-    }
-
     /// The hash input of one attempt (the layout in the module doc).
     pub fn hash_input(self, attempt: u8) -> [u8; 37] {
         let mut input = [0_u8; 37];
         input[..27].copy_from_slice(DOMAIN);
         input[27] = VERSION;
         input[28] = attempt;
-        input[29..33].copy_from_slice(&self.client_isn.to_be_bytes());
-        input[33..37].copy_from_slice(&self.server_isn.to_be_bytes());
+        input[29..33].copy_from_slice(&self.client.to_be_bytes());
+        input[33..37].copy_from_slice(&self.server.to_be_bytes());
         input
     }
 }
@@ -284,8 +254,8 @@ mod tests {
         ];
         for (client_isn, server_isn, (trace, client, server)) in cases {
             let ids = ConnectionIds::derive(IsnPair {
-                client_isn,
-                server_isn,
+                client: client_isn,
+                server: server_isn,
             });
             assert_eq!(
                 hex(&ids),
@@ -298,8 +268,8 @@ mod tests {
     #[test]
     fn hash_input_layout() {
         let input = IsnPair {
-            client_isn: 0x0102_0304,
-            server_isn: 0xa0b0_c0d0,
+            client: 0x0102_0304,
+            server: 0xa0b0_c0d0,
         }
         .hash_input(7);
         assert_eq!(&input[..27], b"otel-agent/connection-trace");
@@ -372,15 +342,15 @@ mod tests {
         const PAIRS: u64 = 100_000;
         let mut state = 0x00c0_ffee_u64;
         let structured = (0..PAIRS).map(|i| IsnPair {
-            client_isn: i as u32,
-            server_isn: (i / 3) as u32,
+            client: i as u32,
+            server: (i / 3) as u32,
         });
         let random: Vec<IsnPair> = (0..PAIRS)
             .map(|_| {
                 let r = splitmix(&mut state);
                 IsnPair {
-                    client_isn: r as u32,
-                    server_isn: (r >> 32) as u32,
+                    client: r as u32,
+                    server: (r >> 32) as u32,
                 }
             })
             .collect();
@@ -448,7 +418,10 @@ mod tests {
         ) {
             let mut ids = HashSet::new();
             for &(client_isn, server_isn) in &pairs {
-                ids.insert(ConnectionIds::derive(IsnPair { client_isn, server_isn }).trace_id);
+                ids.insert(ConnectionIds::derive(IsnPair {
+                    client: client_isn,
+                    server: server_isn,
+                }).trace_id);
             }
             prop_assert_eq!(ids.len(), pairs.len());
         }
@@ -457,8 +430,8 @@ mod tests {
         fn swapped_pair_differs(a in any::<u32>(), b in any::<u32>()) {
             prop_assume!(a != b);
             prop_assert_ne!(
-                ConnectionIds::derive(IsnPair { client_isn: a, server_isn: b }).trace_id,
-                ConnectionIds::derive(IsnPair { client_isn: b, server_isn: a }).trace_id
+                ConnectionIds::derive(IsnPair { client: a, server: b }).trace_id,
+                ConnectionIds::derive(IsnPair { client: b, server: a }).trace_id
             );
         }
     }
