@@ -348,7 +348,7 @@ async fn pipeline_run(
     let config = ExportConfig::resolve(&cli.export.flags(), |name| std::env::var(name).ok())
         .expect("config");
     let destinations = Destinations::new(&config).expect("exporter");
-    let exporters = Exporters::start(destinations, false, Duration::from_secs(30));
+    let exporters = Exporters::start(destinations, false);
     let outputs = exporters.handles();
     let routes = Routes {
         exporters: outputs.clone(),
@@ -376,7 +376,9 @@ async fn pipeline_run(
     }
     drop(tx);
     stage.await.expect("pipeline task");
-    exporters.shutdown().await;
+    exporters
+        .shutdown(std::time::Instant::now() + Duration::from_secs(30))
+        .await;
     let elapsed = start.elapsed();
     let receiver_cpu = receiver.cpu() - receiver_cpu_before;
     let cpu = (cpu_time(libc::CLOCK_PROCESS_CPUTIME_ID) - process_cpu_before)

@@ -196,7 +196,10 @@ pub async fn run(prepared: Prepared, signals: Signals) -> Result<(), AgentError>
         ),
     };
     // The exporters and the local outputs flush together, within the same deadline.
-    let (panicked, local_result) = tokio::join!(exporters.shutdown(), sinks.shutdown(deadline));
+    let (panicked, local_result) = tokio::join!(
+        exporters.shutdown(deadline.into_std()),
+        sinks.shutdown(deadline)
+    );
     for output in panicked {
         failures.push(format!("the {output} export worker panicked"));
     }

@@ -149,7 +149,7 @@ impl Prepared {
                 "json",
             )?);
         }
-        let exporters = Exporters::start(self.destinations, per_process, cli.shutdown_timeout);
+        let exporters = Exporters::start(self.destinations, per_process);
         if let Some(stdout) = self.console {
             let console = Console::new(ConsoleFormat {
                 time: cli.output.time,

@@ -16,7 +16,7 @@ pub mod resource;
 pub mod span;
 pub(crate) mod transport;
 
-use std::{collections::HashMap, path::Path, sync::Arc, time::Duration};
+use std::{collections::HashMap, path::Path, sync::Arc, time::Instant};
 
 use opentelemetry_otlp::{
     MetricExporter, Protocol, WithExportConfig, WithHttpConfig, WithTonicConfig,
@@ -25,7 +25,7 @@ use opentelemetry_otlp::{
         transport::{Certificate, ClientTlsConfig, Identity},
     },
 };
-use tokio::task::JoinHandle;
+use tokio::{sync::watch, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
 use self::config::OtlpProtocol;
@@ -84,7 +84,8 @@ struct Exporter {
 /// The running exporters.
 pub struct Exporters {
     exporters: Vec<Exporter>,
-    stop: CancellationToken,
+    /// The shutdown deadline, once there is one: the workers' stop signal.
+    stop: watch::Sender<Option<Instant>>,
     /// Cancelled when a worker ends, however (a panic included).
     ended: CancellationToken,
 }
@@ -109,13 +110,12 @@ impl Destinations {
 }
 
 impl Exporters {
-    /// Starts a worker per output of `destinations`. `deadline` bounds the flush at
-    /// shutdown.
+    /// Starts a worker per output of `destinations`.
     ///
     /// Must run inside the multi-thread tokio runtime: the gRPC client lives on it.
-    pub fn start(destinations: Destinations, per_process: bool, deadline: Duration) -> Self {
+    pub fn start(destinations: Destinations, per_process: bool) -> Self {
         let resource = agent_resource();
-        let stop = CancellationToken::new();
+        let (stop, stopped) = watch::channel(None);
         let ended = CancellationToken::new();
         let mut outputs = Vec::new();
         if let Some((transport, batch)) = destinations.otlp {
@@ -124,8 +124,7 @@ impl Exporters {
                 transport,
                 RequestEncoder::new(&resource, per_process),
                 batch,
-                (&stop, &ended),
-                deadline,
+                (&stopped, &ended),
             ));
         }
         Self {
@@ -148,10 +147,11 @@ impl Exporters {
         self.ended.cancelled().await;
     }
 
-    /// Stops the workers; each exports what it still holds until the deadline given at
-    /// start and counts the rest as dropped. Returns the exporters whose worker panicked.
-    pub async fn shutdown(self) -> Vec<&'static str> {
-        self.stop.cancel();
+    /// Stops the workers; each exports what it still holds until `deadline` (the agent's
+    /// one shutdown deadline) and counts the rest as dropped. Returns the exporters whose
+    /// worker panicked.
+    pub async fn shutdown(self, deadline: Instant) -> Vec<&'static str> {
+        self.stop.send_replace(Some(deadline));
         let mut panicked = Vec::new();
         for output in self.exporters {
             if let Err(error) = output.worker.await {
@@ -174,14 +174,11 @@ impl Exporter {
         destination: impl Destination,
         encoder: RequestEncoder,
         settings: BatchSettings,
-        (stop, ended): (&CancellationToken, &CancellationToken),
-        deadline: Duration,
+        (stop, ended): (&watch::Receiver<Option<Instant>>, &CancellationToken),
     ) -> Self {
         let stats = Arc::new(QueueStats::default());
         let queue = ExportQueue::new(settings, stats.clone());
-        let run = queue
-            .clone()
-            .run(destination, encoder, stop.clone(), deadline);
+        let run = queue.clone().run(destination, encoder, stop.clone());
         // Dropped when the worker returns or unwinds.
         let ended = ended.clone().drop_guard();
         let worker = tokio::spawn(async move {
@@ -355,6 +352,8 @@ fn https_client(target: &OtlpTarget) -> Result<reqwest::blocking::Client, Export
 
 #[cfg(test)]
 mod worker_failure_tests {
+    use std::time::Duration;
+
     use bytes::Bytes;
 
     use super::*;
@@ -370,17 +369,21 @@ mod worker_failure_tests {
         }
     }
 
+    /// A shutdown deadline one second away.
+    fn soon() -> Instant {
+        Instant::now() + Duration::from_secs(1)
+    }
+
     /// One OTLP exporter with `settings`, sending to [`AcceptAll`].
     fn exporters(settings: BatchSettings) -> Exporters {
-        let stop = CancellationToken::new();
+        let (stop, stopped) = watch::channel(None);
         let ended = CancellationToken::new();
         let output = Exporter::start(
             "otlp",
             AcceptAll,
             RequestEncoder::new(&agent_resource(), false),
             settings,
-            (&stop, &ended),
-            Duration::from_secs(1),
+            (&stopped, &ended),
         );
         Exporters {
             exporters: vec![output],
@@ -401,13 +404,13 @@ mod worker_failure_tests {
         tokio::time::timeout(Duration::from_secs(5), exporters.worker_ended())
             .await
             .expect("the worker's end is noticed");
-        assert_eq!(exporters.shutdown().await, vec!["otlp"]);
+        assert_eq!(exporters.shutdown(soon()).await, vec!["otlp"]);
     }
 
     #[tokio::test]
     async fn workers_that_stop_when_asked_are_not_failures() {
         let exporters = exporters(BatchSettings::default());
         assert!(!exporters.ended.is_cancelled());
-        assert_eq!(exporters.shutdown().await, Vec::<&str>::new());
+        assert_eq!(exporters.shutdown(soon()).await, Vec::<&str>::new());
     }
 }

@@ -21,8 +21,11 @@ use std::{
 };
 
 use bytes::Bytes;
-use tokio::{sync::Notify, task::JoinSet, time::MissedTickBehavior};
-use tokio_util::sync::CancellationToken;
+use tokio::{
+    sync::{Notify, watch},
+    task::JoinSet,
+    time::MissedTickBehavior,
+};
 
 use super::{
     config::BatchSettings,
@@ -149,14 +152,14 @@ impl ExportQueue {
         state.waiting.len() + state.taken
     }
 
-    /// Runs the worker until `stop` is cancelled, then keeps exporting until everything is
-    /// out or `deadline` after the stop; what is left then is counted as dropped.
+    /// Runs the worker until `stop` holds a deadline (the agent's one shutdown deadline),
+    /// then keeps exporting until everything is out or that deadline passes; what is left
+    /// then is counted as dropped. A closed `stop` is a deadline of now.
     pub async fn run<D: Destination>(
         self,
         destination: D,
         mut encoder: RequestEncoder,
-        stop: CancellationToken,
-        deadline: Duration,
+        mut stop: watch::Receiver<Option<Instant>>,
     ) {
         let mut worker = Worker {
             queue: &self,
@@ -201,7 +204,9 @@ impl ExportQueue {
                 () = self.shared.ready.notified() => {}
                 _ = schedule.tick() => flush_due = true,
                 () = sleep_until(pause), if pause.is_some() => worker.paused_until = None,
-                () = stop.cancelled(), if !stopping => until = Some(Instant::now() + deadline),
+                deadline = stop.wait_for(Option::is_some), if !stopping => {
+                    until = Some(deadline.ok().and_then(|at| *at).unwrap_or_else(Instant::now));
+                }
                 () = sleep_until(until), if stopping => break,
             }
         }
@@ -532,18 +537,13 @@ mod tests {
 
     /// Runs the worker until `done` holds (or 5 s), then stops it.
     async fn run_until(queue: &ExportQueue, destination: Shared, done: impl Fn() -> bool) {
-        let stop = CancellationToken::new();
-        let worker = tokio::spawn(queue.clone().run(
-            destination,
-            encoder(),
-            stop.clone(),
-            Duration::from_secs(1),
-        ));
+        let (stop, stopped) = watch::channel(None);
+        let worker = tokio::spawn(queue.clone().run(destination, encoder(), stopped));
         let deadline = Instant::now() + Duration::from_secs(5);
         while !done() && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        stop.cancel();
+        stop.send_replace(Some(Instant::now() + Duration::from_secs(1)));
         worker.await.unwrap();
     }
 
@@ -675,12 +675,8 @@ mod tests {
             ..Flaky::default()
         }));
         queue.push(&[session(1), session(2), session(3), session(4)]);
-        let stop = CancellationToken::new();
-        stop.cancel();
-        queue
-            .clone()
-            .run(destination, encoder(), stop, Duration::from_millis(200))
-            .await;
+        let (_stop, stopped) = watch::channel(Some(Instant::now() + Duration::from_millis(200)));
+        queue.clone().run(destination, encoder(), stopped).await;
         assert_eq!(get(&stats.lost_at_shutdown), 4);
         assert_eq!(get(&stats.exported), 0);
         assert_eq!(queue.depth(), 0);
@@ -758,13 +754,9 @@ mod tests {
             ..Flaky::default()
         }));
         queue.push(&[session(1), session(2)]);
-        let stop = CancellationToken::new();
-        stop.cancel();
         let started = Instant::now();
-        queue
-            .clone()
-            .run(destination, encoder(), stop, Duration::from_millis(300))
-            .await;
+        let (_stop, stopped) = watch::channel(Some(started + Duration::from_millis(300)));
+        queue.clone().run(destination, encoder(), stopped).await;
         assert!(
             started.elapsed() < Duration::from_secs(1),
             "{:?}",
