@@ -372,8 +372,8 @@ pub(crate) mod tests {
         assert_eq!(client_session().duration(), Duration::from_micros(1_500));
     }
 
-    #[test]
-    fn a_server_that_closed_second_counts_the_clients_fin_and_its_own() {
+    /// The accepted end of a connection like [`client_record`]'s, which closed second.
+    fn server_record() -> SessionRecord {
         let mut record = client_record();
         record.origin = origin::PASSIVE;
         record.states = bits(&[
@@ -384,6 +384,12 @@ pub(crate) mod tests {
             tcp_state::CLOSE,
         ]);
         record.close_from_state = tcp_state::LAST_ACK as u8;
+        record
+    }
+
+    #[test]
+    fn a_server_that_closed_second_counts_the_clients_fin_and_its_own() {
+        let mut record = server_record();
         record.bytes_acked = 2_049;
         record.bytes_received = 12_346;
         record.rcv_nxt = record.copied_seq;
@@ -492,16 +498,7 @@ pub(crate) mod tests {
         // The peer of client_record(): client ISN 5,000 - 12,347 sent 12,345 bytes and FIN,
         // server ISN 6,951 sent 2,048 bytes and FIN; the accepted socket's counters start
         // after the SYNs.
-        let mut record = client_record();
-        record.origin = origin::PASSIVE;
-        record.states = bits(&[
-            tcp_state::SYN_RECV,
-            tcp_state::ESTABLISHED,
-            tcp_state::CLOSE_WAIT,
-            tcp_state::LAST_ACK,
-            tcp_state::CLOSE,
-        ]);
-        record.close_from_state = tcp_state::LAST_ACK as u8;
+        let mut record = server_record();
         (record.snd_una, record.bytes_acked) = (9_001, 2_049);
         (record.rcv_nxt, record.bytes_received) = (5_000, 12_346);
         let server = Session::from_record(&record, clock(), agent_start()).unwrap();
