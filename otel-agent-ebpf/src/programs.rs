@@ -40,14 +40,8 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
 /// const int oldstate, const int newstate)` (include/trace/events/sock.h).
 #[raw_tracepoint(tracepoint = "inet_sock_set_state")]
 pub fn inet_sock_set_state_raw(ctx: RawTracePointContext) -> u32 {
-    if global!(KERNEL_OFFSETS.valid) & offsets_valid::SOCK == 0 {
+    let Some(change) = raw_state_change(&ctx, PRIMARY_SLOT) else {
         return 0;
-    }
-    let change = RawStateChange {
-        sk: ctx.arg(0),
-        oldstate: ctx.arg::<u64>(1) as i32,
-        newstate: ctx.arg::<u64>(2) as i32,
-        slot: PRIMARY_SLOT,
     };
     let Some(running) = PRIMARY_RUNNING.get_ptr_mut(0) else {
         on_state_change(&change);
@@ -62,6 +56,22 @@ pub fn inet_sock_set_state_raw(ctx: RawTracePointContext) -> u32 {
     0
 }
 
+/// The raw tracepoint's arguments, `TP_PROTO(const struct sock *sk, const int oldstate,
+/// const int newstate)`, for the program in `slot`; `None` without the `struct sock`
+/// offsets (the agent then attaches the classic tracepoint instead).
+#[inline(always)]
+fn raw_state_change(ctx: &RawTracePointContext, slot: u32) -> Option<RawStateChange> {
+    if global!(KERNEL_OFFSETS.valid) & offsets_valid::SOCK == 0 {
+        return None;
+    }
+    Some(RawStateChange {
+        sk: ctx.arg(0),
+        oldstate: ctx.arg::<u64>(1) as i32,
+        newstate: ctx.arg::<u64>(2) as i32,
+        slot,
+    })
+}
+
 /// The same raw tracepoint, attached after [`inet_sock_set_state_raw`], with its own
 /// recursion guard: it handles the hits that arrive (in a softirq) while the primary runs
 /// on this CPU, which the kernel skips for the primary, and ignores the rest (the primary
@@ -71,14 +81,8 @@ pub fn inet_sock_set_state_raw(ctx: RawTracePointContext) -> u32 {
 /// neither, and counted: the primary's misses less the hits recovered here.
 #[raw_tracepoint(tracepoint = "inet_sock_set_state")]
 pub fn inet_sock_set_state_backup(ctx: RawTracePointContext) -> u32 {
-    if global!(KERNEL_OFFSETS.valid) & offsets_valid::SOCK == 0 {
+    let Some(change) = raw_state_change(&ctx, BACKUP_SLOT) else {
         return 0;
-    }
-    let change = RawStateChange {
-        sk: ctx.arg(0),
-        oldstate: ctx.arg::<u64>(1) as i32,
-        newstate: ctx.arg::<u64>(2) as i32,
-        slot: BACKUP_SLOT,
     };
     // Not nested inside the primary: it handled this hit.
     if PRIMARY_RUNNING.get(0).is_none_or(|running| *running == 0) {
