@@ -234,6 +234,11 @@ impl Receiver {
         self.log.received.lock().expect("receiver log").clone()
     }
 
+    /// The spans of every request recorded so far.
+    pub fn spans_received(&self) -> u64 {
+        self.received().iter().map(|r| r.span_count() as u64).sum()
+    }
+
     /// From now on, answers that `spans` spans of each request (at most all of them) were
     /// rejected, as a collector's OTLP partial success does.
     pub fn reject_in_each_request(&self, spans: i64) {

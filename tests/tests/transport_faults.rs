@@ -375,11 +375,7 @@ fn an_html_page_answered_with_http_200_is_counted_unconfirmed_and_warned_once() 
     agent::stop(&mut agent);
     let logs = agent.stderr_text();
     let export = agent::export_accounting(&logs);
-    let spans: u64 = receiver
-        .received()
-        .iter()
-        .map(|r| r.span_count() as u64)
-        .sum();
+    let spans = receiver.spans_received();
     let counter = |name| agent::counter(&export, name);
     assert_eq!(
         (
@@ -516,11 +512,7 @@ fn a_grpc_ok_whose_message_is_not_an_otlp_response_is_counted_unconfirmed() {
     agent::stop(&mut agent);
     let logs = agent.stderr_text();
     let export = agent::export_accounting(&logs);
-    let spans: u64 = receiver
-        .received()
-        .iter()
-        .map(|r| r.span_count() as u64)
-        .sum();
+    let spans = receiver.spans_received();
     let counter = |name| agent::counter(&export, name);
     assert_eq!(
         (
