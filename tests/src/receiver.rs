@@ -25,6 +25,8 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
     trace_service_server::{TraceService, TraceServiceServer},
 };
 use prost::Message as _;
+
+use crate::traffic::Exchange;
 use tokio::{net::TcpListener, sync::oneshot};
 
 /// One export request as received.
@@ -574,4 +576,34 @@ impl Pki {
             client_key_file: write("client-key.pem", &client_key.serialize_pem()),
         }
     }
+}
+
+/// The spans of `exchange` (both of its ends: local and peer ports its own) in `received`.
+pub fn spans_of(received: &[Received], exchange: &Exchange) -> usize {
+    use opentelemetry_proto::tonic::{common::v1::any_value::Value, trace::v1::Span};
+    let ports = [
+        i64::from(exchange.client.port()),
+        i64::from(exchange.server.port()),
+    ];
+    let port = |span: &Span, key: &str| {
+        span.attributes
+            .iter()
+            .find(|kv| kv.key == key)
+            .and_then(|kv| match kv.value.as_ref()?.value {
+                Some(Value::IntValue(port)) => Some(port),
+                _ => None,
+            })
+    };
+    received
+        .iter()
+        .flat_map(|r| &r.request.resource_spans)
+        .flat_map(|rs| &rs.scope_spans)
+        .flat_map(|ss| &ss.spans)
+        .filter(|span| {
+            matches!(
+                (port(span, "network.local.port"), port(span, "network.peer.port")),
+                (Some(l), Some(p)) if ports.contains(&l) && ports.contains(&p)
+            )
+        })
+        .count()
 }

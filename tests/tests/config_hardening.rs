@@ -393,24 +393,11 @@ fn a_zero_otlp_timeout_means_no_limit_and_spans_are_exported() {
             dir.path(),
         );
         let exchange = exchange();
-        let port = i64::from(exchange.client.port());
-        receiver.wait_for(Duration::from_secs(10), "the exchange's spans", |received| {
-            received
-                .iter()
-                .flat_map(|r| &r.request.resource_spans)
-                .flat_map(|rs| &rs.scope_spans)
-                .flat_map(|ss| &ss.spans)
-                .filter(|span| {
-                    span.attributes.iter().any(|kv| {
-                        matches!(
-                            kv.value.as_ref().and_then(|v| v.value.as_ref()),
-                            Some(opentelemetry_proto::tonic::common::v1::any_value::Value::IntValue(p)) if *p == port
-                        )
-                    })
-                })
-                .count()
-                == 2
-        });
+        receiver.wait_for(
+            Duration::from_secs(10),
+            "the exchange's spans",
+            |received| otel_agent_tests::receiver::spans_of(received, &exchange) == 2,
+        );
         agent::stop(&mut agent);
         let stderr = agent.stderr_text();
         // Requests did not time out at once, as a zero timeout used to make them.

@@ -15,47 +15,17 @@ use std::{
     time::{Duration, Instant},
 };
 
-use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use otel_agent_tests::{
     agent,
     fault::{Fault, Front},
     process::TempDir,
-    receiver::{self, Kind, Pki, Received, Receiver},
+    receiver::{self, Kind, Pki, Received, Receiver, spans_of},
     require_root,
     traffic::{self, Closer, Exchange},
 };
 
 fn exchange() -> Exchange {
     traffic::exchange("127.0.0.1".parse().unwrap(), 1_000, 2_000, Closer::Client)
-}
-
-/// Spans of `exchange` in what was received.
-fn spans_of(received: &[Received], exchange: &Exchange) -> usize {
-    let ports = [
-        i64::from(exchange.client.port()),
-        i64::from(exchange.server.port()),
-    ];
-    let port = |span: &opentelemetry_proto::tonic::trace::v1::Span, key: &str| {
-        span.attributes
-            .iter()
-            .find(|kv| kv.key == key)
-            .and_then(|kv| match kv.value.as_ref()?.value {
-                Some(Value::IntValue(port)) => Some(port),
-                _ => None,
-            })
-    };
-    received
-        .iter()
-        .flat_map(|r| &r.request.resource_spans)
-        .flat_map(|rs| &rs.scope_spans)
-        .flat_map(|ss| &ss.spans)
-        .filter(|span| {
-            matches!(
-                (port(span, "network.local.port"), port(span, "network.peer.port")),
-                (Some(l), Some(p)) if ports.contains(&l) && ports.contains(&p)
-            )
-        })
-        .count()
 }
 
 fn protocol(kind: Kind) -> &'static str {
