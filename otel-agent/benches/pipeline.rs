@@ -347,7 +347,7 @@ async fn pipeline_run(
     .expect("agent command line");
     let config = ExportConfig::resolve(&cli.export.flags(), |name| std::env::var(name).ok())
         .expect("config");
-    let destinations = Destinations::new(&config).expect("exporter");
+    let destinations = Destinations::new(&config, None).expect("exporter");
     let exporters = Exporters::start(destinations, false);
     let outputs = exporters.handles();
     let routes = Routes {

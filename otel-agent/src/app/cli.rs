@@ -11,7 +11,10 @@ use clap::{
 use common::{AF_INET, AF_INET6, Filters, MAX_FILTER_PORTS};
 
 use crate::{
-    export::config::{ExportFlags, INDEFINITE_TIMEOUT, MAX_DURATION, OtlpProtocol},
+    export::{
+        config::{ExportFlags, INDEFINITE_TIMEOUT, MAX_DURATION, OtlpProtocol},
+        spool::SpoolOptions,
+    },
     probe::{ProbeOptions, StateProbe},
 };
 
@@ -150,6 +153,18 @@ pub struct ExportArgs {
     /// resource for every session.
     #[arg(long, env = "OTEL_AGENT_RESOURCE_PER_PROCESS")]
     pub resource_per_process: bool,
+
+    /// Keep export requests the collector cannot take now (down, slow, or not by the
+    /// shutdown deadline) in this directory instead of dropping them, and deliver them,
+    /// oldest first, once it takes spans again (this agent or the next one). Created if
+    /// missing (mode 0700); one agent per directory. Off by default.
+    #[arg(long, env = "OTEL_AGENT_SPOOL_DIR", value_name = "DIR")]
+    pub spool_dir: Option<PathBuf>,
+
+    /// Bytes the spool may hold: a number of bytes, or with KiB, MiB or GiB (like 512MiB),
+    /// at least 1MiB; beyond it the oldest requests are dropped (and counted).
+    #[arg(long, env = "OTEL_AGENT_SPOOL_MAX_BYTES", value_name = "BYTES", default_value = "1GiB", value_parser = parse_bytes)]
+    pub spool_max_bytes: u64,
 }
 
 /// Local outputs: tcplife's console and OTLP JSON lines.
@@ -280,6 +295,48 @@ impl ExportArgs {
             bsp_max_concurrent_exports: self.bsp_max_concurrent_exports,
         }
     }
+}
+
+impl ExportArgs {
+    /// The spool's options, if `--spool-dir` is given.
+    pub fn spool(&self) -> Option<SpoolOptions> {
+        Some(SpoolOptions {
+            dir: self.spool_dir.clone()?,
+            max_bytes: self.spool_max_bytes,
+        })
+    }
+}
+
+/// The smallest `--spool-max-bytes`: room for a few large requests.
+const MIN_SPOOL_BYTES: u64 = 1 << 20;
+
+/// Parses a size in bytes, or with a KiB, MiB or GiB suffix, of at least [`MIN_SPOOL_BYTES`].
+fn parse_bytes(text: &str) -> Result<u64, String> {
+    let (number, unit) = text
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((text, ""), |at| text.split_at(at));
+    let scale = match unit {
+        "" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        _ => {
+            return Err(format!(
+                "`{text}` is not a size; use bytes or KiB, MiB, GiB, like 512MiB"
+            ));
+        }
+    };
+    let bytes = number
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(scale))
+        .ok_or_else(|| {
+            format!("`{text}` is not a size; use bytes or KiB, MiB, GiB, like 512MiB")
+        })?;
+    if bytes < MIN_SPOOL_BYTES {
+        return Err(format!("`{text}` is too small: at least 1MiB"));
+    }
+    Ok(bytes)
 }
 
 /// Ports of one filter, at most [`MAX_FILTER_PORTS`].
@@ -606,6 +663,55 @@ mod tests {
             "{}",
             error(&["-p", "0"])
         );
+    }
+
+    #[test]
+    fn the_spool_is_off_by_default_and_its_size_takes_binary_units() {
+        let parse = |args: &[&str]| {
+            let mut argv = vec!["otel-agent"];
+            argv.extend_from_slice(args);
+            Cli::try_parse_from(argv).map(|cli| cli.export.spool())
+        };
+        assert_eq!(parse(&[]).unwrap(), None);
+        let spool = |max_bytes| {
+            Some(SpoolOptions {
+                dir: "/var/spool/x".into(),
+                max_bytes,
+            })
+        };
+        assert_eq!(
+            parse(&["--spool-dir", "/var/spool/x"]).unwrap(),
+            spool(1 << 30)
+        );
+        for (size, bytes) in [
+            ("1048576", 1 << 20),
+            ("512MiB", 512 << 20),
+            ("2GiB", 2 << 30),
+        ] {
+            assert_eq!(
+                parse(&["--spool-dir", "/var/spool/x", "--spool-max-bytes", size]).unwrap(),
+                spool(bytes),
+                "{size}"
+            );
+        }
+        for (size, message) in [
+            ("1KiB", "`1KiB` is too small: at least 1MiB"),
+            ("0", "`0` is too small"),
+            (
+                "5MB",
+                "`5MB` is not a size; use bytes or KiB, MiB, GiB, like 512MiB",
+            ),
+            ("-1", "`-1` is not a size"),
+            ("99999999999GiB", "`99999999999GiB` is not a size"),
+        ] {
+            let error = parse(&[&format!("--spool-max-bytes={size}")]).unwrap_err();
+            assert_eq!(error.kind(), clap::error::ErrorKind::ValueValidation);
+            let text = error.to_string();
+            assert!(
+                text.contains(message) && text.contains("--spool-max-bytes"),
+                "{text}"
+            );
+        }
     }
 
     #[test]

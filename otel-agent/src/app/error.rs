@@ -15,7 +15,7 @@ pub mod exit_code {
     /// The kernel lacks a feature the probe needs (`EX_UNAVAILABLE`).
     pub const KERNEL_UNSUPPORTED: u8 = 69;
     /// Writing a local output (the console, JSON lines) failed, for example stdout was
-    /// closed or the disk is full (`EX_IOERR`).
+    /// closed or the disk is full; or the spool directory cannot be used (`EX_IOERR`).
     pub const OUTPUT: u8 = 74;
     /// Anything else: an internal failure (`EX_SOFTWARE`).
     pub const INTERNAL: u8 = 70;
@@ -32,6 +32,8 @@ pub enum AgentError {
     Probe(#[from] probe::ProbeError),
     #[error(transparent)]
     Output(#[from] local::SinkFailed),
+    #[error(transparent)]
+    Spool(#[from] export::spool::SpoolError),
     #[error("cannot open the JSON output {path}: {error}; check the path and its permissions")]
     JsonOutput {
         path: std::path::PathBuf,
@@ -51,7 +53,7 @@ impl AgentError {
                 exit_code::KERNEL_UNSUPPORTED
             }
             Self::Probe(_) | Self::Internal(_) => exit_code::INTERNAL,
-            Self::Output(_) => exit_code::OUTPUT,
+            Self::Output(_) | Self::Spool(_) => exit_code::OUTPUT,
         })
     }
 }

@@ -4,7 +4,7 @@
 //! (`transport`, configured by [`config`]), each session as the span [`span`] maps it,
 //! under the [`resource`] (`crate::json_lines` renders the same requests for a sink);
 //! and the staged shutdown that flushes what is queued
-//! within a deadline. The agent's self-metrics go through the OpenTelemetry SDK's OTLP
+//! within a deadline, or writes it to the disk [`spool`] (`--spool-dir`). The agent's self-metrics go through the OpenTelemetry SDK's OTLP
 //! exporter ([`metric_exporter`]) to the same collector.
 
 pub mod config;
@@ -14,6 +14,7 @@ pub(crate) mod protobuf;
 pub mod queue;
 pub mod resource;
 pub mod span;
+pub mod spool;
 pub(crate) mod transport;
 
 use std::{collections::HashMap, path::Path, sync::Arc, time::Instant};
@@ -34,6 +35,7 @@ use self::{
     config::{BatchSettings, Compression, ExportConfig, OtlpTarget},
     encode::RequestEncoder,
     queue::{Destination, ExportQueue, QueueStats},
+    spool::Spool,
     transport::Transport,
 };
 use crate::{log_text::Escaped, session::Session};
@@ -94,15 +96,16 @@ pub struct Exporters {
 /// files, headers) before the probe is attached and before the async runtime starts;
 /// nothing connects before the first export.
 pub struct Destinations {
-    otlp: Option<(Transport, BatchSettings)>,
+    otlp: Option<(Transport, BatchSettings, Option<Spool>)>,
 }
 
 impl Destinations {
-    /// The transport of each configured output (none: no endpoint, SDK disabled). The JSON
-    /// lines are a local output (`local`), rendered by `crate::json_lines`.
-    pub fn new(config: &ExportConfig) -> Result<Self, ExportError> {
+    /// The transport of each configured output (none: no endpoint, SDK disabled), with the
+    /// opened `spool` for the OTLP output. The JSON lines are a local output (`local`),
+    /// rendered by `crate::json_lines`.
+    pub fn new(config: &ExportConfig, spool: Option<Spool>) -> Result<Self, ExportError> {
         let otlp = match &config.otlp {
-            Some(target) => Some((Transport::new(target)?, config.batch)),
+            Some(target) => Some((Transport::new(target)?, config.batch, spool)),
             None => None,
         };
         Ok(Self { otlp })
@@ -118,12 +121,12 @@ impl Exporters {
         let (stop, stopped) = watch::channel(None);
         let ended = CancellationToken::new();
         let mut outputs = Vec::new();
-        if let Some((transport, batch)) = destinations.otlp {
+        if let Some((transport, batch, spool)) = destinations.otlp {
             outputs.push(Exporter::start(
                 "otlp",
                 transport,
                 RequestEncoder::new(&resource, per_process),
-                batch,
+                (batch, spool),
                 (&stopped, &ended),
             ));
         }
@@ -168,17 +171,17 @@ impl Exporters {
 }
 
 impl Exporter {
-    /// Starts the worker of one output.
+    /// Starts the worker of one output, with its spool if it has one.
     fn start(
         name: &'static str,
         destination: impl Destination,
         encoder: RequestEncoder,
-        settings: BatchSettings,
+        (settings, spool): (BatchSettings, Option<Spool>),
         (stop, ended): (&watch::Receiver<Option<Instant>>, &CancellationToken),
     ) -> Self {
-        let stats = Arc::new(QueueStats::default());
+        let stats = Arc::new(QueueStats::with_spool(spool.as_ref()));
         let queue = ExportQueue::new(settings, stats.clone());
-        let run = queue.clone().run(destination, encoder, stop.clone());
+        let run = queue.clone().run(destination, encoder, spool, stop.clone());
         // Dropped when the worker returns or unwinds.
         let ended = ended.clone().drop_guard();
         let worker = tokio::spawn(async move {
@@ -382,7 +385,7 @@ mod worker_failure_tests {
             "otlp",
             AcceptAll,
             RequestEncoder::new(&agent_resource(), false),
-            settings,
+            (settings, None),
             (&stopped, &ended),
         );
         Exporters {

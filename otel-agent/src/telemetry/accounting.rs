@@ -87,13 +87,18 @@ pub enum LossCause {
     OutputFull,
     /// A local output's write had failed.
     OutputFailed,
+    /// The disk spool was full: its oldest requests were dropped to make room.
+    SpoolFull,
+    /// A spool file was torn or unreadable (a crash or power loss while it was written, a
+    /// truncated or corrupted file).
+    SpoolTorn,
     /// An output had not delivered them by the shutdown deadline.
     AtShutdown,
 }
 
 impl LossCause {
     /// Every cause, in the order of the log lines.
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 11] = [
         Self::RingBufferFull,
         Self::ProbeSkipped,
         Self::DecodeError,
@@ -102,6 +107,8 @@ impl LossCause {
         Self::Rejected,
         Self::OutputFull,
         Self::OutputFailed,
+        Self::SpoolFull,
+        Self::SpoolTorn,
         Self::AtShutdown,
     ];
 
@@ -116,6 +123,8 @@ impl LossCause {
             Self::Rejected => "rejected",
             Self::OutputFull => "output_full",
             Self::OutputFailed => "output_failed",
+            Self::SpoolFull => "spool_full",
+            Self::SpoolTorn => "spool_torn",
             Self::AtShutdown => "at_shutdown",
         }
     }
@@ -134,6 +143,8 @@ impl LossCause {
             | Self::Rejected
             | Self::OutputFull
             | Self::OutputFailed
+            | Self::SpoolFull
+            | Self::SpoolTorn
             | Self::AtShutdown => Stage::Output,
         }
     }
@@ -141,7 +152,9 @@ impl LossCause {
     /// Whether an output of `kind` can lose sessions this way.
     pub const fn applies_to(self, kind: OutputKind) -> bool {
         match self {
-            Self::QueueFull | Self::Rejected => matches!(kind, OutputKind::Export),
+            Self::QueueFull | Self::Rejected | Self::SpoolFull | Self::SpoolTorn => {
+                matches!(kind, OutputKind::Export)
+            }
             Self::OutputFull | Self::OutputFailed => matches!(kind, OutputKind::Local),
             Self::AtShutdown => true,
             Self::RingBufferFull | Self::ProbeSkipped | Self::DecodeError | Self::ChannelFull => {
@@ -315,6 +328,8 @@ pub struct Accounting {
 pub enum Imbalance {
     #[error("kernel_emitted = {emitted} but records_read = {read}")]
     Kernel { emitted: u64, read: u64 },
+    /// For an export output, `queued` includes `spool_left` and `records_read` includes
+    /// `spool_found`.
     #[error(
         "{output}: {delivered} + unconfirmed + lost + queued = {accounted}, but records_read - \
          the pipeline's losses = {expected}"
@@ -346,8 +361,12 @@ impl Accounting {
     /// the outputs flushed (the final figures):
     /// - `kernel_emitted = records_read` (kernel losses happen before a record is emitted);
     /// - for every output, `delivered (exported or written) + exported_unconfirmed + every
-    ///   lost_<cause> of the output + queued = records_read - every loss of the pipeline`;
-    /// - for an export output, `enqueued + lost_queue_full` = the same.
+    ///   lost_<cause> of the output + queued = records_read - every loss of the pipeline`,
+    ///   where an export output also counts `spool_left` (in its disk spool at the end) with
+    ///   `queued`, and `spool_found` (left in the spool by an earlier agent) with
+    ///   `records_read` (the sessions it can deliver);
+    /// - for an export output, `enqueued + lost_queue_full = records_read - every loss of
+    ///   the pipeline` (without the spool: what this agent read).
     pub fn reconcile(&self) -> Result<(), Imbalance> {
         let session = |name: &str| self.session.need(name, "session accounting");
         let (emitted, read) = (session("kernel_emitted")?, session("records_read")?);
@@ -362,18 +381,20 @@ impl Accounting {
             let figure = |name: &str| output.figures.need(name, &output.output);
             let delivered = output.kind.delivered();
             let mut accounted = figure(delivered)? + figure("queued")?;
+            let mut deliverable = expected;
             if output.kind == OutputKind::Export {
-                accounted += figure("exported_unconfirmed")?;
+                accounted += figure("exported_unconfirmed")? + figure("spool_left")?;
+                deliverable += figure("spool_found")?;
             }
             for cause in LossCause::of_output(output.kind) {
                 accounted += figure(&cause.key())?;
             }
-            if accounted != expected {
+            if accounted != deliverable {
                 return Err(Imbalance::Output {
                     output: output.output.clone(),
                     delivered,
                     accounted,
-                    expected,
+                    expected: deliverable,
                 });
             }
             if output.kind == OutputKind::Export {
@@ -520,7 +541,11 @@ mod tests {
                         ("queued", 1),
                         ("lost_rejected", 2),
                         ("lost_queue_full", 2),
+                        ("lost_spool_full", 0),
+                        ("lost_spool_torn", 0),
                         ("lost_at_shutdown", 1),
+                        ("spool_found", 0),
+                        ("spool_left", 0),
                     ]),
                 },
                 OutputFigures {
@@ -545,6 +570,39 @@ mod tests {
     #[test]
     fn balanced_figures_reconcile() {
         assert_eq!(balanced().reconcile(), Ok(()));
+    }
+
+    /// 6 sessions found in the spool, 2 of them torn; 1 dropped when it was full, 3 left in it
+    /// for the next agent: the other sessions of the 10 more exported came from the spool.
+    #[test]
+    fn the_spool_found_is_deliverable_and_what_it_leaves_is_accounted() {
+        let mut spool = balanced();
+        let otlp = &mut spool.outputs[0].figures;
+        set(otlp, "spool_found", 6);
+        set(otlp, "lost_spool_torn", 2);
+        set(otlp, "lost_spool_full", 1);
+        set(otlp, "spool_left", 3);
+        assert_eq!(
+            spool.reconcile(),
+            Ok(()),
+            "6 found = 2 torn + 1 dropped + 3 left"
+        );
+        set(&mut spool.outputs[0].figures, "spool_left", 0);
+        assert_eq!(
+            spool.reconcile(),
+            Err(Imbalance::Output {
+                output: "otlp".into(),
+                delivered: "exported",
+                accounted: 100,
+                expected: 103
+            })
+        );
+        let otlp = &mut spool.outputs[0].figures;
+        set(otlp, "exported", 93);
+        assert_eq!(spool.reconcile(), Ok(()), "or 3 delivered");
+        // The enqueued equation is this agent's reads only.
+        set(&mut spool.outputs[0].figures, "enqueued", 98);
+        assert!(matches!(spool.reconcile(), Err(Imbalance::Enqueued { .. })));
     }
 
     #[test]

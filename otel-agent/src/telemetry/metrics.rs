@@ -8,13 +8,17 @@
 //! | `otel_agent.sessions.exported` | counter | `output` | sessions whose spans an output exported |
 //! | `otel_agent.sessions.written` | counter | `output` (`console`, `json`) | sessions a local output wrote |
 //! | `otel_agent.sessions.unconfirmed` | counter | `output` | sessions of requests answered with a success that was not an OTLP response (may not have arrived) |
-//! | `otel_agent.sessions.lost` | counter | `cause` (`ring_buffer_full`, `probe_skipped`, `decode_error`, `channel_full`, `queue_full`, `rejected`, `output_full`, `output_failed`, `at_shutdown`), `output` (the output's causes) | sessions lost, by cause ([`LossCause`]; `probe_skipped`: an upper bound) |
+//! | `otel_agent.sessions.lost` | counter | `cause` (`ring_buffer_full`, `probe_skipped`, `decode_error`, `channel_full`, `queue_full`, `rejected`, `output_full`, `output_failed`, `spool_full`, `spool_torn`, `at_shutdown`), `output` (the output's causes) | sessions lost, by cause ([`LossCause`]; `probe_skipped`: an upper bound) |
 //! | `otel_agent.probe.skipped` | counter | `program` (`inet_sock_set_state`, `tcp_receive_reset`, `sys_exit_accept`) | tracepoint hits the kernel skipped (`recursion_misses`; for `inet_sock_set_state`, those the backup program did not handle) |
 //! | `otel_agent.sessions.filtered` | counter | `cause` (`at_birth`, `after_tracking`, `unknown_birth`) | sessions deliberately left out, by cause ([`FilterCause`]) |
 //! | `otel_agent.sessions.degraded` | counter | `cause` (`birth_not_seen`, `evicted`, `map_update_failed`, `probe_skipped_reset`, `probe_skipped_accept`) | sessions reported with less than they should carry, by cause ([`Degradation`]; `evicted` once the probe is detached) |
 //! | `otel_agent.sessions.birth_not_seen` | counter | | sessions reported with an unknown birth (the same as `degraded` with `cause=birth_not_seen`) |
 //! | `otel_agent.export.errors` | counter | `output` | failed export attempts (each retried) |
 //! | `otel_agent.export.queue.depth` | gauge | `output` | sessions waiting for export |
+//! | `otel_agent.spool.spooled` | counter | `output` | sessions this agent wrote to the disk spool |
+//! | `otel_agent.spool.delivered` | counter | `output` | sessions delivered from the spool (part of `exported`) |
+//! | `otel_agent.spool.sessions` | gauge | `output` | sessions in the spool |
+//! | `otel_agent.spool.bytes` | gauge | `output` | bytes of the spool's files |
 
 use std::{
     sync::{Arc, Mutex},
@@ -31,7 +35,7 @@ use crate::{
     accounting::{Degradation, FilterCause, LossCause, OutputKind, Stage},
     export::{self, ExportError, config::OtlpTarget, resource::agent_resource},
     log_text::Escaped,
-    stats::Snapshot,
+    stats::{ExportSnapshot, Snapshot},
 };
 
 /// The running self-telemetry.
@@ -231,18 +235,61 @@ fn register(meter: &Meter, latest: &Arc<Mutex<Snapshot>>) {
             }
         },
     );
-    let latest = latest.clone();
-    meter
-        .u64_observable_gauge("otel_agent.export.queue.depth")
-        .with_description("Sessions waiting for export, by output")
-        .with_callback(move |instrument| {
-            if let Ok(snapshot) = latest.lock() {
-                for export in &snapshot.exports {
-                    instrument.observe(export.queued, &[KeyValue::new("output", export.output)]);
-                }
+    counter(
+        "otel_agent.spool.spooled",
+        "Sessions written to the disk spool, by output",
+        |s, i| {
+            for export in &s.exports {
+                i.observe(
+                    export.spool.spooled,
+                    &[KeyValue::new("output", export.output)],
+                );
             }
-        })
-        .build();
+        },
+    );
+    counter(
+        "otel_agent.spool.delivered",
+        "Sessions delivered from the disk spool, by output",
+        |s, i| {
+            for export in &s.exports {
+                i.observe(
+                    export.spool.delivered,
+                    &[KeyValue::new("output", export.output)],
+                );
+            }
+        },
+    );
+    let gauge =
+        |name: &'static str, description: &'static str, value: fn(&ExportSnapshot) -> u64| {
+            let latest = latest.clone();
+            meter
+                .u64_observable_gauge(name)
+                .with_description(description)
+                .with_callback(move |instrument| {
+                    if let Ok(snapshot) = latest.lock() {
+                        for export in &snapshot.exports {
+                            instrument
+                                .observe(value(export), &[KeyValue::new("output", export.output)]);
+                        }
+                    }
+                })
+                .build();
+        };
+    gauge(
+        "otel_agent.export.queue.depth",
+        "Sessions waiting for export, by output",
+        |export| export.queued,
+    );
+    gauge(
+        "otel_agent.spool.sessions",
+        "Sessions in the disk spool, by output",
+        |export| export.spool.left,
+    );
+    gauge(
+        "otel_agent.spool.bytes",
+        "Bytes of the disk spool's files, by output",
+        |export| export.spool.bytes,
+    );
 }
 
 #[cfg(test)]
@@ -255,7 +302,7 @@ mod tests {
     use super::*;
     use crate::{
         probe::KernelCounters,
-        stats::{ExportSnapshot, LocalSnapshot},
+        stats::{LocalSnapshot, SpoolSnapshot},
     };
 
     /// Every data point of the counter `name`: its attributes as `key=value` and its value.
@@ -356,6 +403,15 @@ mod tests {
                 lost_queue_full: 4,
                 lost_rejected: 5,
                 lost_at_shutdown: 6,
+                spool: SpoolSnapshot {
+                    lost_full: 14,
+                    lost_torn: 15,
+                    spooled: 16,
+                    delivered: 17,
+                    left: 18,
+                    bytes: 19,
+                    ..SpoolSnapshot::default()
+                },
                 ..ExportSnapshot::default()
             }],
             locals: vec![LocalSnapshot {
@@ -390,6 +446,8 @@ mod tests {
                 (&["cause=queue_full", "output=otlp"], 4),
                 (&["cause=rejected", "output=otlp"], 5),
                 (&["cause=at_shutdown", "output=otlp"], 6),
+                (&["cause=spool_full", "output=otlp"], 14),
+                (&["cause=spool_torn", "output=otlp"], 15),
                 (&["cause=output_full", "output=console"], 7),
                 (&["cause=output_failed", "output=console"], 8),
                 (&["cause=at_shutdown", "output=console"], 9),
@@ -413,5 +471,7 @@ mod tests {
                 (&["cause=probe_skipped_accept"], 25),
             ],
         );
+        check("otel_agent.spool.spooled", &[(&["output=otlp"], 16)]);
+        check("otel_agent.spool.delivered", &[(&["output=otlp"], 17)]);
     }
 }
