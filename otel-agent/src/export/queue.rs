@@ -13,8 +13,9 @@
 //!
 //! With a disk [`Spool`], what would be held or dropped goes to disk instead: a request that
 //! fails (and may succeed later) is written there, not retried from memory; while requests
-//! cannot go out (a pause after a failure, every request slot busy), waiting sessions beyond
-//! half the capacity are encoded and written there, a batch per file; and at shutdown, what
+//! cannot go out (every request slot busy) and the queue is half full, or during a pause
+//! after a failure as soon as a batch waits, waiting sessions are encoded and written
+//! there, a batch per file; and at shutdown, what
 //! the collector has not taken by the deadline (or at once, if it is failing) is written
 //! there rather than dropped. Spooled requests go out oldest first, before anything new,
 //! whenever requests can be sent (not while stopping: they stay for the next agent). With a
@@ -114,8 +115,8 @@ struct Shared {
     ready: Notify,
     settings: BatchSettings,
     stats: Arc<QueueStats>,
-    /// With a spool: waiting sessions from which the worker writes batches to it when they
-    /// cannot go out (half the capacity).
+    /// With a spool: the depth (waiting, in flight, to be retried) from which the worker
+    /// writes waiting sessions to it (half the capacity).
     spill_at: OnceLock<usize>,
 }
 
@@ -154,7 +155,7 @@ impl ExportQueue {
     /// Queues sessions under one lock; those that do not fit are counted as dropped.
     pub fn push(&self, batch: &[Arc<Session>]) {
         let shared = &self.shared;
-        let (accepted, waiting) = {
+        let (accepted, waiting, depth) = {
             let mut state = shared.state();
             let room = shared
                 .settings
@@ -162,7 +163,11 @@ impl ExportQueue {
                 .saturating_sub(state.waiting.len() + state.taken);
             let accepted = batch.len().min(room);
             state.waiting.extend(batch[..accepted].iter().cloned());
-            (accepted, state.waiting.len())
+            (
+                accepted,
+                state.waiting.len(),
+                state.waiting.len() + state.taken,
+            )
         };
         QueueStats::add(&shared.stats.enqueued, accepted as u64);
         QueueStats::add(
@@ -170,7 +175,7 @@ impl ExportQueue {
             (batch.len() - accepted) as u64,
         );
         if waiting >= shared.settings.max_export_batch_size
-            || shared.spill_at.get().is_some_and(|&at| waiting >= at)
+            || shared.spill_at.get().is_some_and(|&at| depth >= at)
         {
             shared.ready.notify_one();
         }
@@ -270,9 +275,10 @@ impl ExportQueue {
         state.waiting.drain(..n).collect()
     }
 
-    /// Sessions waiting (not yet in a request).
-    fn waiting(&self) -> usize {
-        self.shared.state().waiting.len()
+    /// Sessions waiting (not yet in a request), and the depth.
+    fn levels(&self) -> (usize, usize) {
+        let state = self.shared.state();
+        (state.waiting.len(), state.waiting.len() + state.taken)
     }
 
     /// Sessions of requests that are done with (exported, rejected, dropped or spooled).
@@ -314,7 +320,8 @@ impl<D: Destination> Worker<'_, D> {
         let limit = self.queue.shared.settings.max_concurrent_exports;
         while self.in_flight.len() < limit && self.paused_until.is_none() {
             let spooled = || {
-                let claimed = self.spool.as_mut().filter(|_| !stopping)?.claim()?;
+                let spool = self.spool.as_mut().filter(|_| !stopping)?;
+                let claimed = on_disk(|| spool.claim())?;
                 Some(Request {
                     body: claimed.body,
                     sessions: claimed.sessions,
@@ -348,15 +355,21 @@ impl<D: Destination> Worker<'_, D> {
         }
     }
 
-    /// With a spool: writes batches of waiting sessions to it while at least half the
-    /// capacity waits (what is left waits because requests cannot go out now), or every
-    /// waiting session if `all`.
+    /// With a spool: writes batches of waiting sessions to it while the queue is at least
+    /// half full (waiting, in flight and to be retried: what waits after [`Worker::launch`]
+    /// cannot go out now), or, during a pause after a failure, while a full batch waits (so
+    /// that an outage keeps less than a batch in memory); every waiting session if `all`.
     fn spill(&mut self, encoder: &mut RequestEncoder, all: bool) {
         let Some(&at) = self.queue.shared.spill_at.get() else {
             return;
         };
-        let threshold = if all { 1 } else { at };
-        while self.queue.waiting() >= threshold {
+        let batch = self.queue.shared.settings.max_export_batch_size;
+        loop {
+            let (waiting, depth) = self.queue.levels();
+            let paused = self.paused_until.is_some() && waiting >= batch;
+            if waiting == 0 || !(all || paused || depth >= at) {
+                break;
+            }
             let sessions = self.queue.take(true);
             let request = Request {
                 body: encoder.encode(&sessions),
@@ -377,7 +390,7 @@ impl<D: Destination> Worker<'_, D> {
         let Some(spool) = &mut self.spool else {
             return Err(request);
         };
-        match spool.append(&request.body, request.sessions, maybe_delivered) {
+        match on_disk(|| spool.append(&request.body, request.sessions, maybe_delivered)) {
             Ok(()) => {
                 self.queue.release(request.sessions);
                 self.spool_failing = false;
@@ -571,6 +584,20 @@ fn retry_wait(asked: Option<Duration>, backoff: Duration, stopping: bool) -> Dur
         Some(asked) => asked.min(MAX_BACKOFF),
         None if stopping => FIRST_BACKOFF,
         None => backoff,
+    }
+}
+
+/// Runs `io` (the spool's file reads and synced writes, a few milliseconds each) on this
+/// thread, telling a multi-thread runtime to move its other tasks (the reader, the
+/// pipeline) to another thread meanwhile.
+fn on_disk<T>(io: impl FnOnce() -> T) -> T {
+    let multi_thread = tokio::runtime::Handle::try_current().is_ok_and(|runtime| {
+        runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
+    });
+    if multi_thread {
+        tokio::task::block_in_place(io)
+    } else {
+        io()
     }
 }
 
@@ -947,10 +974,10 @@ mod tests {
             (1..=8).collect::<Vec<_>>()
         );
         let spool = &stats.spool;
-        // [1, 2] failed and [3, 4] spilled (6 waiting, the threshold is 5).
+        // [1, 2] failed, and the rest arrived during the pause.
         assert_eq!(
             [&spool.spooled, &spool.delivered, &spool.sessions].map(get),
-            [4, 4, 0]
+            [8, 8, 0]
         );
         assert_eq!((get(&stats.lost_queue_full), queue.depth()), (0, 0));
         assert_eq!(dir.names(), Vec::<String>::new());

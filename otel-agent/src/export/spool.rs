@@ -205,6 +205,10 @@ struct Entry {
     sessions: usize,
     bytes: u64,
     state: State,
+    /// An attempt whose outcome nobody knows may have delivered it: found `sending` (an
+    /// agent died while sending it) or cut short by the shutdown deadline. The attempts of
+    /// this agent that failed do not count: retrying after them is what any exporter does.
+    maybe_delivered: bool,
     /// Being sent now.
     claimed: bool,
 }
@@ -309,6 +313,7 @@ impl Spool {
                     sessions,
                     bytes,
                     state,
+                    maybe_delivered: state == State::Sending,
                     claimed: false,
                 }),
                 Err(reason) => {
@@ -392,6 +397,7 @@ impl Spool {
             sessions,
             bytes,
             state,
+            maybe_delivered,
             claimed: false,
         });
         SpoolStats::add(&self.stats.spooled, sessions as u64);
@@ -447,6 +453,7 @@ impl Spool {
             let index = self.entries.iter().position(|entry| !entry.claimed)?;
             let entry = &self.entries[index];
             let (seq, sessions, state) = (entry.seq, entry.sessions, entry.state);
+            let maybe_delivered = entry.maybe_delivered;
             let path = self.path(seq, sessions, state);
             let read = fs::read(&path).map_err(|error| error.to_string());
             // The body without a copy: the file's bytes past the header.
@@ -470,9 +477,8 @@ impl Spool {
                     continue;
                 }
             };
-            let maybe_delivered = state == State::Sending;
             let entry = &mut self.entries[index];
-            if !maybe_delivered
+            if state != State::Sending
                 && fs::rename(
                     &path,
                     self.dir.join(file_name(seq, sessions, State::Sending)),
@@ -491,7 +497,8 @@ impl Spool {
         }
     }
 
-    /// A claimed request that failed and stays for a later attempt (oldest first still).
+    /// A claimed request that failed and stays for a later attempt (oldest first still). Its
+    /// file stays `sending`: should this agent die, the next cannot know the outcome.
     pub fn release(&mut self, seq: u64) {
         if let Some(entry) = self.entries.iter_mut().find(|entry| entry.seq == seq) {
             entry.claimed = false;
@@ -676,6 +683,10 @@ pub(crate) mod tests {
             spool.remove(first.seq);
             let second = spool.claim().unwrap();
             spool.release(second.seq);
+            // This agent's own failed attempt: its outcome is known.
+            let again = spool.claim().unwrap();
+            assert_eq!((again.seq, again.maybe_delivered), (second.seq, false));
+            spool.release(again.seq);
             assert_eq!(get(&spool.stats.sessions), 7);
             spool.close();
         }
