@@ -493,3 +493,86 @@ fn a_full_spool_drops_its_oldest_requests_and_counts_them_exactly() {
     assert_eq!((named("crafted-old-"), named("crafted-new-")), (0, 5));
     assert!(deliveries(&sent, &spans).iter().all(|&count| count == 1));
 }
+
+/// Runs the agent with `args` and `env`, which must stop it before the probe is attached;
+/// returns its exit code and stderr.
+fn refused(args: &[&str], env: &[(&str, &str)], dir: &Path) -> (Option<i32>, String) {
+    fs::create_dir_all(dir).unwrap();
+    let (code, stderr) = agent::run_to_failure(agent::command(args, env), dir);
+    assert!(!stderr.contains("probe attached"), "{stderr}");
+    (code, stderr)
+}
+
+#[test]
+fn a_bad_size_or_an_unusable_directory_stops_the_agent_with_its_code() {
+    let _one = exclusive();
+    let dir = TempDir::new("spool-refused");
+    let endpoint = format!("http://{}", closed_port());
+    let spool = dir.path().join("spool");
+    let spool_arg = spool.display().to_string();
+    let with_endpoint = |extra: &[&'static str]| {
+        let mut args = vec!["--otlp-endpoint", &endpoint, "--spool-dir", &spool_arg];
+        args.extend_from_slice(extra);
+        args.into_iter().map(str::to_owned).collect::<Vec<_>>()
+    };
+    let args = with_endpoint(&["--spool-max-bytes", "5MB"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, stderr) = refused(&args, &[], &dir.path().join("size"));
+    assert_eq!(code, Some(78), "{stderr}");
+    assert!(
+        stderr.contains("`5MB` is not a size; use bytes or KiB, MiB, GiB, like 512MiB"),
+        "{stderr}"
+    );
+
+    let args = with_endpoint(&[]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, stderr) = refused(
+        &args,
+        &[("OTEL_AGENT_SPOOL_MAX_BYTES", "1KiB")],
+        &dir.path().join("variable"),
+    );
+    assert_eq!(code, Some(78), "{stderr}");
+    assert!(
+        stderr.contains("`1KiB` is too small: at least 1MiB"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("the value comes from the environment variable OTEL_AGENT_SPOOL_MAX_BYTES"),
+        "{stderr}"
+    );
+
+    let (code, stderr) = refused(
+        &["--spool-dir", &spool_arg],
+        &[],
+        &dir.path().join("no-endpoint"),
+    );
+    assert_eq!(code, Some(78), "{stderr}");
+    assert!(
+        stderr.contains("--spool-dir/OTEL_AGENT_SPOOL_DIR"),
+        "{stderr}"
+    );
+
+    // A file where the directory should be: exit 74, the path and what to do.
+    fs::write(&spool, b"not a directory").unwrap();
+    let (code, stderr) = refused(&args, &[], &dir.path().join("file"));
+    assert_eq!(code, Some(74), "{stderr}");
+    assert_eq!(
+        agent::log_lines(&stderr, "ERROR"),
+        [format!(
+            "otel_agent: cannot use the spool directory {spool_arg} (--spool-dir / \
+             OTEL_AGENT_SPOOL_DIR): cannot create it: File exists (os error 17); check the \
+             path and that the agent may create it"
+        )]
+    );
+    fs::remove_file(&spool).unwrap();
+
+    // A second agent on the directory the first one uses.
+    let mut first = start_agent(closed_port(), &spool, &[], &dir.path().join("first"));
+    let (code, stderr) = refused(&args, &[], &dir.path().join("second"));
+    assert_eq!(code, Some(74), "{stderr}");
+    assert!(
+        stderr.contains("it is locked: Resource temporarily unavailable (os error 11); another otel-agent uses it"),
+        "{stderr}"
+    );
+    stop(&mut first);
+}

@@ -114,8 +114,8 @@ pub fn prepare(cli: &Cli, config: &ExportConfig) -> Result<Prepared, AgentError>
             return Err(ConfigError {
                 source_name: "--spool-dir/OTEL_AGENT_SPOOL_DIR".into(),
                 value: options.dir.display().to_string(),
-                expected: "no spool without an OTLP endpoint: it holds export requests; set \
-                           --otlp-endpoint, or leave the spool out"
+                expected: "a spool needs an OTLP endpoint (it holds export requests): set \
+                           --otlp-endpoint, or remove --spool-dir"
                     .into(),
             }
             .into());
