@@ -229,6 +229,16 @@ fn an_outage_ten_times_the_queue_loses_nothing_and_delivers_each_session_once() 
     let outage = wait_for_figures(&agent, Duration::from_secs(20), "spooled", |f| {
         agent::counter(f, "spooled") + agent::counter(f, "queued") + 40 >= sessions as u64 + 40
     });
+    let (spooled, bytes) = (
+        agent::counter(&outage, "spooled"),
+        agent::counter(&outage, "spool_bytes"),
+    );
+    eprintln!(
+        "spool write rate: {spooled} sessions, {bytes} bytes in {} files within {closing:?}: \
+         {:.2} MB/s",
+        spool_files(&spool).len(),
+        bytes as f64 / closing.as_secs_f64() / 1e6
+    );
     assert_eq!(agent::counter(&outage, "lost_queue_full"), 0, "{outage:?}");
     assert!(
         agent::counter(&outage, "queued") < QUEUE as u64,
