@@ -94,6 +94,43 @@ fn start_agent(collector: SocketAddr, spool: &Path, extra: &[&str], dir: &Path) 
     agent::start_grpc(&endpoint, &args, dir)
 }
 
+/// An agent with no collector (nothing listens on its port) and the spool in
+/// `<dir>/spool`, once it has read the sessions of `n` exchanges (each spooled or queued),
+/// with `extra` flags; its output in `<dir>/first`.
+fn agent_in_an_outage(
+    dir: &TempDir,
+    n: usize,
+    extra: &[&str],
+) -> (SocketAddr, PathBuf, ChildGuard, Vec<Exchange>) {
+    let spool = dir.path().join("spool");
+    let collector = closed_port();
+    let agent = start_agent(collector, &spool, extra, &dir.path().join("first"));
+    let sent = exchanges(n);
+    wait_for_figures(&agent, Duration::from_secs(20), "every session read", |f| {
+        agent::counter(f, "spooled") + agent::counter(f, "queued") == 2 * n as u64
+    });
+    (collector, spool, agent, sent)
+}
+
+/// The collector back on `collector`, then a next agent on the same `spool` (its output in
+/// `<dir>/second`, `extra` flags), run until the spool is empty: the collector, the agent,
+/// and what the agent's first lines said it found.
+fn next_agent(
+    dir: &TempDir,
+    collector: SocketAddr,
+    spool: &Path,
+    extra: &[&str],
+) -> (Rotel, ChildGuard, BTreeMap<String, u64>) {
+    let http = rotel::free_port();
+    let rotel = Rotel::start_on(dir.path(), "rotel", collector, http, &["traces"]);
+    let agent = start_agent(collector, spool, extra, &dir.path().join("second"));
+    let found = agent::log_counters(&agent.stderr_text(), &["spool found"]);
+    wait_for_figures(&agent, Duration::from_secs(30), "the spool drained", |f| {
+        agent::counter(f, "spool_left") == 0
+    });
+    (rotel, agent, found)
+}
+
 /// The sessions in the spool's complete files (`.req`, `.sending`), from their names.
 fn spooled_sessions(spool: &Path) -> u64 {
     spool_files(spool)
@@ -284,14 +321,9 @@ fn an_outage_ten_times_the_queue_loses_nothing_and_delivers_each_session_once() 
 fn sigkill_during_an_outage_keeps_what_was_spooled_for_the_next_agent() {
     let _one = exclusive();
     let dir = TempDir::new("spool-sigkill");
-    let spool = dir.path().join("spool");
-    let collector = closed_port();
-    let mut first = start_agent(collector, &spool, &[], &dir.path().join("first"));
     // Not a whole number of batches: a partial one stays in memory.
-    let during = exchanges(301);
-    let settled = wait_for_figures(&first, Duration::from_secs(20), "settled", |f| {
-        agent::counter(f, "spooled") + agent::counter(f, "queued") == 602
-    });
+    let (collector, spool, mut first, during) = agent_in_an_outage(&dir, 301, &[]);
+    let settled = periodic(&first);
     let read = agent::counter(
         &agent::log_counters(&first.stderr_text(), &["session accounting", "periodic"]),
         "records_read",
@@ -305,14 +337,8 @@ fn sigkill_during_an_outage_keeps_what_was_spooled_for_the_next_agent() {
     // Lost: only what the queue held in memory, less than a batch during an outage.
     assert!(lost < BATCH as u64, "{lost} lost");
 
-    let (grpc, http) = (collector, rotel::free_port());
-    let rotel = Rotel::start_on(dir.path(), "rotel", grpc, http, &["traces"]);
-    let mut second = start_agent(collector, &spool, &[], &dir.path().join("second"));
-    let found = agent::log_counters(&second.stderr_text(), &["spool found"]);
+    let (rotel, mut second, found) = next_agent(&dir, collector, &spool, &[]);
     assert_eq!(agent::counter(&found, "sessions"), on_disk, "{found:?}");
-    wait_for_figures(&second, Duration::from_secs(30), "the spool drained", |f| {
-        agent::counter(f, "spool_left") == 0
-    });
     let export = stop(&mut second);
     assert_eq!(agent::counter(&export, "spool_found"), on_disk);
     assert_eq!(agent::counter(&export, "delivered_from_spool"), on_disk);
@@ -331,13 +357,7 @@ fn sigkill_during_an_outage_keeps_what_was_spooled_for_the_next_agent() {
 fn a_torn_spool_file_is_skipped_and_counted_and_the_rest_delivered() {
     let _one = exclusive();
     let dir = TempDir::new("spool-torn");
-    let spool = dir.path().join("spool");
-    let collector = closed_port();
-    let mut first = start_agent(collector, &spool, &[], &dir.path().join("first"));
-    let sent = exchanges(100);
-    wait_for_figures(&first, Duration::from_secs(20), "read", |f| {
-        agent::counter(f, "spooled") + agent::counter(f, "queued") == 200
-    });
+    let (collector, spool, mut first, sent) = agent_in_an_outage(&dir, 100, &[]);
     // Stopping while the collector is down: everything goes to the spool at once.
     let export = stop(&mut first);
     assert_eq!(
@@ -374,23 +394,12 @@ fn a_torn_spool_file_is_skipped_and_counted_and_the_rest_delivered() {
         .set_len(length / 2)
         .unwrap();
 
-    let rotel = Rotel::start_on(
-        dir.path(),
-        "rotel",
-        collector,
-        rotel::free_port(),
-        &["traces"],
-    );
-    let mut second = start_agent(collector, &spool, &[], &dir.path().join("second"));
-    let found = agent::log_counters(&second.stderr_text(), &["spool found"]);
+    let (rotel, mut second, found) = next_agent(&dir, collector, &spool, &[]);
     assert_eq!(
         ["sessions", "torn_files", "lost_spool_torn"].map(|name| agent::counter(&found, name)),
         [200 - torn, 1, torn],
         "{found:?}"
     );
-    wait_for_figures(&second, Duration::from_secs(30), "the spool drained", |f| {
-        agent::counter(f, "spool_left") == 0
-    });
     let export = stop(&mut second);
     assert_eq!(
         ["spool_found", "lost_spool_torn", "delivered_from_spool"]
@@ -448,22 +457,13 @@ fn write_spool_file(spool: &Path, seq: u64, sessions: u64, body: &[u8]) -> PathB
 fn a_full_spool_drops_its_oldest_requests_and_counts_them_exactly() {
     let _one = exclusive();
     let dir = TempDir::new("spool-full");
-    let spool = dir.path().join("spool");
     // Two requests an earlier agent left, 480 KB each: the 1 MiB spool is nearly full.
     for (seq, name) in [(0, "crafted-old"), (1, "crafted-new")] {
-        write_spool_file(&spool, seq, 5, &crafted_request(name, 5, 480_000));
+        let body = crafted_request(name, 5, 480_000);
+        write_spool_file(&dir.path().join("spool"), seq, 5, &body);
     }
-    let collector = closed_port();
-    let mut first = start_agent(
-        collector,
-        &spool,
-        &["--spool-max-bytes", "1MiB"],
-        &dir.path().join("first"),
-    );
-    let sent = exchanges(150);
-    wait_for_figures(&first, Duration::from_secs(20), "read", |f| {
-        agent::counter(f, "spooled") + agent::counter(f, "queued") == 300
-    });
+    let (collector, spool, mut first, sent) =
+        agent_in_an_outage(&dir, 150, &["--spool-max-bytes", "1MiB"]);
     let export = stop(&mut first);
     // This agent's 300 sessions (under 88 KB more would have fit, over 568 KB would drop
     // both) made room by dropping the oldest request: its 5 sessions, no more.
@@ -475,22 +475,8 @@ fn a_full_spool_drops_its_oldest_requests_and_counts_them_exactly() {
     );
     assert!(agent::counter(&export, "spool_bytes") <= 1 << 20);
 
-    let rotel = Rotel::start_on(
-        dir.path(),
-        "rotel",
-        collector,
-        rotel::free_port(),
-        &["traces"],
-    );
-    let mut second = start_agent(
-        collector,
-        &spool,
-        &["--spool-max-bytes", "1MiB"],
-        &dir.path().join("second"),
-    );
-    wait_for_figures(&second, Duration::from_secs(30), "the spool drained", |f| {
-        agent::counter(f, "spool_left") == 0
-    });
+    let (rotel, mut second, _) =
+        next_agent(&dir, collector, &spool, &["--spool-max-bytes", "1MiB"]);
     let export = stop(&mut second);
     assert_eq!(agent::counter(&export, "delivered_from_spool"), 305);
     let spans = rotel.spans();

@@ -295,9 +295,7 @@ impl ExportArgs {
             bsp_max_concurrent_exports: self.bsp_max_concurrent_exports,
         }
     }
-}
 
-impl ExportArgs {
     /// The spool's options, if `--spool-dir` is given.
     pub fn spool(&self) -> Option<SpoolOptions> {
         Some(SpoolOptions {

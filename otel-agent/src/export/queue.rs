@@ -944,6 +944,20 @@ mod tests {
         (Arc::new(QueueStats::with_spool(Some(&spool))), Some(spool))
     }
 
+    /// A next agent's worker on the spool in `options`, with a collector that accepts
+    /// everything, run until it has exported `sessions`; its counters and the collector.
+    async fn next_agent(options: &SpoolOptions, sessions: u64) -> (Arc<QueueStats>, Shared) {
+        let (stats, spool) = spool(options);
+        let queue = ExportQueue::new(settings(10, 2, 2), stats.clone());
+        let up = Shared::default();
+        let (stop, stopped) = watch::channel(None);
+        let worker = tokio::spawn(queue.clone().run(up.clone(), encoder(), spool, stopped));
+        wait_for("the spool delivered", || get(&stats.exported) >= sessions).await;
+        stop.send_replace(Some(Instant::now() + Duration::from_secs(1)));
+        worker.await.unwrap();
+        (stats, up)
+    }
+
     /// The first request fails: it goes to the spool, and so do the sessions beyond half
     /// the capacity that arrive during the pause; once the collector answers, the spool
     /// goes first, then the rest: every session once, in order, and nothing left on disk.
@@ -1009,15 +1023,8 @@ mod tests {
         );
         assert_eq!(dir.names().len(), 3);
 
-        let (next, spool) = spool(&options);
-        let queue = ExportQueue::new(settings(10, 2, 2), next.clone());
+        let (next, up) = next_agent(&options, 5).await;
         assert_eq!(get(&next.spool.found), 5);
-        let up = Shared::default();
-        let (stop, stopped) = watch::channel(None);
-        let worker = tokio::spawn(queue.clone().run(up.clone(), encoder(), spool, stopped));
-        wait_for("the spool delivered", || get(&next.exported) >= 5).await;
-        stop.send_replace(Some(Instant::now() + Duration::from_secs(1)));
-        worker.await.unwrap();
         let mut ports = up.0.exported.lock().unwrap().clone();
         ports.sort_unstable();
         assert_eq!(ports, [1, 2, 3, 4, 5]);
@@ -1045,17 +1052,7 @@ mod tests {
         assert_eq!(dir.names(), ["00000000000000000000-2.sending"]);
         assert_eq!((get(&stats.spool.spooled), queue.depth()), (2, 0));
 
-        let (next, spool) = spool(&options);
-        let queue = ExportQueue::new(settings(10, 2, 1), next.clone());
-        let (stop, stopped) = watch::channel(None);
-        let worker = tokio::spawn(
-            queue
-                .clone()
-                .run(Shared::default(), encoder(), spool, stopped),
-        );
-        wait_for("the spool delivered", || get(&next.exported) >= 2).await;
-        stop.send_replace(Some(Instant::now() + Duration::from_secs(1)));
-        worker.await.unwrap();
+        let (next, _) = next_agent(&options, 2).await;
         assert_eq!(get(&next.spool.maybe_duplicated), 2);
     }
 

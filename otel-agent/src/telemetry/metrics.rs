@@ -45,6 +45,8 @@ pub struct SelfMetrics {
 }
 
 type Observe = fn(&Snapshot, &dyn AsyncInstrument<u64>);
+/// One export output's figure.
+type ExportValue = fn(&ExportSnapshot) -> u64;
 
 impl SelfMetrics {
     /// Starts exporting to `target` every `interval`.
@@ -99,6 +101,22 @@ impl SelfMetrics {
     }
 }
 
+/// A callback observing `value` of each export output of the latest snapshot, with its
+/// `output` attribute.
+fn per_output(
+    latest: &Arc<Mutex<Snapshot>>,
+    value: ExportValue,
+) -> impl Fn(&dyn AsyncInstrument<u64>) + Send + Sync + 'static {
+    let latest = latest.clone();
+    move |instrument| {
+        if let Ok(snapshot) = latest.lock() {
+            for export in &snapshot.exports {
+                instrument.observe(value(export), &[KeyValue::new("output", export.output)]);
+            }
+        }
+    }
+}
+
 fn register(meter: &Meter, latest: &Arc<Mutex<Snapshot>>) {
     let counter = |name: &'static str, description: &'static str, observe: Observe| {
         let latest = latest.clone();
@@ -110,6 +128,14 @@ fn register(meter: &Meter, latest: &Arc<Mutex<Snapshot>>) {
                     observe(&snapshot, instrument);
                 }
             })
+            .build();
+    };
+    // A counter with a data point per export output.
+    let per_export = |name: &'static str, description: &'static str, value: ExportValue| {
+        meter
+            .u64_observable_counter(name)
+            .with_description(description)
+            .with_callback(per_output(latest, value))
             .build();
     };
     counter(
@@ -126,26 +152,15 @@ fn register(meter: &Meter, latest: &Arc<Mutex<Snapshot>>) {
             i.observe(s.records_read, &[]);
         },
     );
-    counter(
+    per_export(
         "otel_agent.sessions.exported",
         "Sessions exported, by output",
-        |s, i| {
-            for export in &s.exports {
-                i.observe(export.exported, &[KeyValue::new("output", export.output)]);
-            }
-        },
+        |export| export.exported,
     );
-    counter(
+    per_export(
         "otel_agent.sessions.unconfirmed",
         "Sessions answered with a success that was not an OTLP response, by output",
-        |s, i| {
-            for export in &s.exports {
-                i.observe(
-                    export.exported_unconfirmed,
-                    &[KeyValue::new("output", export.output)],
-                );
-            }
-        },
+        |export| export.exported_unconfirmed,
     );
     counter(
         "otel_agent.sessions.lost",
@@ -223,58 +238,28 @@ fn register(meter: &Meter, latest: &Arc<Mutex<Snapshot>>) {
             i.observe(s.kernel.birth_not_seen, &[]);
         },
     );
-    counter(
+    per_export(
         "otel_agent.export.errors",
         "Failed export attempts, by output",
-        |s, i| {
-            for export in &s.exports {
-                i.observe(
-                    export.export_errors,
-                    &[KeyValue::new("output", export.output)],
-                );
-            }
-        },
+        |export| export.export_errors,
     );
-    counter(
+    per_export(
         "otel_agent.spool.spooled",
         "Sessions written to the disk spool, by output",
-        |s, i| {
-            for export in &s.exports {
-                i.observe(
-                    export.spool.spooled,
-                    &[KeyValue::new("output", export.output)],
-                );
-            }
-        },
+        |export| export.spool.spooled,
     );
-    counter(
+    per_export(
         "otel_agent.spool.delivered",
         "Sessions delivered from the disk spool, by output",
-        |s, i| {
-            for export in &s.exports {
-                i.observe(
-                    export.spool.delivered,
-                    &[KeyValue::new("output", export.output)],
-                );
-            }
-        },
+        |export| export.spool.delivered,
     );
-    let gauge =
-        |name: &'static str, description: &'static str, value: fn(&ExportSnapshot) -> u64| {
-            let latest = latest.clone();
-            meter
-                .u64_observable_gauge(name)
-                .with_description(description)
-                .with_callback(move |instrument| {
-                    if let Ok(snapshot) = latest.lock() {
-                        for export in &snapshot.exports {
-                            instrument
-                                .observe(value(export), &[KeyValue::new("output", export.output)]);
-                        }
-                    }
-                })
-                .build();
-        };
+    let gauge = |name: &'static str, description: &'static str, value: ExportValue| {
+        meter
+            .u64_observable_gauge(name)
+            .with_description(description)
+            .with_callback(per_output(latest, value))
+            .build();
+    };
     gauge(
         "otel_agent.export.queue.depth",
         "Sessions waiting for export, by output",
