@@ -71,14 +71,27 @@ fn closed_port() -> SocketAddr {
         .unwrap()
 }
 
-/// The agent exporting over gRPC to `collector` with a small queue and the spool in
-/// `spool`, its output in `dir`.
-fn start_agent(collector: SocketAddr, spool: &Path, extra: &[&str], dir: &Path) -> ChildGuard {
+/// The agent exporting to `collector` over `protocol` (`grpc`, or `http/protobuf` with
+/// gzip: a spool written by one is delivered by the other), kept to this test process,
+/// with a small queue and the spool in `spool`, its output in `dir`.
+fn start_agent(
+    (collector, protocol): (SocketAddr, &str),
+    spool: &Path,
+    extra: &[&str],
+    dir: &Path,
+) -> ChildGuard {
     fs::create_dir_all(dir).unwrap();
     let (queue, batch) = (QUEUE.to_string(), BATCH.to_string());
     let endpoint = format!("http://{collector}");
     let spool = spool.display().to_string();
+    let [pid_flag, pid] = agent::only_this_process();
     let mut args = vec![
+        &pid_flag,
+        &pid,
+        "--otlp-endpoint",
+        &endpoint,
+        "--otlp-protocol",
+        protocol,
         "--bsp-max-queue-size",
         &queue,
         "--bsp-max-export-batch-size",
@@ -90,8 +103,11 @@ fn start_agent(collector: SocketAddr, spool: &Path, extra: &[&str], dir: &Path) 
         "--spool-dir",
         &spool,
     ];
+    if protocol != "grpc" {
+        args.extend(["--otlp-compression", "gzip"]);
+    }
     args.extend_from_slice(extra);
-    agent::start_grpc(&endpoint, &args, dir)
+    agent::start(&args, &[], dir)
 }
 
 /// An agent with no collector (nothing listens on its port) and the spool in
@@ -104,7 +120,12 @@ fn agent_in_an_outage(
 ) -> (SocketAddr, PathBuf, ChildGuard, Vec<Exchange>) {
     let spool = dir.path().join("spool");
     let collector = closed_port();
-    let agent = start_agent(collector, &spool, extra, &dir.path().join("first"));
+    let agent = start_agent(
+        (collector, "grpc"),
+        &spool,
+        extra,
+        &dir.path().join("first"),
+    );
     let sent = exchanges(n);
     wait_for_figures(&agent, Duration::from_secs(20), "every session read", |f| {
         agent::counter(f, "spooled") + agent::counter(f, "queued") == 2 * n as u64
@@ -114,7 +135,8 @@ fn agent_in_an_outage(
 
 /// The collector back on `collector`, then a next agent on the same `spool` (its output in
 /// `<dir>/second`, `extra` flags), run until the spool is empty: the collector, the agent,
-/// and what the agent's first lines said it found.
+/// and what the agent's first lines said it found. The next agent sends over HTTP/protobuf
+/// with gzip what the first spooled for gRPC.
 fn next_agent(
     dir: &TempDir,
     collector: SocketAddr,
@@ -123,7 +145,12 @@ fn next_agent(
 ) -> (Rotel, ChildGuard, BTreeMap<String, u64>) {
     let http = rotel::free_port();
     let rotel = Rotel::start_on(dir.path(), "rotel", collector, http, &["traces"]);
-    let agent = start_agent(collector, spool, extra, &dir.path().join("second"));
+    let agent = start_agent(
+        (http, "http/protobuf"),
+        spool,
+        extra,
+        &dir.path().join("second"),
+    );
     let found = agent::log_counters(&agent.stderr_text(), &["spool found"]);
     wait_for_figures(&agent, Duration::from_secs(30), "the spool drained", |f| {
         agent::counter(f, "spool_left") == 0
@@ -236,7 +263,7 @@ fn an_outage_ten_times_the_queue_loses_nothing_and_delivers_each_session_once() 
     let spool = dir.path().join("spool");
     let (grpc, http) = (rotel::free_port(), rotel::free_port());
     let first = Rotel::start_on(dir.path(), "rotel-1", grpc, http, &["traces"]);
-    let mut agent = start_agent(grpc, &spool, &[], dir.path());
+    let mut agent = start_agent((grpc, "grpc"), &spool, &[], dir.path());
 
     // Healthy: delivered, and nothing written to disk.
     let mut all = exchanges(20);
@@ -563,7 +590,12 @@ fn a_bad_size_or_an_unusable_directory_stops_the_agent_with_its_code() {
     fs::remove_file(&spool).unwrap();
 
     // A second agent on the directory the first one uses.
-    let mut first = start_agent(closed_port(), &spool, &[], &dir.path().join("first"));
+    let mut first = start_agent(
+        (closed_port(), "grpc"),
+        &spool,
+        &[],
+        &dir.path().join("first"),
+    );
     let (code, stderr) = refused(&args, &[], &dir.path().join("second"));
     assert_eq!(code, Some(74), "{stderr}");
     assert!(
