@@ -402,7 +402,8 @@ impl<D: Destination> Worker<'_, D> {
                     tracing::warn!(
                         %error,
                         sessions = request.sessions,
-                        "cannot write to the spool: holding the request in memory, as without                          a spool (the queue's capacity bounds it)"
+                        "cannot write to the spool: holding the request in memory, as without a \
+                         spool (the queue's capacity bounds it)"
                     );
                 }
                 Err(request)
@@ -995,6 +996,40 @@ mod tests {
         );
         assert_eq!((get(&stats.lost_queue_full), queue.depth()), (0, 0));
         assert_eq!(dir.names(), Vec::<String>::new());
+    }
+
+    /// A spool that cannot be written (here: its directory removed) leaves the failed
+    /// request in memory, retried as without a spool: delivered once the collector is back.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_spool_that_cannot_be_written_keeps_the_request_in_memory() {
+        let dir = Dir::new("queue-unwritable");
+        let (stats, spool) = spool(&dir.options(1 << 20));
+        std::fs::remove_dir_all(dir.path()).unwrap();
+        let queue = ExportQueue::new(settings(10, 2, 1), stats.clone());
+        let destination = Shared(Arc::new(Flaky {
+            failures: 1,
+            ..Flaky::default()
+        }));
+        let (stop, stopped) = watch::channel(None);
+        let worker = tokio::spawn(queue.clone().run(
+            destination.clone(),
+            encoder(),
+            spool,
+            stopped,
+        ));
+        queue.push(&[session(1), session(2)]);
+        wait_for("delivered from memory", || get(&stats.exported) >= 2).await;
+        stop.send_replace(Some(Instant::now() + Duration::from_secs(1)));
+        worker.await.unwrap();
+        assert_eq!(*destination.0.exported.lock().unwrap(), vec![1, 2]);
+        assert_eq!(
+            (
+                get(&stats.spool.spooled),
+                get(&stats.export_errors),
+                queue.depth()
+            ),
+            (0, 1, 0)
+        );
     }
 
     /// Stopping while the collector fails: what is queued goes to the spool at once, not

@@ -586,6 +586,10 @@ pub(crate) mod tests {
             Self(path)
         }
 
+        pub(crate) fn path(&self) -> &Path {
+            &self.0
+        }
+
         pub(crate) fn options(&self, max_bytes: u64) -> SpoolOptions {
             SpoolOptions {
                 dir: self.0.clone(),
