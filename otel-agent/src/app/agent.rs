@@ -73,6 +73,14 @@ pub fn prepare(cli: Cli) -> Result<Prepared, AgentError> {
     let ring = probe.take_events()?;
     let features = probe.features;
     crate::probe::drop_privileges::drop_after_attach();
+    if let Some(pins) = probe.counters().ok().and_then(|counters| counters.pins) {
+        tracing::info!(
+            dir = %Escaped(&cli.probe.bpf_pin_dir.as_deref().unwrap_or(Path::new("")).display().to_string()),
+            adopted_records = pins.adopted_records,
+            adopted_open_sessions = pins.adopted_open,
+            "took over the pinned probe: these records wait in its ring buffer, these sessions were open"
+        );
+    }
     tracing::info!(
         bytes = features.bytes,
         payload = features.payload,
@@ -116,7 +124,8 @@ pub async fn run(prepared: Prepared, signals: Signals) -> Result<(), AgentError>
     let stats = Arc::new(PipelineStats::default());
     let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
     let stop = CancellationToken::new();
-    let mut reader = tokio::spawn(events::read(ring, tx, stats.clone(), stop.clone()));
+    let pinned = cli.probe.bpf_pin_dir.is_some();
+    let mut reader = tokio::spawn(events::read(ring, tx, stats.clone(), stop.clone(), !pinned));
     let mut pipeline = tokio::spawn(pipeline::run(rx, routes, stats.clone()));
 
     let outputs = exporters.handles();
@@ -147,6 +156,7 @@ pub async fn run(prepared: Prepared, signals: Signals) -> Result<(), AgentError>
             () = exporters.worker_ended() => break First::WorkerEnded,
             () = sinks.failed() => break First::OutputFailed,
             _ = ticker.tick() => {
+                leave(&mut probe, &stats, false);
                 let now = snapshot(&probe);
                 now.log("periodic");
                 if let Some(metrics) = &self_metrics {
@@ -203,6 +213,7 @@ pub async fn run(prepared: Prepared, signals: Signals) -> Result<(), AgentError>
     for output in panicked {
         failures.push(format!("the {output} export worker panicked"));
     }
+    leave(&mut probe, &stats, true);
     let last = snapshot(&probe);
     last.log("final");
     if let Some(metrics) = self_metrics {
@@ -237,6 +248,20 @@ pub async fn run(prepared: Prepared, signals: Signals) -> Result<(), AgentError>
             "a task failed: {}",
             failures.join("; ")
         ))),
+    }
+}
+
+/// A pinned probe: records for the next agent what this one has read (`last`: after its
+/// last read, and what it leaves).
+fn leave(probe: &mut Probe, stats: &PipelineStats, last: bool) {
+    let read = stats
+        .records_read
+        .load(std::sync::atomic::Ordering::Relaxed);
+    if let Err(error) = probe.leave(read, last) {
+        tracing::warn!(
+            error = %Escaped(&error.to_string()),
+            "cannot record in the pin directory what this agent read: the next agent will count those records as waiting"
+        );
     }
 }
 

@@ -25,7 +25,12 @@ pub const MAX_TRACKED_SOCKETS: u32 = 1 << 22;
 /// endpoint it prints one tcplife-style line per closed session instead.
 #[derive(Debug, Parser)]
 #[command(name = "otel-agent", version)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct Cli {
+    /// A subcommand instead of running the agent.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     #[command(flatten)]
     pub export: ExportArgs,
 
@@ -66,6 +71,19 @@ pub struct Cli {
     /// is one line in either (`final accounting`, its figures in the `json` field).
     #[arg(long, env = "OTEL_AGENT_LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,
+}
+
+/// What `otel-agent SUBCOMMAND` does instead of running the agent.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Detach the probe an agent left pinned with --bpf-pin-dir and remove every pin (the
+    /// records still waiting in its ring buffer are discarded). Stop the agent first.
+    /// Nothing to detach is not an error.
+    Detach {
+        /// The pin directory given to the agent.
+        #[arg(long, env = "OTEL_AGENT_BPF_PIN_DIR", value_name = "DIR")]
+        bpf_pin_dir: PathBuf,
+    },
 }
 
 /// How the agent's own logs are written.
@@ -260,6 +278,14 @@ pub struct ProbeArgs {
     /// tracepoint is used).
     #[arg(long, env = "OTEL_AGENT_ATTACH", value_enum, default_value_t = AttachType::Tracepoint)]
     pub attach: AttachType,
+
+    /// Pin the probe under this directory on a BPF filesystem (for example
+    /// /sys/fs/bpf/otel-agent) so that it keeps running while no agent does, and take over
+    /// what a previous agent pinned there: no session is missed across a restart or an
+    /// upgrade. On stop the probe stays attached; `otel-agent detach --bpf-pin-dir DIR`
+    /// removes it. Off by default.
+    #[arg(long, env = "OTEL_AGENT_BPF_PIN_DIR", value_name = "DIR")]
+    pub bpf_pin_dir: Option<PathBuf>,
 }
 
 impl ExportArgs {
@@ -324,6 +350,7 @@ impl ProbeArgs {
                 AttachType::Tracepoint => StateProbe::Tracepoint,
                 AttachType::RawTracepoint => StateProbe::RawTracepoint,
             },
+            pin_dir: self.bpf_pin_dir.clone(),
         }
     }
 }

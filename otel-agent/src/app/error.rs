@@ -17,6 +17,9 @@ pub mod exit_code {
     /// Writing a local output (the console, JSON lines) failed, for example stdout was
     /// closed or the disk is full (`EX_IOERR`).
     pub const OUTPUT: u8 = 74;
+    /// The pin directory (`--bpf-pin-dir`) holds a probe of a layout this agent cannot take
+    /// over (`EX_DATAERR`): `otel-agent detach --bpf-pin-dir DIR` removes it.
+    pub const PINS_INCOMPATIBLE: u8 = 65;
     /// Anything else: an internal failure (`EX_SOFTWARE`).
     pub const INTERNAL: u8 = 70;
 }
@@ -46,6 +49,8 @@ impl AgentError {
     pub fn exit_code(&self) -> ExitCode {
         ExitCode::from(match self {
             Self::Config(_) | Self::Export(_) | Self::JsonOutput { .. } => exit_code::CONFIG,
+            Self::Probe(error) if error.is_incompatible_pins() => exit_code::PINS_INCOMPATIBLE,
+            Self::Probe(error) if error.is_unusable_pin_dir() => exit_code::CONFIG,
             Self::Probe(error) if error.is_missing_privilege() => exit_code::NO_PERMISSION,
             Self::Probe(error) if error.is_missing_kernel_feature() => {
                 exit_code::KERNEL_UNSUPPORTED

@@ -44,12 +44,15 @@ impl PipelineStats {
 /// ring buffer passes a quarter full (a wakeup per record is the probe's largest cost).
 pub const READ_INTERVAL: Duration = Duration::from_millis(10);
 
-/// Reads until `stop` is cancelled, then drains what is left and returns, closing `tx`.
+/// Reads until `stop` is cancelled, then drains what is left (unless `drain_at_stop` is
+/// false: a pinned probe keeps writing, and what it writes waits for the next agent) and
+/// returns, closing `tx`.
 pub async fn read(
     ring: RingBuf<MapData>,
     tx: mpsc::Sender<SessionRecord>,
     stats: Arc<PipelineStats>,
     stop: CancellationToken,
+    drain_at_stop: bool,
 ) -> io::Result<()> {
     // SAFETY: the ring buffer owns its map fd, which stays open and unchanged until the
     // `AsyncFd` (which owns the ring buffer) is dropped.
@@ -68,7 +71,9 @@ pub async fn read(
             }
         }
     }
-    drain(ring.get_mut(), &tx, &stats);
+    if drain_at_stop {
+        drain(ring.get_mut(), &tx, &stats);
+    }
     Ok(())
 }
 

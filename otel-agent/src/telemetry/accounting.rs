@@ -313,7 +313,9 @@ pub struct Accounting {
 /// Why the figures do not reconcile.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Imbalance {
-    #[error("kernel_emitted = {emitted} but records_read = {read}")]
+    #[error(
+        "kernel_emitted (+ pins_adopted_records) = {emitted} but records_read (+ pins_left_records) = {read}"
+    )]
     Kernel { emitted: u64, read: u64 },
     #[error(
         "{output}: {delivered} + unconfirmed + lost + queued = {accounted}, but records_read - \
@@ -344,13 +346,20 @@ pub const FINAL_LINE: &str = "final accounting";
 impl Accounting {
     /// Checks the equation, exact once the probe is detached, the ring buffer drained and
     /// the outputs flushed (the final figures):
-    /// - `kernel_emitted = records_read` (kernel losses happen before a record is emitted);
+    /// - `kernel_emitted (+ pins_adopted_records) = records_read (+ pins_left_records)`
+    ///   (kernel losses happen before a record is emitted);
     /// - for every output, `delivered (exported or written) + exported_unconfirmed + every
     ///   lost_<cause> of the output + queued = records_read - every loss of the pipeline`;
     /// - for an export output, `enqueued + lost_queue_full` = the same.
     pub fn reconcile(&self) -> Result<(), Imbalance> {
         let session = |name: &str| self.session.need(name, "session accounting");
-        let (emitted, read) = (session("kernel_emitted")?, session("records_read")?);
+        // A pinned probe: what waited in the ring buffer when this agent took over was
+        // emitted before it, and what it left is read by the next one.
+        let pinned = |name: &str| self.session.get(name).unwrap_or(0);
+        let (emitted, read) = (
+            session("kernel_emitted")? + pinned("pins_adopted_records"),
+            session("records_read")? + pinned("pins_left_records"),
+        );
         if emitted != read {
             return Err(Imbalance::Kernel { emitted, read });
         }
@@ -645,7 +654,7 @@ mod tests {
         assert_eq!(json["reconciled"], false);
         assert_eq!(
             json["imbalance"],
-            "kernel_emitted = 101 but records_read = 100"
+            "kernel_emitted (+ pins_adopted_records) = 101 but records_read (+ pins_left_records) = 100"
         );
     }
 
