@@ -473,6 +473,8 @@ fn parse_timeout(text: &str) -> Result<Duration, String> {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
 
     #[test]
@@ -632,6 +634,30 @@ mod tests {
             error(&["-p", "0"]).contains("0 is not in 1..=4294967295"),
             "{}",
             error(&["-p", "0"])
+        );
+    }
+
+    #[test]
+    fn the_pin_directory_is_off_by_default_and_detach_is_a_subcommand() {
+        let plain = Cli::try_parse_from(["otel-agent", "-L", "80"]).unwrap();
+        assert!(plain.command.is_none());
+        assert_eq!(plain.probe.options().pin_dir, None);
+        let pinned = Cli::try_parse_from(["otel-agent", "--bpf-pin-dir", "/sys/fs/bpf/a"]).unwrap();
+        assert_eq!(
+            pinned.probe.options().pin_dir,
+            Some(PathBuf::from("/sys/fs/bpf/a"))
+        );
+        let detach =
+            Cli::try_parse_from(["otel-agent", "detach", "--bpf-pin-dir", "/sys/fs/bpf/a"])
+                .unwrap();
+        assert!(matches!(
+            detach.command,
+            Some(Command::Detach { bpf_pin_dir }) if bpf_pin_dir == Path::new("/sys/fs/bpf/a")
+        ));
+        // The agent's flags do not mix with a subcommand.
+        assert!(
+            Cli::try_parse_from(["otel-agent", "-L", "80", "detach", "--bpf-pin-dir", "/x"])
+                .is_err()
         );
     }
 

@@ -356,12 +356,16 @@ impl Accounting {
         // A pinned probe: what waited in the ring buffer when this agent took over was
         // emitted before it, and what it left is read by the next one.
         let pinned = |name: &str| self.session.get(name).unwrap_or(0);
-        let (emitted, read) = (
+        let read = session("records_read")?;
+        let (emitted, handed) = (
             session("kernel_emitted")? + pinned("pins_adopted_records"),
-            session("records_read")? + pinned("pins_left_records"),
+            read + pinned("pins_left_records"),
         );
-        if emitted != read {
-            return Err(Imbalance::Kernel { emitted, read });
+        if emitted != handed {
+            return Err(Imbalance::Kernel {
+                emitted,
+                read: handed,
+            });
         }
         let mut expected = read;
         for cause in LossCause::of_stage(Stage::Pipeline) {
@@ -554,6 +558,36 @@ mod tests {
     #[test]
     fn balanced_figures_reconcile() {
         assert_eq!(balanced().reconcile(), Ok(()));
+    }
+
+    #[test]
+    fn a_pinned_probe_balances_with_what_it_adopted_and_left() {
+        // 100 emitted while this agent ran, 7 waiting when it took over: 104 read, 3 left.
+        let mut pinned = balanced();
+        set(&mut pinned.session, "records_read", 104);
+        pinned.session.push("pins_adopted_records", 7);
+        pinned.session.push("pins_left_records", 3);
+        for output in &mut pinned.outputs {
+            let delivered = output.kind.delivered();
+            let value = output.figures.get(delivered).unwrap();
+            set(&mut output.figures, delivered, value + 4);
+        }
+        pinned.outputs[0]
+            .figures
+            .0
+            .iter_mut()
+            .find(|(name, _)| name == "enqueued")
+            .unwrap()
+            .1 += 4;
+        assert_eq!(pinned.reconcile(), Ok(()));
+        set(&mut pinned.session, "pins_left_records", 2);
+        assert_eq!(
+            pinned.reconcile(),
+            Err(Imbalance::Kernel {
+                emitted: 107,
+                read: 106
+            })
+        );
     }
 
     #[test]

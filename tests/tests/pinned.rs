@@ -1,0 +1,388 @@
+//! The pinned probe (`--bpf-pin-dir`), on a BPF filesystem each test mounts at a directory
+//! of its own (unmounted, with every pin, by a guard): a graceful restart under traffic
+//! loses and repeats nothing through the real collector and keeps the birth of a session
+//! open across it; an incompatible pinned layout is refused; `detach` removes every pin and
+//! the programs leave the kernel.
+//!
+//! The agents filter on the test's listening port (`-L`), so the probe emits the test's own
+//! server-side sessions only: one span per connection, whose peer port is the client's.
+
+use std::{
+    collections::BTreeSet,
+    io::{Read as _, Write as _},
+    net::{Shutdown, SocketAddr, TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use aya::{
+    maps::{Array, Map, MapData},
+    programs::{links::PinnedLink, loaded_programs},
+};
+use common::{CONTROL_MAP, PIN_LAYOUT_VERSION, control};
+use otel_agent_tests::{
+    agent,
+    process::{ChildGuard, TempDir},
+    require_root,
+    rotel::Rotel,
+};
+
+/// A BPF filesystem mounted for one test; the agent pins under `<mount>/agent`.
+struct BpfFs {
+    mount: PathBuf,
+}
+
+impl BpfFs {
+    fn mount(tag: &str) -> Self {
+        let mount =
+            std::env::temp_dir().join(format!("otel-agent-bpffs-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&mount).expect("create the mount point");
+        let target = std::ffi::CString::new(mount.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: NUL-terminated strings; no data argument.
+        let result = unsafe {
+            libc::mount(
+                c"bpf".as_ptr(),
+                target.as_ptr(),
+                c"bpf".as_ptr(),
+                0,
+                std::ptr::null(),
+            )
+        };
+        assert_eq!(
+            result,
+            0,
+            "mount bpffs: {}",
+            std::io::Error::last_os_error()
+        );
+        Self { mount }
+    }
+
+    fn pin_dir(&self) -> PathBuf {
+        self.mount.join("agent")
+    }
+}
+
+impl Drop for BpfFs {
+    fn drop(&mut self) {
+        // Unmounting the only mount of this BPF filesystem releases every pin in it.
+        let _ = agent::command(
+            &[
+                "detach",
+                "--bpf-pin-dir",
+                &self.pin_dir().display().to_string(),
+            ],
+            &[],
+        )
+        .output();
+        let target = std::ffi::CString::new(self.mount.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a NUL-terminated path.
+        unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+        let _ = std::fs::remove_dir(&self.mount);
+    }
+}
+
+/// A listener on a loopback port of the test's, answering every connection: reads to EOF,
+/// then closes.
+struct Server {
+    addr: SocketAddr,
+}
+
+impl Server {
+    fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback listener");
+        let addr = listener.local_addr().unwrap();
+        thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                thread::spawn(move || {
+                    let mut rest = Vec::new();
+                    let _ = stream.read_to_end(&mut rest);
+                });
+            }
+        });
+        Self { addr }
+    }
+
+    /// One short connection: 100 bytes, then both ends close; the client's port.
+    fn exchange(&self) -> u16 {
+        let mut client = TcpStream::connect(self.addr).expect("connect");
+        let port = client.local_addr().unwrap().port();
+        client.write_all(&[b'x'; 100]).expect("write");
+        client.shutdown(Shutdown::Write).expect("shut down");
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).expect("read to EOF");
+        port
+    }
+}
+
+/// Short connections every 5 ms (at most 2,000) until stopped; their client ports.
+struct Traffic {
+    stop: Arc<AtomicBool>,
+    thread: thread::JoinHandle<Vec<u16>>,
+}
+
+impl Traffic {
+    fn start(server: &Server) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let addr = server.addr;
+        let flag = stop.clone();
+        let thread = thread::spawn(move || {
+            let server = Server { addr };
+            let mut ports = Vec::new();
+            while !flag.load(Ordering::Relaxed) && ports.len() < 2_000 {
+                ports.push(server.exchange());
+                thread::sleep(Duration::from_millis(5));
+            }
+            ports
+        });
+        Self { stop, thread }
+    }
+
+    fn stop(self) -> Vec<u16> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().expect("the traffic thread")
+    }
+}
+
+fn pinned_agent(rotel: &Rotel, server: &Server, pins: &Path, dir: &Path, name: &str) -> ChildGuard {
+    let command = agent::command(
+        &[
+            "--bpf-pin-dir",
+            &pins.display().to_string(),
+            "-L",
+            &server.addr.port().to_string(),
+            "--otlp-endpoint",
+            &format!("http://{}", rotel.grpc),
+            "--otlp-protocol",
+            "grpc",
+            "--bsp-schedule-delay",
+            "100ms",
+        ],
+        &[],
+    );
+    let mut agent = ChildGuard::spawn(command, dir, name);
+    agent.wait_for_output(Duration::from_secs(30), "the probe to attach", |output| {
+        output.contains("probe attached")
+    });
+    agent
+}
+
+fn stop(agent: &mut ChildGuard) -> String {
+    agent.signal(libc::SIGTERM);
+    let status = agent.wait(Duration::from_secs(15));
+    let stderr = agent.stderr_text();
+    assert_eq!(status.code(), Some(0), "agent stderr:\n{stderr}");
+    stderr
+}
+
+fn wall_ns(time: SystemTime) -> u128 {
+    time.duration_since(UNIX_EPOCH).unwrap().as_nanos()
+}
+
+#[test]
+fn a_graceful_restart_under_traffic_delivers_every_session_once_with_its_birth() {
+    require_root();
+    let dir = TempDir::new("pinned-restart");
+    let bpffs = BpfFs::mount("restart");
+    let rotel = Rotel::start(dir.path());
+    let server = Server::start();
+
+    let mut first = pinned_agent(&rotel, &server, &bpffs.pin_dir(), dir.path(), "first");
+    let traffic = Traffic::start(&server);
+    thread::sleep(Duration::from_millis(300));
+    // Open before the restart, closed after it.
+    let before_connect = SystemTime::now();
+    let mut long_lived = TcpStream::connect(server.addr).expect("connect");
+    let long_lived_port = long_lived.local_addr().unwrap().port();
+    thread::sleep(Duration::from_millis(300));
+    let first_stderr = stop(&mut first);
+    // No agent runs: the probe goes on, into the pinned ring buffer.
+    thread::sleep(Duration::from_millis(300));
+    let mut second = pinned_agent(&rotel, &server, &bpffs.pin_dir(), dir.path(), "second");
+    thread::sleep(Duration::from_millis(300));
+    long_lived.shutdown(Shutdown::Write).unwrap();
+    let mut rest = Vec::new();
+    long_lived.read_to_end(&mut rest).unwrap();
+    drop(long_lived);
+    let mut ports = traffic.stop();
+    ports.push(long_lived_port);
+
+    let local_port = format!("Int({})", server.addr.port());
+    let ours = |span: &otel_agent_tests::rotel::ReceivedSpan| {
+        span.attributes.get("network.local.port") == Some(&local_port)
+    };
+    rotel.wait_for_spans(ports.len(), Duration::from_secs(30), ours);
+    let second_stderr = stop(&mut second);
+    thread::sleep(Duration::from_millis(500));
+
+    let spans: Vec<_> = rotel.spans().into_iter().filter(ours).collect();
+    let mut received: Vec<u16> = spans
+        .iter()
+        .map(|span| {
+            let port = &span.attributes["network.peer.port"];
+            port.trim_start_matches("Int(")
+                .trim_end_matches(')')
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    received.sort_unstable();
+    let mut expected = ports.clone();
+    expected.sort_unstable();
+    assert_eq!(
+        received.len(),
+        expected.len(),
+        "every session exactly once: {} spans for {} sessions",
+        received.len(),
+        expected.len()
+    );
+    assert_eq!(received, expected, "every session exactly once");
+    assert_eq!(
+        received.iter().collect::<BTreeSet<_>>().len(),
+        received.len(),
+        "no duplicate"
+    );
+
+    let long_lived_span = spans
+        .iter()
+        .find(|span| span.attributes["network.peer.port"] == format!("Int({long_lived_port})"))
+        .unwrap();
+    assert_eq!(
+        long_lived_span.attributes["tcplife.birth_seen"],
+        "Bool(true)"
+    );
+    let connect = wall_ns(before_connect);
+    assert!(
+        long_lived_span.start_ns >= connect && long_lived_span.start_ns - connect < 1_000_000,
+        "the birth is the connect: start {} vs connect {connect}",
+        long_lived_span.start_ns
+    );
+
+    // The two agents read every record once between them, and their lines balance.
+    let first_figures = agent::accounting(&first_stderr);
+    let second_figures = agent::accounting(&second_stderr);
+    agent::assert_nothing_lost(&first_stderr);
+    agent::assert_nothing_lost(&second_stderr);
+    assert_eq!(
+        agent::counter(&first_figures, "records_read")
+            + agent::counter(&second_figures, "records_read"),
+        ports.len() as u64,
+        "{first_figures:?} {second_figures:?}"
+    );
+    assert_eq!(agent::counter(&first_figures, "pins_adopted_records"), 0);
+    assert_eq!(agent::counter(&second_figures, "pins_left_records"), 0);
+    let adopted = agent::counter(&second_figures, "pins_adopted_records");
+    assert!(
+        adopted >= agent::counter(&first_figures, "pins_left_records") + 1,
+        "the sessions closed in the gap wait for the second agent: {first_figures:?} {second_figures:?}"
+    );
+    assert!(
+        second_stderr.contains(&format!("took over the pinned probe")),
+        "{second_stderr}"
+    );
+}
+
+#[test]
+fn an_incompatible_pinned_layout_is_refused() {
+    require_root();
+    let dir = TempDir::new("pinned-layout");
+    let bpffs = BpfFs::mount("layout");
+    let pins = bpffs.pin_dir();
+    let pins_text = pins.display().to_string();
+    let mut first = agent::start(&["--bpf-pin-dir", &pins_text], &[], dir.path());
+    stop(&mut first);
+
+    // What an agent with another record layout would have left.
+    let data = MapData::from_pin(pins.join(CONTROL_MAP)).expect("open the pinned CONTROL");
+    let mut control_map: Array<_, u64> = Array::try_from(Map::Array(data)).unwrap();
+    control_map
+        .set(control::LAYOUT, PIN_LAYOUT_VERSION + 1, 0)
+        .unwrap();
+
+    let (code, stderr) = agent::run_to_failure(
+        agent::command(&["--bpf-pin-dir", &pins_text], &[]),
+        dir.path(),
+    );
+    assert_eq!(code, Some(65), "{stderr}");
+    let expected = format!(
+        "--bpf-pin-dir {pins_text} holds a probe this agent cannot take over: its record layout is version {}, this agent's is {PIN_LAYOUT_VERSION}; remove it with `otel-agent detach --bpf-pin-dir {pins_text}` (which discards the records it holds) and start again",
+        PIN_LAYOUT_VERSION + 1
+    );
+    assert!(stderr.contains(&expected), "{stderr}");
+    // Refused without touching the running probe.
+    assert!(pins.join("link-1-inet_sock_set_state").exists());
+}
+
+#[test]
+fn detach_removes_every_pin_and_the_programs_leave_the_kernel() {
+    require_root();
+    let dir = TempDir::new("pinned-detach");
+    let bpffs = BpfFs::mount("detach");
+    let pins = bpffs.pin_dir();
+    let pins_text = pins.display().to_string();
+    let mut first = agent::start(&["--bpf-pin-dir", &pins_text], &[], dir.path());
+    stop(&mut first);
+
+    let mut program_ids = BTreeSet::new();
+    for entry in std::fs::read_dir(&pins).unwrap() {
+        let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+        if name.starts_with("link-") {
+            let link: aya::programs::links::FdLink =
+                PinnedLink::from_pin(pins.join(&name)).unwrap().into();
+            program_ids.insert(link.info().unwrap().program_id());
+        }
+    }
+    assert_eq!(
+        program_ids.len(),
+        4,
+        "four programs attached: {program_ids:?}"
+    );
+    let loaded = || -> BTreeSet<u32> {
+        loaded_programs()
+            .filter_map(Result::ok)
+            .map(|program| program.id())
+            .filter(|id| program_ids.contains(id))
+            .collect()
+    };
+    assert_eq!(
+        loaded(),
+        program_ids,
+        "the stopped agent left its programs attached"
+    );
+
+    let detach = || {
+        let output = agent::command(&["detach", "--bpf-pin-dir", &pins_text], &[])
+            .output()
+            .unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let (code, stderr) = detach();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains("detached the pinned probe and removed its pins")
+            && stderr.contains("links=4 maps=5"),
+        "{stderr}"
+    );
+    assert!(!pins.exists(), "the pin directory is removed");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !loaded().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "programs still loaded after detach: {:?}",
+            loaded()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+
+    let (code, stderr) = detach();
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("nothing to detach"), "{stderr}");
+}
