@@ -342,11 +342,14 @@ impl AttachedProgram {
 
 /// The probe pinned in a directory, taken over from the previous agent.
 struct Pinned {
-    dir: PinDir,
+    /// Locked while this agent runs.
+    _dir: PinDir,
     /// The counters when this agent took over: its figures are relative to them.
     baseline: [u64; counter::COUNT as usize],
     /// Records the agents before this one had read from the ring buffer.
     consumed_before: u64,
+    /// Where the records read are recorded for the next agent.
+    consumption: pins::Consumption,
     /// The counters when the agent stopped reading (see [`Probe::leave`]).
     left: Option<[u64; counter::COUNT as usize]>,
     figures: PinFigures,
@@ -419,7 +422,8 @@ impl Probe {
             return Err(error.into());
         }
         let baseline = probe.raw_counters()?;
-        let consumed_before = dir.consumed()?;
+        let consumption = dir.consumption()?;
+        let consumed_before = consumption.get()?;
         let figures = PinFigures {
             adopted_records: baseline[counter::EMITTED as usize].saturating_sub(consumed_before),
             adopted_open: probe.open_sockets().unwrap_or(0),
@@ -427,9 +431,10 @@ impl Probe {
             left_open: None,
         };
         probe.pinned = Some(Pinned {
-            dir,
+            _dir: dir,
             baseline,
             consumed_before,
+            consumption,
             left: None,
             figures,
         });
@@ -618,7 +623,7 @@ impl Probe {
             return Ok(());
         };
         let consumed = pinned.consumed_before + records_read;
-        pinned.dir.set_consumed(consumed)?;
+        pinned.consumption.set(consumed)?;
         if let Some(raw) = raw {
             pinned.left = Some(raw);
             pinned.figures.left_records =

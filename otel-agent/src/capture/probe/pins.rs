@@ -380,18 +380,13 @@ impl PinDir {
         map.set(0, zeros, 0).map_err(|error| fail(&error))
     }
 
-    /// Records that the agents have read `consumed` records in all, for the next agent.
-    pub fn set_consumed(&self, consumed: u64) -> Result<(), PinError> {
-        self.control()?
-            .set(control::CONSUMED, consumed, 0)
-            .map_err(|error| PinError::io(&self.path, "update the pinned CONTROL map", &error))
-    }
-
-    /// Records the agents had read from the ring buffer before this one.
-    pub fn consumed(&self) -> Result<u64, PinError> {
-        self.control()?
-            .get(&control::CONSUMED, 0)
-            .map_err(|error| PinError::io(&self.path, "read the pinned CONTROL map", &error))
+    /// The pinned `CONTROL` map, to keep open (reopening it needs privileges the agent
+    /// drops once attached).
+    pub fn consumption(&self) -> Result<Consumption, PinError> {
+        Ok(Consumption {
+            control: self.control()?,
+            path: self.path.clone(),
+        })
     }
 
     /// Removes every pin this agent knows (which detaches the programs: nothing else holds
@@ -441,7 +436,28 @@ impl PinDir {
             .map_err(|error| fail(&error))?
             .iter()
             .sum();
-        Ok(emitted.saturating_sub(self.consumed()?))
+        Ok(emitted.saturating_sub(self.consumption()?.get()?))
+    }
+}
+
+/// The count of records the agents have read from the pinned ring buffer, over every agent
+/// (`CONTROL[CONSUMED]`): the kernel's `EMITTED` counter less it is what waits there.
+pub struct Consumption {
+    control: Array<MapData, u64>,
+    path: PathBuf,
+}
+
+impl Consumption {
+    pub fn get(&self) -> Result<u64, PinError> {
+        self.control
+            .get(&control::CONSUMED, 0)
+            .map_err(|error| PinError::io(&self.path, "read the pinned CONTROL map", &error))
+    }
+
+    pub fn set(&mut self, consumed: u64) -> Result<(), PinError> {
+        self.control
+            .set(control::CONSUMED, consumed, 0)
+            .map_err(|error| PinError::io(&self.path, "update the pinned CONTROL map", &error))
     }
 }
 
