@@ -38,15 +38,16 @@ pub(crate) fn handles(close: bool, skaddr: u64) -> bool {
     if mine == 0 {
         return true;
     }
-    let (Some(active), Some(retiring)) =
-        (CONTROL.get(control::ACTIVE), CONTROL.get(control::RETIRING))
-    else {
-        return false;
-    };
-    let active = *active == mine;
-    let retiring = *retiring;
-    if close
-        && retiring != 0
+    let active = CONTROL
+        .get(control::ACTIVE)
+        .is_some_and(|active| *active == mine);
+    if !close {
+        return active;
+    }
+    let retiring = CONTROL
+        .get(control::RETIRING)
+        .map_or(0, |retiring| *retiring);
+    if retiring != 0
         && let Some(slots) = HANDOFF.get_ptr_mut(0)
     {
         // SAFETY: this CPU's slots; a program nested on this CPU (an interrupt) uses another
