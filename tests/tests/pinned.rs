@@ -120,23 +120,23 @@ impl Server {
     }
 }
 
-/// Short connections every 5 ms (at most 2,000) until stopped; their client ports.
+/// Short connections, `pause` apart (at most `max`), until stopped; their client ports.
 struct Traffic {
     stop: Arc<AtomicBool>,
     thread: thread::JoinHandle<Vec<u16>>,
 }
 
 impl Traffic {
-    fn start(server: &Server) -> Self {
+    fn start(server: &Server, pause: Duration, max: usize) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let addr = server.addr;
         let flag = stop.clone();
         let thread = thread::spawn(move || {
             let server = Server { addr };
             let mut ports = Vec::new();
-            while !flag.load(Ordering::Relaxed) && ports.len() < 2_000 {
+            while !flag.load(Ordering::Relaxed) && ports.len() < max {
                 ports.push(server.exchange());
-                thread::sleep(Duration::from_millis(5));
+                thread::sleep(pause);
             }
             ports
         });
@@ -149,27 +149,31 @@ impl Traffic {
     }
 }
 
-fn pinned_agent(rotel: &Rotel, server: &Server, pins: &Path, dir: &Path, name: &str) -> ChildGuard {
-    let command = agent::command(
-        &[
-            "--bpf-pin-dir",
-            &pins.display().to_string(),
-            "-L",
-            &server.addr.port().to_string(),
-            "--otlp-endpoint",
-            &format!("http://{}", rotel.grpc),
-            "--otlp-protocol",
-            "grpc",
-            "--bsp-schedule-delay",
-            "100ms",
-        ],
-        &[],
-    );
-    let mut agent = ChildGuard::spawn(command, dir, name);
+/// Starts an agent on the pin directory `pins` with `args`, and waits until it attached.
+fn pinned_agent(pins: &Path, args: &[&str], dir: &Path, name: &str) -> ChildGuard {
+    let pins = pins.display().to_string();
+    let mut all = vec!["--bpf-pin-dir", pins.as_str()];
+    all.extend_from_slice(args);
+    let mut agent = ChildGuard::spawn(agent::command(&all, &[]), dir, name);
     agent.wait_for_output(Duration::from_secs(30), "the probe to attach", |output| {
         output.contains("probe attached")
     });
     agent
+}
+
+/// The flags of an agent that exports the sessions on `server`'s port to `rotel`.
+fn export_args(rotel: &Rotel, server: &Server) -> Vec<String> {
+    [
+        "-L".to_owned(),
+        server.addr.port().to_string(),
+        "--otlp-endpoint".to_owned(),
+        format!("http://{}", rotel.grpc),
+        "--otlp-protocol".to_owned(),
+        "grpc".to_owned(),
+        "--bsp-schedule-delay".to_owned(),
+        "100ms".to_owned(),
+    ]
+    .into()
 }
 
 fn stop(agent: &mut ChildGuard) -> String {
@@ -192,8 +196,10 @@ fn a_graceful_restart_under_traffic_delivers_every_session_once_with_its_birth()
     let rotel = Rotel::start(dir.path());
     let server = Server::start();
 
-    let mut first = pinned_agent(&rotel, &server, &bpffs.pin_dir(), dir.path(), "first");
-    let traffic = Traffic::start(&server);
+    let args = export_args(&rotel, &server);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut first = pinned_agent(&bpffs.pin_dir(), &args, dir.path(), "first");
+    let traffic = Traffic::start(&server, Duration::from_millis(5), 2_000);
     thread::sleep(Duration::from_millis(300));
     // Open before the restart, closed after it.
     let before_connect = SystemTime::now();
@@ -203,7 +209,7 @@ fn a_graceful_restart_under_traffic_delivers_every_session_once_with_its_birth()
     let first_stderr = stop(&mut first);
     // No agent runs: the probe goes on, into the pinned ring buffer.
     thread::sleep(Duration::from_millis(300));
-    let mut second = pinned_agent(&rotel, &server, &bpffs.pin_dir(), dir.path(), "second");
+    let mut second = pinned_agent(&bpffs.pin_dir(), &args, dir.path(), "second");
     thread::sleep(Duration::from_millis(300));
     long_lived.shutdown(Shutdown::Write).unwrap();
     let mut rest = Vec::new();
@@ -284,6 +290,87 @@ fn a_graceful_restart_under_traffic_delivers_every_session_once_with_its_birth()
     assert!(
         second_stderr.contains(&format!("took over the pinned probe")),
         "{second_stderr}"
+    );
+}
+
+/// The client ports of the sessions an agent printed (`-s`: CSV) on the server's port.
+fn printed_peer_ports(stdout: &str, server: &Server) -> Vec<u16> {
+    let local = server.addr.port().to_string();
+    stdout
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split(',').collect();
+            // PID,COMM,IP,LADDR,LPORT,RADDR,RPORT,TX_KB,RX_KB,MS
+            (fields.get(4) == Some(&local.as_str()))
+                .then(|| fields.get(6)?.parse().ok())
+                .flatten()
+        })
+        .collect()
+}
+
+#[test]
+fn handovers_under_churn_report_every_session_once() {
+    require_root();
+    let dir = TempDir::new("pinned-churn");
+    let bpffs = BpfFs::mount("churn");
+    let server = Server::start();
+    let port = server.addr.port().to_string();
+    let args = ["-L", port.as_str(), "-s"];
+    let mut agents = vec![pinned_agent(&bpffs.pin_dir(), &args, dir.path(), "agent0")];
+    // As fast as one client goes, through three handovers.
+    let traffic = Traffic::start(&server, Duration::ZERO, 20_000);
+    let mut outputs = Vec::new();
+    for round in 1..=3 {
+        thread::sleep(Duration::from_millis(300));
+        let mut previous = agents.pop().unwrap();
+        let stderr = stop(&mut previous);
+        outputs.push((previous.stdout_text(), stderr));
+        agents.push(pinned_agent(
+            &bpffs.pin_dir(),
+            &args,
+            dir.path(),
+            &format!("agent{round}"),
+        ));
+    }
+    thread::sleep(Duration::from_millis(300));
+    let ports = traffic.stop();
+    // The last agent reads what is left before it stops (a stopping agent leaves the ring
+    // buffer to the next one).
+    let mut last = agents.pop().unwrap();
+    let printed_before: usize = outputs
+        .iter()
+        .map(|(stdout, _)| printed_peer_ports(stdout, &server).len())
+        .sum();
+    last.wait_for_output(Duration::from_secs(20), "every session printed", |output| {
+        printed_before + printed_peer_ports(output, &server).len() >= ports.len()
+    });
+    let stderr = stop(&mut last);
+    outputs.push((last.stdout_text(), stderr));
+
+    let mut printed: Vec<u16> = outputs
+        .iter()
+        .flat_map(|(stdout, _)| printed_peer_ports(stdout, &server))
+        .collect();
+    printed.sort_unstable();
+    let mut expected = ports.clone();
+    expected.sort_unstable();
+    assert!(
+        ports.len() > 1_000,
+        "a busy churn: {} connections",
+        ports.len()
+    );
+    assert_eq!(printed.len(), expected.len(), "each session printed once");
+    assert_eq!(printed, expected, "each session printed once");
+    let mut read = 0;
+    for (_, stderr) in &outputs {
+        agent::assert_nothing_lost(stderr);
+        read += agent::counter(&agent::accounting(stderr), "records_read");
+    }
+    assert_eq!(read, ports.len() as u64);
+    assert_eq!(
+        agent::counter(&agent::accounting(&outputs[3].1), "pins_left_records"),
+        0
     );
 }
 
