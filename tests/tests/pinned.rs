@@ -373,15 +373,23 @@ fn handovers_under_churn_report_every_session_once() {
     );
 }
 
+/// A BPF filesystem where an agent ran and stopped, leaving its probe pinned (and its test
+/// directory).
+fn left_pinned(tag: &str) -> (TempDir, BpfFs) {
+    let dir = TempDir::new(&format!("pinned-{tag}"));
+    let bpffs = BpfFs::mount(tag);
+    let pins = bpffs.pin_dir().display().to_string();
+    let mut first = agent::start(&["--bpf-pin-dir", &pins], &[], dir.path());
+    stop(&mut first);
+    (dir, bpffs)
+}
+
 #[test]
 fn an_incompatible_pinned_layout_is_refused() {
     require_root();
-    let dir = TempDir::new("pinned-layout");
-    let bpffs = BpfFs::mount("layout");
+    let (dir, bpffs) = left_pinned("layout");
     let pins = bpffs.pin_dir();
     let pins_text = pins.display().to_string();
-    let mut first = agent::start(&["--bpf-pin-dir", &pins_text], &[], dir.path());
-    stop(&mut first);
 
     // What an agent with another record layout would have left.
     let data = MapData::from_pin(pins.join(CONTROL_MAP)).expect("open the pinned CONTROL");
@@ -407,12 +415,9 @@ fn an_incompatible_pinned_layout_is_refused() {
 #[test]
 fn detach_removes_every_pin_and_the_programs_leave_the_kernel() {
     require_root();
-    let dir = TempDir::new("pinned-detach");
-    let bpffs = BpfFs::mount("detach");
+    let (dir, bpffs) = left_pinned("detach");
     let pins = bpffs.pin_dir();
     let pins_text = pins.display().to_string();
-    let mut first = agent::start(&["--bpf-pin-dir", &pins_text], &[], dir.path());
-    stop(&mut first);
 
     let mut program_ids = BTreeSet::new();
     for entry in std::fs::read_dir(&pins).unwrap() {
