@@ -26,7 +26,7 @@ use aya::{
 };
 use common::{CONTROL_MAP, PIN_LAYOUT_VERSION, control};
 use otel_agent_tests::{
-    agent,
+    agent, mountns,
     process::{ChildGuard, TempDir},
     require_root,
     rotel::Rotel,
@@ -476,4 +476,59 @@ fn detach_removes_every_pin_and_the_programs_leave_the_kernel() {
     let (code, stderr) = detach();
     assert_eq!(code, Some(0), "{stderr}");
     assert!(stderr.contains("nothing to detach"), "{stderr}");
+}
+
+#[test]
+fn a_missing_bpffs_is_mounted_under_sys_fs_bpf_and_refused_elsewhere() {
+    require_root();
+    let dir = TempDir::new("pinned-mount");
+    // Elsewhere: refused before anything is loaded, with the command that fixes it.
+    let elsewhere = dir.path().join("pins");
+    let elsewhere_text = elsewhere.display().to_string();
+    let (code, stderr) = agent::run_to_failure(
+        agent::command(&["--bpf-pin-dir", &elsewhere_text], &[]),
+        dir.path(),
+    );
+    assert_eq!(code, Some(78), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "--bpf-pin-dir {elsewhere_text}: {} is not on a BPF filesystem; mount one there (`mount -t bpf bpf {elsewhere_text}`)",
+            dir.path().display()
+        )),
+        "{stderr}"
+    );
+    assert!(!elsewhere.exists());
+
+    // Under /sys/fs/bpf with nothing mounted there (in a private mount namespace, where
+    // the agent's mount and its pins end with it).
+    let host_bpffs = mounted_bpffs_at_sys_fs_bpf();
+    let setup = format!(
+        "{}\nif grep -q ' /sys/fs/bpf bpf ' /proc/self/mounts; then umount /sys/fs/bpf; fi",
+        mountns::ENSURE_TRACEFS
+    );
+    let wrapper = mountns::wrapper(&setup, &[]);
+    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+    let pins = format!("/sys/fs/bpf/otel-agent-test-{}", std::process::id());
+    let mut inside = agent::start_command(
+        agent::wrapped_command(&wrapper, &["--bpf-pin-dir", &pins, "-L", "1"], &[]),
+        dir.path(),
+    );
+    let stderr = stop(&mut inside);
+    assert!(
+        stderr.contains("mounted a BPF filesystem, which was not mounted"),
+        "{stderr}"
+    );
+    assert_eq!(
+        mounted_bpffs_at_sys_fs_bpf(),
+        host_bpffs,
+        "the host's mounts are untouched"
+    );
+}
+
+/// Whether a BPF filesystem is mounted at /sys/fs/bpf in this process's mount namespace.
+fn mounted_bpffs_at_sys_fs_bpf() -> bool {
+    std::fs::read_to_string("/proc/self/mounts")
+        .unwrap()
+        .lines()
+        .any(|line| line.contains(" /sys/fs/bpf bpf "))
 }

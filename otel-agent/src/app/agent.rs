@@ -74,12 +74,19 @@ pub fn prepare(cli: Cli) -> Result<Prepared, AgentError> {
     let features = probe.features;
     crate::probe::drop_privileges::drop_after_attach();
     if let Some(pins) = probe.counters().ok().and_then(|counters| counters.pins) {
-        tracing::info!(
-            dir = %Escaped(&cli.probe.bpf_pin_dir.as_deref().unwrap_or(Path::new("")).display().to_string()),
-            adopted_records = pins.adopted_records,
-            adopted_open_sessions = pins.adopted_open,
-            "took over the pinned probe: these records wait in its ring buffer, these sessions were open"
-        );
+        let dir = cli.probe.bpf_pin_dir.as_deref().unwrap_or(Path::new(""));
+        let dir = Escaped(&dir.display().to_string()).to_string();
+        if pins.previous_generation == 0 {
+            tracing::info!(%dir, "pinned the probe: there was none to take over");
+        } else {
+            tracing::info!(
+                %dir,
+                from_generation = pins.previous_generation,
+                adopted_records = pins.adopted_records,
+                adopted_open_sessions = pins.adopted_open,
+                "took over the pinned probe: these records wait in its ring buffer, these sessions were open"
+            );
+        }
     }
     tracing::info!(
         bytes = features.bytes,

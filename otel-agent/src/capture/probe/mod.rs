@@ -280,6 +280,8 @@ pub struct KernelCounters {
 /// What a pinned probe handed from one agent to the next.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PinFigures {
+    /// The generation this agent took over from (0: the directory held no probe).
+    pub previous_generation: u64,
     /// Records waiting in the pinned ring buffer when this agent took over.
     pub adopted_records: u64,
     /// Sessions open in the pinned socket map when this agent took over.
@@ -425,6 +427,7 @@ impl Probe {
         let consumption = dir.consumption()?;
         let consumed_before = consumption.get()?;
         let figures = PinFigures {
+            previous_generation: previous.map_or(0, |previous| previous.active),
             adopted_records: baseline[counter::EMITTED as usize].saturating_sub(consumed_before),
             adopted_open: probe.open_sockets().unwrap_or(0),
             left_records: None,

@@ -154,11 +154,17 @@ impl PinDir {
         let path = std::path::absolute(path)
             .map_err(|error| PinError::io(path, "resolve the path", &error))?;
         mount_if_missing(&path)?;
-        let parent = path.parent().unwrap_or(&path);
-        if !is_bpffs(parent)? {
+        // The directory itself (it may be where a BPF filesystem is mounted), or where it
+        // will be created.
+        let checked = if path.is_dir() {
+            &path
+        } else {
+            path.parent().unwrap_or(&path)
+        };
+        if !is_bpffs(checked)? {
             return Err(PinError::NotBpffs {
                 path: path.display().to_string(),
-                reason: format!("{} is not on a BPF filesystem", parent.display()),
+                reason: format!("{} is not on a BPF filesystem", checked.display()),
             });
         }
         match fs::DirBuilder::new().mode(0o700).create(&path) {
