@@ -415,7 +415,7 @@ fn an_incompatible_pinned_layout_is_refused() {
 #[test]
 fn detach_removes_every_pin_and_the_programs_leave_the_kernel() {
     require_root();
-    let (dir, bpffs) = left_pinned("detach");
+    let (_dir, bpffs) = left_pinned("detach");
     let pins = bpffs.pin_dir();
     let pins_text = pins.display().to_string();
 
