@@ -112,6 +112,40 @@ mod tests {
         assert_eq!(output.exit_code(), ExitCode::from(exit_code::OUTPUT));
     }
 
+    #[test]
+    fn pin_directory_failures_are_layout_or_configuration() {
+        use probe::pins::PinError;
+        let pins = |error| AgentError::Probe(probe::ProbeError::Pins(error));
+        let incompatible = pins(PinError::Incompatible {
+            path: "/sys/fs/bpf/a".into(),
+            reason: "its record layout is version 2, this agent's is 1".into(),
+        });
+        assert_eq!(
+            incompatible.exit_code(),
+            ExitCode::from(exit_code::PINS_INCOMPATIBLE)
+        );
+        for unusable in [
+            PinError::NotBpffs {
+                path: "/tmp/a".into(),
+                reason: "/tmp is not on a BPF filesystem".into(),
+            },
+            PinError::Busy {
+                path: "/sys/fs/bpf/a".into(),
+            },
+        ] {
+            assert_eq!(
+                pins(unusable).exit_code(),
+                ExitCode::from(exit_code::CONFIG)
+            );
+        }
+        let io = pins(PinError::Io {
+            path: "/sys/fs/bpf/a".into(),
+            what: "pin a link",
+            reason: "Operation not permitted (os error 1)".into(),
+        });
+        assert_eq!(io.exit_code(), ExitCode::from(exit_code::INTERNAL));
+    }
+
     fn tracefs(error: probe::tracefs::TracefsError) -> AgentError {
         AgentError::Probe(probe::ProbeError::Tracefs(error))
     }

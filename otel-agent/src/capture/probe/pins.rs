@@ -606,3 +606,45 @@ fn lock(path: &Path) -> Result<fs::File, PinError> {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_refusal_names_the_directory_and_what_to_do() {
+        let dir = Path::new("/sys/fs/bpf/otel-agent");
+        assert_eq!(
+            PinError::incompatible(
+                dir,
+                "its record layout is version 2, this agent's is 1".into()
+            )
+            .to_string(),
+            "--bpf-pin-dir /sys/fs/bpf/otel-agent holds a probe this agent cannot take over: its record layout is version 2, this agent's is 1; remove it with `otel-agent detach --bpf-pin-dir /sys/fs/bpf/otel-agent` (which discards the records it holds) and start again"
+        );
+        assert_eq!(
+            PinError::Busy {
+                path: dir.display().to_string()
+            }
+            .to_string(),
+            "--bpf-pin-dir /sys/fs/bpf/otel-agent is still used by another agent (or `otel-agent detach`) after 30s; stop it first, or give this agent another directory"
+        );
+    }
+
+    #[test]
+    fn a_directory_elsewhere_than_on_bpffs_is_refused_before_it_is_created() {
+        let dir = std::env::temp_dir().join(format!("otel-agent-pins-{}", std::process::id()));
+        let error = PinDir::open(&dir.join("pins")).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "--bpf-pin-dir {pins}: {parent} is not on a BPF filesystem; mount one there (`mount -t bpf bpf {pins}`), or choose a directory under a BPF filesystem such as /sys/fs/bpf",
+                pins = dir.join("pins").display(),
+                parent = dir.display(),
+            )
+        );
+        assert!(!dir.join("pins").exists());
+        // Nothing to detach where no directory is.
+        assert!(PinDir::open_existing(&dir.join("pins")).unwrap().is_none());
+    }
+}
