@@ -410,6 +410,29 @@ fn an_incompatible_pinned_layout_is_refused() {
     assert!(stderr.contains(&expected), "{stderr}");
     // Refused without touching the running probe.
     assert!(pins.join("link-1-inet_sock_set_state").exists());
+
+    // The right version, but a map of another shape where HANDOFF should be (what the
+    // kernel says about it, not what the probe object declares).
+    control_map
+        .set(control::LAYOUT, PIN_LAYOUT_VERSION, 0)
+        .unwrap();
+    std::fs::remove_file(pins.join("HANDOFF")).unwrap();
+    MapData::from_pin(pins.join("COUNTERS"))
+        .unwrap()
+        .pin(pins.join("HANDOFF"))
+        .unwrap();
+    let (code, stderr) = agent::run_to_failure(
+        agent::command(&["--bpf-pin-dir", &pins_text], &[]),
+        dir.path(),
+    );
+    assert_eq!(code, Some(65), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "--bpf-pin-dir {pins_text} holds a probe this agent cannot take over: the map HANDOFF is PerCpuArray (keys 4 bytes, values 8 bytes, {} entries), this agent's is PerCpuArray (keys 4 bytes, values 32 bytes, 1 entries); remove it with",
+            common::counter::COUNT
+        )),
+        "{stderr}"
+    );
 }
 
 #[test]

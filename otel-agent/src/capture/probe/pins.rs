@@ -204,17 +204,12 @@ impl PinDir {
     /// What a previous agent left, checked against this agent's layout; `None` for an empty
     /// directory.
     pub fn previous(&self) -> Result<Option<Previous>, PinError> {
-        let present: Vec<&Shared> = SHARED
-            .iter()
-            .filter(|map| self.pin_path(map.name).exists())
-            .collect();
-        if present.is_empty() {
+        if !SHARED.iter().any(|map| self.pin_path(map.name).exists()) {
             return Ok(None);
         }
-        let mut sizes = [0; SHARED.len()];
-        for (index, map) in SHARED.iter().enumerate() {
-            sizes[index] = self.check(map)?;
-        }
+        // The version first (`CONTROL` comes first in `SHARED`): a new layout may also
+        // change a map, and the version says more.
+        self.check(&SHARED[0])?;
         let control = self.control()?;
         let get = |index| {
             control
@@ -234,11 +229,20 @@ impl PinDir {
                 ),
             ));
         }
-        Ok(Some(Previous {
+        let mut previous = Previous {
             active,
-            max_tracked_sockets: sizes[2],
-            ring_buffer_bytes: sizes[3],
-        }))
+            max_tracked_sockets: 0,
+            ring_buffer_bytes: 0,
+        };
+        for map in &SHARED[1..] {
+            let entries = self.check(map)?;
+            match map.name {
+                SOCKETS_MAP => previous.max_tracked_sockets = entries,
+                EVENTS_MAP => previous.ring_buffer_bytes = entries,
+                _ => {}
+            }
+        }
+        Ok(Some(previous))
     }
 
     /// The pinned map's `max_entries`, after checking its type and sizes.
@@ -263,28 +267,25 @@ impl PinDir {
             info.value_size(),
             info.max_entries(),
         );
-        let expected_entries = map.max_entries.unwrap_or(found.3);
-        if found
-            != (
-                Some(map.map_type),
-                map.key_size,
-                map.value_size,
-                expected_entries,
-            )
-        {
+        let expected = (
+            Some(map.map_type),
+            map.key_size,
+            map.value_size,
+            map.max_entries.unwrap_or(found.3),
+        );
+        if found != expected {
+            let describe = |(map_type, key, value, entries): (Option<MapType>, u32, u32, u32)| {
+                let map_type =
+                    map_type.map_or_else(|| "of an unknown type".to_owned(), |t| format!("{t:?}"));
+                format!("{map_type} (keys {key} bytes, values {value} bytes, {entries} entries)")
+            };
             return Err(PinError::incompatible(
                 &self.path,
                 format!(
-                    "the map {} is {:?} with keys of {} bytes, values of {} bytes and {} entries; this agent expects {:?}, {}, {} and {}",
+                    "the map {} is {}, this agent's is {}",
                     map.name,
-                    found.0,
-                    found.1,
-                    found.2,
-                    found.3,
-                    map.map_type,
-                    map.key_size,
-                    map.value_size,
-                    expected_entries
+                    describe(found),
+                    describe(expected)
                 ),
             ));
         }
