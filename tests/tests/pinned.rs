@@ -555,3 +555,43 @@ fn mounted_bpffs_at_sys_fs_bpf() -> bool {
         .lines()
         .any(|line| line.contains(" /sys/fs/bpf bpf "))
 }
+
+#[test]
+fn a_pinned_probe_keeps_its_attach_type_and_map_sizes() {
+    require_root();
+    let dir = TempDir::new("pinned-kept");
+    let bpffs = BpfFs::mount("kept");
+    let first_args = [
+        "--attach",
+        "raw-tracepoint",
+        "--ring-buffer-bytes",
+        "65536",
+        "-L",
+        "1",
+    ];
+    let mut first = pinned_agent(&bpffs.pin_dir(), &first_args, dir.path(), "first");
+    stop(&mut first);
+    // Asked for the classic tracepoint and the default sizes: the raw tracepoint program
+    // of the pinned probe must run before the new one in every hit, and the maps stay.
+    let mut second = pinned_agent(&bpffs.pin_dir(), &["-L", "1"], dir.path(), "second");
+    let stderr = stop(&mut second);
+    assert!(
+        stderr.contains(
+            "keeping the map sizes and the attach type of the pinned probe; to change them, run `otel-agent detach --bpf-pin-dir DIR` first max_tracked_sockets=65536 ring_buffer_bytes=65536 attach=\"raw-tracepoint\""
+        ),
+        "{stderr}"
+    );
+    assert!(stderr.contains("attach=\"raw-tracepoint\""), "{stderr}");
+    assert!(
+        bpffs
+            .pin_dir()
+            .join("link-2-inet_sock_set_state_raw")
+            .exists()
+    );
+    assert!(
+        bpffs
+            .pin_dir()
+            .join("link-2-inet_sock_set_state_backup")
+            .exists()
+    );
+}

@@ -382,33 +382,17 @@ impl Probe {
             .map(PinDir::previous)
             .transpose()?
             .flatten();
-        let mut max_tracked_sockets = options.max_tracked_sockets;
-        let mut ring_buffer_bytes = options.ring_buffer_bytes;
-        if let Some(previous) = &previous {
-            if (previous.max_tracked_sockets, previous.ring_buffer_bytes)
-                != (max_tracked_sockets, ring_buffer_bytes)
-            {
-                tracing::warn!(
-                    max_tracked_sockets = previous.max_tracked_sockets,
-                    ring_buffer_bytes = previous.ring_buffer_bytes,
-                    "keeping the sizes of the pinned maps; to change them, run `otel-agent detach --bpf-pin-dir DIR` first"
-                );
-            }
-            max_tracked_sockets = previous.max_tracked_sockets;
-            ring_buffer_bytes = previous.ring_buffer_bytes;
-        }
+        let options = match (&pin_dir, &previous) {
+            (Some(dir), Some(previous)) => keep_pinned_choices(options, dir, previous),
+            _ => options.clone(),
+        };
         // The next generation; links a failed start left under that name are inert (their
         // generation never became active).
         let generation = previous.map_or(0, |previous| previous.active) + 1;
         if let Some(dir) = &pin_dir {
             dir.unpin_generation(generation);
         }
-        let result = Self::load_and_attach(
-            options,
-            pin_dir.as_ref().map(|dir| (dir, generation)),
-            max_tracked_sockets,
-            ring_buffer_bytes,
-        );
+        let result = Self::load_and_attach(&options, pin_dir.as_ref().map(|dir| (dir, generation)));
         let Some(dir) = pin_dir else {
             return result;
         };
@@ -447,8 +431,6 @@ impl Probe {
     fn load_and_attach(
         options: &ProbeOptions,
         pin: Option<(&PinDir, u64)>,
-        max_tracked_sockets: u32,
-        ring_buffer_bytes: u32,
     ) -> Result<Self, ProbeError> {
         let (tracefs_path, mounted) = tracefs::ensure_mounted()?;
         if mounted {
@@ -472,15 +454,15 @@ impl Probe {
         let report_unknown_birth = u32::from(options.report_unknown_birth);
         // A quarter full: the reader, woken then, has three quarters of the ring buffer to
         // drain before anything is lost.
-        let ring_wakeup_bytes = u64::from(ring_buffer_bytes / 4);
+        let ring_wakeup_bytes = u64::from(options.ring_buffer_bytes / 4);
         let mut loader = EbpfLoader::new();
         loader
             .override_global(KERNEL_OFFSETS, &kernel_offsets, true)
             .override_global(FILTERS, &options.filters, true)
             .override_global(REPORT_UNKNOWN_BIRTH, &report_unknown_birth, true)
             .override_global(RING_WAKEUP_BYTES, &ring_wakeup_bytes, true)
-            .map_max_entries(SOCKETS_MAP, max_tracked_sockets)
-            .map_max_entries(EVENTS_MAP, ring_buffer_bytes);
+            .map_max_entries(SOCKETS_MAP, options.max_tracked_sockets)
+            .map_max_entries(EVENTS_MAP, options.ring_buffer_bytes);
         if let Some((dir, generation)) = &pin {
             loader.override_global(GENERATION, generation, true);
             dir.share_maps(&mut loader);
@@ -696,6 +678,41 @@ impl Probe {
             })
             .collect()
     }
+}
+
+/// `options` with what a pinned probe decided kept: the sizes of its maps, and how its
+/// state-change program is attached (the kernel runs a classic and a raw tracepoint's
+/// programs in no defined order, and the handover needs the old program to run first).
+fn keep_pinned_choices(
+    options: &ProbeOptions,
+    dir: &PinDir,
+    previous: &pins::Previous,
+) -> ProbeOptions {
+    let mut kept = options.clone();
+    kept.max_tracked_sockets = previous.max_tracked_sockets;
+    kept.ring_buffer_bytes = previous.ring_buffer_bytes;
+    if dir.has_link(previous.active, INET_SOCK_SET_STATE_RAW) {
+        kept.state_probe = StateProbe::RawTracepoint;
+    } else if dir.has_link(previous.active, INET_SOCK_SET_STATE.name) {
+        kept.state_probe = StateProbe::Tracepoint;
+    }
+    if (
+        kept.max_tracked_sockets,
+        kept.ring_buffer_bytes,
+        kept.state_probe,
+    ) != (
+        options.max_tracked_sockets,
+        options.ring_buffer_bytes,
+        options.state_probe,
+    ) {
+        tracing::warn!(
+            max_tracked_sockets = kept.max_tracked_sockets,
+            ring_buffer_bytes = kept.ring_buffer_bytes,
+            attach = kept.state_probe.name(),
+            "keeping the map sizes and the attach type of the pinned probe; to change them, run `otel-agent detach --bpf-pin-dir DIR` first"
+        );
+    }
+    kept
 }
 
 fn attach_tracepoint(

@@ -309,10 +309,19 @@ impl PinDir {
 
     /// Pins `link`, of this agent's program `program` in generation `generation`.
     pub fn pin_link(&self, generation: u64, program: &str, link: FdLink) -> Result<(), PinError> {
-        let path = self.pin_path(&format!("{LINK_PREFIX}{generation}-{program}"));
+        let path = self.link_path(generation, program);
         link.pin(&path)
             .map(drop)
             .map_err(|error| PinError::io(&path, "pin a link", &error))
+    }
+
+    fn link_path(&self, generation: u64, program: &str) -> PathBuf {
+        self.pin_path(&format!("{LINK_PREFIX}{generation}-{program}"))
+    }
+
+    /// Whether generation `generation` pinned a link of its program `program`.
+    pub fn has_link(&self, generation: u64, program: &str) -> bool {
+        self.link_path(generation, program).exists()
     }
 
     /// The link pins of every generation but `keep` (a crashed agent may have left more than
