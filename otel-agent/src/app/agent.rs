@@ -24,7 +24,7 @@ use crate::{
     log_text::{Escaped, with_causes},
     metrics::SelfMetrics,
     pipeline::{self, Routes},
-    probe::Probe,
+    probe::{Probe, pins::Consumption},
     routing::{self, Outputs},
     shutdown::Signals,
     stats::Snapshot,
@@ -40,6 +40,8 @@ pub struct Prepared {
     outputs: routing::Prepared,
     probe: Probe,
     ring: RingBuf<MapData>,
+    /// A pinned probe: where the reader records what it read.
+    consumption: Option<Consumption>,
     agent_start: SystemTime,
 }
 
@@ -71,6 +73,7 @@ pub fn prepare(cli: Cli) -> Result<Prepared, AgentError> {
     let agent_start = SystemTime::now();
     let mut probe = Probe::attach(&cli.probe.options())?;
     let ring = probe.take_events()?;
+    let consumption = probe.take_consumption();
     let features = probe.features;
     crate::probe::drop_privileges::drop_after_attach();
     if let Some(pins) = probe.counters().ok().and_then(|counters| counters.pins) {
@@ -104,6 +107,7 @@ pub fn prepare(cli: Cli) -> Result<Prepared, AgentError> {
         outputs,
         probe,
         ring,
+        consumption,
         agent_start,
     })
 }
@@ -117,6 +121,7 @@ pub async fn run(prepared: Prepared, signals: Signals) -> Result<(), AgentError>
         outputs,
         mut probe,
         ring,
+        consumption,
         agent_start,
     } = prepared;
     let Outputs { exporters, sinks } = outputs.start(&cli, &config)?;
@@ -131,8 +136,13 @@ pub async fn run(prepared: Prepared, signals: Signals) -> Result<(), AgentError>
     let stats = Arc::new(PipelineStats::default());
     let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
     let stop = CancellationToken::new();
-    let pinned = cli.probe.bpf_pin_dir.is_some();
-    let mut reader = tokio::spawn(events::read(ring, tx, stats.clone(), stop.clone(), !pinned));
+    let mut reader = tokio::spawn(events::read(
+        ring,
+        tx,
+        stats.clone(),
+        stop.clone(),
+        consumption,
+    ));
     let mut pipeline = tokio::spawn(pipeline::run(rx, routes, stats.clone()));
 
     let outputs = exporters.handles();
@@ -163,7 +173,6 @@ pub async fn run(prepared: Prepared, signals: Signals) -> Result<(), AgentError>
             () = exporters.worker_ended() => break First::WorkerEnded,
             () = sinks.failed() => break First::OutputFailed,
             _ = ticker.tick() => {
-                leave(&mut probe, &stats, false);
                 let now = snapshot(&probe);
                 now.log("periodic");
                 if let Some(metrics) = &self_metrics {
@@ -220,7 +229,15 @@ pub async fn run(prepared: Prepared, signals: Signals) -> Result<(), AgentError>
     for output in panicked {
         failures.push(format!("the {output} export worker panicked"));
     }
-    leave(&mut probe, &stats, true);
+    let read = stats
+        .records_read
+        .load(std::sync::atomic::Ordering::Relaxed);
+    if let Err(error) = probe.leave(read) {
+        tracing::warn!(
+            error = %Escaped(&error.to_string()),
+            "cannot read what this agent leaves in the pin directory"
+        );
+    }
     let last = snapshot(&probe);
     last.log("final");
     if let Some(metrics) = self_metrics {
@@ -255,20 +272,6 @@ pub async fn run(prepared: Prepared, signals: Signals) -> Result<(), AgentError>
             "a task failed: {}",
             failures.join("; ")
         ))),
-    }
-}
-
-/// A pinned probe: records for the next agent what this one has read (`last`: after its
-/// last read, and what it leaves).
-fn leave(probe: &mut Probe, stats: &PipelineStats, last: bool) {
-    let read = stats
-        .records_read
-        .load(std::sync::atomic::Ordering::Relaxed);
-    if let Err(error) = probe.leave(read, last) {
-        tracing::warn!(
-            error = %Escaped(&error.to_string()),
-            "cannot record in the pin directory what this agent read: the next agent will count those records as waiting"
-        );
     }
 }
 

@@ -7,9 +7,9 @@
 //! reading reconciles exactly with what was read from the ring buffer.
 //!
 //! With a pin directory ([`pins`]), the probe's maps and links are pinned and a running
-//! probe is taken over; [`Probe::detach`] then leaves it attached for the next agent, and
-//! [`Probe::leave`] records what it leaves (the counters are read relative to what was
-//! adopted).
+//! probe is taken over; [`Probe::detach`] then leaves it attached for the next agent, the
+//! reader records what it read ([`Probe::take_consumption`]), and [`Probe::leave`] what the
+//! agent leaves (the counters are read relative to what was adopted).
 
 pub mod btf;
 pub mod drop_privileges;
@@ -350,8 +350,8 @@ struct Pinned {
     baseline: [u64; counter::COUNT as usize],
     /// Records the agents before this one had read from the ring buffer.
     consumed_before: u64,
-    /// Where the records read are recorded for the next agent.
-    consumption: pins::Consumption,
+    /// Where the reader records what it read, for the next agent (until taken).
+    consumption: Option<pins::Consumption>,
     /// The counters when the agent stopped reading (see [`Probe::leave`]).
     left: Option<[u64; counter::COUNT as usize]>,
     figures: PinFigures,
@@ -409,7 +409,7 @@ impl Probe {
         }
         let baseline = probe.raw_counters()?;
         let consumption = dir.consumption()?;
-        let consumed_before = consumption.get()?;
+        let consumed_before = consumption.before();
         let figures = PinFigures {
             previous_generation: previous.map_or(0, |previous| previous.active),
             adopted_records: baseline[counter::EMITTED as usize].saturating_sub(consumed_before),
@@ -421,7 +421,7 @@ impl Probe {
             _dir: dir,
             baseline,
             consumed_before,
-            consumption,
+            consumption: Some(consumption),
             left: None,
             figures,
         });
@@ -594,22 +594,21 @@ impl Probe {
         Some(sockets.keys().filter(Result::is_ok).count() as u64)
     }
 
-    /// A pinned probe: records that this agent has read `records_read` records, for the
-    /// next agent. With `last`, after the agent's last read: also freezes the figures of
-    /// what it leaves (the probe runs on).
-    pub fn leave(&mut self, records_read: u64, last: bool) -> Result<(), ProbeError> {
-        let left_open = if last { self.open_sockets() } else { None };
-        let raw = if last {
-            Some(self.raw_counters()?)
-        } else {
-            None
-        };
-        let Some(pinned) = &mut self.pinned else {
+    /// A pinned probe: where the reader records what it read (once; `None` unpinned).
+    pub fn take_consumption(&mut self) -> Option<pins::Consumption> {
+        self.pinned.as_mut()?.consumption.take()
+    }
+
+    /// A pinned probe, after the agent's last read of `records_read` records: freezes the
+    /// figures of what it leaves (the probe runs on).
+    pub fn leave(&mut self, records_read: u64) -> Result<(), ProbeError> {
+        if self.pinned.is_none() {
             return Ok(());
-        };
-        let consumed = pinned.consumed_before + records_read;
-        pinned.consumption.set(consumed)?;
-        if let Some(raw) = raw {
+        }
+        let left_open = self.open_sockets();
+        let raw = self.raw_counters()?;
+        if let Some(pinned) = &mut self.pinned {
+            let consumed = pinned.consumed_before + records_read;
             pinned.left = Some(raw);
             pinned.figures.left_records =
                 Some(raw[counter::EMITTED as usize].saturating_sub(consumed));

@@ -396,12 +396,18 @@ impl PinDir {
         map.set(0, zeros, 0).map_err(|error| fail(&error))
     }
 
-    /// The pinned `CONTROL` map, to keep open (reopening it needs privileges the agent
-    /// drops once attached).
+    /// The count of records read, through the pinned `CONTROL` map kept open (reopening it
+    /// needs privileges the agent drops once attached).
     pub fn consumption(&self) -> Result<Consumption, PinError> {
+        let control = self.control()?;
+        let before = control
+            .get(&control::CONSUMED, 0)
+            .map_err(|error| PinError::io(&self.path, "read the pinned CONTROL map", &error))?;
         Ok(Consumption {
-            control: self.control()?,
+            control,
             path: self.path.clone(),
+            before,
+            recorded: 0,
         })
     }
 
@@ -452,28 +458,40 @@ impl PinDir {
             .map_err(|error| fail(&error))?
             .iter()
             .sum();
-        Ok(emitted.saturating_sub(self.consumption()?.get()?))
+        Ok(emitted.saturating_sub(self.consumption()?.before))
     }
 }
 
 /// The count of records the agents have read from the pinned ring buffer, over every agent
-/// (`CONTROL[CONSUMED]`): the kernel's `EMITTED` counter less it is what waits there.
+/// (`CONTROL[CONSUMED]`): the kernel's `EMITTED` counter less it is what waits there. The
+/// reader updates it after each read, so that even an agent killed without a shutdown
+/// leaves it behind by one read at most.
 pub struct Consumption {
     control: Array<MapData, u64>,
     path: PathBuf,
+    /// What the agents before this one had read.
+    before: u64,
+    /// What this agent last recorded.
+    recorded: u64,
 }
 
 impl Consumption {
-    pub fn get(&self) -> Result<u64, PinError> {
-        self.control
-            .get(&control::CONSUMED, 0)
-            .map_err(|error| PinError::io(&self.path, "read the pinned CONTROL map", &error))
+    /// What the agents before this one had read.
+    pub fn before(&self) -> u64 {
+        self.before
     }
 
-    pub fn set(&mut self, consumed: u64) -> Result<(), PinError> {
+    /// Records that this agent has read `read` records (a map update only when it read
+    /// more since the last).
+    pub fn record(&mut self, read: u64) -> Result<(), PinError> {
+        if read == self.recorded {
+            return Ok(());
+        }
         self.control
-            .set(control::CONSUMED, consumed, 0)
-            .map_err(|error| PinError::io(&self.path, "update the pinned CONTROL map", &error))
+            .set(control::CONSUMED, self.before + read, 0)
+            .map_err(|error| PinError::io(&self.path, "update the pinned CONTROL map", &error))?;
+        self.recorded = read;
+        Ok(())
     }
 }
 
