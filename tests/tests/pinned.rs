@@ -595,3 +595,41 @@ fn a_pinned_probe_keeps_its_attach_type_and_map_sizes() {
             .exists()
     );
 }
+
+#[test]
+fn a_killed_agent_leaves_the_probe_running_for_the_next() {
+    require_root();
+    let dir = TempDir::new("pinned-kill");
+    let bpffs = BpfFs::mount("kill");
+    let server = Server::start();
+    let port = server.addr.port().to_string();
+    let args = ["-L", port.as_str(), "-s"];
+    let mut first = pinned_agent(&bpffs.pin_dir(), &args, dir.path(), "first");
+    let before: Vec<u16> = (0..20).map(|_| server.exchange()).collect();
+    thread::sleep(Duration::from_millis(200));
+    first.signal(libc::SIGKILL);
+    first.wait(Duration::from_secs(10));
+    // No agent, no shutdown: the probe goes on.
+    let after: Vec<u16> = (0..20).map(|_| server.exchange()).collect();
+    let mut second = pinned_agent(&bpffs.pin_dir(), &args, dir.path(), "second");
+    second.wait_for_output(
+        Duration::from_secs(20),
+        "the sessions of the gap",
+        |output| printed_peer_ports(output, &server).len() >= after.len(),
+    );
+    let stderr = stop(&mut second);
+    let mut printed = printed_peer_ports(&second.stdout_text(), &server);
+    printed.sort_unstable();
+    let mut expected = after.clone();
+    expected.sort_unstable();
+    assert_eq!(
+        printed, expected,
+        "the gap's sessions, once each, none of before {before:?}"
+    );
+    let figures = agent::accounting(&stderr);
+    agent::assert_nothing_lost(&stderr);
+    assert_eq!(
+        agent::counter(&figures, "pins_adopted_records"),
+        after.len() as u64
+    );
+}
