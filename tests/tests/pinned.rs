@@ -363,8 +363,19 @@ fn handovers_under_churn_report_every_session_once() {
     assert_eq!(printed, expected, "each session printed once");
     let mut read = 0;
     for (_, stderr) in &outputs {
-        agent::assert_nothing_lost(stderr);
-        read += agent::counter(&agent::accounting(stderr), "records_read");
+        agent::assert_reconciled(stderr);
+        let figures = agent::accounting(stderr);
+        // `lost_probe_skipped` is an upper bound that counts skipped births and states too,
+        // and other probes on this machine make the kernel skip hits: every session was
+        // printed once above, which is the exact check.
+        let lost: Vec<_> = figures
+            .iter()
+            .filter(|(name, value)| {
+                name.starts_with("lost_") && *name != "lost_probe_skipped" && **value != 0
+            })
+            .collect();
+        assert!(lost.is_empty(), "lost sessions: {lost:?}");
+        read += agent::counter(&figures, "records_read");
     }
     assert_eq!(read, ports.len() as u64);
     assert_eq!(
