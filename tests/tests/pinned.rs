@@ -308,13 +308,23 @@ fn printed_peer_ports(stdout: &str, server: &Server) -> Vec<u16> {
         .collect()
 }
 
+/// A test directory, a BPF filesystem and a server, for agents that print the sessions on
+/// the server's port (its number is the last element) as CSV.
+fn console_rig(tag: &str) -> (TempDir, BpfFs, Server, String) {
+    let server = Server::start();
+    let port = server.addr.port().to_string();
+    (
+        TempDir::new(&format!("pinned-{tag}")),
+        BpfFs::mount(tag),
+        server,
+        port,
+    )
+}
+
 #[test]
 fn handovers_under_churn_report_every_session_once() {
     require_root();
-    let dir = TempDir::new("pinned-churn");
-    let bpffs = BpfFs::mount("churn");
-    let server = Server::start();
-    let port = server.addr.port().to_string();
+    let (dir, bpffs, server, port) = console_rig("churn");
     let args = ["-L", port.as_str(), "-s"];
     let mut agents = vec![pinned_agent(&bpffs.pin_dir(), &args, dir.path(), "agent0")];
     // As fast as one client goes, through three handovers.
@@ -610,10 +620,7 @@ fn a_pinned_probe_keeps_its_attach_type_and_map_sizes() {
 #[test]
 fn a_killed_agent_leaves_the_probe_running_for_the_next() {
     require_root();
-    let dir = TempDir::new("pinned-kill");
-    let bpffs = BpfFs::mount("kill");
-    let server = Server::start();
-    let port = server.addr.port().to_string();
+    let (dir, bpffs, server, port) = console_rig("kill");
     let args = ["-L", port.as_str(), "-s"];
     let mut first = pinned_agent(&bpffs.pin_dir(), &args, dir.path(), "first");
     let before: Vec<u16> = (0..20).map(|_| server.exchange()).collect();
