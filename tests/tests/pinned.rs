@@ -394,6 +394,12 @@ fn handovers_under_churn_report_every_session_once() {
     );
 }
 
+/// Runs an agent on the pin directory `pins`, which must refuse it: its exit code and
+/// stderr.
+fn refused(pins: &str, dir: &Path) -> (Option<i32>, String) {
+    agent::run_to_failure(agent::command(&["--bpf-pin-dir", pins], &[]), dir)
+}
+
 /// A BPF filesystem where an agent ran and stopped, leaving its probe pinned (and its test
 /// directory).
 fn left_pinned(tag: &str) -> (TempDir, BpfFs) {
@@ -419,10 +425,7 @@ fn an_incompatible_pinned_layout_is_refused() {
         .set(control::LAYOUT, PIN_LAYOUT_VERSION + 1, 0)
         .unwrap();
 
-    let (code, stderr) = agent::run_to_failure(
-        agent::command(&["--bpf-pin-dir", &pins_text], &[]),
-        dir.path(),
-    );
+    let (code, stderr) = refused(&pins_text, dir.path());
     assert_eq!(code, Some(65), "{stderr}");
     let expected = format!(
         "--bpf-pin-dir {pins_text} holds a probe this agent cannot take over: its record layout is version {}, this agent's is {PIN_LAYOUT_VERSION}; remove it with `otel-agent detach --bpf-pin-dir {pins_text}` (which discards the records it holds) and start again",
@@ -442,10 +445,7 @@ fn an_incompatible_pinned_layout_is_refused() {
         .unwrap()
         .pin(pins.join("HANDOFF"))
         .unwrap();
-    let (code, stderr) = agent::run_to_failure(
-        agent::command(&["--bpf-pin-dir", &pins_text], &[]),
-        dir.path(),
-    );
+    let (code, stderr) = refused(&pins_text, dir.path());
     assert_eq!(code, Some(65), "{stderr}");
     assert!(
         stderr.contains(&format!(
@@ -529,10 +529,7 @@ fn a_missing_bpffs_is_mounted_under_sys_fs_bpf_and_refused_elsewhere() {
     // Elsewhere: refused before anything is loaded, with the command that fixes it.
     let elsewhere = dir.path().join("pins");
     let elsewhere_text = elsewhere.display().to_string();
-    let (code, stderr) = agent::run_to_failure(
-        agent::command(&["--bpf-pin-dir", &elsewhere_text], &[]),
-        dir.path(),
-    );
+    let (code, stderr) = refused(&elsewhere_text, dir.path());
     assert_eq!(code, Some(78), "{stderr}");
     assert!(
         stderr.contains(&format!(
