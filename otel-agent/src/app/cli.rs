@@ -28,7 +28,12 @@ pub const MAX_TRACKED_SOCKETS: u32 = 1 << 22;
 /// endpoint it prints one tcplife-style line per closed session instead.
 #[derive(Debug, Parser)]
 #[command(name = "otel-agent", version)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct Cli {
+    /// A subcommand instead of running the agent.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     #[command(flatten)]
     pub export: ExportArgs,
 
@@ -69,6 +74,19 @@ pub struct Cli {
     /// is one line in either (`final accounting`, its figures in the `json` field).
     #[arg(long, env = "OTEL_AGENT_LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,
+}
+
+/// What `otel-agent SUBCOMMAND` does instead of running the agent.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Detach the probe an agent left pinned with --bpf-pin-dir and remove every pin (the
+    /// records still waiting in its ring buffer are discarded). Stop the agent first.
+    /// Nothing to detach is not an error.
+    Detach {
+        /// The pin directory given to the agent.
+        #[arg(long, env = "OTEL_AGENT_BPF_PIN_DIR", value_name = "DIR")]
+        bpf_pin_dir: PathBuf,
+    },
 }
 
 /// How the agent's own logs are written.
@@ -275,6 +293,14 @@ pub struct ProbeArgs {
     /// tracepoint is used).
     #[arg(long, env = "OTEL_AGENT_ATTACH", value_enum, default_value_t = AttachType::Tracepoint)]
     pub attach: AttachType,
+
+    /// Pin the probe under this directory on a BPF filesystem (for example
+    /// /sys/fs/bpf/otel-agent) so that it keeps running while no agent does, and take over
+    /// what a previous agent pinned there: no session is missed across a restart or an
+    /// upgrade. On stop the probe stays attached; `otel-agent detach --bpf-pin-dir DIR`
+    /// removes it. Off by default.
+    #[arg(long, env = "OTEL_AGENT_BPF_PIN_DIR", value_name = "DIR")]
+    pub bpf_pin_dir: Option<PathBuf>,
 }
 
 impl ExportArgs {
@@ -379,6 +405,7 @@ impl ProbeArgs {
                 AttachType::Tracepoint => StateProbe::Tracepoint,
                 AttachType::RawTracepoint => StateProbe::RawTracepoint,
             },
+            pin_dir: self.bpf_pin_dir.clone(),
         }
     }
 }
@@ -501,6 +528,8 @@ fn parse_timeout(text: &str) -> Result<Duration, String> {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
 
     #[test]
@@ -710,6 +739,30 @@ mod tests {
                 "{text}"
             );
         }
+    }
+
+    #[test]
+    fn the_pin_directory_is_off_by_default_and_detach_is_a_subcommand() {
+        let plain = Cli::try_parse_from(["otel-agent", "-L", "80"]).unwrap();
+        assert!(plain.command.is_none());
+        assert_eq!(plain.probe.options().pin_dir, None);
+        let pinned = Cli::try_parse_from(["otel-agent", "--bpf-pin-dir", "/sys/fs/bpf/a"]).unwrap();
+        assert_eq!(
+            pinned.probe.options().pin_dir,
+            Some(PathBuf::from("/sys/fs/bpf/a"))
+        );
+        let detach =
+            Cli::try_parse_from(["otel-agent", "detach", "--bpf-pin-dir", "/sys/fs/bpf/a"])
+                .unwrap();
+        assert!(matches!(
+            detach.command,
+            Some(Command::Detach { bpf_pin_dir }) if bpf_pin_dir == Path::new("/sys/fs/bpf/a")
+        ));
+        // The agent's flags do not mix with a subcommand.
+        assert!(
+            Cli::try_parse_from(["otel-agent", "-L", "80", "detach", "--bpf-pin-dir", "/x"])
+                .is_err()
+        );
     }
 
     #[test]

@@ -17,6 +17,9 @@ pub mod exit_code {
     /// Writing a local output (the console, JSON lines) failed, for example stdout was
     /// closed or the disk is full; or the spool directory cannot be used (`EX_IOERR`).
     pub const OUTPUT: u8 = 74;
+    /// The pin directory (`--bpf-pin-dir`) holds a probe of a layout this agent cannot take
+    /// over (`EX_DATAERR`): `otel-agent detach --bpf-pin-dir DIR` removes it.
+    pub const PINS_INCOMPATIBLE: u8 = 65;
     /// Anything else: an internal failure (`EX_SOFTWARE`).
     pub const INTERNAL: u8 = 70;
 }
@@ -48,6 +51,8 @@ impl AgentError {
     pub fn exit_code(&self) -> ExitCode {
         ExitCode::from(match self {
             Self::Config(_) | Self::Export(_) | Self::JsonOutput { .. } => exit_code::CONFIG,
+            Self::Probe(error) if error.is_incompatible_pins() => exit_code::PINS_INCOMPATIBLE,
+            Self::Probe(error) if error.is_unusable_pin_dir() => exit_code::CONFIG,
             Self::Probe(error) if error.is_missing_privilege() => exit_code::NO_PERMISSION,
             Self::Probe(error) if error.is_missing_kernel_feature() => {
                 exit_code::KERNEL_UNSUPPORTED
@@ -107,6 +112,40 @@ mod tests {
         assert_eq!(config.exit_code(), ExitCode::from(exit_code::CONFIG));
         let output = output_failed(std::io::Error::other("closed"));
         assert_eq!(output.exit_code(), ExitCode::from(exit_code::OUTPUT));
+    }
+
+    #[test]
+    fn pin_directory_failures_are_layout_or_configuration() {
+        use probe::pins::PinError;
+        let pins = |error| AgentError::Probe(probe::ProbeError::Pins(error));
+        let incompatible = pins(PinError::Incompatible {
+            path: "/sys/fs/bpf/a".into(),
+            reason: "its record layout is version 2, this agent's is 1".into(),
+        });
+        assert_eq!(
+            incompatible.exit_code(),
+            ExitCode::from(exit_code::PINS_INCOMPATIBLE)
+        );
+        for unusable in [
+            PinError::NotBpffs {
+                path: "/tmp/a".into(),
+                reason: "/tmp is not on a BPF filesystem".into(),
+            },
+            PinError::Busy {
+                path: "/sys/fs/bpf/a".into(),
+            },
+        ] {
+            assert_eq!(
+                pins(unusable).exit_code(),
+                ExitCode::from(exit_code::CONFIG)
+            );
+        }
+        let io = pins(PinError::Io {
+            path: "/sys/fs/bpf/a".into(),
+            what: "pin a link",
+            reason: "Operation not permitted (os error 1)".into(),
+        });
+        assert_eq!(io.exit_code(), ExitCode::from(exit_code::INTERNAL));
     }
 
     fn tracefs(error: probe::tracefs::TracefsError) -> AgentError {

@@ -326,7 +326,9 @@ pub struct Accounting {
 /// Why the figures do not reconcile.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Imbalance {
-    #[error("kernel_emitted = {emitted} but records_read = {read}")]
+    #[error(
+        "kernel_emitted (+ pins_adopted_records) = {emitted} but records_read (+ pins_left_records) = {read}"
+    )]
     Kernel { emitted: u64, read: u64 },
     /// For an export output, `queued` includes `spool_left` and `records_read` includes
     /// `spool_found`.
@@ -359,7 +361,8 @@ pub const FINAL_LINE: &str = "final accounting";
 impl Accounting {
     /// Checks the equation, exact once the probe is detached, the ring buffer drained and
     /// the outputs flushed (the final figures):
-    /// - `kernel_emitted = records_read` (kernel losses happen before a record is emitted);
+    /// - `kernel_emitted (+ pins_adopted_records) = records_read (+ pins_left_records)`
+    ///   (kernel losses happen before a record is emitted);
     /// - for every output, `delivered (exported or written) + exported_unconfirmed + every
     ///   lost_<cause> of the output + queued = records_read - every loss of the pipeline`,
     ///   where an export output also counts `spool_left` (in its disk spool at the end) with
@@ -369,9 +372,19 @@ impl Accounting {
     ///   the pipeline` (without the spool: what this agent read).
     pub fn reconcile(&self) -> Result<(), Imbalance> {
         let session = |name: &str| self.session.need(name, "session accounting");
-        let (emitted, read) = (session("kernel_emitted")?, session("records_read")?);
-        if emitted != read {
-            return Err(Imbalance::Kernel { emitted, read });
+        // A pinned probe: what waited in the ring buffer when this agent took over was
+        // emitted before it, and what it left is read by the next one.
+        let pinned = |name: &str| self.session.get(name).unwrap_or(0);
+        let read = session("records_read")?;
+        let (emitted, handed) = (
+            session("kernel_emitted")? + pinned("pins_adopted_records"),
+            read + pinned("pins_left_records"),
+        );
+        if emitted != handed {
+            return Err(Imbalance::Kernel {
+                emitted,
+                read: handed,
+            });
         }
         let mut expected = read;
         for cause in LossCause::of_stage(Stage::Pipeline) {
@@ -606,6 +619,36 @@ mod tests {
     }
 
     #[test]
+    fn a_pinned_probe_balances_with_what_it_adopted_and_left() {
+        // 100 emitted while this agent ran, 7 waiting when it took over: 104 read, 3 left.
+        let mut pinned = balanced();
+        set(&mut pinned.session, "records_read", 104);
+        pinned.session.push("pins_adopted_records", 7);
+        pinned.session.push("pins_left_records", 3);
+        for output in &mut pinned.outputs {
+            let delivered = output.kind.delivered();
+            let value = output.figures.get(delivered).unwrap();
+            set(&mut output.figures, delivered, value + 4);
+        }
+        pinned.outputs[0]
+            .figures
+            .0
+            .iter_mut()
+            .find(|(name, _)| name == "enqueued")
+            .unwrap()
+            .1 += 4;
+        assert_eq!(pinned.reconcile(), Ok(()));
+        set(&mut pinned.session, "pins_left_records", 2);
+        assert_eq!(
+            pinned.reconcile(),
+            Err(Imbalance::Kernel {
+                emitted: 107,
+                read: 106
+            })
+        );
+    }
+
+    #[test]
     fn each_broken_equation_is_named() {
         let mut kernel = balanced();
         set(&mut kernel.session, "records_read", 99);
@@ -703,7 +746,7 @@ mod tests {
         assert_eq!(json["reconciled"], false);
         assert_eq!(
             json["imbalance"],
-            "kernel_emitted = 101 but records_read = 100"
+            "kernel_emitted (+ pins_adopted_records) = 101 but records_read (+ pins_left_records) = 100"
         );
     }
 

@@ -257,6 +257,16 @@ impl Snapshot {
         session.push("kernel_tracked", kernel.tracked);
         session.push("kernel_emitted", kernel.emitted);
         session.push("records_read", self.records_read);
+        if let Some(pins) = kernel.pins {
+            session.push("pins_adopted_records", pins.adopted_records);
+            session.push("pins_adopted_open_sessions", pins.adopted_open);
+            if let Some(left) = pins.left_records {
+                session.push("pins_left_records", left);
+            }
+            if let Some(open) = pins.left_open {
+                session.push("pins_left_open_sessions", open);
+            }
+        }
         for cause in FilterCause::ALL {
             session.push(cause.key(), self.filtered(cause));
         }
@@ -318,6 +328,7 @@ mod tests {
                 recovered_state_change: 8,
                 skipped_receive_reset: 9,
                 skipped_accept: 10,
+                pins: None,
             },
             records_read: 10,
             lost_decode_error: 0,
