@@ -1,5 +1,6 @@
-//! The session-to-span mapping: one closed session becomes one root span whose start and
-//! end are the session's birth and close. The attribute names are listed in the README's
+//! The session-to-span mapping: one closed session becomes one span whose start and end
+//! are the session's birth and close (its ids, parent, link and flags are the session's
+//! `context`, decided in the session stage: `crate::span_context`). The attribute names are listed in the README's
 //! mapping table; stable OpenTelemetry names are used where they exist, the `tcplife.*`
 //! namespace for what OpenTelemetry has no name for. The mapping is written once, as
 //! values handed to a visitor, so that spans are encoded straight into OTLP protobuf
