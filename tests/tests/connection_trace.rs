@@ -24,7 +24,7 @@ use otel_agent_tests::{
     agent,
     capture::Capture,
     process::TempDir,
-    receiver::{Kind, Receiver, int_attribute, spans_for, spans_of},
+    receiver::{Kind, Received, Receiver, int_attribute, spans_for, spans_of, spans_where},
     require_root,
     rotel::{ReceivedLink, ReceivedSpan, Rotel},
     traffic::{self, Closer, Exchange},
@@ -241,20 +241,15 @@ fn a_peer_outside_link_peers_gives_a_parentless_server_span_linked_to_the_client
 
 #[test]
 fn link_peers_none_links_every_server_span_and_all_parents_every_one() {
-    let (client, server, ids, stderr) = run(
-        "trace-none",
-        IpAddr::V6(Ipv6Addr::LOCALHOST),
-        &["--link-peers", "none"],
-    );
-    assert_connection(&client, &server, &ids, Server::Linked);
-    assert_policy_logged(&stderr, "none", "--link-peers");
-    let (client, server, ids, stderr) = run(
-        "trace-all",
-        IpAddr::V4(Ipv4Addr::LOCALHOST),
-        &["--link-peers", "all"],
-    );
-    assert_connection(&client, &server, &ids, Server::Child);
-    assert_policy_logged(&stderr, "all", "--link-peers");
+    for (policy, ip, expected) in [
+        ("none", IpAddr::V6(Ipv6Addr::LOCALHOST), Server::Linked),
+        ("all", IpAddr::V4(Ipv4Addr::LOCALHOST), Server::Child),
+    ] {
+        let name = format!("trace-{policy}");
+        let (client, server, ids, stderr) = run(&name, ip, &["--link-peers", policy]);
+        assert_connection(&client, &server, &ids, expected);
+        assert_policy_logged(&stderr, policy, "--link-peers");
+    }
 }
 
 /// A connect that got no SYN-ACK has no server ISN: a root of its own trace, random ids.
@@ -273,24 +268,15 @@ fn a_refused_connect_is_a_lone_root_with_random_ids() {
             .expect_err("nothing listens on the port");
     }
     agent::stop(&mut agent);
-    let to_closed =
-        |span: &&Span| int_attribute(span, "network.peer.port") == Some(i64::from(closed.port()));
+    let to_closed = |received: &[Received]| {
+        spans_where(received, |span| {
+            int_attribute(span, "network.peer.port") == Some(i64::from(closed.port()))
+        })
+    };
     let received = receiver.wait_for(Duration::from_secs(10), "two refused connects", |r| {
-        r.iter()
-            .flat_map(|r| &r.request.resource_spans)
-            .flat_map(|rs| &rs.scope_spans)
-            .flat_map(|ss| &ss.spans)
-            .filter(to_closed)
-            .count()
-            >= 2
+        to_closed(r).len() >= 2
     });
-    let spans: Vec<&Span> = received
-        .iter()
-        .flat_map(|r| &r.request.resource_spans)
-        .flat_map(|rs| &rs.scope_spans)
-        .flat_map(|ss| &ss.spans)
-        .filter(to_closed)
-        .collect();
+    let spans = to_closed(&received);
     let [first, second] = spans.as_slice() else {
         panic!("one span per connect: {spans:#?}");
     };
