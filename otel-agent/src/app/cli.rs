@@ -12,9 +12,9 @@ use common::{AF_INET, AF_INET6, Filters, MAX_FILTER_PORTS};
 
 use crate::{
     export::config::{ExportFlags, INDEFINITE_TIMEOUT, MAX_DURATION, OtlpProtocol},
-    link_policy::LinkPolicy,
     probe::{ProbeOptions, StateProbe},
 };
+use crate::link_policy::LinkPolicy;
 
 /// The most sockets `--max-tracked-sockets` accepts: 2^22, 64 times the default. The
 /// kernel preallocates the whole LRU map; a map far larger is refused by the kernel
@@ -624,6 +624,18 @@ mod tests {
     }
 
     #[test]
+    fn netns_self_is_this_process_namespace() {
+        let expected = std::fs::metadata("/proc/self/ns/net").unwrap().ino();
+        assert_eq!(parse_netns("self"), Ok(expected as u32));
+    }
+
+    #[test]
+    fn the_command_definition_is_consistent() {
+        use clap::CommandFactory as _;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
     fn link_peers_takes_networks_all_or_none() {
         let parse = |args: &[&str]| {
             let mut argv = vec!["otel-agent"];
@@ -654,17 +666,5 @@ mod tests {
             assert!(text.contains("--link-peers"), "{text}");
             assert!(text.contains("CIDR notation"), "{text}");
         }
-    }
-
-    #[test]
-    fn netns_self_is_this_process_namespace() {
-        let expected = std::fs::metadata("/proc/self/ns/net").unwrap().ino();
-        assert_eq!(parse_netns("self"), Ok(expected as u32));
-    }
-
-    #[test]
-    fn the_command_definition_is_consistent() {
-        use clap::CommandFactory as _;
-        Cli::command().debug_assert();
     }
 }
