@@ -10,11 +10,11 @@ use clap::{
 };
 use common::{AF_INET, AF_INET6, Filters, MAX_FILTER_PORTS};
 
+use crate::link_policy::LinkPolicy;
 use crate::{
     export::config::{ExportFlags, INDEFINITE_TIMEOUT, MAX_DURATION, OtlpProtocol},
     probe::{ProbeOptions, StateProbe},
 };
-use crate::link_policy::LinkPolicy;
 
 /// The most sockets `--max-tracked-sockets` accepts: 2^22, 64 times the default. The
 /// kernel preallocates the whole LRU map; a map far larger is refused by the kernel
