@@ -5,7 +5,10 @@
 //!   batch of sessions into one OTLP request (per span);
 //! - per connection, with criterion (`trace_context`): deriving its trace context from the
 //!   ISN pair (`derive`), and the SHA-256 alone on its 37-byte input (`sha256`; the
-//!   comparison with BLAKE3 and ring is in `trace_context`'s module doc);
+//!   comparison with BLAKE3 and ring is in `trace_context`'s module doc); a session's whole
+//!   span context as the session stage decides it (`span_context_server`: derived, parent
+//!   or link under a policy; `span_context_random`: random ids, for sessions without a
+//!   pair);
 //! - the whole pipeline: synthetic ring-buffer records -> decode -> the agent's pipeline
 //!   stage -> the agent's export queue and OTLP/gRPC exporter -> a counting receiver on
 //!   loopback. Everything but the receiver runs pinned to one CPU, the receiver on
@@ -46,9 +49,11 @@ use otel_agent::{
         resource::agent_resource,
         span::{self, SpanText},
     },
-    isn::IsnPair,
+    isn::{IsnPair, Side},
+    link_policy::LinkPolicy,
     pipeline::{self, Routes},
     session::Session,
+    span_context::SpanContext,
     stats::ExportSnapshot,
     trace_context::ConnectionIds,
 };
@@ -117,7 +122,12 @@ fn bytes_of(record: &SessionRecord) -> Vec<u8> {
 /// `EXPORT_BATCH` sessions, as the export queue hands them to the encoder.
 fn session_batch(clock: WallClock, agent_start: SystemTime) -> Vec<Arc<Session>> {
     (0..EXPORT_BATCH as u64)
-        .map(|i| Arc::new(Session::from_record(&record(i), clock, agent_start).expect("decodes")))
+        .map(|i| {
+            Arc::new(
+                Session::from_record(&record(i), clock, agent_start, &LinkPolicy::All)
+                    .expect("decodes"),
+            )
+        })
         .collect()
 }
 
@@ -126,7 +136,8 @@ fn per_session(c: &mut Criterion) {
     let agent_start = SystemTime::now();
     let record = record(7);
     let bytes = bytes_of(&record);
-    let session = Session::from_record(&record, clock, agent_start).expect("decodes");
+    let session =
+        Session::from_record(&record, clock, agent_start, &LinkPolicy::All).expect("decodes");
 
     let mut group = c.benchmark_group("per_session");
     group.throughput(Throughput::Elements(1));
@@ -134,7 +145,7 @@ fn per_session(c: &mut Criterion) {
         b.iter(|| SessionRecord::decode(black_box(&bytes)));
     });
     group.bench_function("session_from_record", |b| {
-        b.iter(|| Session::from_record(black_box(&record), clock, agent_start));
+        b.iter(|| Session::from_record(black_box(&record), clock, agent_start, &LinkPolicy::All));
     });
     let mut text = SpanText::default();
     group.bench_function("span_text", |b| {
@@ -183,6 +194,18 @@ fn trace_context(c: &mut Criterion) {
     });
     group.bench_function("sha256", |b| {
         b.iter(|| sha2::Sha256::digest(black_box(&input)));
+    });
+    // A session's whole context, as `Session::from_record` decides it: a server span under
+    // a default-sized policy (loopback and four host addresses), and random ids.
+    let policy = LinkPolicy::loopback_and(
+        ["10.0.2.15", "172.17.0.1", "fd00::2", "fe80::1"].map(|ip| ip.parse().expect("an address")),
+    );
+    let peer = "127.0.0.1".parse().expect("an address");
+    group.bench_function("span_context_server", |b| {
+        b.iter(|| SpanContext::decide(Some(Side::Server), Some(black_box(pair)), peer, &policy));
+    });
+    group.bench_function("span_context_random", |b| {
+        b.iter(SpanContext::random);
     });
     group.finish();
 }
@@ -355,6 +378,7 @@ async fn pipeline_run(
         sinks: Vec::new(),
         spans: true,
         agent_start: SystemTime::now(),
+        links: LinkPolicy::All,
         containers: None,
     };
     let stats = Arc::new(PipelineStats::default());
