@@ -47,6 +47,7 @@ use otel_agent::{
         span::{self, SpanText},
     },
     isn::IsnPair,
+    link_policy::LinkPolicy,
     pipeline::{self, Routes},
     session::Session,
     stats::ExportSnapshot,
@@ -117,7 +118,12 @@ fn bytes_of(record: &SessionRecord) -> Vec<u8> {
 /// `EXPORT_BATCH` sessions, as the export queue hands them to the encoder.
 fn session_batch(clock: WallClock, agent_start: SystemTime) -> Vec<Arc<Session>> {
     (0..EXPORT_BATCH as u64)
-        .map(|i| Arc::new(Session::from_record(&record(i), clock, agent_start).expect("decodes")))
+        .map(|i| {
+            Arc::new(
+                Session::from_record(&record(i), clock, agent_start, &LinkPolicy::All)
+                    .expect("decodes"),
+            )
+        })
         .collect()
 }
 
@@ -126,7 +132,8 @@ fn per_session(c: &mut Criterion) {
     let agent_start = SystemTime::now();
     let record = record(7);
     let bytes = bytes_of(&record);
-    let session = Session::from_record(&record, clock, agent_start).expect("decodes");
+    let session =
+        Session::from_record(&record, clock, agent_start, &LinkPolicy::All).expect("decodes");
 
     let mut group = c.benchmark_group("per_session");
     group.throughput(Throughput::Elements(1));
@@ -134,7 +141,7 @@ fn per_session(c: &mut Criterion) {
         b.iter(|| SessionRecord::decode(black_box(&bytes)));
     });
     group.bench_function("session_from_record", |b| {
-        b.iter(|| Session::from_record(black_box(&record), clock, agent_start));
+        b.iter(|| Session::from_record(black_box(&record), clock, agent_start, &LinkPolicy::All));
     });
     let mut text = SpanText::default();
     group.bench_function("span_text", |b| {
@@ -355,6 +362,7 @@ async fn pipeline_run(
         sinks: Vec::new(),
         spans: true,
         agent_start: SystemTime::now(),
+        links: LinkPolicy::All,
         containers: None,
     };
     let stats = Arc::new(PipelineStats::default());

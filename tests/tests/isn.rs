@@ -23,6 +23,7 @@ use common::{SessionRecord, states, tcp_state, user::Origin};
 use otel_agent::{
     clock::WallClock,
     isn::{self, IsnPair, SeqCounters, Side},
+    link_policy::LinkPolicy,
     probe::{Probe, ProbeOptions},
     session::Session,
 };
@@ -311,7 +312,13 @@ fn records_for(
 }
 
 fn session(record: &SessionRecord) -> Session {
-    Session::from_record(record, WallClock::sample(), SystemTime::now()).expect("converts")
+    Session::from_record(
+        record,
+        WallClock::sample(),
+        SystemTime::now(),
+        &LinkPolicy::All,
+    )
+    .expect("converts")
 }
 
 fn counters(record: &SessionRecord) -> SeqCounters {

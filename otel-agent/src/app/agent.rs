@@ -9,7 +9,7 @@
 //! ends on its own (the reader, the pipeline, an export worker, the self-metrics) makes the
 //! exit an error, after the same shutdown.
 
-use std::{path::Path, sync::Arc, time::SystemTime};
+use std::{os::unix::fs::MetadataExt as _, path::Path, sync::Arc, time::SystemTime};
 
 use aya::maps::{MapData, RingBuf};
 use tokio::{sync::mpsc, task::JoinHandle, time::Instant};
@@ -21,6 +21,7 @@ use crate::{
     error::AgentError,
     events::{self, PipelineStats},
     export::config::{ExportConfig, Redacted},
+    link_policy::{LinkPolicy, host_addresses},
     log_text::{Escaped, with_causes},
     metrics::SelfMetrics,
     pipeline::{self, Routes},
@@ -41,6 +42,7 @@ pub struct Prepared {
     probe: Probe,
     ring: RingBuf<MapData>,
     agent_start: SystemTime,
+    links: LinkPolicy,
 }
 
 /// Resolves and checks the configuration (a bad value stops the agent before the probe is
@@ -68,6 +70,7 @@ pub fn prepare(cli: Cli) -> Result<Prepared, AgentError> {
         ),
     }
 
+    let links = link_policy(&cli);
     let agent_start = SystemTime::now();
     let mut probe = Probe::attach(&cli.probe.options())?;
     let ring = probe.take_events()?;
@@ -90,6 +93,7 @@ pub fn prepare(cli: Cli) -> Result<Prepared, AgentError> {
         probe,
         ring,
         agent_start,
+        links,
     })
 }
 
@@ -103,6 +107,7 @@ pub async fn run(prepared: Prepared, signals: Signals) -> Result<(), AgentError>
         mut probe,
         ring,
         agent_start,
+        links,
     } = prepared;
     let Outputs { exporters, sinks } = outputs.start(&cli, &config)?;
 
@@ -111,6 +116,7 @@ pub async fn run(prepared: Prepared, signals: Signals) -> Result<(), AgentError>
         sinks: sinks.handles(),
         spans: config.otlp.is_some() || cli.output.json_output.is_some(),
         agent_start,
+        links,
         containers: container_ids(),
     };
     let stats = Arc::new(PipelineStats::default());
@@ -252,6 +258,42 @@ async fn finish<T>(
             None
         }
     }
+}
+
+/// The linking policy: `--link-peers`, or by default loopback and this host's addresses,
+/// read now in the agent's network namespace. When `--netns` names another namespace, whose
+/// addresses the agent cannot read from its own, the default is loopback alone. Logged once.
+fn link_policy(cli: &Cli) -> LinkPolicy {
+    let (policy, source) = if let Some(policy) = &cli.link_peers {
+        (policy.clone(), "--link-peers")
+    } else {
+        let own_netns = std::fs::metadata("/proc/self/ns/net").map(|meta| meta.ino());
+        let addresses = match (cli.probe.netns, own_netns) {
+            (Some(watched), Ok(own)) if u64::from(watched) != own => {
+                tracing::info!(
+                    netns = watched,
+                    "--netns names another network namespace: its own addresses are not read; \
+                     list its networks in --link-peers to link their clients"
+                );
+                Vec::new()
+            }
+            _ => host_addresses().unwrap_or_else(|error| {
+                tracing::warn!(
+                    error = %Escaped(&error.to_string()),
+                    "cannot read this host's addresses (getifaddrs): linking loopback peers only"
+                );
+                Vec::new()
+            }),
+        };
+        (LinkPolicy::loopback_and(addresses), "default")
+    };
+    tracing::info!(
+        link_peers = %policy,
+        source,
+        "connection traces: a server span's parent is its client span for peers in these \
+         networks, a span link to it for other peers"
+    );
+    policy
 }
 
 /// A container id cache, when this agent sees the host's pids (on the host, or in a

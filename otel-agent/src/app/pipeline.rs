@@ -1,5 +1,6 @@
 //! The stage between the reader and the outputs: takes decoded records in batches, turns
-//! each into a [`Session`] with wall-clock times (and the owner's container, for spans),
+//! each into a [`Session`] with wall-clock times and its span context (and the owner's
+//! container, for spans),
 //! and offers it to the outputs ([`Routes`]): the exporters' queues and the sinks (the
 //! tcplife console, JSON lines), none of which it ever waits for. Ends when the reader closes the
 //! channel and every record received has been handled.
@@ -14,6 +15,7 @@ use crate::{
     container::ContainerIdCache,
     events::PipelineStats,
     export::{self, ExporterHandle},
+    link_policy::LinkPolicy,
     local::SinkHandle,
     session::Session,
 };
@@ -31,6 +33,8 @@ pub struct Routes {
     pub spans: bool,
     /// When the agent started: the start of sessions whose birth the probe did not see.
     pub agent_start: SystemTime,
+    /// Which server spans name their client span as parent.
+    pub links: LinkPolicy,
     /// Container ids by pid, when `/proc` shows the host's pids (the probe reports those).
     pub containers: Option<ContainerIdCache>,
 }
@@ -66,7 +70,7 @@ fn handle(
     routes: &mut Routes,
     stats: &PipelineStats,
 ) -> Option<Session> {
-    let mut session = match Session::from_record(record, clock, routes.agent_start) {
+    let mut session = match Session::from_record(record, clock, routes.agent_start, &routes.links) {
         Ok(session) => session,
         Err(error) => {
             PipelineStats::add(&stats.lost_decode_error);

@@ -21,6 +21,8 @@ use common::{
 use crate::{
     clock::WallClock,
     isn::{self, IsnPair, SeqCounters, Side},
+    link_policy::LinkPolicy,
+    span_context::SpanContext,
 };
 
 /// Byte counters from `struct tcp_sock` at close, as tcplife reports them (sequence space:
@@ -114,6 +116,9 @@ pub struct Session {
     /// not read, the side is unknown (birth not seen), or both ends connected (simultaneous
     /// open: neither is the server).
     pub isns: Option<IsnPair>,
+    /// The span's trace id, span id, parent or link and flags: derived from `isns` when
+    /// there is a pair, random otherwise ([`SpanContext::decide`]).
+    pub context: SpanContext,
     /// The owner's container (`container.id`), filled in by the pipeline when the agent
     /// sees the host's pids.
     pub container_id: Option<Arc<str>>,
@@ -126,11 +131,13 @@ pub struct SessionError(#[from] DecodeError);
 
 impl Session {
     /// Builds a session from a decoded record, converting its timestamps with `clock`;
-    /// `agent_start` stands in for a birth the probe did not see.
+    /// `agent_start` stands in for a birth the probe did not see; `links` decides a server
+    /// span's parent or link.
     pub fn from_record(
         record: &SessionRecord,
         clock: WallClock,
         agent_start: SystemTime,
+        links: &LinkPolicy,
     ) -> Result<Self, SessionError> {
         let birth_known = record.has(flags::BIRTH_SEEN);
         // The state the socket closed from counts as entered, even when its birth (and so
@@ -171,7 +178,8 @@ impl Session {
             )),
             _ => None,
         };
-        let isns = Side::from_origin(origin)
+        let side = Side::from_origin(origin);
+        let isns = side
             .filter(|&side| {
                 established
                     && record.has(flags::BYTES_VALID | flags::SEQ_VALID)
@@ -188,6 +196,8 @@ impl Session {
                     },
                 )
             });
+        let remote = SocketAddr::new(record.remote_ip()?, record.remote_port);
+        let context = SpanContext::decide(side, isns, remote.ip(), links);
         let handshake = (birth_known && record.established_ns != 0)
             .then(|| Duration::from_nanos(record.established_ns.saturating_sub(record.birth_ns)));
         Ok(Self {
@@ -199,7 +209,7 @@ impl Session {
             end: clock.to_system_time(record.close_ns),
             birth_known,
             local: SocketAddr::new(record.local_ip()?, record.local_port),
-            remote: SocketAddr::new(record.remote_ip()?, record.remote_port),
+            remote,
             origin,
             pid: record.pid,
             comm: record.comm().into_owned(),
@@ -218,6 +228,7 @@ impl Session {
             }),
             netns: record.has(flags::NETNS_VALID).then_some(record.netns),
             isns,
+            context,
             container_id: None,
         })
     }
@@ -264,6 +275,7 @@ pub(crate) mod tests {
     use common::{AF_INET, origin, tcp_state};
 
     use super::*;
+    use crate::trace_context::ConnectionIds;
 
     pub(crate) const AGENT_START_NS: u64 = 1_000_000_000_000_000_000 - 5_000_000_000;
 
@@ -324,12 +336,21 @@ pub(crate) mod tests {
         record
     }
 
+    /// The session of `record`, every peer linked.
+    pub(crate) fn session_of(record: &SessionRecord) -> Session {
+        Session::from_record(record, clock(), agent_start(), &LinkPolicy::All).unwrap()
+    }
+
     pub(crate) fn client_session() -> Session {
-        Session::from_record(&client_record(), clock(), agent_start()).unwrap()
+        session_of(&client_record())
     }
 
     #[test]
     fn converts_a_record_field_by_field() {
+        let ids = ConnectionIds::derive(IsnPair {
+            client: 5_000_u32.wrapping_sub(12_347),
+            server: 6_951,
+        });
         let epoch = SystemTime::UNIX_EPOCH;
         assert_eq!(
             client_session(),
@@ -366,6 +387,13 @@ pub(crate) mod tests {
                     client: 5_000_u32.wrapping_sub(12_347),
                     server: 9_001 - 2_049 - 1
                 }),
+                context: SpanContext {
+                    trace_id: ids.trace_id,
+                    span_id: ids.client_span_id,
+                    parent_span_id: None,
+                    link: None,
+                    flags: 0x103,
+                },
                 container_id: None,
             }
         );
@@ -393,7 +421,7 @@ pub(crate) mod tests {
         record.bytes_acked = 2_049;
         record.bytes_received = 12_346;
         record.rcv_nxt = record.copied_seq;
-        let session = Session::from_record(&record, clock(), agent_start()).unwrap();
+        let session = session_of(&record);
         assert_eq!(session.closer, Closer::Peer);
         assert_eq!(
             session.payload,
@@ -409,7 +437,7 @@ pub(crate) mod tests {
         let mut record = client_record();
         record.bytes_received = 2_048;
         record.rcv_nxt = record.copied_seq;
-        let session = Session::from_record(&record, clock(), agent_start()).unwrap();
+        let session = session_of(&record);
         assert_eq!(session.payload.unwrap().received, 2_048);
     }
 
@@ -418,7 +446,7 @@ pub(crate) mod tests {
         let mut record = client_record();
         record.bytes_acked = 12_346;
         record.write_seq = record.snd_una + 1;
-        let session = Session::from_record(&record, clock(), agent_start()).unwrap();
+        let session = session_of(&record);
         assert_eq!(session.payload.unwrap().sent, 12_345);
     }
 
@@ -431,7 +459,7 @@ pub(crate) mod tests {
         record.bytes_acked = 0;
         record.bytes_received = 0;
         record.rcv_nxt = record.copied_seq;
-        let session = Session::from_record(&record, clock(), agent_start()).unwrap();
+        let session = session_of(&record);
         assert!(!session.established);
         assert_eq!(session.handshake, None);
         assert_eq!(session.closer, Closer::Unknown);
@@ -454,11 +482,11 @@ pub(crate) mod tests {
             tcp_state::CLOSE,
         ]);
         record.close_from_state = tcp_state::ESTABLISHED as u8;
-        let session = Session::from_record(&record, clock(), agent_start()).unwrap();
+        let session = session_of(&record);
         assert_eq!(session.closer, Closer::Aborted);
         assert_eq!(session.reset, None);
         record.states |= states::RESET_RECEIVED;
-        let session = Session::from_record(&record, clock(), agent_start()).unwrap();
+        let session = session_of(&record);
         assert_eq!(session.closer, Closer::Unknown);
         assert_eq!(session.reset, Some(ResetByPeer));
     }
@@ -467,7 +495,7 @@ pub(crate) mod tests {
     fn a_simultaneous_close_is_named() {
         let mut record = client_record();
         record.states |= bits(&[tcp_state::CLOSING]);
-        let session = Session::from_record(&record, clock(), agent_start()).unwrap();
+        let session = session_of(&record);
         assert_eq!(session.closer, Closer::Simultaneous);
     }
 
@@ -480,7 +508,7 @@ pub(crate) mod tests {
         record.close_from_state = tcp_state::LAST_ACK as u8;
         record.birth_ns = 0;
         record.established_ns = 0;
-        let session = Session::from_record(&record, clock(), agent_start()).unwrap();
+        let session = session_of(&record);
         assert!(!session.birth_known);
         assert_eq!(session.start, agent_start());
         assert!(session.established);
@@ -501,7 +529,7 @@ pub(crate) mod tests {
         let mut record = server_record();
         (record.snd_una, record.bytes_acked) = (9_001, 2_049);
         (record.rcv_nxt, record.bytes_received) = (5_000, 12_346);
-        let server = Session::from_record(&record, clock(), agent_start()).unwrap();
+        let server = session_of(&record);
         assert_eq!(server.isns, client_session().isns);
         assert_eq!(
             server.isns,
@@ -510,15 +538,28 @@ pub(crate) mod tests {
                 server: 6_951
             })
         );
+        // Both ends in one trace: the server span's parent is the client span, or, for a
+        // peer outside the linked networks, its link.
+        let client = client_session().context;
+        assert_eq!(server.context.trace_id, client.trace_id);
+        assert_eq!(server.context.parent_span_id, Some(client.span_id));
+        assert_eq!(server.context.flags, 0x303);
+        let unlinked =
+            Session::from_record(&record, clock(), agent_start(), &LinkPolicy::Nothing).unwrap();
+        assert_eq!(unlinked.context.span_id, server.context.span_id);
+        assert_eq!(unlinked.context.parent_span_id, None);
+        assert_eq!(
+            unlinked
+                .context
+                .link
+                .map(|link| (link.trace_id, link.span_id)),
+            Some((client.trace_id, client.span_id))
+        );
     }
 
     #[test]
     fn isns_need_an_established_session_of_a_known_side_with_its_counters() {
-        let isns = |record: &SessionRecord| {
-            Session::from_record(record, clock(), agent_start())
-                .unwrap()
-                .isns
-        };
+        let isns = |record: &SessionRecord| session_of(record).isns;
         let mut record = client_record();
         record.states = bits(&[tcp_state::SYN_SENT, tcp_state::CLOSE]);
         record.close_from_state = tcp_state::SYN_SENT as u8;
@@ -555,7 +596,7 @@ pub(crate) mod tests {
     fn fields_without_btf_offsets_are_absent() {
         let mut record = client_record();
         record.flags = flags::BIRTH_SEEN;
-        let session = Session::from_record(&record, clock(), agent_start()).unwrap();
+        let session = session_of(&record);
         assert_eq!(session.bytes, None);
         assert_eq!(session.payload, None);
         assert_eq!(session.health, None);
