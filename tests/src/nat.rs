@@ -24,6 +24,8 @@ pub const CLIENT_ADDR: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
 pub const SERVER_ADDR: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
 /// The link's prefix length (both hosts on one /24).
 pub const PREFIX_LEN: u8 = 24;
+/// The link's network, where the agents of both hosts run (a `--link-peers` value).
+pub const LINK_NETWORK: &str = "198.51.100.0/24";
 /// The virtual service address that only the client host's DNAT knows.
 pub const VIP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
 /// The client host's ephemeral ports (`net.ipv4.ip_local_port_range`, set in its namespace).

@@ -16,7 +16,11 @@ impl NetNs {
     /// Creates `otel-agent-<tag>-<pid>` and brings its loopback up.
     pub fn create(tag: &str) -> Self {
         let name = format!("otel-agent-{tag}-{}", std::process::id());
-        let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        // A namespace left by an earlier run of this pid (there is normally none).
+        let _ = Command::new("ip")
+            .args(["netns", "del", &name])
+            .stderr(Stdio::null())
+            .status();
         run(&["netns", "add", &name]);
         let netns = Self { name };
         netns.ip(&["link", "set", "lo", "up"]);
