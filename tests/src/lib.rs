@@ -1,6 +1,6 @@
 //! Helpers for the tests that need the real kernel and real peers: privilege checks, real
 //! loopback traffic from this process ([`traffic`]) or between two peer processes
-//! ([`peer`]), a private mount namespace that hides tracefs ([`mountns`]), child processes
+//! ([`peer`]), the SYN and SYN-ACK sequence numbers on the wire ([`capture`]), a private mount namespace that hides tracefs ([`mountns`]), child processes
 //! that are always reaped ([`process`]), the real rotel collector ([`rotel`]), an
 //! in-process OTLP receiver for exact assertions on headers, compression, batching and TLS
 //! ([`receiver`]), a TCP front in front of it that injects transport faults ([`fault`]), the
@@ -8,6 +8,7 @@
 //! ([`netns`]), two of them joined by a NAT as a Kubernetes Service joins two pods ([`nat`]).
 
 pub mod agent;
+pub mod capture;
 pub mod fault;
 pub mod mountns;
 pub mod nat;

@@ -275,7 +275,7 @@ pub(crate) mod tests {
     use common::{AF_INET, origin, tcp_state};
 
     use super::*;
-    use crate::trace_context::ConnectionIds;
+    use crate::{span_context::SpanLink, trace_context::ConnectionIds};
 
     pub(crate) const AGENT_START_NS: u64 = 1_000_000_000_000_000_000 - 5_000_000_000;
 
@@ -555,6 +555,60 @@ pub(crate) mod tests {
                 .map(|link| (link.trace_id, link.span_id)),
             Some((client.trace_id, client.span_id))
         );
+    }
+
+    proptest::proptest! {
+        /// Both ends of any connection, each from its own record (its own local and remote
+        /// counters, the SYN offsets of its side), put their spans in the trace of the
+        /// connection's pair: the client span a root, the server span its child or, for a
+        /// peer outside the linked networks, a root linked to it.
+        #[test]
+        fn both_ends_of_any_connection_meet_in_one_trace(
+            (isns, client, server) in crate::isn::tests::any_connection(),
+            linked in proptest::bool::ANY,
+        ) {
+            let with = |mut record: SessionRecord, counters: SeqCounters| {
+                (record.snd_una, record.bytes_acked) = (counters.snd_una, counters.bytes_acked);
+                (record.rcv_nxt, record.bytes_received) =
+                    (counters.rcv_nxt, counters.bytes_received);
+                record
+            };
+            let policy = if linked { LinkPolicy::All } else { LinkPolicy::Nothing };
+            let session = |record: SessionRecord| {
+                Session::from_record(&record, clock(), agent_start(), &policy).unwrap()
+            };
+            let client = session(with(client_record(), client));
+            let server = session(with(server_record(), server));
+            let ids = ConnectionIds::derive(isns);
+            proptest::prop_assert_eq!((client.isns, server.isns), (Some(isns), Some(isns)));
+            proptest::prop_assert_eq!(
+                client.context,
+                SpanContext {
+                    trace_id: ids.trace_id,
+                    span_id: ids.client_span_id,
+                    parent_span_id: None,
+                    link: None,
+                    flags: 0x103,
+                }
+            );
+            proptest::prop_assert_eq!(server.context.trace_id, client.context.trace_id);
+            proptest::prop_assert_eq!(server.context.span_id, ids.server_span_id);
+            proptest::prop_assert_ne!(server.context.span_id, client.context.span_id);
+            let link = SpanLink {
+                trace_id: ids.trace_id,
+                span_id: ids.client_span_id,
+                flags: 0x303,
+            };
+            let expected = if linked {
+                (Some(ids.client_span_id), None, 0x303)
+            } else {
+                (None, Some(link), 0x103)
+            };
+            proptest::prop_assert_eq!(
+                (server.context.parent_span_id, server.context.link, server.context.flags),
+                expected
+            );
+        }
     }
 
     #[test]
