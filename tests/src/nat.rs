@@ -11,12 +11,13 @@
 //! veth pair, the route and the nftables table go with them when the value is dropped.
 
 use std::{
+    ffi::CStr,
     io,
     net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream},
     ops::RangeInclusive,
 };
 
-use crate::netns::NetNs;
+use crate::{capture::Capture, netns::NetNs};
 
 /// The client host's address on the link.
 pub const CLIENT_ADDR: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
@@ -36,7 +37,7 @@ pub const MASQUERADE_PORTS: RangeInclusive<u16> = 20_000..=29_999;
 /// The client's interface name (inside the client namespace).
 const CLIENT_LINK: &str = "nat-client";
 /// The server's interface name (inside the server namespace).
-const SERVER_LINK: &str = "nat-server";
+const SERVER_LINK: &CStr = c"nat-server";
 /// The nftables table in the client namespace.
 const TABLE: &str = "otel_agent_nat";
 
@@ -62,13 +63,17 @@ impl NatHosts {
             "veth",
             "peer",
             "name",
-            SERVER_LINK,
+            SERVER_LINK.to_str().expect("ASCII"),
             "netns",
             &hosts.server.name,
         ]);
         for (netns, link, addr) in [
             (&hosts.client, CLIENT_LINK, CLIENT_ADDR),
-            (&hosts.server, SERVER_LINK, SERVER_ADDR),
+            (
+                &hosts.server,
+                SERVER_LINK.to_str().expect("ASCII"),
+                SERVER_ADDR,
+            ),
         ] {
             netns.ip(&["addr", "add", &format!("{addr}/{PREFIX_LEN}"), "dev", link]);
             netns.ip(&["link", "set", link, "up"]);
@@ -131,6 +136,13 @@ impl NatHosts {
         self.server
             .run_in(|| TcpListener::bind((SERVER_ADDR, port)))
             .unwrap_or_else(|error| panic!("listen on {SERVER_ADDR}:{port}: {error}"))
+    }
+
+    /// Captures the handshakes on the server host's end of the link, as the server sees them
+    /// (after the translation, which leaves sequence numbers alone): keyed by (masqueraded
+    /// client port, server port).
+    pub fn capture_at_server(&self) -> Capture {
+        self.server.run_in(|| Capture::on(SERVER_LINK))
     }
 
     /// Connects from the client host to `addr` (a [`NatHosts::service`] address).

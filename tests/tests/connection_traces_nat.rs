@@ -20,6 +20,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
+use otel_agent::{isn::IsnPair, trace_context::ConnectionIds};
 use otel_agent_tests::{
     agent,
     nat::{CLIENT_ADDR, CLIENT_PORTS, LINK_NETWORK, MASQUERADE_PORTS, NatHosts, SERVER_ADDR, VIP},
@@ -99,6 +100,8 @@ struct Connection {
     masqueraded_port: u16,
     /// Payload bytes client to server and server to client.
     bytes: (usize, usize),
+    /// The SYN's and the SYN-ACK's sequence numbers, captured at the server.
+    wire: IsnPair,
     end: End,
     before_connect: SystemTime,
     after_close: SystemTime,
@@ -161,6 +164,7 @@ impl Run {
         let service = self.hosts.service(VIP_PORT, SERVER_PORT);
         let closed = self.hosts.service(CLOSED_VIP_PORT, CLOSED_SERVER_PORT);
         let listener = self.hosts.listen(SERVER_PORT);
+        let capture = self.hosts.capture_at_server();
         let mut made = Vec::new();
         for &(bytes, end) in plan {
             let before_connect = SystemTime::now();
@@ -183,6 +187,7 @@ impl Run {
                 client_port,
                 masqueraded_port: seen.port(),
                 bytes,
+                wire: capture.pair(seen.port(), SERVER_PORT),
                 end,
                 before_connect,
                 after_close: SystemTime::now(),
@@ -318,11 +323,12 @@ fn check_ends<'a>(
         "the ends started {} ns apart: {what}",
         client.start_ns.abs_diff(server.start_ns)
     );
-    // One trace: the same derived trace id at both ends, distinct span ids.
-    assert_eq!(client.trace_id.len(), 32, "{client:?}");
-    assert_eq!(client.span_id.len(), 16, "{client:?}");
-    assert_eq!(server.trace_id, client.trace_id, "{what}");
-    assert_ne!(server.span_id, client.span_id, "{what}");
+    // One trace: both agents derived the ids of the pair on the wire.
+    let ids = ConnectionIds::derive(connection.wire);
+    assert_eq!(client.trace_id, ids.trace_id.to_string(), "{what}");
+    assert_eq!(server.trace_id, ids.trace_id.to_string(), "{what}");
+    assert_eq!(client.span_id, ids.client_span_id.to_string(), "{what}");
+    assert_eq!(server.span_id, ids.server_span_id.to_string(), "{what}");
     // The client span is always a root.
     assert_eq!(client.parent_id, "", "{what}");
     assert!(client.links.is_empty(), "{what}: {client:?}");
