@@ -183,6 +183,7 @@ impl Run {
                 }
                 End::Reset => traffic::reset(client, server, bytes.0),
             }
+            let after_close = SystemTime::now();
             made.push(Connection {
                 client_port,
                 masqueraded_port: seen.port(),
@@ -190,7 +191,7 @@ impl Run {
                 wire: capture.pair(seen.port(), SERVER_PORT),
                 end,
                 before_connect,
-                after_close: SystemTime::now(),
+                after_close,
             });
         }
         let error = self.hosts.connect(closed).expect_err("nobody listens");
@@ -387,8 +388,10 @@ fn every_connection_through_the_nat_is_one_trace_with_the_server_span_a_child() 
     let made = run.traffic(&plan());
     let spans = run.finish((CONNECTIONS as u64 + 1, CONNECTIONS as u64));
     let mut traces = BTreeSet::new();
+    let mut widest_skew = 0;
     for connection in &made {
         let (client, server) = check_ends(&spans, &run.hosts, connection);
+        widest_skew = widest_skew.max(client.start_ns.abs_diff(server.start_ns));
         assert_eq!(server.parent_id, client.span_id, "{connection:?}");
         assert!(server.links.is_empty(), "{server:?}");
         let in_trace = spans
@@ -412,6 +415,7 @@ fn every_connection_through_the_nat_is_one_trace_with_the_server_span_a_child() 
         map
     });
     assert_eq!(by_trace.len(), CONNECTIONS + 1, "{by_trace:?}");
+    eprintln!("widest start skew between the two ends of a connection: {widest_skew} ns");
 }
 
 /// The server agent keeps its default policy (loopback and the host's own addresses), which
