@@ -3,7 +3,7 @@
 //!
 //! Data flows one way, and the folders follow it (`docs/ARCHITECTURE.md` draws the flow):
 //! `capture/` ([`probe`] loads the kernel probe, [`events`] reads its ring buffer) ->
-//! `session/` (a record decoded into a [`session`], with [`clock`] and `container`;
+//! `session/` (a record decoded into a [`session`], with [`clock`], `cgroup` and `container`;
 //! [`trace_context`] derives a connection's ids) ->
 //! `export/` ([`export`]: the OTLP exporters, the span mapping [`export::span`] and the
 //! [`export::resource`]) and `sinks/` (the local outputs, `local`: the `console` and
@@ -23,6 +23,8 @@ pub mod events;
 pub mod probe;
 
 // Session: kernel records decoded into sessions.
+#[path = "session/cgroup.rs"]
+pub(crate) mod cgroup;
 #[path = "session/clock.rs"]
 pub mod clock;
 #[path = "session/container.rs"]

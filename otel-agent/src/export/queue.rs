@@ -434,7 +434,10 @@ mod tests {
     use prost::Message as _;
 
     use super::*;
-    use crate::{export::span, session::tests::client_session};
+    use crate::{
+        export::{span, workload::ResourceSettings},
+        session::tests::client_session,
+    };
 
     /// Fails its first `failures` requests, then records the local port of every span it
     /// receives; `rejects` spans of each accepted request are reported as rejected.
@@ -532,7 +535,7 @@ mod tests {
     }
 
     fn encoder() -> RequestEncoder {
-        RequestEncoder::new(&Resource::builder_empty().build(), false)
+        RequestEncoder::new(&Resource::builder_empty().build(), ResourceSettings::SINGLE)
     }
 
     /// Runs the worker until `done` holds (or 5 s), then stops it.

@@ -93,8 +93,15 @@ pub struct Session {
     pub pid: u32,
     /// The owner's task name.
     pub comm: String,
-    /// Whether pid and comm come from a system call of the owner (else: the task current at
-    /// close, best effort).
+    /// The owner's executable file name (`mm->exe_file`, not truncated to 15 bytes and not
+    /// changed by thread names like `comm`; cut at 47 bytes); `None` when the probe could
+    /// not read it (a kernel thread, or no BTF offsets).
+    pub exe: Option<Arc<str>>,
+    /// The owner's cgroup id on the cgroup v2 hierarchy (1, the root, when no runtime
+    /// placed it in a v2 cgroup); `container_id` is resolved from it.
+    pub cgroup_id: u64,
+    /// Whether pid, comm, cgroup and executable come from a system call of the owner (else:
+    /// the task current at close, best effort).
     pub owner_from_syscall: bool,
     /// Whether the session ever reached `ESTABLISHED`.
     pub established: bool,
@@ -114,9 +121,12 @@ pub struct Session {
     /// not read, the side is unknown (birth not seen), or both ends connected (simultaneous
     /// open: neither is the server).
     pub isns: Option<IsnPair>,
-    /// The owner's container (`container.id`), filled in by the pipeline when the agent
-    /// sees the host's pids.
+    /// The owner's container (`container.id`), filled in by the pipeline from the cgroup
+    /// id (`crate::container`).
     pub container_id: Option<Arc<str>>,
+    /// Set by the pipeline when the session's workload is new and the live workloads are at
+    /// their bound: its span goes under the overflow resource (`export::workload`).
+    pub workload_overflow: bool,
 }
 
 /// Why a record does not become a session.
@@ -203,6 +213,10 @@ impl Session {
             origin,
             pid: record.pid,
             comm: record.comm().into_owned(),
+            exe: Some(record.exe())
+                .filter(|exe| !exe.is_empty())
+                .map(|exe| Arc::from(exe.as_ref())),
+            cgroup_id: record.cgroup_id,
             owner_from_syscall: record.has(flags::OWNER_FROM_SYSCALL),
             established,
             handshake,
@@ -219,6 +233,7 @@ impl Session {
             netns: record.has(flags::NETNS_VALID).then_some(record.netns),
             isns,
             container_id: None,
+            workload_overflow: false,
         })
     }
 
@@ -311,6 +326,7 @@ pub(crate) mod tests {
             segs_in: 7,
             segs_out: 9,
             netns: 4_026_531_840,
+            cgroup_id: 5_123,
             family: AF_INET,
             local_port: 40_000,
             remote_port: 8080,
@@ -321,6 +337,7 @@ pub(crate) mod tests {
         record.local_addr[..4].copy_from_slice(&[127, 0, 0, 1]);
         record.remote_addr[..4].copy_from_slice(&[127, 0, 0, 1]);
         record.comm[..4].copy_from_slice(b"curl");
+        record.exe[..11].copy_from_slice(b"curl-8.14.1");
         record
     }
 
@@ -342,6 +359,8 @@ pub(crate) mod tests {
                 origin: Origin::Active,
                 pid: 777,
                 comm: "curl".to_owned(),
+                exe: Some("curl-8.14.1".into()),
+                cgroup_id: 5_123,
                 owner_from_syscall: true,
                 established: true,
                 handshake: Some(Duration::from_micros(100)),
@@ -367,6 +386,7 @@ pub(crate) mod tests {
                     server: 9_001 - 2_049 - 1
                 }),
                 container_id: None,
+                workload_overflow: false,
             }
         );
         assert_eq!(client_session().duration(), Duration::from_micros(1_500));
