@@ -1,4 +1,5 @@
-//! Helpers for the tests that need the real kernel and real peers: privilege checks, real
+//! Helpers for the tests that need the real kernel and real peers: privilege checks, a
+//! container's cgroup ([`cgroup`]), real
 //! loopback traffic from this process ([`traffic`]) or between two peer processes
 //! ([`peer`]), a private mount namespace that hides tracefs ([`mountns`]), child processes
 //! that are always reaped ([`process`]), the real rotel collector ([`rotel`]), an
@@ -6,6 +7,7 @@
 //! ([`receiver`]), a TCP front in front of it that injects transport faults ([`fault`]) and the real libbpf-tools tcplife ([`tcplife`]).
 
 pub mod agent;
+pub mod cgroup;
 pub mod fault;
 pub mod mountns;
 pub mod netns;
