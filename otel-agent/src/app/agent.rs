@@ -16,7 +16,7 @@ use tokio::{sync::mpsc, task::JoinHandle, time::Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    cgroup::{CgroupTree, Containers},
+    cgroup::{CgroupTree, Containers, DEFAULT_CAPACITY},
     cli::Cli,
     container::{ContainerIdCache, proc_shows_host_pids},
     error::AgentError,
@@ -120,7 +120,7 @@ pub async fn run(prepared: Prepared, signals: Signals) -> Result<(), AgentError>
         exporters: exporters.handles(),
         sinks: sinks.handles(),
         agent_start,
-        containers: spans.then(containers),
+        containers: spans.then(|| containers(cli.export.cgroup_root.as_deref())),
         workloads: (spans && resources.mode != ResourceMode::Single)
             .then(|| WorkloadTable::new(resources.mode, resources.max_workloads)),
     };
@@ -265,11 +265,15 @@ async fn finish<T>(
     }
 }
 
-/// Where containers come from: the cgroup2 hierarchy (when mounted) for the cgroup ids the
-/// probe captured, and `/proc/<pid>/cgroup` for owners in the v2 root, when this agent sees
-/// the host's pids (on the host, or in a container with the host's pid namespace).
-fn containers() -> Containers {
-    let tree = CgroupTree::of_host();
+/// Where containers come from: the cgroup2 hierarchy (`--cgroup-root`, or the one mounted)
+/// for the cgroup ids the probe captured, and `/proc/<pid>/cgroup` for owners in the v2
+/// root, when this agent sees the host's pids (on the host, or in a container with the
+/// host's pid namespace).
+fn containers(cgroup_root: Option<&Path>) -> Containers {
+    let tree = match cgroup_root {
+        Some(root) => Some(CgroupTree::new(root, DEFAULT_CAPACITY)),
+        None => CgroupTree::of_host(),
+    };
     if tree.is_none() {
         tracing::info!(
             "no cgroup2 hierarchy mounted (a cgroup v1-only host): container.id only for owners alive at report time, from /proc/<pid>/cgroup"

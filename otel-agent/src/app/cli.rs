@@ -175,6 +175,13 @@ pub struct ExportArgs {
         value_parser = parse_max_workloads
     )]
     pub max_workloads: usize,
+
+    /// The cgroup v2 hierarchy in which the owners' cgroup ids are looked up for their
+    /// container ids: the host's, when the agent runs in a container (mount the host's
+    /// /sys/fs/cgroup read-only, say at /host/sys/fs/cgroup). Default: the cgroup2 mount
+    /// in /proc/self/mountinfo.
+    #[arg(long, env = "OTEL_AGENT_CGROUP_ROOT", value_name = "PATH", value_parser = parse_directory)]
+    pub cgroup_root: Option<PathBuf>,
 }
 
 /// `--resource-mode`.
@@ -428,6 +435,16 @@ fn protocol_parser() -> impl clap::builder::TypedValueParser<Value = OtlpProtoco
     })
 }
 
+/// Parses a path that must name a directory.
+fn parse_directory(text: &str) -> Result<PathBuf, String> {
+    let path = PathBuf::from(text);
+    if path.is_dir() {
+        Ok(path)
+    } else {
+        Err(format!("`{text}` is not a directory"))
+    }
+}
+
 /// The largest `--max-workloads`: beyond, a batch could carry as many resources as spans.
 const MAX_WORKLOADS_LIMIT: usize = 65_536;
 
@@ -575,6 +592,9 @@ mod tests {
             ResourceMode::Workload
         );
         assert_eq!(default.resources(true).unwrap().mode, ResourceMode::Single);
+        assert_eq!(default.cgroup_root, None);
+        let root = parse(&["--cgroup-root", "/sys"]).unwrap();
+        assert_eq!(root.cgroup_root, Some(PathBuf::from("/sys")));
         let process = parse(&["--resource-mode", "process", "--max-workloads", "65536"]).unwrap();
         assert_eq!(
             process.resources(false),
@@ -588,6 +608,7 @@ mod tests {
             (&["--max-workloads", "0"][..], "is not a positive integer"),
             (&["--max-workloads", "65537"][..], "is more than 65536"),
             (&["--resource-per-process"][..], "unexpected argument"),
+            (&["--cgroup-root", "/nonexistent"][..], "is not a directory"),
         ] {
             let error = parse(args).unwrap_err().to_string();
             assert!(error.contains(says), "{args:?}: {error}");
