@@ -31,7 +31,7 @@ use std::{
 
 use clap::Parser as _;
 use common::{
-    AF_INET, COMM_LEN, SESSION_RECORD_SIZE, SessionRecord, flags, origin, states,
+    AF_INET, COMM_LEN, EXE_LEN, SESSION_RECORD_SIZE, SessionRecord, flags, origin, states,
     tcp_state::{ESTABLISHED, FIN_WAIT1, FIN_WAIT2, SYN_SENT},
 };
 use criterion::{Criterion, Throughput};
@@ -45,6 +45,7 @@ use otel_agent::{
         encode::RequestEncoder,
         resource::agent_resource,
         span::{self, SpanText},
+        workload::{ResourceMode, ResourceSettings, WorkloadTable},
     },
     isn::IsnPair,
     pipeline::{self, Routes},
@@ -63,6 +64,8 @@ const EXPORT_BATCH: usize = 512;
 fn record(i: u64) -> SessionRecord {
     let mut comm = [0u8; COMM_LEN];
     comm[..5].copy_from_slice(b"churn");
+    let mut exe = [0u8; EXE_LEN];
+    exe[..5].copy_from_slice(b"churn");
     let mut local_addr = [0u8; 16];
     local_addr[..4].copy_from_slice(&[127, 0, 0, 1]);
     let remote_addr = local_addr;
@@ -73,6 +76,7 @@ fn record(i: u64) -> SessionRecord {
         established_ns: birth_ns + 20_000,
         bytes_acked: 66,
         bytes_received: 65,
+        cgroup_id: 1,
         pid: 4_000 + (i % 64) as u32,
         flags: flags::BIRTH_SEEN
             | flags::BYTES_VALID
@@ -101,8 +105,15 @@ fn record(i: u64) -> SessionRecord {
         local_addr,
         remote_addr,
         comm,
+        exe,
     }
 }
+
+/// The agent's default resources: one per workload (here one: `churn`, on the host).
+const WORKLOADS: ResourceSettings = ResourceSettings {
+    mode: ResourceMode::Workload,
+    max_workloads: otel_agent::export::workload::DEFAULT_MAX_WORKLOADS,
+};
 
 /// The record's bytes, as a ring-buffer item holds them.
 fn bytes_of(record: &SessionRecord) -> Vec<u8> {
@@ -153,7 +164,7 @@ fn per_session(c: &mut Criterion) {
     group.finish();
 
     let batch = session_batch(clock, agent_start);
-    let mut encoder = RequestEncoder::new(&agent_resource(), false);
+    let mut encoder = RequestEncoder::new(&agent_resource(), WORKLOADS);
     let request = encoder.encode(&batch);
     println!(
         "otlp: one request of {EXPORT_BATCH} spans encodes to {} bytes ({} bytes per span)",
@@ -348,14 +359,15 @@ async fn pipeline_run(
     let config = ExportConfig::resolve(&cli.export.flags(), |name| std::env::var(name).ok())
         .expect("config");
     let destinations = Destinations::new(&config).expect("exporter");
-    let exporters = Exporters::start(destinations, false);
+    let exporters = Exporters::start(destinations, WORKLOADS);
     let outputs = exporters.handles();
     let routes = Routes {
         exporters: outputs.clone(),
         sinks: Vec::new(),
-        spans: true,
         agent_start: SystemTime::now(),
+        // No cgroup walk: every record's owner is in the cgroup v2 root.
         containers: None,
+        workloads: Some(WorkloadTable::new(WORKLOADS.mode, WORKLOADS.max_workloads)),
     };
     let stats = Arc::new(PipelineStats::default());
     // The agent's channel capacity; the reader here waits instead of dropping, so that the

@@ -190,7 +190,8 @@ impl WorkloadTable {
     }
 
     /// How many workloads are live.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.last_seen.len()
     }
 }
