@@ -49,6 +49,17 @@ struct Orphaned {
     reaped: SystemTime,
 }
 
+/// What each test sets up: a container's cgroup, a directory, and in it `tcp-peer` copied
+/// under [`LONG_NAME`].
+fn set_up(name: &str) -> (PodContainer, TempDir, std::path::PathBuf) {
+    require_root();
+    let container = PodContainer::create();
+    let dir = TempDir::new(name);
+    let client_binary = dir.path().join(LONG_NAME);
+    std::fs::copy(env!("CARGO_BIN_EXE_tcp-peer"), &client_binary).expect("copy tcp-peer");
+    (container, dir, client_binary)
+}
+
 /// Runs `tcp-peer exit-without-close` under `client_binary`, moved into `cgroup`.
 fn orphaned_session(client_binary: &Path, cgroup: &Path, dir: &Path) -> Orphaned {
     let listener = TcpListener::bind("127.0.0.1:0").expect("listen");
@@ -104,11 +115,7 @@ fn nanos(time: SystemTime) -> u128 {
 
 #[test]
 fn a_client_that_exits_before_its_close_keeps_its_container_and_executable() {
-    require_root();
-    let container = PodContainer::create();
-    let dir = TempDir::new("workload-identity");
-    let client_binary = dir.path().join(LONG_NAME);
-    std::fs::copy(env!("CARGO_BIN_EXE_tcp-peer"), &client_binary).expect("copy tcp-peer");
+    let (container, dir, client_binary) = set_up("workload-identity");
     let rotel = Rotel::start(dir.path());
     let endpoint = format!("http://{}", rotel.grpc);
     let mut agent = agent::start(
@@ -227,11 +234,7 @@ fn text_of(kv: &KeyValue) -> String {
 
 #[test]
 fn a_named_service_puts_every_workload_under_its_one_resource() {
-    require_root();
-    let container = PodContainer::create();
-    let dir = TempDir::new("workload-named");
-    let client_binary = dir.path().join(LONG_NAME);
-    std::fs::copy(env!("CARGO_BIN_EXE_tcp-peer"), &client_binary).expect("copy tcp-peer");
+    let (container, dir, client_binary) = set_up("workload-named");
     let receiver = Receiver::start(Kind::Grpc);
     let url = receiver.url(false);
     let mut agent = agent::start(

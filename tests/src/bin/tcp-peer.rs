@@ -132,19 +132,11 @@ fn client(ip: IpAddr, port: u16, scenario: &str) -> Result<()> {
             l_onoff: 1,
             l_linger: 0,
         };
-        // SAFETY: a valid socket and a valid `linger` of the right size.
-        let rc = unsafe {
-            libc::setsockopt(
-                stream.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_LINGER,
-                (&raw const linger).cast(),
-                size_of::<libc::linger>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(format!("SO_LINGER: {}", std::io::Error::last_os_error()));
-        }
+        set_option(
+            &stream,
+            (libc::SOL_SOCKET, libc::SO_LINGER, "SO_LINGER"),
+            &linger,
+        )?;
         drop(stream);
         return Ok(());
     }
@@ -168,25 +160,41 @@ fn exit_without_close(ip: IpAddr, port: u16, cgroup: &str) -> Result<()> {
     // than TIME_WAIT, so the kernel keeps the full socket until the server's FIN instead of
     // closing it as soon as its own FIN is acknowledged.
     let seconds: libc::c_int = 120;
-    // SAFETY: a valid socket and a valid int of the right size.
-    let rc = unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_LINGER2,
-            (&raw const seconds).cast(),
-            size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(format!("TCP_LINGER2: {}", std::io::Error::last_os_error()));
-    }
+    set_option(
+        &stream,
+        (libc::IPPROTO_TCP, libc::TCP_LINGER2, "TCP_LINGER2"),
+        &seconds,
+    )?;
     stream
         .write_all(&[b'c'; EXIT_WITHOUT_CLOSE_BYTES])
         .map_err(|e| format!("write: {e}"))?;
     // Exits with the socket open: the kernel closes it as the process exits.
     std::mem::forget(stream);
     Ok(())
+}
+
+/// Sets the socket option `(level, name)` to `value`.
+fn set_option<T>(
+    stream: &TcpStream,
+    (level, name, what): (libc::c_int, libc::c_int, &str),
+    value: &T,
+) -> Result<()> {
+    // SAFETY: a valid socket, and `value` is the option's C type (the callers' `linger`
+    // and `int`), of the length passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            level,
+            name,
+            std::ptr::from_ref(value).cast(),
+            size_of::<T>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(format!("{what}: {}", std::io::Error::last_os_error()))
+    }
 }
 
 /// Binds to an ephemeral port (printed as `LOCAL <port>`), then connects. `Ok(None)` when a
