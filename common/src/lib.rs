@@ -18,6 +18,12 @@ pub mod user;
 /// Length of a kernel task name (`TASK_COMM_LEN` in `include/linux/sched.h`).
 pub const COMM_LEN: usize = 16;
 
+/// An executable's file name, NUL-padded, in an 8-byte aligned array: the BPF backend
+/// copies an aligned array with 8-byte loads and stores, a byte array byte by byte.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExeName(pub [u8; EXE_LEN]);
+
 /// Bytes kept of the executable's file name (`mm->exe_file`'s `d_name`), NUL included:
 /// names of up to 47 bytes come whole. Linux stores names shorter than 40 bytes inline in
 /// the dentry (`DNAME_INLINE_LEN`), and executable names are almost always shorter
@@ -153,7 +159,7 @@ pub struct SessionRecord {
     pub comm: [u8; COMM_LEN],
     /// The owner's executable file name (`task->mm->exe_file`'s dentry name), NUL-padded;
     /// empty for a kernel thread (no `mm`) or when the offsets were not resolved.
-    pub exe: [u8; EXE_LEN],
+    pub exe: ExeName,
 }
 
 /// The record's size in bytes; the decoder refuses anything shorter.
@@ -185,7 +191,7 @@ pub struct SocketState {
     pub _padding: u16,
     pub _padding_tail: u32,
     /// The cached owner's executable file name; meaningful when `owner_known` is 1.
-    pub exe: [u8; EXE_LEN],
+    pub exe: ExeName,
 }
 
 const _: () = assert!(core::mem::size_of::<SocketState>() == 104);
@@ -202,7 +208,7 @@ macro_rules! zeroed_default {
         }
     )*};
 }
-zeroed_default!(SessionRecord, SocketState);
+zeroed_default!(SessionRecord, SocketState, ExeName);
 
 /// Offsets of kernel struct members the probe reads, resolved by the agent from the running
 /// kernel's BTF and set as the global [`KERNEL_OFFSETS`] at load time. A group whose bit in

@@ -106,7 +106,7 @@ impl SessionRecord {
     /// bytes), safe to print and export (see [`printable`]); empty when the probe could
     /// not read it.
     pub fn exe(&self) -> std::borrow::Cow<'_, str> {
-        printable(&self.exe)
+        printable(&self.exe.0)
     }
 
     /// Whether all bits of `flag` (from [`crate::flags`]) are set.
@@ -393,7 +393,7 @@ mod tests {
                             local_addr,
                             remote_addr,
                             comm,
-                            exe: exe.concat().try_into().unwrap_or([0; EXE_LEN]),
+                            exe: crate::ExeName(exe.concat().try_into().unwrap_or([0; EXE_LEN])),
                         }
                     },
                 )

@@ -109,7 +109,7 @@ pub(crate) fn on_close(
         local_addr,
         remote_addr,
         comm: owner.map_or_else(current_comm, |s| s.comm),
-        exe: owner.map_or_else(current_exe, |s| s.exe),
+        exe: owner.map_or_else(|| current_exe(slot), |s| s.exe),
     });
     entry.submit(wakeup_flag());
     count(counter::EMITTED);

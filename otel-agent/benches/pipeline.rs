@@ -31,7 +31,7 @@ use std::{
 
 use clap::Parser as _;
 use common::{
-    AF_INET, COMM_LEN, EXE_LEN, SESSION_RECORD_SIZE, SessionRecord, flags, origin, states,
+    AF_INET, COMM_LEN, EXE_LEN, ExeName, SESSION_RECORD_SIZE, SessionRecord, flags, origin, states,
     tcp_state::{ESTABLISHED, FIN_WAIT1, FIN_WAIT2, SYN_SENT},
 };
 use criterion::{Criterion, Throughput};
@@ -105,7 +105,7 @@ fn record(i: u64) -> SessionRecord {
         local_addr,
         remote_addr,
         comm,
-        exe,
+        exe: ExeName(exe),
     }
 }
 

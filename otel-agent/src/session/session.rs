@@ -337,7 +337,7 @@ pub(crate) mod tests {
         record.local_addr[..4].copy_from_slice(&[127, 0, 0, 1]);
         record.remote_addr[..4].copy_from_slice(&[127, 0, 0, 1]);
         record.comm[..4].copy_from_slice(b"curl");
-        record.exe[..11].copy_from_slice(b"curl-8.14.1");
+        record.exe.0[..11].copy_from_slice(b"curl-8.14.1");
         record
     }
 
