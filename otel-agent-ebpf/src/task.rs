@@ -79,7 +79,10 @@ static LAST_EXE: PerCpuArray<LastExe> = PerCpuArray::with_max_entries(ACCEPT_SLO
 /// reads as 0), far cheaper than a `bpf_probe_read_kernel` call each. The name itself is
 /// copied by a helper, only when the process (its `mm` and `exe_file`, both replaced by an
 /// `execve`) is not the last one seen in `slot` on this CPU: a server accepting, a client
-/// connecting again and again pay two loads and a compare. All zeros for a kernel thread
+/// connecting again and again pay two loads and a compare. (A new process would get the
+/// last one's name only if both its `mm` and its `exe_file` were allocated at the addresses
+/// of the last one's, freed since, with no other process's name read in between on that
+/// CPU.) All zeros for a kernel thread
 /// (its `mm` is NULL), for a task past `exit_mm`, or when the `EXE` offsets were not
 /// resolved.
 pub(crate) fn current_exe(slot: u32) -> ExeName {
