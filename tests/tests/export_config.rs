@@ -455,7 +455,7 @@ fn rejected(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
 
 #[test]
 fn invalid_values_stop_the_agent_with_code_78_naming_the_source() {
-    let cases: [BadInput; 7] = [
+    let cases: [BadInput; 8] = [
         (
             &["--otlp-endpoint", "localhost:4317"],
             &[],
@@ -506,6 +506,11 @@ fn invalid_values_stop_the_agent_with_code_78_naming_the_source() {
             ],
             &[],
             "cannot read the CA certificate /nonexistent/ca.pem",
+        ),
+        (
+            &["--resource-mode", "workload"],
+            &[("OTEL_RESOURCE_ATTRIBUTES", "service.name=shop")],
+            "--resource-mode (OTEL_AGENT_RESOURCE_MODE)=`workload` is invalid: `single` or nothing while OTEL_SERVICE_NAME",
         ),
     ];
     for (args, env, message) in cases {
