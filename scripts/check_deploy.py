@@ -552,7 +552,14 @@ def check_kubernetes(c: Checker) -> None:
             pod.get("securityContext", {}).get("seccompProfile", {}).get("type") == "RuntimeDefault",
             f"{where}: seccomp RuntimeDefault",
         )
-        c.check(pod.get("automountServiceAccountToken") is False, f"{where}: no API token mounted")
+        if name == "otel-collector":
+            # k8sattributes watches pods: the one token, read-only (checked below).
+            c.check(
+                pod.get("automountServiceAccountToken") is True and pod.get("serviceAccountName") == "otel-collector",
+                f"{where}: the otel-collector ServiceAccount's API token mounted (k8sattributes)",
+            )
+        else:
+            c.check(pod.get("automountServiceAccountToken") is False, f"{where}: no API token mounted")
         c.check(not pod.get("hostNetwork", False), f"{where}: no hostNetwork")
         for container in pod.get("initContainers", []) + pod.get("containers", []):
             who = f"{where}, container {container['name']}"
@@ -583,6 +590,21 @@ def check_kubernetes(c: Checker) -> None:
                     sc.get("runAsNonRoot") is True or pod.get("securityContext", {}).get("runAsNonRoot") is True,
                     f"{who}: runs as non-root",
                 )
+    roles = [d for ds in docs.values() for d in ds if d["kind"] in ("ClusterRole", "Role")]
+    verbs = {verb for role in roles for rule in role.get("rules", []) for verb in rule.get("verbs", [])}
+    c.check(verbs <= {"get", "list", "watch"}, "RBAC: read-only (get, list, watch)", f"verbs {sorted(verbs)}")
+    bound = {
+        (d["roleRef"]["name"], s["name"])
+        for ds in docs.values()
+        for d in ds
+        if d["kind"] == "ClusterRoleBinding"
+        for s in d.get("subjects", [])
+    }
+    c.check(
+        bound == {("otel-collector-k8sattributes", "otel-collector")},
+        "RBAC: only the collector's ServiceAccount is bound (k8sattributes)",
+        f"bindings {sorted(bound)}",
+    )
     daemonsets = [k for k in workloads if k[1] == "DaemonSet"]
     c.check(len(daemonsets) == 1, "one DaemonSet (the node agent)")
     sidecars = [

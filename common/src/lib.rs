@@ -18,6 +18,19 @@ pub mod user;
 /// Length of a kernel task name (`TASK_COMM_LEN` in `include/linux/sched.h`).
 pub const COMM_LEN: usize = 16;
 
+/// An executable's file name, NUL-padded, in an 8-byte aligned array: the BPF backend
+/// copies an aligned array with 8-byte loads and stores, a byte array byte by byte.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExeName(pub [u8; EXE_LEN]);
+
+/// Bytes kept of the executable's file name (`mm->exe_file`'s `d_name`), NUL included:
+/// names of up to 47 bytes come whole. Linux stores names shorter than 40 bytes inline in
+/// the dentry (`DNAME_INLINE_LEN`), and executable names are almost always shorter
+/// (`containerd-shim-runc-v2` has 23); 48 keeps the field 8-byte aligned and the two copies
+/// (socket state, record) small. A longer name is cut at 47 bytes.
+pub const EXE_LEN: usize = 48;
+
 /// `AF_INET` from `include/linux/socket.h`.
 pub const AF_INET: u16 = 2;
 /// `AF_INET6` from `include/linux/socket.h`.
@@ -63,7 +76,8 @@ pub mod flags {
     /// `netns` was read.
     pub const NETNS_VALID: u32 = 1 << 4;
     /// The owner was cached in a system call of the owning process (connect, accept,
-    /// close, shutdown); without it, pid and comm are the task current at close.
+    /// close, shutdown); without it, pid, comm, cgroup and executable are the task current
+    /// at close.
     pub const OWNER_FROM_SYSCALL: u32 = 1 << 5;
 }
 
@@ -81,7 +95,7 @@ pub mod states {
 
 /// One closed TCP session, written by the probe into [`EVENTS_MAP`] at `TCP_CLOSE`.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SessionRecord {
     /// Birth: time since boot in ns (`bpf_ktime_get_ns`, `CLOCK_MONOTONIC`) of the first
     /// state change below `TCP_FIN_WAIT1`. Valid only with [`flags::BIRTH_SEEN`].
@@ -98,6 +112,10 @@ pub struct SessionRecord {
     /// `tcp_sock.bytes_received` at close: bytes of sequence space received, FIN included.
     /// Valid only with [`flags::BYTES_VALID`].
     pub bytes_received: u64,
+    /// The owner's cgroup on the cgroup v2 hierarchy (`bpf_get_current_cgroup_id`: the
+    /// inode number of its directory there), taken with the owner; 1 (the root) for a
+    /// process no runtime placed in a v2 cgroup.
+    pub cgroup_id: u64,
     /// Process (thread group) id of the owner: see the README for how it is chosen.
     pub pid: u32,
     /// Bits from [`flags`].
@@ -139,21 +157,26 @@ pub struct SessionRecord {
     pub remote_addr: [u8; 16],
     /// The owner's task name (`comm`), NUL-padded.
     pub comm: [u8; COMM_LEN],
+    /// The owner's executable file name (`task->mm->exe_file`'s dentry name), NUL-padded;
+    /// empty for a kernel thread (no `mm`) or when the offsets were not resolved.
+    pub exe: ExeName,
 }
 
 /// The record's size in bytes; the decoder refuses anything shorter.
 pub const SESSION_RECORD_SIZE: usize = core::mem::size_of::<SessionRecord>();
-const _: () = assert!(SESSION_RECORD_SIZE == 144);
+const _: () = assert!(SESSION_RECORD_SIZE == 200);
 
 /// What the probe keeps about a socket it tracks, in [`SOCKETS_MAP`] (keyed by the socket's
 /// kernel address).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SocketState {
     /// `bpf_ktime_get_ns` at the first state below `TCP_FIN_WAIT1`.
     pub birth_ns: u64,
     /// `bpf_ktime_get_ns` at the first `TCP_ESTABLISHED`, or 0.
     pub established_ns: u64,
+    /// The cached owner's cgroup id; meaningful when `owner_known` is 1.
+    pub cgroup_id: u64,
     /// Bits from [`states`].
     pub states: u32,
     /// The cached owner; meaningful when `owner_known` is 1.
@@ -167,9 +190,25 @@ pub struct SocketState {
     /// the probe would have to zero with a byte-by-byte `memset` call at every birth.
     pub _padding: u16,
     pub _padding_tail: u32,
+    /// The cached owner's executable file name; meaningful when `owner_known` is 1.
+    pub exe: ExeName,
 }
 
-const _: () = assert!(core::mem::size_of::<SocketState>() == 48);
+const _: () = assert!(core::mem::size_of::<SocketState>() == 104);
+
+/// All zeros (`Default` is derived only for arrays of up to 32 elements).
+macro_rules! zeroed_default {
+    ($($type:ty),*) => {$(
+        impl Default for $type {
+            fn default() -> Self {
+                // SAFETY: a `repr(C)` struct of integers and integer arrays: all zeros is a
+                // valid value.
+                unsafe { core::mem::zeroed() }
+            }
+        }
+    )*};
+}
+zeroed_default!(SessionRecord, SocketState, ExeName);
 
 /// Offsets of kernel struct members the probe reads, resolved by the agent from the running
 /// kernel's BTF and set as the global [`KERNEL_OFFSETS`] at load time. A group whose bit in
@@ -222,6 +261,13 @@ pub struct KernelOffsets {
     pub skc_v6_rcv_saddr: u32,
     pub inet_sport: u32,
     pub inet_saddr: u32,
+    /// From the current task to its executable's name (the `EXE` group):
+    /// `task_struct.mm`, `mm_struct.exe_file`, `file.f_path.dentry` and
+    /// `dentry.d_name.name` (pointers all).
+    pub task_mm: u32,
+    pub mm_exe_file: u32,
+    pub file_dentry: u32,
+    pub dentry_name: u32,
 }
 
 /// The largest `KernelOffsets::tcp_window_len`: the probe's per-CPU buffer for the window
@@ -247,6 +293,8 @@ pub mod offsets_valid {
     pub const ACCEPT: u32 = 1 << 4;
     /// The socket's protocol, family, ports and addresses, for the raw tracepoint program.
     pub const SOCK: u32 = 1 << 5;
+    /// The owner's executable name.
+    pub const EXE: u32 = 1 << 6;
 }
 
 /// Most ports one port filter holds (tcplife's `-L` / `-D` lists).
@@ -294,7 +342,7 @@ pub const HANDOFF_SLOTS: usize = 4;
 /// from the pinned ring buffer), [`SocketState`] (the pinned socket map), the [`counter`]
 /// indices, [`control`] and the handover protocol. An agent refuses pins of another
 /// version; bump it with any change to one of them.
-pub const PIN_LAYOUT_VERSION: u64 = 1;
+pub const PIN_LAYOUT_VERSION: u64 = 2;
 
 /// Indices into [`CONTROL_MAP`].
 pub mod control {

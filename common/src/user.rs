@@ -4,8 +4,8 @@
 use core::{fmt, net::IpAddr};
 
 use crate::{
-    AF_INET, AF_INET6, COMM_LEN, Filters, KernelOffsets, SESSION_RECORD_SIZE, SessionRecord,
-    SocketState, origin,
+    AF_INET, AF_INET6, Filters, KernelOffsets, SESSION_RECORD_SIZE, SessionRecord, SocketState,
+    origin,
 };
 
 // SAFETY: both are `repr(C)` structs of integers and integer arrays without padding holes;
@@ -96,27 +96,40 @@ impl SessionRecord {
         Origin::try_from(self.origin)
     }
 
-    /// The owner's task name, up to its first NUL, safe to print and export: invalid UTF-8
-    /// becomes U+FFFD and every control character (C0, DEL and C1: a process sets its name
-    /// to any bytes with `prctl(PR_SET_NAME)`, escape sequences and newlines included)
-    /// becomes `?`.
+    /// The owner's task name, up to its first NUL, safe to print and export (see
+    /// [`printable`]).
     pub fn comm(&self) -> std::borrow::Cow<'_, str> {
-        let len = self.comm.iter().position(|&b| b == 0).unwrap_or(COMM_LEN);
-        let text = std::string::String::from_utf8_lossy(&self.comm[..len]);
-        if text.chars().any(char::is_control) {
-            let replaced = text
-                .chars()
-                .map(|c| if c.is_control() { '?' } else { c })
-                .collect();
-            std::borrow::Cow::Owned(replaced)
-        } else {
-            text
-        }
+        printable(&self.comm)
+    }
+
+    /// The owner's executable file name, up to its first NUL (at most `EXE_LEN - 1`
+    /// bytes), safe to print and export (see [`printable`]); empty when the probe could
+    /// not read it.
+    pub fn exe(&self) -> std::borrow::Cow<'_, str> {
+        printable(&self.exe.0)
     }
 
     /// Whether all bits of `flag` (from [`crate::flags`]) are set.
     pub fn has(&self, flag: u32) -> bool {
         self.flags & flag == flag
+    }
+}
+
+/// `bytes` up to the first NUL as text safe to print and export: invalid UTF-8 becomes
+/// U+FFFD and every control character (C0, DEL and C1: a process sets its name to any bytes
+/// with `prctl(PR_SET_NAME)`, and a file name may hold any byte but `/`, escape sequences
+/// and newlines included) becomes `?`.
+fn printable(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
+    let len = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    let text = std::string::String::from_utf8_lossy(&bytes[..len]);
+    if text.chars().any(char::is_control) {
+        let replaced = text
+            .chars()
+            .map(|c| if c.is_control() { '?' } else { c })
+            .collect();
+        std::borrow::Cow::Owned(replaced)
+    } else {
+        text
     }
 }
 
@@ -135,6 +148,7 @@ mod tests {
 
     use super::*;
     use crate::flags;
+    use crate::{COMM_LEN, EXE_LEN};
 
     fn bytes_of(record: &SessionRecord) -> Vec<u8> {
         // SAFETY: `SessionRecord` is `repr(C)` plain data without padding holes.
@@ -272,7 +286,7 @@ mod tests {
         let bytes = bytes_of(&ipv4_record());
         assert_eq!(
             SessionRecord::decode(&bytes[..SESSION_RECORD_SIZE - 1]),
-            Err(DecodeError::TooShort { len: 143 })
+            Err(DecodeError::TooShort { len: 199 })
         );
         assert_eq!(
             SessionRecord::decode(&[]),
@@ -300,7 +314,7 @@ mod tests {
     fn error_messages_say_what_was_wrong() {
         assert_eq!(
             DecodeError::TooShort { len: 3 }.to_string(),
-            "record of 3 bytes is shorter than a session record (144 bytes)"
+            "record of 3 bytes is shorter than a session record (200 bytes)"
         );
     }
 
@@ -312,28 +326,30 @@ mod tests {
 
         use proptest::{collection::vec, prelude::*};
 
-        use super::{super::*, bytes_of};
+        use super::{super::*, COMM_LEN, EXE_LEN, bytes_of};
         use crate::flags;
 
         /// A record with every field arbitrary but the family and origin, which decoding
         /// checks.
         fn valid_record() -> impl Strategy<Value = SessionRecord> {
             (
-                any::<[u64; 5]>(),
+                any::<[u64; 6]>(),
                 any::<[u32; 12]>(),
                 prop_oneof![Just(AF_INET), Just(AF_INET6)],
                 any::<[u16; 2]>(),
                 (0u8..=2, any::<u8>()),
                 any::<[[u8; 16]; 3]>(),
+                any::<[[u8; 16]; EXE_LEN / 16]>(),
             )
                 .prop_map(
-                    |(wide, narrow, family, ports, (origin, close_from), bytes)| {
+                    |(wide, narrow, family, ports, (origin, close_from), bytes, exe)| {
                         let [
                             birth_ns,
                             close_ns,
                             established_ns,
                             bytes_acked,
                             bytes_received,
+                            cgroup_id,
                         ] = wide;
                         let [
                             pid,
@@ -356,6 +372,7 @@ mod tests {
                             established_ns,
                             bytes_acked,
                             bytes_received,
+                            cgroup_id,
                             pid,
                             flags,
                             states,
@@ -376,6 +393,7 @@ mod tests {
                             local_addr,
                             remote_addr,
                             comm,
+                            exe: crate::ExeName(exe.concat().try_into().unwrap_or([0; EXE_LEN])),
                         }
                     },
                 )
@@ -406,6 +424,9 @@ mod tests {
             let comm = record.comm();
             prop_assert!(!comm.chars().any(char::is_control), "{:?}", comm);
             prop_assert!(comm.chars().count() <= COMM_LEN);
+            let exe = record.exe();
+            prop_assert!(!exe.chars().any(char::is_control), "{:?}", exe);
+            prop_assert!(exe.chars().count() <= EXE_LEN);
             let _ = record.has(flags::BIRTH_SEEN);
             Ok(())
         }

@@ -43,6 +43,10 @@ pub(crate) static KERNEL_OFFSETS: KernelOffsets = KernelOffsets {
     skc_v6_rcv_saddr: 0,
     inet_sport: 0,
     inet_saddr: 0,
+    task_mm: 0,
+    mm_exe_file: 0,
+    file_dentry: 0,
+    dentry_name: 0,
 };
 
 /// Per-CPU buffers come in two slots: the backup program runs nested inside the primary one

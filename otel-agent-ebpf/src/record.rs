@@ -17,7 +17,7 @@ use crate::{
     filters::{family_allowed, netns_allowed, pid_allowed, port_allowed},
     kernel::KernelFields,
     state_change::Ends,
-    task::{current_comm, current_pid, now_ns},
+    task::{current_cgroup_id, current_comm, current_exe, current_pid, now_ns},
 };
 
 #[unsafe(no_mangle)]
@@ -80,13 +80,14 @@ pub(crate) fn on_close(
         record_flags |= flags::OWNER_FROM_SYSCALL;
     }
     // Every field written exactly once, straight into the ring buffer (the record has no
-    // padding), instead of zeroing 144 bytes first.
+    // padding), instead of zeroing 200 bytes first.
     entry.write(SessionRecord {
         birth_ns: socket.map_or(0, |s| s.birth_ns),
         close_ns: now_ns(),
         established_ns: socket.map_or(0, |s| s.established_ns),
         bytes_acked: kernel.bytes[0],
         bytes_received: kernel.bytes[1],
+        cgroup_id: owner.map_or_else(current_cgroup_id, |s| s.cgroup_id),
         pid,
         flags: record_flags,
         states: socket.map_or(0, |s| s.states) | states::bit(tcp_state::CLOSE),
@@ -108,6 +109,7 @@ pub(crate) fn on_close(
         local_addr,
         remote_addr,
         comm: owner.map_or_else(current_comm, |s| s.comm),
+        exe: owner.map_or_else(|| current_exe(slot), |s| s.exe),
     });
     entry.submit(wakeup_flag());
     count(counter::EMITTED);

@@ -20,7 +20,10 @@ use crate::{
     kernel::{KERNEL_OFFSETS, read},
     record::on_close,
     state_change::{Ends, StateChange},
-    task::{current_comm, current_pid, now_ns, zero_comm},
+    task::{
+        ACCEPT_SLOT, current_cgroup_id, current_comm, current_exe, current_pid, now_ns, zero_comm,
+        zero_exe,
+    },
 };
 
 #[map]
@@ -40,7 +43,7 @@ pub(crate) fn on_state_change(change: &impl StateChange) {
     let Some(socket) = SOCKETS.get_ptr_mut(skaddr) else {
         if newstate < tcp_state::FIN_WAIT1 {
             if change.is_tcp() {
-                on_birth(skaddr, newstate, &change.ends());
+                on_birth(skaddr, newstate, &change.ends(), change.slot());
             }
         } else if newstate == tcp_state::CLOSE
             && oldstate != tcp_state::LISTEN
@@ -63,9 +66,7 @@ pub(crate) fn on_state_change(change: &impl StateChange) {
         // These changes run in the system call (connect, close, shutdown) of the process
         // that owns the socket, so the current task is the owner.
         tcp_state::SYN_SENT | tcp_state::FIN_WAIT1 | tcp_state::LAST_ACK => {
-            socket.pid = current_pid();
-            socket.comm = current_comm();
-            socket.owner_known = 1;
+            cache_owner(socket, current_pid(), change.slot());
         }
         tcp_state::CLOSE => {
             // Copied out first: the removed entry may be reused at once by another CPU.
@@ -83,7 +84,7 @@ pub(crate) fn on_state_change(change: &impl StateChange) {
 }
 
 /// Tracks a socket born in `newstate`, unless a filter that can act at birth rejects it.
-fn on_birth(skaddr: u64, newstate: i32, args: &Ends) {
+fn on_birth(skaddr: u64, newstate: i32, args: &Ends, slot: u32) {
     // Only connect() runs SYN_SENT in the owner's context: the pid filter can act now.
     let owner_known = newstate == tcp_state::SYN_SENT;
     let pid = if owner_known { current_pid() } else { 0 };
@@ -102,10 +103,16 @@ fn on_birth(skaddr: u64, newstate: i32, args: &Ends) {
         established_ns: 0,
         states: states::bit(newstate),
         pid,
+        cgroup_id: if owner_known { current_cgroup_id() } else { 0 },
         comm: if owner_known {
             current_comm()
         } else {
             zero_comm()
+        },
+        exe: if owner_known {
+            current_exe(slot)
+        } else {
+            zero_exe()
         },
         origin: match newstate {
             tcp_state::SYN_SENT => origin::ACTIVE,
@@ -170,7 +177,19 @@ pub(crate) fn on_accept(ctx: &TracePointContext) {
         return;
     }
     // SAFETY: a live map value; the socket lock serialises changes to one socket.
-    let socket = unsafe { &mut *socket };
+    cache_owner(unsafe { &mut *socket }, pid, ACCEPT_SLOT);
+}
+
+/// Caches the current task, `pid`, as the socket's owner (`slot`: the calling program's, for
+/// [`current_exe`]). Its cgroup and executable are
+/// read only when the owner changes: once per session as a rule (at connect or accept),
+/// and never again from the owner's close, which also keeps them when the owner exits
+/// without closing (`do_exit` drops the task's `mm` before it closes its files).
+fn cache_owner(socket: &mut Socket, pid: u32, slot: u32) {
+    if socket.owner_known == 0 || socket.pid != pid {
+        socket.cgroup_id = current_cgroup_id();
+        socket.exe = current_exe(slot);
+    }
     socket.pid = pid;
     socket.comm = current_comm();
     socket.owner_known = 1;

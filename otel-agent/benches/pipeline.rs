@@ -34,7 +34,7 @@ use std::{
 
 use clap::Parser as _;
 use common::{
-    AF_INET, COMM_LEN, SESSION_RECORD_SIZE, SessionRecord, flags, origin, states,
+    AF_INET, COMM_LEN, EXE_LEN, ExeName, SESSION_RECORD_SIZE, SessionRecord, flags, origin, states,
     tcp_state::{ESTABLISHED, FIN_WAIT1, FIN_WAIT2, SYN_SENT},
 };
 use criterion::{Criterion, Throughput};
@@ -48,6 +48,7 @@ use otel_agent::{
         encode::RequestEncoder,
         resource::agent_resource,
         span::{self, SpanText},
+        workload::{ResourceMode, ResourceSettings, WorkloadTable},
     },
     isn::{IsnPair, Side},
     link_policy::LinkPolicy,
@@ -68,6 +69,8 @@ const EXPORT_BATCH: usize = 512;
 fn record(i: u64) -> SessionRecord {
     let mut comm = [0u8; COMM_LEN];
     comm[..5].copy_from_slice(b"churn");
+    let mut exe = [0u8; EXE_LEN];
+    exe[..5].copy_from_slice(b"churn");
     let mut local_addr = [0u8; 16];
     local_addr[..4].copy_from_slice(&[127, 0, 0, 1]);
     let remote_addr = local_addr;
@@ -78,6 +81,7 @@ fn record(i: u64) -> SessionRecord {
         established_ns: birth_ns + 20_000,
         bytes_acked: 66,
         bytes_received: 65,
+        cgroup_id: 1,
         pid: 4_000 + (i % 64) as u32,
         flags: flags::BIRTH_SEEN
             | flags::BYTES_VALID
@@ -106,8 +110,15 @@ fn record(i: u64) -> SessionRecord {
         local_addr,
         remote_addr,
         comm,
+        exe: ExeName(exe),
     }
 }
+
+/// The agent's default resources: one per workload (here one: `churn`, on the host).
+const WORKLOADS: ResourceSettings = ResourceSettings {
+    mode: ResourceMode::Workload,
+    max_workloads: otel_agent::export::workload::DEFAULT_MAX_WORKLOADS,
+};
 
 /// The record's bytes, as a ring-buffer item holds them.
 fn bytes_of(record: &SessionRecord) -> Vec<u8> {
@@ -164,7 +175,7 @@ fn per_session(c: &mut Criterion) {
     group.finish();
 
     let batch = session_batch(clock, agent_start);
-    let mut encoder = RequestEncoder::new(&agent_resource(), false);
+    let mut encoder = RequestEncoder::new(&agent_resource(), WORKLOADS);
     let request = encoder.encode(&batch);
     println!(
         "otlp: one request of {EXPORT_BATCH} spans encodes to {} bytes ({} bytes per span)",
@@ -371,15 +382,16 @@ async fn pipeline_run(
     let config = ExportConfig::resolve(&cli.export.flags(), |name| std::env::var(name).ok())
         .expect("config");
     let destinations = Destinations::new(&config, None).expect("exporter");
-    let exporters = Exporters::start(destinations, false);
+    let exporters = Exporters::start(destinations, WORKLOADS);
     let outputs = exporters.handles();
     let routes = Routes {
         exporters: outputs.clone(),
         sinks: Vec::new(),
-        spans: true,
         agent_start: SystemTime::now(),
         links: LinkPolicy::All,
+        // No cgroup walk: every record's owner is in the cgroup v2 root.
         containers: None,
+        workloads: Some(WorkloadTable::new(WORKLOADS.mode, WORKLOADS.max_workloads)),
     };
     let stats = Arc::new(PipelineStats::default());
     // The agent's channel capacity; the reader here waits instead of dropping, so that the

@@ -3,7 +3,7 @@
 //!
 //! Data flows one way, and the folders follow it (`docs/ARCHITECTURE.md` draws the flow):
 //! `capture/` ([`probe`] loads the kernel probe, [`events`] reads its ring buffer) ->
-//! `session/` (a record decoded into a [`session`], with [`clock`] and `container`;
+//! `session/` (a record decoded into a [`session`], with [`clock`], `cgroup` and `container`;
 //! [`trace_context`] derives a connection's ids, [`span_context`] decides each span's under
 //! the [`link_policy`]) ->
 //! `export/` ([`export`]: the OTLP exporters, the span mapping [`export::span`] and the
@@ -24,6 +24,8 @@ pub mod events;
 pub mod probe;
 
 // Session: kernel records decoded into sessions.
+#[path = "session/cgroup.rs"]
+pub(crate) mod cgroup;
 #[path = "session/clock.rs"]
 pub mod clock;
 #[path = "session/container.rs"]

@@ -1,4 +1,5 @@
-//! Helpers for the tests that need the real kernel and real peers: privilege checks, real
+//! Helpers for the tests that need the real kernel and real peers: privilege checks, a
+//! container's cgroup ([`cgroup`]), real
 //! loopback traffic from this process ([`traffic`]) or between two peer processes
 //! ([`peer`]), the SYN and SYN-ACK sequence numbers on the wire ([`capture`]), a private mount namespace that hides tracefs ([`mountns`]), child processes
 //! that are always reaped ([`process`]), the real rotel collector ([`rotel`]), an
@@ -9,6 +10,7 @@
 
 pub mod agent;
 pub mod capture;
+pub mod cgroup;
 pub mod fault;
 pub mod mountns;
 pub mod nat;

@@ -15,6 +15,9 @@ pub const SERVER_COMM: &str = "peer-server";
 /// `comm` of the client process.
 pub const CLIENT_COMM: &str = "peer-client";
 
+/// Bytes `tcp-peer exit-without-close` sends before it exits.
+pub const EXIT_WITHOUT_CLOSE_BYTES: usize = 100;
+
 /// Payload sizes per scenario: (client to server, server to client).
 pub fn payload(scenario: &str) -> Option<(usize, usize)> {
     match scenario {

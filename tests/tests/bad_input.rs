@@ -129,7 +129,7 @@ fn without_btf_the_agent_runs_and_warns_once_about_what_it_leaves_out() {
     assert_eq!(
         agent::log_lines(&stderr, "WARN"),
         vec![
-            "otel_agent::probe: sessions will have no byte counts, payload, RTT, retransmits, segment counts, network namespace or accepting process: cannot read BTF from /nonexistent: No such file or directory (os error 2)"
+            "otel_agent::probe: sessions will have no byte counts, payload, RTT, retransmits, segment counts, network namespace, accepting process or executable: cannot read BTF from /nonexistent: No such file or directory (os error 2)"
                 .to_owned()
         ]
     );
@@ -168,7 +168,7 @@ fn without_btf_the_raw_tracepoint_falls_back_to_the_tracepoint_and_says_so() {
     assert_eq!(
         agent::log_lines(&stderr, "WARN"),
         vec![
-            "otel_agent::probe: sessions will have no byte counts, payload, RTT, retransmits, segment counts, network namespace or accepting process: cannot read BTF from /nonexistent: No such file or directory (os error 2)"
+            "otel_agent::probe: sessions will have no byte counts, payload, RTT, retransmits, segment counts, network namespace, accepting process or executable: cannot read BTF from /nonexistent: No such file or directory (os error 2)"
                 .to_owned(),
             "otel_agent::probe: the raw tracepoint needs the socket's layout from BTF: attaching the classic tracepoint reason=cannot read BTF from /nonexistent: No such file or directory (os error 2)"
                 .to_owned(),

@@ -1,10 +1,11 @@
-//! Node mode's `container.id`: a session whose owner runs in a container carries that
-//! container's id, read from the owner's cgroup. The test makes a container as far as the
-//! kernel can tell: a cgroup named like Docker's (`/docker/<64 hex>`, cgroup v1 `pids`
-//! hierarchy) holding the server process, removed afterwards; the client stays on the host.
-//! The server stays alive after its session, as a containerised service does: the id is
-//! read from `/proc/<pid>/cgroup` when the session is reported, so a process that has
-//! already exited gets none (see docs/DEPLOY.md).
+//! Node mode's `container.id` on a cgroup v1 host: a process that no runtime placed in a
+//! cgroup v2 directory reports the v2 root as its cgroup id, and the agent falls back to the
+//! owner's `/proc/<pid>/cgroup` (v1 lines included) when the session is reported. The test
+//! makes a container as far as the v1 kernel can tell: a cgroup named like Docker's
+//! (`/docker/<64 hex>`, cgroup v1 `pids` hierarchy) holding the server process, removed
+//! afterwards; the client stays on the host. The server stays alive after its session, as
+//! a containerised service does: on v1 a process that has already exited gets none (on
+//! cgroup v2 it keeps it: `workload_identity.rs`; see docs/DEPLOY.md).
 
 use std::{path::PathBuf, time::Duration};
 
@@ -54,7 +55,7 @@ impl Drop for FakeContainer {
 }
 
 #[test]
-fn a_session_owned_by_a_containerised_process_carries_its_container_id() {
+fn on_cgroup_v1_a_live_containerised_owner_gets_its_container_id_from_proc() {
     require_root();
     let id = format!("{:064x}", u128::from(std::process::id()) << 64 | 0xfeed);
     let container = FakeContainer::create(&id);

@@ -3,7 +3,7 @@
 //! the standard environment variables); the test makes one known loopback connection and
 //! checks what rotel printed for both of its sessions: name, kind, parent (one trace, the
 //! server span the client span's child), status, start and end times, every attribute and
-//! the resource.
+//! the resource (this test's workload: its executable).
 //!
 //! Span times must fall inside the wall-clock window the test measured around its own
 //! system calls, widened by [`WALL_TOLERANCE_NS`] on each side for the error of converting
@@ -13,6 +13,7 @@ use std::{collections::BTreeMap, time::Duration};
 
 use otel_agent_tests::{
     agent,
+    cgroup::own_executable_name,
     process::{ChildGuard, TempDir},
     require_root,
     rotel::{ReceivedSpan, Rotel},
@@ -89,6 +90,10 @@ fn expected_attributes(side: &Side) -> BTreeMap<String, String> {
         ("client.port", format!("Int({})", side.client.port())),
         ("process.pid", format!("Int({})", std::process::id())),
         ("tcplife.comm", format!("Str({THREAD_NAME})")),
+        (
+            "process.executable.name",
+            format!("Str({})", own_executable_name()),
+        ),
         ("tcplife.owner_source", "Str(syscall)".to_owned()),
         ("tcplife.birth_seen", "Bool(true)".to_owned()),
         ("tcplife.established", "Bool(true)".to_owned()),
@@ -263,14 +268,16 @@ fn check(transport: Transport, name: &str) {
     assert!(client.links.is_empty() && server.links.is_empty());
 }
 
-/// The resource rotel must receive: the agent's, with this host and kernel.
+/// The resource rotel must receive: this test's workload (its executable, by default), with
+/// this host and kernel.
 fn expected_resource() -> BTreeMap<String, String> {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").expect("hostname");
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("kernel release");
     let version = env!("CARGO_PKG_VERSION");
+    let exe = own_executable_name();
     [
-        ("service.name", "Str(otel-agent)".to_owned()),
-        ("service.version", format!("Str({version})")),
+        ("service.name", format!("Str({exe})")),
+        ("process.executable.name", format!("Str({exe})")),
         ("host.name", format!("Str({})", host.trim())),
         ("os.type", "Str(linux)".to_owned()),
         ("os.version", format!("Str({})", release.trim())),

@@ -1,7 +1,7 @@
 //! Export configuration, end to end: the `otel-agent` binary exports to an in-process OTLP
 //! receiver, and each test checks that a flag or a standard variable took effect where it
 //! can be seen: headers and compression on the wire, the resource, batch sizes and delay,
-//! TLS and mutual TLS, per-process resources, JSON lines, `OTEL_SDK_DISABLED`. Invalid
+//! TLS and mutual TLS, the resource modes, JSON lines, `OTEL_SDK_DISABLED`. Invalid
 //! values stop the agent with exit code 78 and a message naming the flag or variable.
 
 use std::{process::Stdio, time::Duration};
@@ -12,6 +12,7 @@ use opentelemetry_proto::tonic::{
 };
 use otel_agent_tests::{
     agent,
+    cgroup::own_executable_name,
     process::TempDir,
     receiver::{Kind, Pki, Received, Receiver},
     require_root,
@@ -287,7 +288,7 @@ fn grpc_over_tls_without_client_certificate() {
 }
 
 #[test]
-fn resource_per_process_makes_each_process_a_service() {
+fn resource_mode_process_makes_each_process_a_service() {
     let receiver = Receiver::start(Kind::Grpc);
     let run = run_against(
         &receiver,
@@ -298,22 +299,53 @@ fn resource_per_process_makes_each_process_a_service() {
             "{url}",
             "--otlp-protocol",
             "grpc",
-            "--resource-per-process",
+            "--resource-mode",
+            "process",
         ],
         &[],
     );
     let pid = i64::from(std::process::id());
+    let exe = own_executable_name();
     for (resource, span) in spans_of(&run.received, &run.exchange) {
+        assert_eq!(string(resource, "service.name"), Some(exe.clone()));
         assert_eq!(
-            string(resource, "service.name").as_deref(),
-            Some(THREAD_NAME)
+            string(resource, "process.executable.name"),
+            Some(exe.clone())
         );
         assert_eq!(int(resource, "process.pid"), Some(pid));
+        assert_eq!(string(resource, "service.version"), None);
         assert_eq!(int(&span.attributes, "process.pid"), Some(pid));
+        assert_eq!(
+            string(&span.attributes, "tcplife.comm").as_deref(),
+            Some(THREAD_NAME)
+        );
         assert_eq!(
             string(resource, "telemetry.distro.name").as_deref(),
             Some("otel-agent")
         );
+    }
+}
+
+#[test]
+fn resource_mode_single_is_the_agents_one_resource() {
+    let receiver = Receiver::start(Kind::Grpc);
+    let run = run_against(
+        &receiver,
+        false,
+        "single",
+        &["--otlp-endpoint", "{url}", "--otlp-protocol", "grpc"],
+        &[("OTEL_AGENT_RESOURCE_MODE", "single")],
+    );
+    for (resource, _) in spans_of(&run.received, &run.exchange) {
+        assert_eq!(
+            string(resource, "service.name").as_deref(),
+            Some("otel-agent")
+        );
+        assert_eq!(
+            string(resource, "service.version").as_deref(),
+            Some(env!("CARGO_PKG_VERSION"))
+        );
+        assert_eq!(string(resource, "process.executable.name"), None);
     }
 }
 
@@ -423,7 +455,7 @@ fn rejected(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
 
 #[test]
 fn invalid_values_stop_the_agent_with_code_78_naming_the_source() {
-    let cases: [BadInput; 7] = [
+    let cases: [BadInput; 8] = [
         (
             &["--otlp-endpoint", "localhost:4317"],
             &[],
@@ -474,6 +506,11 @@ fn invalid_values_stop_the_agent_with_code_78_naming_the_source() {
             ],
             &[],
             "cannot read the CA certificate /nonexistent/ca.pem",
+        ),
+        (
+            &["--resource-mode", "workload"],
+            &[("OTEL_RESOURCE_ATTRIBUTES", "service.name=shop")],
+            "--resource-mode (OTEL_AGENT_RESOURCE_MODE)=`workload` is invalid: `single` or nothing while OTEL_SERVICE_NAME",
         ),
     ];
     for (args, env, message) in cases {

@@ -16,11 +16,16 @@ use tokio::{sync::mpsc, task::JoinHandle, time::Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    cgroup::{CgroupTree, Containers, DEFAULT_CAPACITY},
     cli::Cli,
     container::{ContainerIdCache, proc_shows_host_pids},
     error::AgentError,
     events::{self, PipelineStats},
-    export::config::{ExportConfig, Redacted},
+    export::{
+        config::{ExportConfig, Redacted},
+        resource::user_names_service,
+        workload::{ResourceMode, ResourceSettings, WorkloadTable},
+    },
     link_policy::{LinkPolicy, host_addresses},
     log_text::{Escaped, with_causes},
     metrics::SelfMetrics,
@@ -38,6 +43,7 @@ const CHANNEL_CAPACITY: usize = 64 * 1024;
 pub struct Prepared {
     cli: Cli,
     config: ExportConfig,
+    resources: ResourceSettings,
     outputs: routing::Prepared,
     probe: Probe,
     ring: RingBuf<MapData>,
@@ -54,6 +60,7 @@ pub struct Prepared {
 pub fn prepare(cli: Cli) -> Result<Prepared, AgentError> {
     let config = ExportConfig::resolve(&cli.export.flags(), |name| std::env::var(name).ok())?;
     crate::export::resource::check_environment()?;
+    let resources = cli.export.resources(user_names_service())?;
     let outputs = routing::prepare(&cli, &config)?;
     match &config.otlp {
         Some(target) => tracing::info!(
@@ -107,6 +114,7 @@ pub fn prepare(cli: Cli) -> Result<Prepared, AgentError> {
     Ok(Prepared {
         cli,
         config,
+        resources,
         outputs,
         probe,
         ring,
@@ -122,6 +130,7 @@ pub async fn run(prepared: Prepared, signals: Signals) -> Result<(), AgentError>
     let Prepared {
         cli,
         config,
+        resources,
         outputs,
         mut probe,
         ring,
@@ -129,15 +138,17 @@ pub async fn run(prepared: Prepared, signals: Signals) -> Result<(), AgentError>
         agent_start,
         links,
     } = prepared;
-    let Outputs { exporters, sinks } = outputs.start(&cli, &config)?;
+    let Outputs { exporters, sinks } = outputs.start(&cli, &config, resources)?;
+    let spans = config.otlp.is_some() || cli.output.json_output.is_some();
 
     let routes = Routes {
         exporters: exporters.handles(),
         sinks: sinks.handles(),
-        spans: config.otlp.is_some() || cli.output.json_output.is_some(),
         agent_start,
         links,
-        containers: container_ids(),
+        containers: spans.then(|| containers(cli.export.cgroup_root.as_deref())),
+        workloads: (spans && resources.mode != ResourceMode::Single)
+            .then(|| WorkloadTable::new(resources.mode, resources.max_workloads)),
     };
     let stats = Arc::new(PipelineStats::default());
     let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
@@ -331,25 +342,37 @@ fn link_policy(cli: &Cli) -> LinkPolicy {
     policy
 }
 
-/// A container id cache, when this agent sees the host's pids (on the host, or in a
-/// container with the host's pid namespace); otherwise spans go without `container.id`.
-fn container_ids() -> Option<ContainerIdCache> {
-    match proc_shows_host_pids(Path::new("/proc")) {
+/// Where containers come from: the cgroup2 hierarchy (`--cgroup-root`, or the one mounted)
+/// for the cgroup ids the probe captured, and `/proc/<pid>/cgroup` for owners in the v2
+/// root, when this agent sees the host's pids (on the host, or in a container with the
+/// host's pid namespace).
+fn containers(cgroup_root: Option<&Path>) -> Containers {
+    let tree = match cgroup_root {
+        Some(root) => Some(CgroupTree::new(root, DEFAULT_CAPACITY)),
+        None => CgroupTree::of_host(),
+    };
+    if tree.is_none() {
+        tracing::info!(
+            "no cgroup2 hierarchy mounted (a cgroup v1-only host): container.id only for owners alive at report time, from /proc/<pid>/cgroup"
+        );
+    }
+    let procs = match proc_shows_host_pids(Path::new("/proc")) {
         Ok(true) => Some(ContainerIdCache::new()),
         Ok(false) => {
             tracing::info!(
-                "spans will carry no container.id: this agent does not see the host's pids (run it with the host's pid namespace)"
+                "no container.id for owners outside cgroup v2: this agent does not see the host's pids (run it with the host's pid namespace)"
             );
             None
         }
         Err(error) => {
             tracing::warn!(
                 error = %Escaped(&error.to_string()),
-                "spans will carry no container.id: cannot read /proc"
+                "no container.id for owners outside cgroup v2: cannot read /proc"
             );
             None
         }
-    }
+    };
+    Containers { tree, procs }
 }
 
 /// What stopped the agent's main wait.

@@ -13,8 +13,9 @@ use common::{AF_INET, AF_INET6, Filters, MAX_FILTER_PORTS};
 use crate::link_policy::LinkPolicy;
 use crate::{
     export::{
-        config::{ExportFlags, INDEFINITE_TIMEOUT, MAX_DURATION, OtlpProtocol},
+        config::{ConfigError, ExportFlags, INDEFINITE_TIMEOUT, MAX_DURATION, OtlpProtocol},
         spool::SpoolOptions,
+        workload::{DEFAULT_MAX_WORKLOADS, ResourceMode, ResourceSettings},
     },
     probe::{ProbeOptions, StateProbe},
 };
@@ -181,12 +182,6 @@ pub struct ExportArgs {
     #[arg(long, value_name = "REQUESTS", value_parser = parse_positive)]
     pub bsp_max_concurrent_exports: Option<usize>,
 
-    /// One resource per observed process (service.name = its comm, process.pid), so that
-    /// Jaeger and Tempo show each program as its own service, instead of one otel-agent
-    /// resource for every session.
-    #[arg(long, env = "OTEL_AGENT_RESOURCE_PER_PROCESS")]
-    pub resource_per_process: bool,
-
     /// Keep export requests the collector cannot take now (down, slow, or not by the
     /// shutdown deadline) in this directory instead of dropping them, and deliver them,
     /// oldest first, once it takes spans again (this agent or the next one). Created if
@@ -198,6 +193,49 @@ pub struct ExportArgs {
     /// at least 1MiB; beyond it the oldest requests are dropped (and counted).
     #[arg(long, env = "OTEL_AGENT_SPOOL_MAX_BYTES", value_name = "BYTES", default_value = "1GiB", value_parser = parse_bytes)]
     pub spool_max_bytes: u64,
+
+    /// Which resource each span goes under: `workload`, one per container (all its
+    /// processes) or, outside containers, per executable, with service.name = the
+    /// executable's name, process.executable.name and container.id, so that service maps
+    /// and the collector's k8sattributes tell workloads apart; `process`, one per process
+    /// (adds process.pid); `single`, the agent's one resource. Default: `single` when
+    /// OTEL_SERVICE_NAME or service.name in OTEL_RESOURCE_ATTRIBUTES names the service (a
+    /// sidecar: the pod is the service), else `workload`. Replaces --resource-per-process.
+    #[arg(
+        long,
+        env = "OTEL_AGENT_RESOURCE_MODE",
+        value_enum,
+        value_name = "MODE"
+    )]
+    pub resource_mode: Option<ResourceModeFlag>,
+
+    /// Workload (or process) resources live at once at most; a session of a new workload
+    /// beyond it goes under one overflow resource (otel_agent.workload.overflow=true) and is
+    /// counted (degraded_workload_overflow). A workload leaves after 5 minutes without
+    /// sessions.
+    #[arg(
+        long,
+        env = "OTEL_AGENT_MAX_WORKLOADS",
+        value_name = "N",
+        default_value_t = DEFAULT_MAX_WORKLOADS,
+        value_parser = parse_max_workloads
+    )]
+    pub max_workloads: usize,
+
+    /// The cgroup v2 hierarchy in which the owners' cgroup ids are looked up for their
+    /// container ids: the host's, when the agent runs in a container (mount the host's
+    /// /sys/fs/cgroup read-only, say at /host/sys/fs/cgroup). Default: the cgroup2 mount
+    /// in /proc/self/mountinfo.
+    #[arg(long, env = "OTEL_AGENT_CGROUP_ROOT", value_name = "PATH", value_parser = parse_directory)]
+    pub cgroup_root: Option<PathBuf>,
+}
+
+/// `--resource-mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ResourceModeFlag {
+    Workload,
+    Process,
+    Single,
 }
 
 /// Local outputs: tcplife's console and OTLP JSON lines.
@@ -319,6 +357,16 @@ pub struct ProbeArgs {
 }
 
 impl ExportArgs {
+    /// The resource settings, when the user does or does not name the service (`named`).
+    pub fn resources(&self, named: bool) -> Result<ResourceSettings, ConfigError> {
+        let mode = self.resource_mode.map(|mode| match mode {
+            ResourceModeFlag::Workload => ResourceMode::Workload,
+            ResourceModeFlag::Process => ResourceMode::Process,
+            ResourceModeFlag::Single => ResourceMode::Single,
+        });
+        ResourceSettings::resolve(mode, self.max_workloads, named)
+    }
+
     /// The export flags as plain values, for [`crate::export::config::ExportConfig::resolve`].
     pub fn flags(&self) -> ExportFlags {
         ExportFlags {
@@ -482,6 +530,28 @@ fn protocol_parser() -> impl clap::builder::TypedValueParser<Value = OtlpProtoco
     })
 }
 
+/// Parses a path that must name a directory.
+fn parse_directory(text: &str) -> Result<PathBuf, String> {
+    let path = PathBuf::from(text);
+    if path.is_dir() {
+        Ok(path)
+    } else {
+        Err(format!("`{text}` is not a directory"))
+    }
+}
+
+/// The largest `--max-workloads`: beyond, a batch could carry as many resources as spans.
+const MAX_WORKLOADS_LIMIT: usize = 65_536;
+
+/// Parses `--max-workloads`: 1 to [`MAX_WORKLOADS_LIMIT`].
+fn parse_max_workloads(text: &str) -> Result<usize, String> {
+    parse_positive(text)?;
+    text.parse::<usize>()
+        .ok()
+        .filter(|&n| n <= MAX_WORKLOADS_LIMIT)
+        .ok_or_else(|| format!("`{text}` is more than {MAX_WORKLOADS_LIMIT}"))
+}
+
 /// Parses a positive integer.
 fn parse_positive(text: &str) -> Result<usize, String> {
     text.parse::<usize>()
@@ -602,6 +672,45 @@ mod tests {
         }
         let cli = Cli::try_parse_from(["otel-agent", "--otlp-timeout", "0s"]).unwrap();
         assert_eq!(cli.export.otlp_timeout, Some(INDEFINITE_TIMEOUT));
+    }
+
+    #[test]
+    fn resource_mode_and_max_workloads_are_validated() {
+        let parse = |args: &[&str]| {
+            let mut argv = vec!["otel-agent"];
+            argv.extend_from_slice(args);
+            Cli::try_parse_from(argv).map(|cli| cli.export)
+        };
+        let default = parse(&[]).unwrap();
+        assert_eq!(default.resource_mode, None);
+        assert_eq!(default.max_workloads, DEFAULT_MAX_WORKLOADS);
+        assert_eq!(
+            default.resources(false).unwrap().mode,
+            ResourceMode::Workload
+        );
+        assert_eq!(default.resources(true).unwrap().mode, ResourceMode::Single);
+        assert_eq!(default.cgroup_root, None);
+        let root = parse(&["--cgroup-root", "/sys"]).unwrap();
+        assert_eq!(root.cgroup_root, Some(PathBuf::from("/sys")));
+        let process = parse(&["--resource-mode", "process", "--max-workloads", "65536"]).unwrap();
+        assert_eq!(
+            process.resources(false),
+            Ok(ResourceSettings {
+                mode: ResourceMode::Process,
+                max_workloads: 65_536
+            })
+        );
+        for (args, says) in [
+            (&["--resource-mode", "pod"][..], "invalid value 'pod'"),
+            (&["--max-workloads", "0"][..], "is not a positive integer"),
+            (&["--max-workloads", "65537"][..], "is more than 65536"),
+            (&["--resource-per-process"][..], "unexpected argument"),
+            (&["--cgroup-root", "/nonexistent"][..], "is not a directory"),
+        ] {
+            let error = parse(args).unwrap_err().to_string();
+            assert!(error.contains(says), "{args:?}: {error}");
+            assert!(error.contains(args[0]), "{args:?}: {error}");
+        }
     }
 
     #[test]

@@ -1,20 +1,23 @@
 //! The stage between the reader and the outputs: takes decoded records in batches, turns
-//! each into a [`Session`] with wall-clock times and its span context (and the owner's
-//! container, for spans),
-//! and offers it to the outputs ([`Routes`]): the exporters' queues and the sinks (the
+//! each into a [`Session`] with wall-clock times and its span context (and, for spans,
+//! the owner's container and its admission into the live workloads), and offers it to the
+//! outputs ([`Routes`]): the exporters' queues and the sinks (the
 //! tcplife console, JSON lines), none of which it ever waits for. Ends when the reader closes the
 //! channel and every record received has been handled.
 
-use std::{sync::Arc, time::SystemTime};
+use std::{
+    sync::Arc,
+    time::{Instant, SystemTime},
+};
 
 use common::SessionRecord;
 use tokio::sync::mpsc;
 
 use crate::{
+    cgroup::Containers,
     clock::WallClock,
-    container::ContainerIdCache,
     events::PipelineStats,
-    export::{self, ExporterHandle},
+    export::{self, ExporterHandle, workload::WorkloadTable},
     link_policy::LinkPolicy,
     local::SinkHandle,
     session::Session,
@@ -29,14 +32,16 @@ pub struct Routes {
     pub exporters: Vec<ExporterHandle>,
     /// The sinks: the console and/or JSON lines.
     pub sinks: Vec<SinkHandle>,
-    /// Whether any output carries spans (OTLP or JSON lines): only they need container.id.
-    pub spans: bool,
     /// When the agent started: the start of sessions whose birth the probe did not see.
     pub agent_start: SystemTime,
     /// Which server spans name their client span as parent.
     pub links: LinkPolicy,
-    /// Container ids by pid, when `/proc` shows the host's pids (the probe reports those).
-    pub containers: Option<ContainerIdCache>,
+    /// Where container ids come from; `None` when no output carries spans (OTLP or JSON
+    /// lines): only they need container.id.
+    pub containers: Option<Containers>,
+    /// The live workloads; `None` when no output carries spans or every span goes under
+    /// the agent's one resource.
+    pub workloads: Option<WorkloadTable>,
 }
 
 /// Handles records until the channel closes.
@@ -46,15 +51,15 @@ pub async fn run(
     stats: Arc<PipelineStats>,
 ) {
     let mut batch = Vec::with_capacity(BATCH);
+    let mut decoded = Vec::with_capacity(BATCH);
     let mut sessions = Vec::with_capacity(BATCH);
     while rx.recv_many(&mut batch, BATCH).await > 0 {
         let clock = WallClock::sample();
-        sessions.extend(
-            batch
-                .drain(..)
-                .filter_map(|record| handle(&record, clock, &mut routes, &stats))
-                .map(Arc::new),
-        );
+        decoded.extend(batch.drain(..).filter_map(|record| {
+            decode(&record, clock, routes.agent_start, &routes.links, &stats)
+        }));
+        identify(&mut decoded, &mut routes, &stats);
+        sessions.extend(decoded.drain(..).map(Arc::new));
         for local in &routes.sinks {
             local.offer(&sessions);
         }
@@ -64,27 +69,41 @@ pub async fn run(
 }
 
 /// Converts one record.
-fn handle(
+fn decode(
     record: &SessionRecord,
     clock: WallClock,
-    routes: &mut Routes,
+    agent_start: SystemTime,
+    links: &LinkPolicy,
     stats: &PipelineStats,
 ) -> Option<Session> {
-    let mut session = match Session::from_record(record, clock, routes.agent_start, &routes.links) {
-        Ok(session) => session,
+    match Session::from_record(record, clock, agent_start, links) {
+        Ok(session) => Some(session),
         Err(error) => {
             PipelineStats::add(&stats.lost_decode_error);
             tracing::warn!(
                 error = %crate::log_text::Escaped(&error.to_string()),
                 "dropped a session record that does not decode"
             );
-            return None;
+            None
         }
-    };
-    if routes.spans
-        && let Some(containers) = &mut routes.containers
-    {
-        session.container_id = containers.container_id(session.pid);
     }
-    Some(session)
+}
+
+/// Names the owners' containers and admits their workloads, once per batch; counts what
+/// stays unresolved and what overflows.
+fn identify(sessions: &mut [Session], routes: &mut Routes, stats: &PipelineStats) {
+    use std::sync::atomic::Ordering::Relaxed;
+
+    if let Some(containers) = &mut routes.containers {
+        let unresolved = containers.fill(sessions);
+        stats
+            .degraded_container_unresolved
+            .fetch_add(unresolved, Relaxed);
+    }
+    if let Some(workloads) = &mut routes.workloads {
+        let overflowed = workloads.admit(sessions, Instant::now());
+        stats
+            .degraded_workload_overflow
+            .fetch_add(overflowed, Relaxed);
+    }
 }

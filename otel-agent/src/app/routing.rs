@@ -25,6 +25,7 @@ use crate::{
         encode::RequestEncoder,
         resource::agent_resource,
         spool::Spool,
+        workload::ResourceSettings,
     },
     json_lines::JsonLines,
     local::{Batching, Lines, Open, Sink, SinkFailed, Sinks, Target},
@@ -138,8 +139,12 @@ pub fn prepare(cli: &Cli, config: &ExportConfig) -> Result<Prepared, AgentError>
 impl Prepared {
     /// Starts the outputs: a thread per local output, a worker per export output. Must run
     /// inside the multi-thread tokio runtime.
-    pub fn start(self, cli: &Cli, config: &ExportConfig) -> Result<Outputs, AgentError> {
-        let per_process = cli.export.resource_per_process;
+    pub fn start(
+        self,
+        cli: &Cli,
+        config: &ExportConfig,
+        resources: ResourceSettings,
+    ) -> Result<Outputs, AgentError> {
         let failed = CancellationToken::new();
         let mut locals = Vec::new();
         if let Some((target, open)) = self.json {
@@ -153,7 +158,7 @@ impl Prepared {
                         open,
                     },
                     Lines::default(),
-                    JsonLines::new(RequestEncoder::new(&agent_resource(), per_process)),
+                    JsonLines::new(RequestEncoder::new(&agent_resource(), resources)),
                     Batching {
                         capacity: batch.max_queue_size,
                         batch: batch.max_export_batch_size,
@@ -164,7 +169,7 @@ impl Prepared {
                 "json",
             )?);
         }
-        let exporters = Exporters::start(self.destinations, per_process);
+        let exporters = Exporters::start(self.destinations, resources);
         if let Some(stdout) = self.console {
             let console = Console::new(ConsoleFormat {
                 time: cli.output.time,

@@ -33,6 +33,12 @@ pub struct PipelineStats {
     pub lost_decode_error: AtomicU64,
     /// Records dropped because the pipeline's channel was full (lost).
     pub lost_channel_full: AtomicU64,
+    /// Sessions whose owner's cgroup id no walk of the cgroup2 hierarchy found (reported
+    /// without container.id).
+    pub degraded_container_unresolved: AtomicU64,
+    /// Sessions of a new workload while the live workloads were at their bound (reported
+    /// under the overflow resource).
+    pub degraded_workload_overflow: AtomicU64,
 }
 
 impl PipelineStats {

@@ -25,7 +25,10 @@ use opentelemetry_proto::{
 use opentelemetry_sdk::Resource;
 use prost::Message as _;
 
-use super::{per_process::ProcessResources, protobuf};
+use super::{
+    protobuf,
+    workload::{ResourceMode, ResourceSettings, WorkloadResources},
+};
 use crate::{
     export::span::{self, AttributeValue, SpanText},
     session::Session,
@@ -97,8 +100,8 @@ impl EncodedResource {
 /// enough).
 const MAX_SPARE_BUFFERS: usize = 8;
 
-/// Turns a batch of sessions into one request, under the agent's resource or, with
-/// `--resource-per-process`, each process's.
+/// Turns a batch of sessions into one request, under each session's workload resource
+/// (`--resource-mode`), or the agent's one resource.
 ///
 /// A request takes hundreds of kilobytes. The buffers of sent requests are reused
 /// ([`RequestEncoder::recycle`]): a fresh allocation that large is mapped anew by the
@@ -115,15 +118,18 @@ pub struct RequestEncoder {
 #[derive(Debug)]
 enum Resources {
     Agent(EncodedResource),
-    PerProcess(ProcessResources),
+    Workloads(WorkloadResources),
 }
 
 impl RequestEncoder {
-    pub fn new(resource: &Resource, per_process: bool) -> Self {
-        let resources = if per_process {
-            Resources::PerProcess(ProcessResources::new(resource.clone()))
-        } else {
-            Resources::Agent(EncodedResource::new(resource))
+    pub fn new(resource: &Resource, settings: ResourceSettings) -> Self {
+        let resources = match settings.mode {
+            ResourceMode::Single => Resources::Agent(EncodedResource::new(resource)),
+            mode => Resources::Workloads(WorkloadResources::new(
+                mode,
+                resource.clone(),
+                settings.max_workloads,
+            )),
         };
         Self {
             spans: SpanEncoder::default(),
@@ -145,8 +151,8 @@ impl RequestEncoder {
                 self.spans
                     .resource_spans(&mut out, resource, sessions.iter().map(AsRef::as_ref));
             }
-            Resources::PerProcess(processes) => {
-                for (resource, members) in processes.groups(sessions) {
+            Resources::Workloads(workloads) => {
+                for (resource, members) in workloads.groups(sessions) {
                     self.spans.resource_spans(&mut out, &resource, members);
                 }
             }
@@ -419,27 +425,43 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn per_process_requests_carry_one_resource_spans_per_process() {
+    fn workload_requests_carry_one_resource_spans_per_workload() {
         let base = resource();
+        let container: Arc<str> = "4f2a".repeat(16).into();
         let mut nginx = client_session();
-        nginx.comm = "nginx".into();
+        nginx.exe = Some("nginx".into());
+        nginx.container_id = Some(container.clone());
         nginx.pid = 10;
+        // Another process of the same container and executable: the same workload.
+        let mut worker = nginx.clone();
+        worker.pid = 11;
+        worker.comm = "nginx: worker".into();
         let mut curl = client_session();
-        curl.comm = "curl".into();
+        curl.exe = Some("curl".into());
         curl.pid = 20;
-        let batch: Vec<Arc<Session>> = [&curl, &nginx, &nginx]
+        let batch: Vec<Arc<Session>> = [&nginx, &curl, &worker]
             .map(|session| Arc::new(session.clone()))
             .into();
-        let mut encoder = RequestEncoder::new(&base, true);
+        let settings = ResourceSettings {
+            mode: ResourceMode::Workload,
+            max_workloads: 8,
+        };
+        let mut encoder = RequestEncoder::new(&base, settings);
         let request = ExportTraceServiceRequest::decode(encoder.encode(&batch)).unwrap();
         let mut expected = Vec::new();
-        for (pid, comm, members) in [
-            (10, "nginx", vec![nginx.clone(), nginx]),
-            (20, "curl", vec![curl]),
+        for (container, name, members) in [
+            (None, "curl", vec![curl]),
+            (Some(container), "nginx", vec![nginx, worker]),
         ] {
-            let process = crate::export::resource::process_resource(&base, pid, comm);
+            let key = crate::export::workload::WorkloadKey {
+                container,
+                name: name.into(),
+                executable: true,
+                pid: None,
+            };
+            let workload = crate::export::resource::workload_resource(&base, &key);
             expected.extend(
-                ExportTraceServiceRequest::decode(sdk_request(&members, &process).as_slice())
+                ExportTraceServiceRequest::decode(sdk_request(&members, &workload).as_slice())
                     .unwrap()
                     .resource_spans,
             );
@@ -453,7 +475,7 @@ pub(crate) mod tests {
     #[test]
     fn the_buffer_of_a_sent_request_is_reused_unless_still_shared() {
         let batch = vec![Arc::new(client_session())];
-        let mut encoder = RequestEncoder::new(&resource(), false);
+        let mut encoder = RequestEncoder::new(&resource(), ResourceSettings::SINGLE);
         let first = encoder.encode(&batch);
         let address = first.as_ptr();
         encoder.recycle(first);

@@ -1,6 +1,6 @@
 //! The exporters: one bounded [`queue`] and worker per OTLP destination, which encodes
 //! batches of sessions straight into OTLP protobuf ([`encode`], `protobuf`) under the
-//! agent's resource (or each process's: `per_process`) and sends them to the collector
+//! resource of each session's [`workload`] (or the agent's one) and sends them to the collector
 //! (`transport`, configured by [`config`]), each session as the span [`span`] maps it,
 //! under the [`resource`] (`crate::json_lines` renders the same requests for a sink);
 //! and the staged shutdown that flushes what is queued
@@ -9,13 +9,13 @@
 
 pub mod config;
 pub mod encode;
-pub(crate) mod per_process;
 pub(crate) mod protobuf;
 pub mod queue;
 pub mod resource;
 pub mod span;
 pub mod spool;
 pub(crate) mod transport;
+pub mod workload;
 
 use std::{collections::HashMap, path::Path, sync::Arc, time::Instant};
 
@@ -31,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 use self::config::OtlpProtocol;
 use self::resource::agent_resource;
+use self::workload::ResourceSettings;
 use self::{
     config::{BatchSettings, Compression, ExportConfig, OtlpTarget},
     encode::RequestEncoder,
@@ -116,7 +117,7 @@ impl Exporters {
     /// Starts a worker per output of `destinations`.
     ///
     /// Must run inside the multi-thread tokio runtime: the gRPC client lives on it.
-    pub fn start(destinations: Destinations, per_process: bool) -> Self {
+    pub fn start(destinations: Destinations, resources: ResourceSettings) -> Self {
         let resource = agent_resource();
         let (stop, stopped) = watch::channel(None);
         let ended = CancellationToken::new();
@@ -125,7 +126,7 @@ impl Exporters {
             outputs.push(Exporter::start(
                 "otlp",
                 transport,
-                RequestEncoder::new(&resource, per_process),
+                RequestEncoder::new(&resource, resources),
                 (batch, spool),
                 (&stopped, &ended),
             ));
@@ -384,7 +385,7 @@ mod worker_failure_tests {
         let output = Exporter::start(
             "otlp",
             AcceptAll,
-            RequestEncoder::new(&agent_resource(), false),
+            RequestEncoder::new(&agent_resource(), ResourceSettings::SINGLE),
             (settings, None),
             (&stopped, &ended),
         );

@@ -625,6 +625,7 @@ mod tests {
         export::{
             span,
             spool::{SpoolOptions, tests::Dir},
+            workload::ResourceSettings,
         },
         session::tests::client_session,
     };
@@ -725,7 +726,7 @@ mod tests {
     }
 
     fn encoder() -> RequestEncoder {
-        RequestEncoder::new(&Resource::builder_empty().build(), false)
+        RequestEncoder::new(&Resource::builder_empty().build(), ResourceSettings::SINGLE)
     }
 
     /// Runs the worker until `done` holds (or 5 s), then stops it.

@@ -17,7 +17,10 @@ use opentelemetry_semantic_conventions::attribute::{
     TELEMETRY_DISTRO_VERSION,
 };
 
-use super::span::key::PROCESS_PID;
+use super::{
+    span::key::{CONTAINER_ID, PROCESS_EXECUTABLE_NAME, PROCESS_PID},
+    workload::WorkloadKey,
+};
 
 use super::config::{ConfigError, percent_decode};
 
@@ -100,7 +103,7 @@ pub fn agent_resource() -> Resource {
 /// win) and `OTEL_SERVICE_NAME` (which wins over both); without a service name from the
 /// user, the agent is the service.
 fn build(host: Vec<KeyValue>, user: Vec<KeyValue>, service_name: Option<String>) -> Resource {
-    let named = service_name.is_some() || user.iter().any(|kv| kv.key.as_str() == SERVICE_NAME_KEY);
+    let named = names_service(service_name.as_deref(), &user);
     let mut builder = Resource::builder_empty()
         .with_detectors(&[Box::new(
             opentelemetry_sdk::resource::TelemetryResourceDetector,
@@ -118,17 +121,41 @@ fn build(host: Vec<KeyValue>, user: Vec<KeyValue>, service_name: Option<String>)
     builder.build()
 }
 
-/// The resource of one observed process (`--resource-per-process`): the agent's resource
-/// with that process as the service.
-pub fn process_resource(base: &Resource, pid: i64, comm: &str) -> Resource {
+/// Whether the user names the service (`OTEL_SERVICE_NAME`, or `service.name` in
+/// `OTEL_RESOURCE_ATTRIBUTES`): then every session shares the one resource.
+pub fn user_names_service() -> bool {
+    let attributes =
+        parse_attributes(std::env::var(RESOURCE_ATTRIBUTES).ok().as_deref()).unwrap_or_default();
+    names_service(std::env::var(SERVICE_NAME).ok().as_deref(), &attributes)
+}
+
+fn names_service(service_name: Option<&str>, attributes: &[KeyValue]) -> bool {
+    service_name.is_some_and(|name| !name.trim().is_empty())
+        || attributes
+            .iter()
+            .any(|kv| kv.key.as_str() == SERVICE_NAME_KEY)
+}
+
+/// The resource of one workload (or process): the agent's resource with the workload as
+/// the service (`service.name` = its executable, or its comm when the probe could not read
+/// the executable), its `process.executable.name`, `container.id` and, per process,
+/// `process.pid`.
+pub fn workload_resource(base: &Resource, key: &WorkloadKey) -> Resource {
     let mut attributes: Vec<KeyValue> = base
         .iter()
-        .filter(|(key, _)| key.as_str() != SERVICE_VERSION)
+        .filter(|(key, _)| key.as_str() != SERVICE_VERSION && key.as_str() != SERVICE_NAME_KEY)
         .map(|(key, value)| KeyValue::new(key.clone(), value.clone()))
         .collect();
-    attributes.retain(|kv| kv.key.as_str() != SERVICE_NAME_KEY);
-    attributes.push(KeyValue::new(SERVICE_NAME_KEY, comm.to_owned()));
-    attributes.push(KeyValue::new(PROCESS_PID, pid));
+    attributes.push(KeyValue::new(SERVICE_NAME_KEY, key.name.to_string()));
+    if key.executable {
+        attributes.push(KeyValue::new(PROCESS_EXECUTABLE_NAME, key.name.to_string()));
+    }
+    if let Some(container) = &key.container {
+        attributes.push(KeyValue::new(CONTAINER_ID, container.to_string()));
+    }
+    if let Some(pid) = key.pid {
+        attributes.push(KeyValue::new(PROCESS_PID, i64::from(pid)));
+    }
     Resource::builder_empty()
         .with_attributes(attributes)
         .build()
@@ -258,7 +285,7 @@ mod tests {
     }
 
     #[test]
-    fn a_process_resource_makes_the_process_the_service() {
+    fn a_workload_resource_makes_the_workload_the_service() {
         let base = Resource::builder_empty()
             .with_attributes([
                 KeyValue::new("service.name", "otel-agent"),
@@ -266,17 +293,49 @@ mod tests {
                 KeyValue::new("host.name", "node-1"),
             ])
             .build();
-        let resource = process_resource(&base, 4242, "nginx");
+        let key = WorkloadKey {
+            container: Some("c0ffee".into()),
+            name: "nginx".into(),
+            executable: true,
+            pid: None,
+        };
+        let resource = workload_resource(&base, &key);
         assert_eq!(value(&resource, "service.name").as_deref(), Some("nginx"));
+        assert_eq!(
+            value(&resource, "process.executable.name").as_deref(),
+            Some("nginx")
+        );
+        assert_eq!(value(&resource, "container.id").as_deref(), Some("c0ffee"));
         assert_eq!(value(&resource, "host.name").as_deref(), Some("node-1"));
         assert_eq!(
             value(&resource, "service.version"),
             None,
             "the agent's version is not nginx's"
         );
+        assert_eq!(resource.get(&Key::from_static_str("process.pid")), None);
+        let process = workload_resource(
+            &base,
+            &WorkloadKey {
+                container: None,
+                pid: Some(4242),
+                ..key
+            },
+        );
         assert_eq!(
-            resource.get(&Key::from_static_str("process.pid")),
+            process.get(&Key::from_static_str("process.pid")),
             Some(opentelemetry::Value::I64(4242))
         );
+        assert_eq!(value(&process, "container.id"), None);
+    }
+
+    #[test]
+    fn the_user_names_the_service_with_either_variable() {
+        assert!(names_service(Some("shop"), &[]));
+        assert!(!names_service(Some("  "), &[]));
+        assert!(names_service(
+            None,
+            &[KeyValue::new("service.name", "shop")]
+        ));
+        assert!(!names_service(None, &[KeyValue::new("team", "net")]));
     }
 }

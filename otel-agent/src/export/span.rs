@@ -34,6 +34,8 @@ pub mod key {
 
     /// Not stable in the semantic conventions yet (status "development").
     pub const PROCESS_PID: &str = "process.pid";
+    /// The owner's executable file name, not a path (`mm->exe_file`; "development").
+    pub const PROCESS_EXECUTABLE_NAME: &str = "process.executable.name";
     /// The owner's kernel task name (16 bytes at most; a thread name, not a path).
     pub const COMM: &str = "tcplife.comm";
     /// `tcp_sock.bytes_acked` at close (payload sent plus SYN and FIN).
@@ -203,6 +205,9 @@ pub fn attributes(
     visit(key::NETWORK_PEER_PORT, Int(session.remote.port().into()));
     visit(key::PROCESS_PID, Int(session.pid.into()));
     visit(key::COMM, Str(&session.comm));
+    if let Some(exe) = &session.exe {
+        visit(key::PROCESS_EXECUTABLE_NAME, Str(exe));
+    }
     visit(key::OWNER_SOURCE, Str(owner_source));
     visit(key::BIRTH_SEEN, Bool(session.birth_known));
     visit(key::ESTABLISHED, Bool(session.established));
@@ -360,7 +365,7 @@ pub(crate) mod tests {
     #[test]
     fn every_attribute_has_its_exact_value() {
         let span = export(&session());
-        let expected: [(&str, Value); 26] = [
+        let expected: [(&str, Value); 27] = [
             (key::NETWORK_TRANSPORT, "tcp".into()),
             (key::NETWORK_TYPE, "ipv4".into()),
             (key::NETWORK_LOCAL_ADDRESS, "127.0.0.1".into()),
@@ -373,6 +378,7 @@ pub(crate) mod tests {
             (key::CLIENT_PORT, 40_000_i64.into()),
             (key::PROCESS_PID, 777_i64.into()),
             (key::COMM, "curl".into()),
+            (key::PROCESS_EXECUTABLE_NAME, "curl-8.14.1".into()),
             (key::OWNER_SOURCE, "syscall".into()),
             (key::BIRTH_SEEN, true.into()),
             (key::ESTABLISHED, true.into()),

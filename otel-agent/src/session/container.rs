@@ -1,6 +1,9 @@
-//! Container identity of a process: extracts the container id (`container.id` in the
-//! OpenTelemetry semantic conventions) from the text of `/proc/<pid>/cgroup`, and caches it
-//! per pid in a bounded cache. A process outside any container (a host process) has none.
+//! Container ids (`container.id` in the OpenTelemetry semantic conventions) in cgroup
+//! paths: in one directory name ([`container_id_from_segment`], what `crate::cgroup` names
+//! each directory of the cgroup2 hierarchy after), and in the text of `/proc/<pid>/cgroup`,
+//! cached per pid in a bounded cache: the fallback for owners in the cgroup v2 root (a
+//! cgroup v1-only or hybrid host), read at report time, so only while the owner lives. A
+//! process outside any container (a host process) has none.
 //!
 //! The file has one line per cgroup hierarchy, `hierarchy-ID:controller-list:cgroup-path`
 //! (`proc(7)`, "/proc/pid/cgroup"); cgroup v2 has the single line `0::/path`. Container
@@ -11,6 +14,7 @@
 //! | Docker, systemd driver | `docker-<id>.scope` |
 //! | Docker, cgroupfs driver (v1) | `/docker/<id>` |
 //! | containerd CRI (Kubernetes), systemd driver | `cri-containerd-<id>.scope` |
+//! | containerd CRI, systemd cgroup paths without the systemd driver | `<pod slice>:cri-containerd:<id>` |
 //! | CRI-O, systemd driver | `crio-<id>.scope` |
 //! | Kubernetes, cgroupfs driver | `/kubepods/<qos>/pod<uid>/<id>` |
 //! | Podman | `libpod-<id>.scope` (optionally followed by `/container`) |
@@ -62,9 +66,12 @@ pub fn container_id_from_cgroup(text: &str) -> Option<&str> {
     })
 }
 
-/// The id named by one segment of a cgroup path, if the segment names a container.
-fn container_id_from_segment(segment: &str) -> Option<&str> {
+/// The id named by one segment of a cgroup path (a directory name), if it names a
+/// container.
+pub fn container_id_from_segment(segment: &str) -> Option<&str> {
     let name = segment.strip_suffix(".scope").unwrap_or(segment);
+    // `slice:runtime:id`, the form systemd-style paths take under the cgroupfs driver.
+    let name = name.rsplit(':').next().unwrap_or(name);
     let id = RUNTIME_PREFIXES
         .iter()
         .find_map(|prefix| name.strip_prefix(prefix))
@@ -238,6 +245,22 @@ mod tests {
         let text = format!(
             "0::/kubepods.slice/kubepods-besteffort.slice/\
              kubepods-besteffort-pod0b1c2d3e_4f5a_6b7c_8d9e_0f1a2b3c4d5e.slice/crio-{ID}.scope\n"
+        );
+        assert_eq!(container_id_from_cgroup(&text), Some(ID));
+    }
+
+    #[test]
+    fn containerd_systemd_paths_without_the_systemd_driver() {
+        let text = format!(
+            "0::/kubepods-besteffort-pod0b1c2d3e_4f5a_6b7c_8d9e_0f1a2b3c4d5e.slice:cri-containerd:{ID}\n"
+        );
+        assert_eq!(container_id_from_cgroup(&text), Some(ID));
+    }
+
+    #[test]
+    fn docker_under_kubernetes_with_cri_dockerd() {
+        let text = format!(
+            "0::/kubepods.slice/kubepods-pod0b1c2d3e_4f5a_6b7c_8d9e_0f1a2b3c4d5e.slice/docker-{ID}.scope\n"
         );
         assert_eq!(container_id_from_cgroup(&text), Some(ID));
     }

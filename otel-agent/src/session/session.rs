@@ -95,8 +95,15 @@ pub struct Session {
     pub pid: u32,
     /// The owner's task name.
     pub comm: String,
-    /// Whether pid and comm come from a system call of the owner (else: the task current at
-    /// close, best effort).
+    /// The owner's executable file name (`mm->exe_file`, not truncated to 15 bytes and not
+    /// changed by thread names like `comm`; cut at 47 bytes); `None` when the probe could
+    /// not read it (a kernel thread, or no BTF offsets).
+    pub exe: Option<Arc<str>>,
+    /// The owner's cgroup id on the cgroup v2 hierarchy (1, the root, when no runtime
+    /// placed it in a v2 cgroup); `container_id` is resolved from it.
+    pub cgroup_id: u64,
+    /// Whether pid, comm, cgroup and executable come from a system call of the owner (else:
+    /// the task current at close, best effort).
     pub owner_from_syscall: bool,
     /// Whether the session ever reached `ESTABLISHED`.
     pub established: bool,
@@ -119,9 +126,12 @@ pub struct Session {
     /// The span's trace id, span id, parent or link and flags: derived from `isns` when
     /// there is a pair, random otherwise ([`SpanContext::decide`]).
     pub context: SpanContext,
-    /// The owner's container (`container.id`), filled in by the pipeline when the agent
-    /// sees the host's pids.
+    /// The owner's container (`container.id`), filled in by the pipeline from the cgroup
+    /// id (`crate::container`).
     pub container_id: Option<Arc<str>>,
+    /// Set by the pipeline when the session's workload is new and the live workloads are at
+    /// their bound: its span goes under the overflow resource (`export::workload`).
+    pub workload_overflow: bool,
 }
 
 /// Why a record does not become a session.
@@ -213,6 +223,10 @@ impl Session {
             origin,
             pid: record.pid,
             comm: record.comm().into_owned(),
+            exe: Some(record.exe())
+                .filter(|exe| !exe.is_empty())
+                .map(|exe| Arc::from(exe.as_ref())),
+            cgroup_id: record.cgroup_id,
             owner_from_syscall: record.has(flags::OWNER_FROM_SYSCALL),
             established,
             handshake,
@@ -230,6 +244,7 @@ impl Session {
             isns,
             context,
             container_id: None,
+            workload_overflow: false,
         })
     }
 
@@ -323,6 +338,7 @@ pub(crate) mod tests {
             segs_in: 7,
             segs_out: 9,
             netns: 4_026_531_840,
+            cgroup_id: 5_123,
             family: AF_INET,
             local_port: 40_000,
             remote_port: 8080,
@@ -333,6 +349,7 @@ pub(crate) mod tests {
         record.local_addr[..4].copy_from_slice(&[127, 0, 0, 1]);
         record.remote_addr[..4].copy_from_slice(&[127, 0, 0, 1]);
         record.comm[..4].copy_from_slice(b"curl");
+        record.exe.0[..11].copy_from_slice(b"curl-8.14.1");
         record
     }
 
@@ -363,6 +380,8 @@ pub(crate) mod tests {
                 origin: Origin::Active,
                 pid: 777,
                 comm: "curl".to_owned(),
+                exe: Some("curl-8.14.1".into()),
+                cgroup_id: 5_123,
                 owner_from_syscall: true,
                 established: true,
                 handshake: Some(Duration::from_micros(100)),
@@ -395,6 +414,7 @@ pub(crate) mod tests {
                     flags: 0x103,
                 },
                 container_id: None,
+                workload_overflow: false,
             }
         );
         assert_eq!(client_session().duration(), Duration::from_micros(1_500));

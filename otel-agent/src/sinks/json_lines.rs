@@ -44,14 +44,14 @@ mod tests {
     use opentelemetry_sdk::Resource;
 
     use super::*;
-    use crate::session::tests::client_session;
+    use crate::{export::workload::ResourceSettings, session::tests::client_session};
 
     #[test]
     fn writes_one_otlp_json_request_per_batch() {
         let resource = Resource::builder_empty()
             .with_service_name("otel-agent")
             .build();
-        let mut json = JsonLines::new(RequestEncoder::new(&resource, false));
+        let mut json = JsonLines::new(RequestEncoder::new(&resource, ResourceSettings::SINGLE));
         let mut lines = Lines::default();
         let session = Arc::new(client_session());
         json.render(&[session.clone(), session], &mut lines)

@@ -223,16 +223,24 @@ pub enum Degradation {
     /// The kernel skipped `syscalls:sys_exit_accept*` for it: a server session may carry the
     /// task current at close as its owner.
     ProbeSkippedAccept,
+    /// Its owner's cgroup id was not found in the cgroup2 hierarchy (removed before the
+    /// agent looked): no container.id.
+    ContainerUnresolved,
+    /// Its workload was new while the live workloads were at `--max-workloads`: its span
+    /// went under the overflow resource.
+    WorkloadOverflow,
 }
 
 impl Degradation {
     /// Every degradation, in the order of the log line.
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 7] = [
         Self::BirthNotSeen,
         Self::Evicted,
         Self::MapUpdateFailed,
         Self::ProbeSkippedReset,
         Self::ProbeSkippedAccept,
+        Self::ContainerUnresolved,
+        Self::WorkloadOverflow,
     ];
 
     /// The one name: `cause="<name>"` on `otel_agent.sessions.degraded`, `degraded_<name>`
@@ -244,6 +252,8 @@ impl Degradation {
             Self::MapUpdateFailed => "map_update_failed",
             Self::ProbeSkippedReset => "probe_skipped_reset",
             Self::ProbeSkippedAccept => "probe_skipped_accept",
+            Self::ContainerUnresolved => "container_unresolved",
+            Self::WorkloadOverflow => "workload_overflow",
         }
     }
 

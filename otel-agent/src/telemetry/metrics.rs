@@ -11,7 +11,7 @@
 //! | `otel_agent.sessions.lost` | counter | `cause` (`ring_buffer_full`, `probe_skipped`, `decode_error`, `channel_full`, `queue_full`, `rejected`, `output_full`, `output_failed`, `spool_full`, `spool_torn`, `at_shutdown`), `output` (the output's causes) | sessions lost, by cause ([`LossCause`]; `probe_skipped`: an upper bound) |
 //! | `otel_agent.probe.skipped` | counter | `program` (`inet_sock_set_state`, `tcp_receive_reset`, `sys_exit_accept`) | tracepoint hits the kernel skipped (`recursion_misses`; for `inet_sock_set_state`, those the backup program did not handle) |
 //! | `otel_agent.sessions.filtered` | counter | `cause` (`at_birth`, `after_tracking`, `unknown_birth`) | sessions deliberately left out, by cause ([`FilterCause`]) |
-//! | `otel_agent.sessions.degraded` | counter | `cause` (`birth_not_seen`, `evicted`, `map_update_failed`, `probe_skipped_reset`, `probe_skipped_accept`) | sessions reported with less than they should carry, by cause ([`Degradation`]; `evicted` once the probe is detached) |
+//! | `otel_agent.sessions.degraded` | counter | `cause` (`birth_not_seen`, `evicted`, `map_update_failed`, `probe_skipped_reset`, `probe_skipped_accept`, `container_unresolved`, `workload_overflow`) | sessions reported with less than they should carry, by cause ([`Degradation`]; `evicted` once the probe is detached) |
 //! | `otel_agent.sessions.birth_not_seen` | counter | | sessions reported with an unknown birth (the same as `degraded` with `cause=birth_not_seen`) |
 //! | `otel_agent.export.errors` | counter | `output` | failed export attempts (each retried) |
 //! | `otel_agent.export.queue.depth` | gauge | `output` | sessions waiting for export |
@@ -383,6 +383,8 @@ mod tests {
             },
             lost_decode_error: 2,
             lost_channel_full: 3,
+            container_unresolved: 26,
+            workload_overflow: 27,
             exports: vec![ExportSnapshot {
                 output: "otlp",
                 lost_queue_full: 4,
@@ -454,6 +456,8 @@ mod tests {
                 (&["cause=map_update_failed"], 23),
                 (&["cause=probe_skipped_reset"], 24),
                 (&["cause=probe_skipped_accept"], 25),
+                (&["cause=container_unresolved"], 26),
+                (&["cause=workload_overflow"], 27),
             ],
         );
         check("otel_agent.spool.spooled", &[(&["output=otlp"], 16)]);

@@ -132,6 +132,8 @@ pub struct Snapshot {
     pub records_read: u64,
     pub lost_decode_error: u64,
     pub lost_channel_full: u64,
+    pub container_unresolved: u64,
+    pub workload_overflow: u64,
     pub exports: Vec<ExportSnapshot>,
     pub locals: Vec<LocalSnapshot>,
 }
@@ -212,6 +214,8 @@ impl Snapshot {
             records_read: get(&pipeline.records_read),
             lost_decode_error: get(&pipeline.lost_decode_error),
             lost_channel_full: get(&pipeline.lost_channel_full),
+            container_unresolved: get(&pipeline.degraded_container_unresolved),
+            workload_overflow: get(&pipeline.degraded_workload_overflow),
             exports: outputs.iter().map(ExportSnapshot::of).collect(),
             locals: locals.iter().map(LocalSnapshot::of).collect(),
         }
@@ -247,6 +251,8 @@ impl Snapshot {
             Degradation::MapUpdateFailed => Some(self.kernel.map_update_failed),
             Degradation::ProbeSkippedReset => Some(self.kernel.skipped_receive_reset),
             Degradation::ProbeSkippedAccept => Some(self.kernel.skipped_accept),
+            Degradation::ContainerUnresolved => Some(self.container_unresolved),
+            Degradation::WorkloadOverflow => Some(self.workload_overflow),
         }
     }
 
@@ -333,6 +339,8 @@ mod tests {
             records_read: 10,
             lost_decode_error: 0,
             lost_channel_full: 1,
+            container_unresolved: 11,
+            workload_overflow: 12,
             exports: vec![ExportSnapshot {
                 output: "otlp",
                 enqueued: 8,
@@ -393,7 +401,8 @@ mod tests {
                  filtered_unknown_birth=6 lost_ring_buffer_full=2 lost_probe_skipped=7 \
                  lost_decode_error=0 lost_channel_full=1 recovered_probe_skipped=8 \
                  degraded_birth_not_seen=5 degraded_evicted=1 degraded_map_update_failed=1 \
-                 degraded_probe_skipped_reset=9 degraded_probe_skipped_accept=10",
+                 degraded_probe_skipped_reset=9 degraded_probe_skipped_accept=10 \
+                 degraded_container_unresolved=11 degraded_workload_overflow=12",
                 "export accounting when=\"final\" output=\"otlp\" enqueued=8 exported=7 \
                  exported_unconfirmed=0 queued=0 lost_queue_full=1 lost_rejected=1 \
                  lost_spool_full=0 lost_spool_torn=0 lost_at_shutdown=0 export_errors=2 \

@@ -9,6 +9,13 @@
 //!                                      prints "PORT <port>", serves one connection, then
 //!                                      stays alive LINGER_MS (as a service would)
 //! tcp-peer client IP PORT SCENARIO     prints "LOCAL <port>", runs the client side
+//! tcp-peer exit-without-close IP PORT CGROUP
+//!                                      moves itself into the cgroup v2 directory CGROUP,
+//!                                      connects (prints "LOCAL <port>"), sends 100 bytes and
+//!                                      exits without closing: the kernel closes the socket
+//!                                      at exit, and it stays in FIN_WAIT2 (TCP_LINGER2 at
+//!                                      its maximum) until the server closes, after the
+//!                                      process is gone
 //! ```
 //!
 //! Scenarios (client payload A, server payload B):
@@ -25,12 +32,15 @@ use std::{
     ffi::CString,
     io::{ErrorKind, Read, Write},
     net::{IpAddr, SocketAddr, TcpListener, TcpStream},
-    os::fd::FromRawFd,
+    os::fd::{AsRawFd, FromRawFd},
     process::ExitCode,
     time::Duration,
 };
 
-use otel_agent_tests::{peer::payload, traffic::abort};
+use otel_agent_tests::{
+    peer::{EXIT_WITHOUT_CLOSE_BYTES, payload},
+    traffic::abort,
+};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -42,7 +52,14 @@ fn main() -> ExitCode {
         ["client", ip, port, scenario] => {
             client(parse_ip(ip), port.parse().expect("port"), scenario)
         }
-        _ => Err("usage: tcp-peer server IP SCENARIO | tcp-peer client IP PORT SCENARIO".into()),
+        ["exit-without-close", ip, port, cgroup] => {
+            exit_without_close(parse_ip(ip), port.parse().expect("port"), cgroup)
+        }
+        _ => Err(
+            "usage: tcp-peer server IP SCENARIO | tcp-peer client IP PORT SCENARIO | \
+                  tcp-peer exit-without-close IP PORT CGROUP"
+                .into(),
+        ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -121,6 +138,55 @@ fn client(ip: IpAddr, port: u16, scenario: &str) -> Result<()> {
     }
     drop(stream);
     Ok(())
+}
+
+fn exit_without_close(ip: IpAddr, port: u16, cgroup: &str) -> Result<()> {
+    set_comm("peer-client");
+    std::fs::write(
+        std::path::Path::new(cgroup).join("cgroup.procs"),
+        std::process::id().to_string(),
+    )
+    .map_err(|e| format!("join the cgroup {cgroup}: {e}"))?;
+    let mut stream = connect_bound(ip, port, false)?.ok_or("no connection")?;
+    // The longest FIN_WAIT2 an orphaned socket may keep (TCP_FIN_TIMEOUT_MAX, 120 s): longer
+    // than TIME_WAIT, so the kernel keeps the full socket until the server's FIN instead of
+    // closing it as soon as its own FIN is acknowledged.
+    let seconds: libc::c_int = 120;
+    set_option(
+        &stream,
+        (libc::IPPROTO_TCP, libc::TCP_LINGER2, "TCP_LINGER2"),
+        &seconds,
+    )?;
+    stream
+        .write_all(&[b'c'; EXIT_WITHOUT_CLOSE_BYTES])
+        .map_err(|e| format!("write: {e}"))?;
+    // Exits with the socket open: the kernel closes it as the process exits.
+    std::mem::forget(stream);
+    Ok(())
+}
+
+/// Sets the socket option `(level, name)` to `value`.
+fn set_option<T>(
+    stream: &TcpStream,
+    (level, name, what): (libc::c_int, libc::c_int, &str),
+    value: &T,
+) -> Result<()> {
+    // SAFETY: a valid socket, and `value` is the option's C type (the callers' `linger`
+    // and `int`), of the length passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            level,
+            name,
+            std::ptr::from_ref(value).cast(),
+            size_of::<T>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(format!("{what}: {}", std::io::Error::last_os_error()))
+    }
 }
 
 /// Binds to an ephemeral port (printed as `LOCAL <port>`), then connects. `Ok(None)` when a

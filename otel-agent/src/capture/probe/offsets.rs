@@ -30,6 +30,10 @@ const NETNS: Group = Group {
     bit: offsets_valid::NETNS,
     provides: "network namespace",
 };
+const EXE: Group = Group {
+    bit: offsets_valid::EXE,
+    provides: "owner's executable (process.executable.name; workloads fall back to the comm)",
+};
 const ACCEPT: Group = Group {
     bit: offsets_valid::ACCEPT,
     provides: "accepting process as owner (server sessions reset before close fall back to the task current at close)",
@@ -52,7 +56,7 @@ pub fn resolve(path: &Path) -> Resolved {
             return Resolved {
                 offsets: KernelOffsets::default(),
                 missing: vec![format!(
-                    "no byte counts, payload, RTT, retransmits, segment counts, network namespace or accepting process: {error}"
+                    "no byte counts, payload, RTT, retransmits, segment counts, network namespace, accepting process or executable: {error}"
                 )],
                 sock_missing: Some(error.to_string()),
             };
@@ -98,6 +102,13 @@ pub fn resolve(path: &Path) -> Resolved {
         o.fdtable_fd = sized(btf, "fdtable", "fd", 8)?;
         o.file_private_data = sized(btf, "file", "private_data", 8)?;
         o.socket_sk = sized(btf, "socket", "sk", 8)?;
+        Ok(())
+    });
+    group(EXE, &mut |btf, o| {
+        o.task_mm = sized(btf, "task_struct", "mm", 8)?;
+        o.mm_exe_file = sized(btf, "mm_struct", "exe_file", 8)?;
+        o.file_dentry = sized(btf, "file", "f_path.dentry", 8)?;
+        o.dentry_name = sized(btf, "dentry", "d_name.name", 8)?;
         Ok(())
     });
     let sock_missing = resolve_sock(&btf, &mut offsets).err();
@@ -302,6 +313,23 @@ mod tests {
         }
     }
 
+    /// The running kernel's BTF resolves the chain from the task to its executable's
+    /// name; on Linux 6.18 (this machine) at the offsets a separate BTF walker read from
+    /// `/sys/kernel/btf/vmlinux`.
+    #[test]
+    fn the_executable_chain_resolves_from_the_running_kernel() {
+        let resolved = resolve(Path::new("/sys/kernel/btf/vmlinux"));
+        let o = resolved.offsets;
+        assert_ne!(o.valid & offsets_valid::EXE, 0, "{:?}", resolved.missing);
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        if release.starts_with("6.18") {
+            assert_eq!(
+                (o.task_mm, o.mm_exe_file, o.file_dentry, o.dentry_name),
+                (1136, 1312, 72, 40)
+            );
+        }
+    }
+
     #[test]
     fn a_missing_btf_file_leaves_every_group_out_with_one_message() {
         let resolved = resolve(Path::new("/nonexistent/vmlinux"));
@@ -309,7 +337,7 @@ mod tests {
         assert_eq!(resolved.missing.len(), 1);
         assert!(
             resolved.missing[0].starts_with(
-                "no byte counts, payload, RTT, retransmits, segment counts, network namespace or accepting process: cannot read BTF from /nonexistent/vmlinux"
+                "no byte counts, payload, RTT, retransmits, segment counts, network namespace, accepting process or executable: cannot read BTF from /nonexistent/vmlinux"
             ),
             "{}",
             resolved.missing[0]

@@ -640,6 +640,22 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_layout_version_moves_with_the_pinned_layouts() {
+        // A change to what a pinned probe hands over must bump PIN_LAYOUT_VERSION; the sizes
+        // here are the layouts of version 2 (issue 14 added the cgroup id and the
+        // executable's name to both).
+        assert_eq!(
+            (
+                PIN_LAYOUT_VERSION,
+                size_of::<common::SessionRecord>(),
+                size_of::<common::SocketState>()
+            ),
+            (2, 200, 104),
+            "the pinned layouts changed: bump PIN_LAYOUT_VERSION and update this test"
+        );
+    }
+
+    #[test]
     fn each_refusal_names_the_directory_and_what_to_do() {
         let dir = Path::new("/sys/fs/bpf/otel-agent");
         assert_eq!(
