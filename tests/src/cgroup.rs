@@ -30,8 +30,8 @@ pub struct PodContainer {
     pub id: String,
     root: PathBuf,
     scope: PathBuf,
-    /// The directories created, outermost first.
-    created: Vec<PathBuf>,
+    /// The directories of its path, outermost first (the outer two shared with other tests).
+    dirs: Vec<PathBuf>,
 }
 
 impl PodContainer {
@@ -48,21 +48,33 @@ impl PodContainer {
             format!("kubepods-besteffort-pod{pod}.slice"),
             format!("cri-containerd-{id}.scope"),
         ];
-        let mut created = Vec::new();
+        // The two outer levels are shared with any other test creating a pod at the same
+        // time: one that exists already is used, and one that another test's drop removes
+        // between two steps is created again.
+        let mut dirs = Vec::new();
         let mut dir = root.clone();
         for level in levels {
             dir.push(level);
-            if !dir.is_dir() {
-                std::fs::create_dir(&dir)
-                    .unwrap_or_else(|e| panic!("create the cgroup {}: {e}", dir.display()));
-                created.push(dir.clone());
+            dirs.push(dir.clone());
+        }
+        'attempts: for attempt in 1..=10 {
+            for dir in &dirs {
+                match std::fs::create_dir(dir) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound && attempt < 10 => {
+                        continue 'attempts;
+                    }
+                    Err(e) => panic!("create the cgroup {}: {e}", dir.display()),
+                }
             }
+            break;
         }
         Self {
             id,
             root,
             scope: dir,
-            created,
+            dirs,
         }
     }
 
@@ -75,13 +87,13 @@ impl PodContainer {
 impl Drop for PodContainer {
     fn drop(&mut self) {
         // Anything still inside goes back to the root; then the directories, innermost
-        // first (a directory another test still uses stays).
+        // first (a directory another test still uses stays, and the last one removes it).
         if let Ok(pids) = std::fs::read_to_string(self.dir().join("cgroup.procs")) {
             for pid in pids.lines() {
                 let _ = std::fs::write(self.root.join("cgroup.procs"), pid);
             }
         }
-        for dir in self.created.iter().rev() {
+        for dir in self.dirs.iter().rev() {
             let _ = std::fs::remove_dir(dir);
         }
     }
