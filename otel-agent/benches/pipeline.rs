@@ -35,6 +35,7 @@ use common::{
     tcp_state::{ESTABLISHED, FIN_WAIT1, FIN_WAIT2, SYN_SENT},
 };
 use criterion::{Criterion, Throughput};
+use opentelemetry_sdk::trace::RandomIdGenerator;
 use otel_agent::{
     cli::Cli,
     clock::WallClock,
@@ -48,6 +49,7 @@ use otel_agent::{
     },
     isn::IsnPair,
     pipeline::{self, Routes},
+    sampling::Sampler,
     session::Session,
     stats::ExportSnapshot,
     trace_context::ConnectionIds,
@@ -356,6 +358,10 @@ async fn pipeline_run(
         spans: true,
         agent_start: SystemTime::now(),
         containers: None,
+        sampler: Sampler::resolve(&cli.sampling.flags(), |name| std::env::var(name).ok())
+            .expect("sampler"),
+        sampling: Arc::default(),
+        ids: RandomIdGenerator::default(),
     };
     let stats = Arc::new(PipelineStats::default());
     // The agent's channel capacity; the reader here waits instead of dropping, so that the

@@ -12,6 +12,7 @@
 use std::{path::Path, sync::Arc, time::SystemTime};
 
 use aya::maps::{MapData, RingBuf};
+use opentelemetry_sdk::trace::RandomIdGenerator;
 use tokio::{sync::mpsc, task::JoinHandle, time::Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -26,6 +27,7 @@ use crate::{
     pipeline::{self, Routes},
     probe::Probe,
     routing::{self, Outputs},
+    sampling::{Sampler, SamplingStats},
     shutdown::Signals,
     stats::Snapshot,
 };
@@ -41,6 +43,7 @@ pub struct Prepared {
     probe: Probe,
     ring: RingBuf<MapData>,
     agent_start: SystemTime,
+    sampler: Sampler,
 }
 
 /// Resolves and checks the configuration (a bad value stops the agent before the probe is
@@ -50,6 +53,12 @@ pub struct Prepared {
 pub fn prepare(cli: Cli) -> Result<Prepared, AgentError> {
     let config = ExportConfig::resolve(&cli.export.flags(), |name| std::env::var(name).ok())?;
     crate::export::resource::check_environment()?;
+    let sampler = Sampler::resolve(&cli.sampling.flags(), |name| std::env::var(name).ok())?;
+    tracing::info!(
+        sampler = sampler.name().name(),
+        ratio = sampler.ratio(),
+        "sampling sessions"
+    );
     let outputs = routing::prepare(&cli, &config)?;
     match &config.otlp {
         Some(target) => tracing::info!(
@@ -90,6 +99,7 @@ pub fn prepare(cli: Cli) -> Result<Prepared, AgentError> {
         probe,
         ring,
         agent_start,
+        sampler,
     })
 }
 
@@ -103,8 +113,10 @@ pub async fn run(prepared: Prepared, signals: Signals) -> Result<(), AgentError>
         mut probe,
         ring,
         agent_start,
+        sampler,
     } = prepared;
     let Outputs { exporters, sinks } = outputs.start(&cli, &config)?;
+    let sampling = Arc::new(SamplingStats::default());
 
     let routes = Routes {
         exporters: exporters.handles(),
@@ -112,6 +124,9 @@ pub async fn run(prepared: Prepared, signals: Signals) -> Result<(), AgentError>
         spans: config.otlp.is_some() || cli.output.json_output.is_some(),
         agent_start,
         containers: container_ids(),
+        sampler,
+        sampling: sampling.clone(),
+        ids: RandomIdGenerator::default(),
     };
     let stats = Arc::new(PipelineStats::default());
     let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
@@ -133,7 +148,7 @@ pub async fn run(prepared: Prepared, signals: Signals) -> Result<(), AgentError>
             );
             Default::default()
         });
-        Snapshot::take(kernel, &stats, &outputs, &sink_handles)
+        Snapshot::take(kernel, &stats, &sampling, &outputs, &sink_handles)
     };
     let mut ticker = tokio::time::interval(cli.stats_interval);
     ticker.tick().await;

@@ -1,12 +1,14 @@
 //! The stage between the reader and the outputs: takes decoded records in batches, turns
 //! each into a [`Session`] with wall-clock times (and the owner's container, for spans),
-//! and offers it to the outputs ([`Routes`]): the exporters' queues and the sinks (the
+//! asks the [`Sampler`] whether the outputs get it, and offers it to the outputs ([`Routes`]): the exporters' queues and the sinks (the
 //! tcplife console, JSON lines), none of which it ever waits for. Ends when the reader closes the
 //! channel and every record received has been handled.
 
 use std::{sync::Arc, time::SystemTime};
 
 use common::SessionRecord;
+use opentelemetry::trace::TraceId;
+use opentelemetry_sdk::trace::{IdGenerator as _, RandomIdGenerator};
 use tokio::sync::mpsc;
 
 use crate::{
@@ -15,7 +17,9 @@ use crate::{
     events::PipelineStats,
     export::{self, ExporterHandle},
     local::SinkHandle,
+    sampling::{Decision, Sampler, SamplingStats},
     session::Session,
+    trace_context::ConnectionIds,
 };
 
 /// Records taken from the channel at once; the wall clock is sampled once per batch.
@@ -33,6 +37,12 @@ pub struct Routes {
     pub agent_start: SystemTime,
     /// Container ids by pid, when `/proc` shows the host's pids (the probe reports those).
     pub containers: Option<ContainerIdCache>,
+    /// Which sessions the outputs get.
+    pub sampler: Sampler,
+    /// What the sampler decided, counted.
+    pub sampling: Arc<SamplingStats>,
+    /// The ids of spans that have no derived ones.
+    pub ids: RandomIdGenerator,
 }
 
 /// Handles records until the channel closes.
@@ -77,10 +87,29 @@ fn handle(
             return None;
         }
     };
+    if !routes.sampler.keeps_all() {
+        let decision = routes
+            .sampler
+            .decide(&session, trace_id(&session, &routes.ids));
+        routes.sampling.count(decision);
+        match decision {
+            Decision::Keep { threshold, .. } => session.threshold = threshold,
+            Decision::Drop(_) => return None,
+        }
+    }
     if routes.spans
         && let Some(containers) = &mut routes.containers
     {
         session.container_id = containers.container_id(session.pid);
     }
     Some(session)
+}
+
+/// The trace id of `session`'s span, on which the sampler decides: derived from its ISN pair
+/// when it has one (`crate::trace_context`: the same at both ends), random otherwise.
+fn trace_id(session: &Session, ids: &RandomIdGenerator) -> TraceId {
+    session.isns.map_or_else(
+        || ids.new_trace_id(),
+        |pair| ConnectionIds::derive(pair).trace_id,
+    )
 }

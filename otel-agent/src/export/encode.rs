@@ -32,6 +32,7 @@ use super::{per_process::ProcessResources, protobuf};
 use crate::{
     export::span::{self, AttributeValue, SpanText},
     session::Session,
+    threshold::Threshold,
 };
 
 /// `ExportTraceServiceRequest.resource_spans`.
@@ -46,6 +47,7 @@ const SCOPE_SPANS_SPANS: u32 = 2;
 /// `Span` fields.
 const SPAN_TRACE_ID: u32 = 1;
 const SPAN_SPAN_ID: u32 = 2;
+const SPAN_TRACE_STATE: u32 = 3;
 const SPAN_NAME: u32 = 5;
 const SPAN_KIND: u32 = 6;
 const SPAN_START: u32 = 7;
@@ -222,6 +224,9 @@ impl<I: IdGenerator> SpanEncoder<I> {
     fn span(&mut self, out: &mut Vec<u8>, session: &Session) {
         protobuf::bytes(out, SPAN_TRACE_ID, &self.ids.new_trace_id().to_bytes());
         protobuf::bytes(out, SPAN_SPAN_ID, &self.ids.new_span_id().to_bytes());
+        if let Some(threshold) = session.threshold {
+            trace_state(out, threshold);
+        }
         self.text.fill(session);
         protobuf::bytes_unless_empty(out, SPAN_NAME, self.text.name().as_bytes());
         let kind = ProtoSpanKind::from(span::kind(session.origin)) as i64;
@@ -238,6 +243,19 @@ impl<I: IdGenerator> SpanEncoder<I> {
         });
         protobuf::fixed32(out, SPAN_FLAGS, SPAN_FLAGS_SAMPLED_LOCAL_ROOT);
     }
+}
+
+/// `Span.trace_state`: the W3C tracestate `ot=th:<hex>`, the sampling threshold
+/// ([`crate::threshold`]), written without allocating.
+fn trace_state(out: &mut Vec<u8>, threshold: Threshold) {
+    use std::io::Write as _;
+    // `ot=th:` and at most 14 digits.
+    let mut text = [0u8; 20];
+    let mut rest = &mut text[..];
+    // The buffer fits the longest value: the write cannot fail.
+    let _ = write!(rest, "ot=th:{}", threshold.th());
+    let len = 20 - rest.len();
+    protobuf::bytes(out, SPAN_TRACE_STATE, &text[..len]);
 }
 
 /// One `Span.attributes` entry: a `KeyValue` whose `AnyValue` holds exactly one member,
@@ -500,5 +518,30 @@ pub(crate) mod tests {
             (scope.name.as_str(), scope.version.as_str()),
             ("otel-agent", env!("CARGO_PKG_VERSION"))
         );
+    }
+
+    /// A sampled session's span carries its threshold as its W3C tracestate; others none.
+    #[test]
+    fn the_sampling_threshold_is_the_spans_tracestate() {
+        let mut sessions = [client_session(), client_session(), client_session()];
+        sessions[0].threshold = Threshold::from_ratio(0.5);
+        sessions[1].threshold = Threshold::from_ratio(0.01);
+        let mut out = Vec::new();
+        SpanEncoder::default().resource_spans(
+            &mut out,
+            &EncodedResource::new(&resource()),
+            &sessions,
+        );
+        let request = ExportTraceServiceRequest::decode(out.as_slice()).unwrap();
+        let states: Vec<_> = request.resource_spans[0].scope_spans[0]
+            .spans
+            .iter()
+            .map(|span| span.trace_state.as_str())
+            .collect();
+        assert_eq!(states, ["ot=th:8", "ot=th:fd70a", ""]);
+        // The longest value fits.
+        let mut out = Vec::new();
+        trace_state(&mut out, Threshold::from_ratio(1e-300).unwrap());
+        assert_eq!(&out[2..], b"ot=th:ffffffffffff");
     }
 }

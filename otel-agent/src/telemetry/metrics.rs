@@ -10,7 +10,8 @@
 //! | `otel_agent.sessions.unconfirmed` | counter | `output` | sessions of requests answered with a success that was not an OTLP response (may not have arrived) |
 //! | `otel_agent.sessions.lost` | counter | `cause` (`ring_buffer_full`, `probe_skipped`, `decode_error`, `channel_full`, `queue_full`, `rejected`, `output_full`, `output_failed`, `at_shutdown`), `output` (the output's causes) | sessions lost, by cause ([`LossCause`]; `probe_skipped`: an upper bound) |
 //! | `otel_agent.probe.skipped` | counter | `program` (`inet_sock_set_state`, `tcp_receive_reset`, `sys_exit_accept`) | tracepoint hits the kernel skipped (`recursion_misses`; for `inet_sock_set_state`, those the backup program did not handle) |
-//! | `otel_agent.sessions.filtered` | counter | `cause` (`at_birth`, `after_tracking`, `unknown_birth`) | sessions deliberately left out, by cause ([`FilterCause`]) |
+//! | `otel_agent.sessions.filtered` | counter | `cause` (`at_birth`, `after_tracking`, `unknown_birth`, `sampled_out`, `drop_port`, `drop_peer`, `drop_process`) | sessions deliberately left out, by cause ([`FilterCause`]; the last four by the sampler and its drop rules, after the session metrics counted them) |
+//! | `otel_agent.sessions.kept` | counter | `rule` (`failed`, `long`) | sessions a keep rule kept whatever the sampler said |
 //! | `otel_agent.sessions.degraded` | counter | `cause` (`birth_not_seen`, `evicted`, `map_update_failed`, `probe_skipped_reset`, `probe_skipped_accept`) | sessions reported with less than they should carry, by cause ([`Degradation`]; `evicted` once the probe is detached) |
 //! | `otel_agent.sessions.birth_not_seen` | counter | | sessions reported with an unknown birth (the same as `degraded` with `cause=birth_not_seen`) |
 //! | `otel_agent.export.errors` | counter | `output` | failed export attempts (each retried) |
@@ -31,6 +32,7 @@ use crate::{
     accounting::{Degradation, FilterCause, LossCause, OutputKind, Stage},
     export::{self, ExportError, config::OtlpTarget, resource::agent_resource},
     log_text::Escaped,
+    sampling::rules::KeepRule,
     stats::Snapshot,
 };
 
@@ -202,6 +204,15 @@ fn register(meter: &Meter, latest: &Arc<Mutex<Snapshot>>) {
         },
     );
     counter(
+        "otel_agent.sessions.kept",
+        "Sessions a keep rule kept whatever the sampler said, by rule",
+        |s, i| {
+            for rule in KeepRule::ALL {
+                i.observe(s.sampling.kept(rule), &[KeyValue::new("rule", rule.name())]);
+            }
+        },
+    );
+    counter(
         "otel_agent.sessions.degraded",
         "Sessions reported with less than they should carry, by cause",
         |s, i| {
@@ -255,6 +266,7 @@ mod tests {
     use super::*;
     use crate::{
         probe::KernelCounters,
+        sampling::SamplingCounts,
         stats::{ExportSnapshot, LocalSnapshot},
     };
 
@@ -351,6 +363,14 @@ mod tests {
             },
             lost_decode_error: 2,
             lost_channel_full: 3,
+            sampling: SamplingCounts {
+                sampled_out: 14,
+                drop_port: 15,
+                drop_peer: 16,
+                drop_process: 17,
+                kept_failed: 18,
+                kept_long: 19,
+            },
             exports: vec![ExportSnapshot {
                 output: "otlp",
                 lost_queue_full: 4,
@@ -401,7 +421,15 @@ mod tests {
                 (&["cause=at_birth"], 11),
                 (&["cause=after_tracking"], 12),
                 (&["cause=unknown_birth"], 13),
+                (&["cause=sampled_out"], 14),
+                (&["cause=drop_port"], 15),
+                (&["cause=drop_peer"], 16),
+                (&["cause=drop_process"], 17),
             ],
+        );
+        check(
+            "otel_agent.sessions.kept",
+            &[(&["rule=failed"], 18), (&["rule=long"], 19)],
         );
         check(
             "otel_agent.sessions.degraded",

@@ -14,6 +14,7 @@ use crate::{
     export::ExporterHandle,
     local::SinkHandle,
     probe::KernelCounters,
+    sampling::{SamplingCounts, SamplingStats, rules::KeepRule},
 };
 
 /// One export output's counters at one moment.
@@ -92,6 +93,8 @@ pub struct Snapshot {
     pub records_read: u64,
     pub lost_decode_error: u64,
     pub lost_channel_full: u64,
+    /// The sampler's and the rules' decisions.
+    pub sampling: SamplingCounts,
     pub exports: Vec<ExportSnapshot>,
     pub locals: Vec<LocalSnapshot>,
 }
@@ -153,6 +156,7 @@ impl Snapshot {
     pub fn take(
         kernel: KernelCounters,
         pipeline: &PipelineStats,
+        sampling: &SamplingStats,
         outputs: &[ExporterHandle],
         locals: &[SinkHandle],
     ) -> Self {
@@ -162,6 +166,7 @@ impl Snapshot {
             records_read: get(&pipeline.records_read),
             lost_decode_error: get(&pipeline.lost_decode_error),
             lost_channel_full: get(&pipeline.lost_channel_full),
+            sampling: sampling.counts(),
             exports: outputs.iter().map(ExportSnapshot::of).collect(),
             locals: locals.iter().map(LocalSnapshot::of).collect(),
         }
@@ -185,6 +190,10 @@ impl Snapshot {
             FilterCause::AtBirth => self.kernel.filtered_at_birth,
             FilterCause::AfterTracking => self.kernel.filtered_after_tracking,
             FilterCause::UnknownBirth => self.kernel.unknown_birth_skipped,
+            FilterCause::SampledOut
+            | FilterCause::DropPort
+            | FilterCause::DropPeer
+            | FilterCause::DropProcess => self.sampling.filtered(cause),
         }
     }
 
@@ -213,6 +222,10 @@ impl Snapshot {
         for cause in LossCause::of_stage(Stage::Kernel).chain(LossCause::of_stage(Stage::Pipeline))
         {
             session.push(cause.key(), self.lost(cause));
+        }
+        // Kept by a rule whatever the sampler said: nothing left out.
+        for rule in KeepRule::ALL {
+            session.push(format!("kept_{}", rule.name()), self.sampling.kept(rule));
         }
         // Skipped hits a backup program handled: nothing lost, nothing degraded.
         session.push("recovered_probe_skipped", kernel.recovered_state_change);
@@ -272,6 +285,7 @@ mod tests {
             records_read: 10,
             lost_decode_error: 0,
             lost_channel_full: 1,
+            sampling: SamplingCounts::default(),
             exports: vec![ExportSnapshot {
                 output: "otlp",
                 enqueued: 8,
@@ -329,8 +343,10 @@ mod tests {
             [
                 "session accounting when=\"final\" kernel_tracked=12 kernel_emitted=10 \
                  records_read=10 filtered_at_birth=3 filtered_after_tracking=4 \
-                 filtered_unknown_birth=6 lost_ring_buffer_full=2 lost_probe_skipped=7 \
-                 lost_decode_error=0 lost_channel_full=1 recovered_probe_skipped=8 \
+                 filtered_unknown_birth=6 filtered_sampled_out=0 filtered_drop_port=0 \
+                 filtered_drop_peer=0 filtered_drop_process=0 lost_ring_buffer_full=2 lost_probe_skipped=7 \
+                 lost_decode_error=0 lost_channel_full=1 kept_failed=0 kept_long=0 \
+                 recovered_probe_skipped=8 \
                  degraded_birth_not_seen=5 degraded_evicted=1 degraded_map_update_failed=1 \
                  degraded_probe_skipped_reset=9 degraded_probe_skipped_accept=10",
                 "export accounting when=\"final\" output=\"otlp\" enqueued=8 exported=7 \
@@ -358,7 +374,7 @@ mod tests {
         assert_eq!(
             lines[3],
             "the final accounting does not reconcile imbalance=console: written + unconfirmed \
-             + lost + queued = 10, but records_read - the pipeline's losses = 9"
+             + lost + queued = 10, but records_read - the pipeline's losses and filters = 9"
         );
         let json = Accounting::final_json(&lines.join("\n")).unwrap();
         assert_eq!(json["reconciled"], false, "{json}");
