@@ -1,7 +1,7 @@
 //! Which sessions the outputs get: the sampler (`OTEL_TRACES_SAMPLER`,
 //! `OTEL_TRACES_SAMPLER_ARG`, or their flags) and the [`rules`] that override it, decided per
-//! session in the pipeline, after the session metrics have counted it. What is left out is a
-//! [`FilterCause`] (intentional, never a loss).
+//! session in the pipeline, after the session metrics have counted it. What is left out is
+//! counted by [`Dropped`] cause (the accounting's `FilterCause`s: intentional, never a loss).
 //!
 //! The ratio samplers are consistent probability samplers ([`crate::threshold`]): a session
 //! is kept when its trace id's randomness is at or above the ratio's threshold, and its span
@@ -22,9 +22,20 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use opentelemetry::trace::TraceId;
 
 use self::rules::{KeepRule, Rules};
-use crate::{
-    accounting::FilterCause, export::config::ConfigError, session::Session, threshold::Threshold,
-};
+use crate::{export::config::ConfigError, session::Session, threshold::Threshold};
+
+/// Why a session is left out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dropped {
+    /// The sampler's ratio (or `always_off`).
+    SampledOut,
+    /// A drop rule on its local or peer port.
+    Port,
+    /// A drop rule on its peer's network.
+    Peer,
+    /// A drop rule on its owner's name.
+    Process,
+}
 
 /// The standard sampler names (`OTEL_TRACES_SAMPLER`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,7 +122,7 @@ pub enum Decision {
         rule: Option<KeepRule>,
     },
     /// Leave it out, for this reason.
-    Drop(FilterCause),
+    Drop(Dropped),
 }
 
 impl Sampler {
@@ -221,12 +232,12 @@ impl Sampler {
                 threshold: None,
                 rule: None,
             },
-            Base::None => Decision::Drop(FilterCause::SampledOut),
+            Base::None => Decision::Drop(Dropped::SampledOut),
             Base::Ratio(threshold) if threshold.keeps(trace_id) => Decision::Keep {
                 threshold: Some(threshold),
                 rule: None,
             },
-            Base::Ratio(_) => Decision::Drop(FilterCause::SampledOut),
+            Base::Ratio(_) => Decision::Drop(Dropped::SampledOut),
         }
     }
 }
@@ -257,10 +268,10 @@ impl SamplingStats {
     /// Counts `decision`: a drop by its cause, a keep by the rule that kept it.
     pub fn count(&self, decision: Decision) {
         let counter = match decision {
-            Decision::Drop(FilterCause::SampledOut) => &self.sampled_out,
-            Decision::Drop(FilterCause::DropPort) => &self.drop_port,
-            Decision::Drop(FilterCause::DropPeer) => &self.drop_peer,
-            Decision::Drop(FilterCause::DropProcess) => &self.drop_process,
+            Decision::Drop(Dropped::SampledOut) => &self.sampled_out,
+            Decision::Drop(Dropped::Port) => &self.drop_port,
+            Decision::Drop(Dropped::Peer) => &self.drop_peer,
+            Decision::Drop(Dropped::Process) => &self.drop_process,
             Decision::Keep {
                 rule: Some(KeepRule::Failed),
                 ..
@@ -269,10 +280,7 @@ impl SamplingStats {
                 rule: Some(KeepRule::Long),
                 ..
             } => &self.kept_long,
-            Decision::Keep { rule: None, .. }
-            | Decision::Drop(
-                FilterCause::AtBirth | FilterCause::AfterTracking | FilterCause::UnknownBirth,
-            ) => return,
+            Decision::Keep { rule: None, .. } => return,
         };
         counter.fetch_add(1, Ordering::Relaxed);
     }
@@ -292,17 +300,6 @@ impl SamplingStats {
 }
 
 impl SamplingCounts {
-    /// Sessions left out for `cause` (0 for a kernel's cause).
-    pub fn filtered(&self, cause: FilterCause) -> u64 {
-        match cause {
-            FilterCause::SampledOut => self.sampled_out,
-            FilterCause::DropPort => self.drop_port,
-            FilterCause::DropPeer => self.drop_peer,
-            FilterCause::DropProcess => self.drop_process,
-            FilterCause::AtBirth | FilterCause::AfterTracking | FilterCause::UnknownBirth => 0,
-        }
-    }
-
     /// Sessions `rule` kept.
     pub fn kept(&self, rule: KeepRule) -> u64 {
         match rule {
@@ -457,7 +454,7 @@ mod tests {
         assert_eq!(ratio.decide(&session, above), keep(Some(half), None));
         assert_eq!(
             ratio.decide(&session, below),
-            Decision::Drop(FilterCause::SampledOut)
+            Decision::Drop(Dropped::SampledOut)
         );
         let on = sampler("always_on", Rules::default());
         assert_eq!(on.decide(&session, below), keep(None, None));
@@ -465,7 +462,7 @@ mod tests {
         let off = sampler("always_off", Rules::default());
         assert_eq!(
             off.decide(&session, above),
-            Decision::Drop(FilterCause::SampledOut)
+            Decision::Drop(Dropped::SampledOut)
         );
 
         // A keep rule overrides the ratio, with an adjusted count of 1.
@@ -487,7 +484,7 @@ mod tests {
         };
         assert_eq!(
             sampler("always_on", drop.clone()).decide(&session, above),
-            Decision::Drop(FilterCause::DropPort)
+            Decision::Drop(Dropped::Port)
         );
         assert!(!sampler("always_on", drop).keeps_all());
     }

@@ -5,7 +5,8 @@
 
 use std::{net::IpAddr, time::Duration};
 
-use crate::{accounting::FilterCause, export::span, session::Session};
+use super::Dropped;
+use crate::{export::span, session::Session};
 
 /// The rules, as plain values (the command line builds them).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -57,11 +58,11 @@ impl Rules {
     }
 
     /// The drop rule that matches `session`, if any (the first: ports, peer, process).
-    pub fn dropped(&self, session: &Session) -> Option<FilterCause> {
+    pub fn dropped(&self, session: &Session) -> Option<Dropped> {
         if self.drop_local_ports.contains(&session.local.port())
             || self.drop_peer_ports.contains(&session.remote.port())
         {
-            return Some(FilterCause::DropPort);
+            return Some(Dropped::Port);
         }
         let peer = session.remote.ip().to_canonical();
         if self
@@ -69,10 +70,10 @@ impl Rules {
             .iter()
             .any(|network| network.contains(peer))
         {
-            return Some(FilterCause::DropPeer);
+            return Some(Dropped::Peer);
         }
         if self.drop_processes.contains(&session.comm) {
-            return Some(FilterCause::DropProcess);
+            return Some(Dropped::Process);
         }
         None
     }
@@ -190,16 +191,16 @@ mod tests {
         assert_eq!(dropped(|_| {}), None);
         assert_eq!(
             dropped(|r| r.drop_local_ports = vec![40_000]),
-            Some(FilterCause::DropPort)
+            Some(Dropped::Port)
         );
         assert_eq!(dropped(|r| r.drop_local_ports = vec![8080]), None);
         assert_eq!(
             dropped(|r| r.drop_peer_ports = vec![53, 8080]),
-            Some(FilterCause::DropPort)
+            Some(Dropped::Port)
         );
         assert_eq!(
             dropped(|r| r.drop_peer_networks = vec![Network::parse("127.0.0.0/8").unwrap()]),
-            Some(FilterCause::DropPeer)
+            Some(Dropped::Peer)
         );
         assert_eq!(
             dropped(|r| r.drop_peer_networks = vec![Network::parse("10.0.0.0/8").unwrap()]),
@@ -207,7 +208,7 @@ mod tests {
         );
         assert_eq!(
             dropped(|r| r.drop_processes = vec!["curl".into()]),
-            Some(FilterCause::DropProcess)
+            Some(Dropped::Process)
         );
         assert_eq!(dropped(|r| r.drop_processes = vec!["cur".into()]), None);
     }

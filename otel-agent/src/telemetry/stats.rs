@@ -190,10 +190,10 @@ impl Snapshot {
             FilterCause::AtBirth => self.kernel.filtered_at_birth,
             FilterCause::AfterTracking => self.kernel.filtered_after_tracking,
             FilterCause::UnknownBirth => self.kernel.unknown_birth_skipped,
-            FilterCause::SampledOut
-            | FilterCause::DropPort
-            | FilterCause::DropPeer
-            | FilterCause::DropProcess => self.sampling.filtered(cause),
+            FilterCause::SampledOut => self.sampling.sampled_out,
+            FilterCause::DropPort => self.sampling.drop_port,
+            FilterCause::DropPeer => self.sampling.drop_peer,
+            FilterCause::DropProcess => self.sampling.drop_process,
         }
     }
 
