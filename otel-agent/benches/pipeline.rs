@@ -362,6 +362,7 @@ async fn pipeline_run(
             .expect("sampler"),
         sampling: Arc::default(),
         ids: RandomIdGenerator::default(),
+        metrics: None,
     };
     let stats = Arc::new(PipelineStats::default());
     // The agent's channel capacity; the reader here waits instead of dropping, so that the

@@ -21,7 +21,11 @@ use crate::{
     container::{ContainerIdCache, proc_shows_host_pids},
     error::AgentError,
     events::{self, PipelineStats},
-    export::config::{ExportConfig, Redacted},
+    export::{
+        config::{ExportConfig, Redacted},
+        resource::agent_resource,
+        session_metrics::{MetricsSettings, SessionMetrics},
+    },
     log_text::{Escaped, with_causes},
     metrics::SelfMetrics,
     pipeline::{self, Routes},
@@ -44,6 +48,7 @@ pub struct Prepared {
     ring: RingBuf<MapData>,
     agent_start: SystemTime,
     sampler: Sampler,
+    metrics: MetricsSettings,
 }
 
 /// Resolves and checks the configuration (a bad value stops the agent before the probe is
@@ -54,6 +59,10 @@ pub fn prepare(cli: Cli) -> Result<Prepared, AgentError> {
     let config = ExportConfig::resolve(&cli.export.flags(), |name| std::env::var(name).ok())?;
     crate::export::resource::check_environment()?;
     let sampler = Sampler::resolve(&cli.sampling.flags(), |name| std::env::var(name).ok())?;
+    let metrics =
+        MetricsSettings::resolve(cli.sampling.session_metrics_cardinality_limit, |name| {
+            std::env::var(name).ok()
+        })?;
     tracing::info!(
         sampler = sampler.name().name(),
         ratio = sampler.ratio(),
@@ -100,6 +109,7 @@ pub fn prepare(cli: Cli) -> Result<Prepared, AgentError> {
         ring,
         agent_start,
         sampler,
+        metrics,
     })
 }
 
@@ -114,9 +124,20 @@ pub async fn run(prepared: Prepared, signals: Signals) -> Result<(), AgentError>
         ring,
         agent_start,
         sampler,
+        metrics,
     } = prepared;
     let Outputs { exporters, sinks } = outputs.start(&cli, &config)?;
     let sampling = Arc::new(SamplingStats::default());
+    let (session_metrics, recorder) = match &config.otlp {
+        Some(target) if cli.sampling.session_metrics => {
+            let exporter = crate::export::metric_exporter(target, Some(metrics.temporality))?;
+            // Today one resource, the agent's; per workload once the workloads have theirs.
+            let (session_metrics, recorder) =
+                SessionMetrics::start(exporter, metrics, agent_resource());
+            (Some(session_metrics), Some(recorder))
+        }
+        _ => (None, None),
+    };
 
     let routes = Routes {
         exporters: exporters.handles(),
@@ -127,6 +148,7 @@ pub async fn run(prepared: Prepared, signals: Signals) -> Result<(), AgentError>
         sampler,
         sampling: sampling.clone(),
         ids: RandomIdGenerator::default(),
+        metrics: recorder,
     };
     let stats = Arc::new(PipelineStats::default());
     let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
@@ -220,15 +242,27 @@ pub async fn run(prepared: Prepared, signals: Signals) -> Result<(), AgentError>
     }
     let last = snapshot(&probe);
     last.log("final");
-    if let Some(metrics) = self_metrics {
-        metrics.update(last);
-        if let Err(error) = metrics
-            .shutdown(deadline.saturating_duration_since(Instant::now()))
-            .await
-        {
-            failures.push(error);
+    // The last export of each: the self-metrics and the session metrics, together.
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    let (self_result, session_result) = tokio::join!(
+        async {
+            match self_metrics {
+                Some(metrics) => {
+                    metrics.update(last);
+                    metrics.shutdown(remaining).await
+                }
+                None => Ok(()),
+            }
+        },
+        async {
+            match session_metrics {
+                Some(metrics) => metrics.shutdown(remaining).await,
+                None => Ok(()),
+            }
         }
-    }
+    );
+    failures.extend(self_result.err());
+    failures.extend(session_result.err());
 
     let pipeline_result = pipeline_result.map(|result| result.map(Ok));
     for (task, result) in [("reader", reader_result), ("pipeline", pipeline_result)] {

@@ -11,7 +11,10 @@ use clap::{
 use common::{AF_INET, AF_INET6, Filters, MAX_FILTER_PORTS};
 
 use crate::{
-    export::config::{ExportFlags, INDEFINITE_TIMEOUT, MAX_DURATION, OtlpProtocol},
+    export::{
+        config::{ExportFlags, INDEFINITE_TIMEOUT, MAX_DURATION, OtlpProtocol},
+        session_metrics::DEFAULT_CARDINALITY_LIMIT,
+    },
     probe::{ProbeOptions, StateProbe},
     sampling::{
         SamplingFlags,
@@ -269,8 +272,8 @@ pub struct ProbeArgs {
     pub attach: AttachType,
 }
 
-/// Which sessions the outputs get (README "Sampling"): the sampler and the rules that
-/// override it. The session metrics count every session before them.
+/// Volume control (README "Sampling"): which sessions the outputs get (the sampler and the
+/// rules that override it), and the session metrics, which count every session before them.
 #[derive(Debug, Args)]
 pub struct SamplingArgs {
     /// The sampler: always_on, always_off, traceidratio, parentbased_always_on,
@@ -319,6 +322,31 @@ pub struct SamplingArgs {
     /// (comma-separated, exact).
     #[arg(long, env = "OTEL_AGENT_SAMPLE_DROP_PROCESSES", value_name = "NAME,...", value_parser = parse_process_names)]
     pub sample_drop_processes: Option<ProcessNames>,
+
+    /// Export the session metrics (tcp.session.duration, tcp.session.payload) next to the
+    /// spans, counted before the sampler and its rules: true or false. Interval:
+    /// OTEL_METRIC_EXPORT_INTERVAL (ms, default 60000); temporality:
+    /// OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE (default cumulative).
+    #[arg(
+        long,
+        env = "OTEL_AGENT_SESSION_METRICS",
+        value_name = "BOOL",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    pub session_metrics: bool,
+
+    /// Attribute sets of tcp.session.duration at most (tcp.session.payload: twice, one per
+    /// direction); sessions beyond are counted in one series with otel.metric.overflow=true,
+    /// so that a port scan cannot grow memory without limit. A positive integer.
+    #[arg(
+        long,
+        env = "OTEL_AGENT_SESSION_METRICS_CARDINALITY_LIMIT",
+        value_name = "SETS",
+        default_value_t = DEFAULT_CARDINALITY_LIMIT,
+        value_parser = parse_positive
+    )]
+    pub session_metrics_cardinality_limit: usize,
 }
 
 impl SamplingArgs {

@@ -1,6 +1,7 @@
 //! The stage between the reader and the outputs: takes decoded records in batches, turns
 //! each into a [`Session`] with wall-clock times (and the owner's container, for spans),
-//! asks the [`Sampler`] whether the outputs get it, and offers it to the outputs ([`Routes`]): the exporters' queues and the sinks (the
+//! counts it in the session metrics, asks the [`Sampler`] whether the outputs get it, and
+//! offers it to the outputs ([`Routes`]): the exporters' queues and the sinks (the
 //! tcplife console, JSON lines), none of which it ever waits for. Ends when the reader closes the
 //! channel and every record received has been handled.
 
@@ -15,7 +16,7 @@ use crate::{
     clock::WallClock,
     container::ContainerIdCache,
     events::PipelineStats,
-    export::{self, ExporterHandle},
+    export::{self, ExporterHandle, session_metrics::SessionRecorder},
     local::SinkHandle,
     sampling::{Decision, Sampler, SamplingStats},
     session::Session,
@@ -43,6 +44,8 @@ pub struct Routes {
     pub sampling: Arc<SamplingStats>,
     /// The ids of spans that have no derived ones.
     pub ids: RandomIdGenerator,
+    /// The session metrics, when exported: every session, before the sampler.
+    pub metrics: Option<SessionRecorder>,
 }
 
 /// Handles records until the channel closes.
@@ -87,6 +90,9 @@ fn handle(
             return None;
         }
     };
+    if let Some(metrics) = &mut routes.metrics {
+        metrics.record(&session);
+    }
     if !routes.sampler.keeps_all() {
         let decision = routes
             .sampler

@@ -448,7 +448,7 @@ fn parse_bool(source: &str, value: &str) -> Result<bool, ConfigError> {
 }
 
 /// Durations in `OTEL_*` variables are integer milliseconds, at most [`MAX_DURATION`].
-fn parse_millis(source: &str, value: &str) -> Result<Duration, ConfigError> {
+pub(crate) fn parse_millis(source: &str, value: &str) -> Result<Duration, ConfigError> {
     value
         .trim()
         .parse::<u64>()

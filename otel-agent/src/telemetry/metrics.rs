@@ -31,7 +31,6 @@ use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
 use crate::{
     accounting::{Degradation, FilterCause, LossCause, OutputKind, Stage},
     export::{self, ExportError, config::OtlpTarget, resource::agent_resource},
-    log_text::Escaped,
     sampling::rules::KeepRule,
     stats::Snapshot,
 };
@@ -47,7 +46,7 @@ type Observe = fn(&Snapshot, &dyn AsyncInstrument<u64>);
 impl SelfMetrics {
     /// Starts exporting to `target` every `interval`.
     pub fn start(target: &OtlpTarget, interval: Duration) -> Result<Self, ExportError> {
-        let reader = PeriodicReader::builder(export::metric_exporter(target)?)
+        let reader = PeriodicReader::builder(export::metric_exporter(target, None)?)
             .with_interval(interval)
             .build();
         let provider = SdkMeterProvider::builder()
@@ -66,34 +65,10 @@ impl SelfMetrics {
         }
     }
 
-    /// Exports the last snapshot and stops, giving up after `timeout` (what remains of the
-    /// shutdown deadline: the SDK's own shutdown waits up to 5 s whatever it is told). An
-    /// export that fails or is cut short is a warning; a panic is an error.
+    /// Exports the last snapshot and stops, giving up after `timeout`
+    /// ([`export::shutdown_meter_provider`]).
     pub async fn shutdown(self, timeout: Duration) -> Result<(), String> {
-        let provider = self.provider;
-        let shutdown = tokio::task::spawn_blocking(move || provider.shutdown());
-        match tokio::time::timeout(timeout, shutdown).await {
-            Ok(Ok(Ok(()))) => Ok(()),
-            Ok(Ok(Err(error))) => {
-                tracing::warn!(
-                    error = %Escaped(&error.to_string()),
-                    "the last self-metrics were not exported"
-                );
-                Ok(())
-            }
-            Ok(Err(error)) => Err(format!(
-                "the self-metrics shutdown panicked: {}",
-                Escaped(&error.to_string())
-            )),
-            // The blocking thread is left behind; the process exits without waiting for it.
-            Err(_) => {
-                tracing::warn!(
-                    ?timeout,
-                    "the last self-metrics were not exported: the shutdown deadline passed"
-                );
-                Ok(())
-            }
-        }
+        export::shutdown_meter_provider(self.provider, timeout, "self-metrics").await
     }
 }
 
