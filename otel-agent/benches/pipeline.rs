@@ -35,7 +35,8 @@ use common::{
     tcp_state::{ESTABLISHED, FIN_WAIT1, FIN_WAIT2, SYN_SENT},
 };
 use criterion::{Criterion, Throughput};
-use opentelemetry_sdk::trace::RandomIdGenerator;
+use opentelemetry::trace::TraceId;
+use opentelemetry_sdk::{metrics::InMemoryMetricExporter, trace::RandomIdGenerator};
 use otel_agent::{
     cli::Cli,
     clock::WallClock,
@@ -45,6 +46,7 @@ use otel_agent::{
         config::{BatchSettings, ExportConfig},
         encode::RequestEncoder,
         resource::agent_resource,
+        session_metrics::{DEFAULT_CARDINALITY_LIMIT, MetricsSettings, SessionMetrics},
         span::{self, SpanText},
     },
     isn::IsnPair,
@@ -166,6 +168,40 @@ fn per_session(c: &mut Criterion) {
     group.throughput(Throughput::Elements(EXPORT_BATCH as u64));
     group.bench_function("encode", |b| {
         b.iter(|| encoder.encode(black_box(&batch)));
+    });
+    group.finish();
+}
+
+/// The per-session cost of volume control: the session metrics (the SDK's histogram and
+/// counter, attribute sets cached) and the sampler's decision (a ratio and a drop rule).
+fn volume(c: &mut Criterion) {
+    let clock = WallClock::sample();
+    let session = Session::from_record(&record(7), clock, SystemTime::now()).expect("decodes");
+    let settings = MetricsSettings::resolve(DEFAULT_CARDINALITY_LIMIT, |_| None).expect("settings");
+    let (_metrics, mut recorder) = SessionMetrics::start(
+        InMemoryMetricExporter::default(),
+        settings,
+        agent_resource(),
+    );
+    let cli = Cli::try_parse_from([
+        "otel-agent",
+        "--traces-sampler",
+        "traceidratio",
+        "--traces-sampler-arg",
+        "0.1",
+        "--sample-drop-peer-ports",
+        "53,10250",
+    ])
+    .expect("command line");
+    let sampler = Sampler::resolve(&cli.sampling.flags(), |_| None).expect("sampler");
+    let trace_id = TraceId::from_bytes([0x5a; 16]);
+    let mut group = c.benchmark_group("volume");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("session_metrics", |b| {
+        b.iter(|| recorder.record(black_box(&session)));
+    });
+    group.bench_function("sample", |b| {
+        b.iter(|| sampler.decide(black_box(&session), black_box(trace_id)));
     });
     group.finish();
 }
@@ -520,6 +556,7 @@ fn main() {
         .configure_from_args();
     per_session(&mut criterion);
     trace_context(&mut criterion);
+    volume(&mut criterion);
     criterion.final_summary();
     if pipeline_selected() {
         // Without `--bench` (`cargo test --benches`), criterion runs each function once;

@@ -28,7 +28,7 @@ use std::{collections::HashMap, time::Duration};
 use common::user::Origin;
 use opentelemetry::{
     KeyValue,
-    metrics::{Counter, Histogram, MeterProvider as _},
+    metrics::{BoundCounter, BoundHistogram, Counter, Histogram, MeterProvider as _},
 };
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind as ProtoSpanKind;
 use opentelemetry_sdk::{
@@ -120,13 +120,17 @@ pub struct SessionMetrics {
 }
 
 /// Records sessions into the metrics (the pipeline's half).
-#[derive(Debug)]
+///
+/// Each attribute set is bound once (the SDK's bound instruments: a measurement then goes
+/// straight to its aggregator, without hashing the attributes again), at most the
+/// cardinality limit of them; sessions beyond share one binding, which the SDK resolves to
+/// the overflow series.
 pub struct SessionRecorder {
     duration: Histogram<f64>,
     payload: Counter<u64>,
-    /// The attribute sets seen, by (origin, server port, error), at most the cardinality
-    /// limit; a session beyond builds its own (and lands in the overflow series).
-    attributes: HashMap<AttributeKey, Attributes>,
+    bound: HashMap<AttributeKey, Bound>,
+    /// The binding of every attribute set beyond the limit: the overflow series.
+    overflow: Option<Bound>,
     limit: usize,
 }
 
@@ -134,11 +138,14 @@ pub struct SessionRecorder {
 /// (origin) and status (error or not).
 type AttributeKey = (u8, u16, bool);
 
-/// One attribute set in both directions; the duration uses the first three.
-#[derive(Debug)]
-struct Attributes {
-    transmit: [KeyValue; 4],
-    receive: [KeyValue; 4],
+/// One attribute set's instruments, bound; the payload counters at the first session whose
+/// payload is known (a bound series is exported even when nothing was added to it).
+struct Bound {
+    duration: BoundHistogram<f64>,
+    /// Transmit and receive.
+    payload: Option<(BoundCounter<u64>, BoundCounter<u64>)>,
+    /// Whether it is the overflow series.
+    overflow: bool,
 }
 
 impl SessionMetrics {
@@ -180,7 +187,8 @@ impl SessionMetrics {
         let recorder = SessionRecorder {
             duration,
             payload,
-            attributes: HashMap::new(),
+            bound: HashMap::new(),
+            overflow: None,
             limit,
         };
         (Self { provider }, recorder)
@@ -200,25 +208,59 @@ impl SessionRecorder {
             server_port(session),
             span::error_message(session).is_some(),
         );
-        let built;
-        let attributes = match self.attributes.get(&key) {
-            Some(attributes) => attributes,
-            None if self.attributes.len() < self.limit => self
-                .attributes
+        let (duration, counter) = (&self.duration, &self.payload);
+        let bound = if self.bound.contains_key(&key) || self.bound.len() < self.limit {
+            self.bound
                 .entry(key)
-                .or_insert_with(|| attributes(session)),
-            None => {
-                built = attributes(session);
-                &built
-            }
+                .or_insert_with(|| Bound::new(duration, Some(session)))
+        } else {
+            self.overflow
+                .get_or_insert_with(|| Bound::new(duration, None))
         };
-        self.duration
-            .record(session.duration().as_secs_f64(), &attributes.transmit[..3]);
+        bound.duration.record(session.duration().as_secs_f64());
         if let Some(payload) = session.payload {
-            self.payload.add(payload.sent, &attributes.transmit);
-            self.payload.add(payload.received, &attributes.receive);
+            let overflowed = bound.overflow;
+            let (transmit, receive) = bound.payload.get_or_insert_with(|| {
+                if overflowed {
+                    (counter.bind(&overflow()), counter.bind(&overflow()))
+                } else {
+                    let Attributes { transmit, receive } = attributes(session);
+                    (counter.bind(&transmit), counter.bind(&receive))
+                }
+            });
+            transmit.add(payload.sent);
+            receive.add(payload.received);
         }
     }
+}
+
+impl Bound {
+    /// The duration of `session`'s attribute set bound, or of the overflow series for
+    /// `None`.
+    fn new(duration: &Histogram<f64>, session: Option<&Session>) -> Self {
+        let duration = match session {
+            Some(session) => duration.bind(&attributes(session).transmit[..3]),
+            None => duration.bind(&overflow()),
+        };
+        Self {
+            duration,
+            payload: None,
+            overflow: session.is_none(),
+        }
+    }
+}
+
+/// The overflow series' attributes (the SDK puts there what is beyond the limit; binding it
+/// by name keeps every session beyond the recorder's limit there, in both directions, even
+/// while the payload counter's own limit is not reached).
+fn overflow() -> [KeyValue; 1] {
+    [KeyValue::new("otel.metric.overflow", true)]
+}
+
+/// One attribute set in both directions; the duration uses the first three.
+struct Attributes {
+    transmit: [KeyValue; 4],
+    receive: [KeyValue; 4],
 }
 
 /// The port of the side that accepted: the span name's port.
@@ -422,8 +464,14 @@ mod tests {
         assert_eq!(points[&first], (2, 2.0));
         // Every session is still counted once.
         assert_eq!(points.values().map(|(count, _)| count).sum::<u64>(), 11);
-        // The recorder's own cache holds no more than the limit.
-        assert_eq!(recorder.attributes.len(), 3);
+        // The payload of the sessions beyond the limit, both directions, in the overflow
+        // series (the counter's own limit, 6, is not reached).
+        let payload = counter(&exporter.get_finished_metrics().unwrap());
+        assert_eq!(payload.len(), 7, "{payload:?}");
+        assert_eq!(payload[&strings(&["otel.metric.overflow=true"])], 14);
+        // The recorder binds no more than the limit, and one overflow binding.
+        assert_eq!(recorder.bound.len(), 3);
+        assert!(recorder.overflow.is_some());
     }
 
     #[test]
