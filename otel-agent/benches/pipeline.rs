@@ -36,7 +36,7 @@ use common::{
 };
 use criterion::{Criterion, Throughput};
 use opentelemetry::trace::TraceId;
-use opentelemetry_sdk::{metrics::InMemoryMetricExporter, trace::RandomIdGenerator};
+use opentelemetry_sdk::metrics::InMemoryMetricExporter;
 use otel_agent::{
     cli::Cli,
     clock::WallClock,
@@ -50,6 +50,7 @@ use otel_agent::{
         span::{self, SpanText},
     },
     isn::IsnPair,
+    link_policy::LinkPolicy,
     pipeline::{self, Routes},
     sampling::Sampler,
     session::Session,
@@ -121,7 +122,12 @@ fn bytes_of(record: &SessionRecord) -> Vec<u8> {
 /// `EXPORT_BATCH` sessions, as the export queue hands them to the encoder.
 fn session_batch(clock: WallClock, agent_start: SystemTime) -> Vec<Arc<Session>> {
     (0..EXPORT_BATCH as u64)
-        .map(|i| Arc::new(Session::from_record(&record(i), clock, agent_start).expect("decodes")))
+        .map(|i| {
+            Arc::new(
+                Session::from_record(&record(i), clock, agent_start, &LinkPolicy::All)
+                    .expect("decodes"),
+            )
+        })
         .collect()
 }
 
@@ -130,7 +136,8 @@ fn per_session(c: &mut Criterion) {
     let agent_start = SystemTime::now();
     let record = record(7);
     let bytes = bytes_of(&record);
-    let session = Session::from_record(&record, clock, agent_start).expect("decodes");
+    let session =
+        Session::from_record(&record, clock, agent_start, &LinkPolicy::All).expect("decodes");
 
     let mut group = c.benchmark_group("per_session");
     group.throughput(Throughput::Elements(1));
@@ -138,7 +145,7 @@ fn per_session(c: &mut Criterion) {
         b.iter(|| SessionRecord::decode(black_box(&bytes)));
     });
     group.bench_function("session_from_record", |b| {
-        b.iter(|| Session::from_record(black_box(&record), clock, agent_start));
+        b.iter(|| Session::from_record(black_box(&record), clock, agent_start, &LinkPolicy::All));
     });
     let mut text = SpanText::default();
     group.bench_function("span_text", |b| {
@@ -176,7 +183,8 @@ fn per_session(c: &mut Criterion) {
 /// counter, attribute sets cached) and the sampler's decision (a ratio and a drop rule).
 fn volume(c: &mut Criterion) {
     let clock = WallClock::sample();
-    let session = Session::from_record(&record(7), clock, SystemTime::now()).expect("decodes");
+    let session = Session::from_record(&record(7), clock, SystemTime::now(), &LinkPolicy::All)
+        .expect("decodes");
     let settings = MetricsSettings::resolve(DEFAULT_CARDINALITY_LIMIT, |_| None).expect("settings");
     let (_metrics, mut recorder) = SessionMetrics::start(
         InMemoryMetricExporter::default(),
@@ -393,11 +401,11 @@ async fn pipeline_run(
         sinks: Vec::new(),
         spans: true,
         agent_start: SystemTime::now(),
+        links: LinkPolicy::All,
         containers: None,
         sampler: Sampler::resolve(&cli.sampling.flags(), |name| std::env::var(name).ok())
             .expect("sampler"),
         sampling: Arc::default(),
-        ids: RandomIdGenerator::default(),
         metrics: None,
     };
     let stats = Arc::new(PipelineStats::default());

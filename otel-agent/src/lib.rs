@@ -4,7 +4,8 @@
 //! Data flows one way, and the folders follow it (`docs/ARCHITECTURE.md` draws the flow):
 //! `capture/` ([`probe`] loads the kernel probe, [`events`] reads its ring buffer) ->
 //! `session/` (a record decoded into a [`session`], with [`clock`] and `container`;
-//! [`trace_context`] derives a connection's ids) ->
+//! [`trace_context`] derives a connection's ids, [`span_context`] decides each span's under
+//! the [`link_policy`]) ->
 //! `export/` ([`export`]: the OTLP exporters, the span mapping [`export::span`] and the
 //! [`export::resource`]) and `sinks/` (the local outputs, `local`: the `console` and
 //! `json_lines`). `telemetry/` counts every session ([`accounting`], [`stats`], `metrics`);
@@ -29,10 +30,14 @@ pub mod clock;
 pub(crate) mod container;
 #[path = "session/isn.rs"]
 pub mod isn;
+#[path = "session/link_policy.rs"]
+pub mod link_policy;
 #[path = "app/pipeline.rs"]
 pub mod pipeline;
 #[path = "session/session.rs"]
 pub mod session;
+#[path = "session/span_context.rs"]
+pub mod span_context;
 #[path = "session/threshold.rs"]
 pub mod threshold;
 #[path = "session/trace_context.rs"]

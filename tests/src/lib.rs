@@ -1,11 +1,12 @@
 //! Helpers for the tests that need the real kernel and real peers: privilege checks, real
 //! loopback traffic from this process ([`traffic`]) or between two peer processes
-//! ([`peer`]), a private mount namespace that hides tracefs ([`mountns`]), child processes
+//! ([`peer`]), the SYN and SYN-ACK sequence numbers on the wire ([`capture`]), a private mount namespace that hides tracefs ([`mountns`]), child processes
 //! that are always reaped ([`process`]), the real rotel collector ([`rotel`]), an
 //! in-process OTLP receiver for exact assertions on headers, compression, batching and TLS
 //! ([`receiver`]), a TCP front in front of it that injects transport faults ([`fault`]) and the real libbpf-tools tcplife ([`tcplife`]).
 
 pub mod agent;
+pub mod capture;
 pub mod fault;
 pub mod mountns;
 pub mod netns;

@@ -20,9 +20,13 @@ use std::{
 };
 
 use http_body_util::{BodyExt as _, Full};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
-    trace_service_server::{TraceService, TraceServiceServer},
+use opentelemetry_proto::tonic::{
+    collector::trace::v1::{
+        ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
+        trace_service_server::{TraceService, TraceServiceServer},
+    },
+    common::v1::any_value::Value,
+    trace::v1::Span,
 };
 use prost::Message as _;
 
@@ -578,22 +582,18 @@ impl Pki {
     }
 }
 
-/// The spans of `exchange` (both of its ends: local and peer ports its own) in `received`.
+/// The number of spans of `exchange` in `received` ([`spans_for`]).
 pub fn spans_of(received: &[Received], exchange: &Exchange) -> usize {
-    use opentelemetry_proto::tonic::{common::v1::any_value::Value, trace::v1::Span};
+    spans_for(received, exchange).len()
+}
+
+/// The spans of `exchange` (both of its ends: local and peer ports its own) in `received`,
+/// in the order they arrived.
+pub fn spans_for(received: &[Received], exchange: &Exchange) -> Vec<Span> {
     let ports = [
         i64::from(exchange.client.port()),
         i64::from(exchange.server.port()),
     ];
-    let port = |span: &Span, key: &str| {
-        span.attributes
-            .iter()
-            .find(|kv| kv.key == key)
-            .and_then(|kv| match kv.value.as_ref()?.value {
-                Some(Value::IntValue(port)) => Some(port),
-                _ => None,
-            })
-    };
     received
         .iter()
         .flat_map(|r| &r.request.resource_spans)
@@ -601,9 +601,21 @@ pub fn spans_of(received: &[Received], exchange: &Exchange) -> usize {
         .flat_map(|ss| &ss.spans)
         .filter(|span| {
             matches!(
-                (port(span, "network.local.port"), port(span, "network.peer.port")),
+                (int_attribute(span, "network.local.port"), int_attribute(span, "network.peer.port")),
                 (Some(l), Some(p)) if ports.contains(&l) && ports.contains(&p)
             )
         })
-        .count()
+        .cloned()
+        .collect()
+}
+
+/// The value of the integer attribute `key` of `span`.
+pub fn int_attribute(span: &Span, key: &str) -> Option<i64> {
+    span.attributes
+        .iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| match kv.value.as_ref()?.value {
+            Some(Value::IntValue(value)) => Some(value),
+            _ => None,
+        })
 }

@@ -1,6 +1,10 @@
 //! The real third-party collector used by the end-to-end tests: rotel (PyPI package `rotel`,
 //! installed by `scripts/setup.sh test`), receiving OTLP on loopback and printing every span
 //! it receives with its debug exporter, which this module parses.
+//!
+//! rotel 0.x prints a span's trace id, span id, parent id and links (trace id, span id,
+//! trace state) but not `Span.flags` or `Link.flags`: tests assert those with the
+//! in-process receiver (`crate::receiver`).
 
 use std::{
     collections::BTreeMap,
@@ -13,11 +17,15 @@ use std::{
 use crate::process::ChildGuard;
 
 /// One span as rotel printed it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ReceivedSpan {
+    /// Lowercase hex, as every id below.
+    pub trace_id: String,
+    pub span_id: String,
     pub name: String,
     /// For example `SPAN_KIND_CLIENT`.
     pub kind: String,
+    /// Empty for a root span.
     pub parent_id: String,
     pub status_code: String,
     pub start_ns: u128,
@@ -26,6 +34,15 @@ pub struct ReceivedSpan {
     pub attributes: BTreeMap<String, String>,
     /// The attributes of the resource the span arrived under.
     pub resource: BTreeMap<String, String>,
+    pub links: Vec<ReceivedLink>,
+}
+
+/// One span link as rotel printed it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ReceivedLink {
+    pub trace_id: String,
+    pub span_id: String,
+    pub trace_state: String,
 }
 
 /// A running rotel collector listening on free loopback ports.
@@ -154,36 +171,58 @@ fn wait_until_listening(addr: SocketAddr, process: &ChildGuard) {
 }
 
 /// Parses rotel's detailed trace debug log: `Resource attributes:` sections followed by
-/// `Span #n` blocks with `Name`, `Kind`, `Start time`, `End time` and `Attributes:` lines.
+/// `Span #n` blocks with `Trace ID`, `Parent ID`, `ID`, `Name`, `Kind`, `Start time`,
+/// `End time`, `Status code`, `Attributes:` lines and `Links:` (`SpanLink #n` blocks).
 pub fn parse(output: &str) -> Vec<ReceivedSpan> {
+    #[derive(PartialEq)]
+    enum Section {
+        Resource,
+        Span,
+        Links,
+    }
     let mut spans = Vec::new();
     let mut resource = BTreeMap::new();
     let mut current: Option<ReceivedSpan> = None;
-    let mut in_resource = false;
+    let mut section = Section::Span;
     for line in output.lines() {
         let trimmed = line.trim();
         if trimmed == "Resource attributes:" {
             spans.extend(current.take());
             resource = BTreeMap::new();
-            in_resource = true;
+            section = Section::Resource;
         } else if trimmed.starts_with("Span #") {
             spans.extend(current.take());
-            in_resource = false;
+            section = Section::Span;
             current = Some(ReceivedSpan {
-                name: String::new(),
-                kind: String::new(),
-                parent_id: String::new(),
-                status_code: String::new(),
-                start_ns: 0,
-                end_ns: 0,
-                attributes: BTreeMap::new(),
                 resource: resource.clone(),
+                ..ReceivedSpan::default()
             });
+        } else if trimmed == "Links:" && current.is_some() {
+            section = Section::Links;
+        } else if let Some(span) = &mut current
+            && section == Section::Links
+        {
+            if trimmed.starts_with("SpanLink #") {
+                span.links.push(ReceivedLink::default());
+            } else if let (Some(link), Some((key, value))) = (
+                span.links.last_mut(),
+                trimmed
+                    .strip_prefix("-> ")
+                    .and_then(|kv| kv.split_once(':')),
+            ) {
+                let value = value.trim().to_owned();
+                match key {
+                    "Trace ID" => link.trace_id = value,
+                    "ID" => link.span_id = value,
+                    "TraceState" => link.trace_state = value,
+                    _ => {}
+                }
+            }
         } else if let Some((key, value)) = trimmed
             .strip_prefix("-> ")
             .and_then(|kv| kv.split_once(": "))
         {
-            if in_resource {
+            if section == Section::Resource {
                 resource.insert(key.to_owned(), value.to_owned());
             } else if let Some(span) = &mut current {
                 span.attributes.insert(key.to_owned(), value.to_owned());
@@ -193,6 +232,8 @@ pub fn parse(output: &str) -> Vec<ReceivedSpan> {
         {
             let value = value.trim().to_owned();
             match field.trim() {
+                "Trace ID" => span.trace_id = value,
+                "ID" => span.span_id = value,
                 "Name" => span.name = value,
                 "Kind" => span.kind = value,
                 "Parent ID" => span.parent_id = value,
@@ -253,5 +294,91 @@ Attributes:
         assert_eq!(spans[0].resource["service.name"], "Str(otel-agent)");
         assert_eq!(spans[1].kind, "SPAN_KIND_SERVER");
         assert_eq!(spans[1].resource["service.name"], "Str(otel-agent)");
+        assert_eq!(spans[0].trace_id, "ca0bd493afe4eb71ca14d0f7d3a13794");
+        assert_eq!(spans[0].span_id, "4d362fe931d0d4a4");
+        assert!(spans[0].links.is_empty());
+    }
+
+    /// rotel's output for a span with a parent, and one with a link (captured from
+    /// rotel-agent, `--debug-log-verbosity detailed`).
+    #[test]
+    fn parses_ids_parents_and_links() {
+        let output = "ResourceSpans #0
+Resource SchemaURL: 
+Resource attributes:
+     -> service.name: Str(x)
+ScopeSpans #0
+ScopeSpans SchemaURL: 
+InstrumentationScope s 
+Span #0
+    Trace ID       : 88573136ed57febea094d0d8de01bbd7
+    Parent ID      : f8b9d5fe014c4dc6
+    ID             : a13a608c60e79f28
+    Name           : n
+    Kind           : SPAN_KIND_SERVER
+Start time: 1
+End time: 2
+Span #1
+    Trace ID       : 88573136ed57febea094d0d8de01bbd7
+    Parent ID      : 
+    ID             : a13a608c60e79f28
+    Name           : n
+    Kind           : SPAN_KIND_SERVER
+Start time: 1
+End time: 2
+    Status code    : STATUS_CODE_ERROR
+    Status message : boom
+Attributes:
+     -> a: Int(3)
+Links:
+SpanLink #0
+     -> Trace ID: 88573136ed57febea094d0d8de01bbd7
+     -> ID: f8b9d5fe014c4dc6
+     -> TraceState: 
+     -> DroppedAttributesCount: 0
+Span #2
+    Trace ID       : 00000000000000000000000000000001
+    Parent ID      : 
+    ID             : 0000000000000002
+    Name           : m
+    Kind           : SPAN_KIND_CLIENT
+Start time: 1
+End time: 2
+Attributes:
+     -> b: Int(3)
+";
+        let spans = parse(output);
+        assert_eq!(spans.len(), 3);
+        assert_eq!(
+            (
+                spans[0].trace_id.as_str(),
+                spans[0].span_id.as_str(),
+                spans[0].parent_id.as_str()
+            ),
+            (
+                "88573136ed57febea094d0d8de01bbd7",
+                "a13a608c60e79f28",
+                "f8b9d5fe014c4dc6"
+            )
+        );
+        assert!(spans[0].links.is_empty());
+        assert_eq!(spans[1].parent_id, "");
+        assert_eq!(
+            spans[1].attributes,
+            BTreeMap::from([("a".to_owned(), "Int(3)".to_owned())]),
+            "link lines are not attributes"
+        );
+        assert_eq!(
+            spans[1].links,
+            vec![ReceivedLink {
+                trace_id: "88573136ed57febea094d0d8de01bbd7".to_owned(),
+                span_id: "f8b9d5fe014c4dc6".to_owned(),
+                trace_state: String::new(),
+            }]
+        );
+        assert_eq!(spans[2].span_id, "0000000000000002");
+        assert!(spans[2].links.is_empty());
+        assert_eq!(spans[2].attributes["b"], "Int(3)");
+        assert_eq!(spans[2].resource["service.name"], "Str(x)");
     }
 }

@@ -125,6 +125,16 @@ fn zero_and_out_of_range_values_are_refused_at_start_up_with_78_naming_the_sourc
             &[],
             "`0` is not a positive integer",
         ),
+        (
+            &["--link-peers", "10.0.0.1/8"],
+            &[],
+            "invalid value '10.0.0.1/8' for '--link-peers <CIDR,...|all|none>': `10.0.0.1/8` has bits set after its prefix; did you mean 10.0.0.0/8?; use a comma-separated list of networks in CIDR notation",
+        ),
+        (
+            &[],
+            &[("OTEL_AGENT_LINK_PEERS", "pods")],
+            "the value comes from the environment variable OTEL_AGENT_LINK_PEERS",
+        ),
     ];
     for (args, env, message) in cases {
         assert_refused(

@@ -1,8 +1,9 @@
 //! End to end through the real collector: the `otel-agent` binary, run as a separate
 //! process, exports over OTLP to rotel (gRPC configured by flags, HTTP/protobuf configured by
 //! the standard environment variables); the test makes one known loopback connection and
-//! checks what rotel printed for both of its sessions: name, kind, parent, status, start and
-//! end times, every attribute and the resource.
+//! checks what rotel printed for both of its sessions: name, kind, parent (one trace, the
+//! server span the client span's child), status, start and end times, every attribute and
+//! the resource.
 //!
 //! Span times must fall inside the wall-clock window the test measured around its own
 //! system calls, widened by [`WALL_TOLERANCE_NS`] on each side for the error of converting
@@ -133,7 +134,6 @@ fn assert_span(
 ) {
     assert_eq!(span.name, name);
     assert_eq!(span.kind, kind);
-    assert_eq!(span.parent_id, "", "every session is a root span");
     assert_eq!(span.status_code, "STATUS_CODE_UNSET");
     // Timing-dependent attributes: within the window the test measured.
     let mut received = span.attributes.clone();
@@ -253,6 +253,14 @@ fn check(transport: Transport, name: &str) {
         &exchange,
         expected_attributes(&server_side),
     );
+    // One trace (a loopback peer is linked by default): the client span a root, the server
+    // span its child; the exact ids are checked in tests/tests/connection_trace.rs.
+    assert_eq!(client.parent_id, "", "the client span is a root");
+    assert_eq!(client.trace_id.len(), 32);
+    assert_eq!(server.trace_id, client.trace_id, "one trace");
+    assert_eq!(server.parent_id, client.span_id, "the server span's parent");
+    assert_ne!(server.span_id, client.span_id);
+    assert!(client.links.is_empty() && server.links.is_empty());
 }
 
 /// The resource rotel must receive: the agent's, with this host and kernel.

@@ -16,6 +16,7 @@ use aya::maps::{MapData, RingBuf};
 use common::{SessionRecord, flags, user::Origin};
 use otel_agent::{
     clock::WallClock,
+    link_policy::LinkPolicy,
     probe::{Probe, ProbeOptions, StateProbe},
     session::{Closer, Payload, Session},
 };
@@ -105,8 +106,13 @@ fn assert_session(record: &SessionRecord, exchange: &Exchange, ip: IpAddr, expec
         exchange.after_close_ns
     );
 
-    let session = Session::from_record(record, WallClock::sample(), SystemTime::now())
-        .expect("the record converts");
+    let session = Session::from_record(
+        record,
+        WallClock::sample(),
+        SystemTime::now(),
+        &LinkPolicy::All,
+    )
+    .expect("the record converts");
     assert!(session.established);
     assert_eq!(session.closer, expected.closer);
     assert_eq!(session.reset, None);

@@ -23,6 +23,7 @@ use std::{
 use common::{SessionRecord, user::Origin};
 use otel_agent::{
     clock::WallClock,
+    link_policy::LinkPolicy,
     probe::{Probe, ProbeOptions},
     session::{Closer, Payload, ResetByPeer, Session},
 };
@@ -135,7 +136,8 @@ fn the_agent_reports_every_session_tcplife_reports_and_attributes_it_correctly()
     while let Some(item) = ring.next() {
         records_read += 1;
         let record = SessionRecord::decode(&item).expect("every record decodes");
-        let session = Session::from_record(&record, clock, SystemTime::now()).expect("converts");
+        let session = Session::from_record(&record, clock, SystemTime::now(), &LinkPolicy::All)
+            .expect("converts");
         sessions.insert(
             (
                 session.local.ip(),

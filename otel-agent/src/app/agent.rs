@@ -9,10 +9,9 @@
 //! ends on its own (the reader, the pipeline, an export worker, the self-metrics) makes the
 //! exit an error, after the same shutdown.
 
-use std::{path::Path, sync::Arc, time::SystemTime};
+use std::{os::unix::fs::MetadataExt as _, path::Path, sync::Arc, time::SystemTime};
 
 use aya::maps::{MapData, RingBuf};
-use opentelemetry_sdk::trace::RandomIdGenerator;
 use tokio::{sync::mpsc, task::JoinHandle, time::Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -26,6 +25,7 @@ use crate::{
         resource::agent_resource,
         session_metrics::{MetricsSettings, SessionMetrics},
     },
+    link_policy::{LinkPolicy, host_addresses},
     log_text::{Escaped, with_causes},
     metrics::SelfMetrics,
     pipeline::{self, Routes},
@@ -49,6 +49,7 @@ pub struct Prepared {
     agent_start: SystemTime,
     sampler: Sampler,
     metrics: MetricsSettings,
+    links: LinkPolicy,
 }
 
 /// Resolves and checks the configuration (a bad value stops the agent before the probe is
@@ -86,6 +87,7 @@ pub fn prepare(cli: Cli) -> Result<Prepared, AgentError> {
         ),
     }
 
+    let links = link_policy(&cli);
     let agent_start = SystemTime::now();
     let mut probe = Probe::attach(&cli.probe.options())?;
     let ring = probe.take_events()?;
@@ -110,6 +112,7 @@ pub fn prepare(cli: Cli) -> Result<Prepared, AgentError> {
         agent_start,
         sampler,
         metrics,
+        links,
     })
 }
 
@@ -125,6 +128,7 @@ pub async fn run(prepared: Prepared, signals: Signals) -> Result<(), AgentError>
         agent_start,
         sampler,
         metrics,
+        links,
     } = prepared;
     let Outputs { exporters, sinks } = outputs.start(&cli, &config)?;
     let sampling = Arc::new(SamplingStats::default());
@@ -144,10 +148,10 @@ pub async fn run(prepared: Prepared, signals: Signals) -> Result<(), AgentError>
         sinks: sinks.handles(),
         spans: config.otlp.is_some() || cli.output.json_output.is_some(),
         agent_start,
+        links,
         containers: container_ids(),
         sampler,
         sampling: sampling.clone(),
-        ids: RandomIdGenerator::default(),
         metrics: recorder,
     };
     let stats = Arc::new(PipelineStats::default());
@@ -301,6 +305,42 @@ async fn finish<T>(
             None
         }
     }
+}
+
+/// The linking policy: `--link-peers`, or by default loopback and this host's addresses,
+/// read now in the agent's network namespace. When `--netns` names another namespace, whose
+/// addresses the agent cannot read from its own, the default is loopback alone. Logged once.
+fn link_policy(cli: &Cli) -> LinkPolicy {
+    let (policy, source) = if let Some(policy) = &cli.link_peers {
+        (policy.clone(), "--link-peers")
+    } else {
+        let own_netns = std::fs::metadata("/proc/self/ns/net").map(|meta| meta.ino());
+        let addresses = match (cli.probe.netns, own_netns) {
+            (Some(watched), Ok(own)) if u64::from(watched) != own => {
+                tracing::info!(
+                    netns = watched,
+                    "--netns names another network namespace: its own addresses are not read; \
+                     list its networks in --link-peers to link their clients"
+                );
+                Vec::new()
+            }
+            _ => host_addresses().unwrap_or_else(|error| {
+                tracing::warn!(
+                    error = %Escaped(&error.to_string()),
+                    "cannot read this host's addresses (getifaddrs): linking loopback peers only"
+                );
+                Vec::new()
+            }),
+        };
+        (LinkPolicy::loopback_and(addresses), "default")
+    };
+    tracing::info!(
+        link_peers = %policy,
+        source,
+        "connection traces: a server span's parent is its client span for peers in these \
+         networks, a span link to it for other peers"
+    );
+    policy
 }
 
 /// A container id cache, when this agent sees the host's pids (on the host, or in a

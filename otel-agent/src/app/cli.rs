@@ -15,6 +15,7 @@ use crate::{
         config::{ExportFlags, INDEFINITE_TIMEOUT, MAX_DURATION, OtlpProtocol},
         session_metrics::DEFAULT_CARDINALITY_LIMIT,
     },
+    link_policy::LinkPolicy,
     probe::{ProbeOptions, StateProbe},
     sampling::{
         SamplingFlags,
@@ -41,6 +42,20 @@ pub struct Cli {
 
     #[command(flatten)]
     pub output: OutputArgs,
+
+    /// The peer networks where agents run, which decide a server span's parent: for a
+    /// client in them, the server span is the client span's child; for any other, it has
+    /// no parent and a span link to the client span (both stay in one trace, without a
+    /// "missing parent" in Jaeger or Tempo). A comma-separated list of networks in CIDR
+    /// notation or addresses (IPv4-mapped IPv6 peers match their IPv4 network), `all` or
+    /// `none`. Default: loopback and this host's own addresses, read at start.
+    #[arg(
+        long,
+        env = "OTEL_AGENT_LINK_PEERS",
+        value_name = "CIDR,...|all|none",
+        value_parser = LinkPolicy::parse
+    )]
+    pub link_peers: Option<LinkPolicy>,
 
     #[command(flatten)]
     pub sampling: SamplingArgs,
@@ -762,6 +777,39 @@ mod tests {
             "{}",
             error(&["-p", "0"])
         );
+    }
+
+    #[test]
+    fn link_peers_takes_networks_all_or_none() {
+        let parse = |args: &[&str]| {
+            let mut argv = vec!["otel-agent"];
+            argv.extend_from_slice(args);
+            Cli::try_parse_from(argv).map(|cli| cli.link_peers)
+        };
+        assert_eq!(
+            parse(&[]).unwrap(),
+            None,
+            "the default is resolved at start"
+        );
+        assert_eq!(
+            parse(&["--link-peers", "all"]).unwrap(),
+            Some(LinkPolicy::All)
+        );
+        assert_eq!(
+            parse(&["--link-peers", "none"]).unwrap(),
+            Some(LinkPolicy::Nothing)
+        );
+        let networks = parse(&["--link-peers", "10.0.0.0/8,fd00::/8"])
+            .unwrap()
+            .unwrap();
+        assert_eq!(networks.to_string(), "10.0.0.0/8,fd00::/8");
+        for bad in ["10.0.0.0/40", "10.0.0.1/8", "pods", "", "all,none"] {
+            let error = parse(&["--link-peers", bad]).unwrap_err();
+            assert_eq!(error.kind(), clap::error::ErrorKind::ValueValidation);
+            let text = error.to_string();
+            assert!(text.contains("--link-peers"), "{text}");
+            assert!(text.contains("CIDR notation"), "{text}");
+        }
     }
 
     #[test]

@@ -1,15 +1,14 @@
 //! The stage between the reader and the outputs: takes decoded records in batches, turns
-//! each into a [`Session`] with wall-clock times (and the owner's container, for spans),
-//! counts it in the session metrics, asks the [`Sampler`] whether the outputs get it, and
-//! offers it to the outputs ([`Routes`]): the exporters' queues and the sinks (the
+//! each into a [`Session`] with wall-clock times and its span context (and the owner's
+//! container, for spans), counts it in the session metrics, asks the [`Sampler`] whether
+//! the outputs get it, and offers it to the outputs ([`Routes`]): the exporters' queues and
+//! the sinks (the
 //! tcplife console, JSON lines), none of which it ever waits for. Ends when the reader closes the
 //! channel and every record received has been handled.
 
 use std::{sync::Arc, time::SystemTime};
 
 use common::SessionRecord;
-use opentelemetry::trace::TraceId;
-use opentelemetry_sdk::trace::{IdGenerator as _, RandomIdGenerator};
 use tokio::sync::mpsc;
 
 use crate::{
@@ -17,10 +16,10 @@ use crate::{
     container::ContainerIdCache,
     events::PipelineStats,
     export::{self, ExporterHandle, session_metrics::SessionRecorder},
+    link_policy::LinkPolicy,
     local::SinkHandle,
     sampling::{Decision, Sampler, SamplingStats},
     session::Session,
-    trace_context::ConnectionIds,
 };
 
 /// Records taken from the channel at once; the wall clock is sampled once per batch.
@@ -36,14 +35,14 @@ pub struct Routes {
     pub spans: bool,
     /// When the agent started: the start of sessions whose birth the probe did not see.
     pub agent_start: SystemTime,
+    /// Which server spans name their client span as parent.
+    pub links: LinkPolicy,
     /// Container ids by pid, when `/proc` shows the host's pids (the probe reports those).
     pub containers: Option<ContainerIdCache>,
     /// Which sessions the outputs get.
     pub sampler: Sampler,
     /// What the sampler decided, counted.
     pub sampling: Arc<SamplingStats>,
-    /// The ids of spans that have no derived ones.
-    pub ids: RandomIdGenerator,
     /// The session metrics, when exported: every session, before the sampler.
     pub metrics: Option<SessionRecorder>,
 }
@@ -79,7 +78,7 @@ fn handle(
     routes: &mut Routes,
     stats: &PipelineStats,
 ) -> Option<Session> {
-    let mut session = match Session::from_record(record, clock, routes.agent_start) {
+    let mut session = match Session::from_record(record, clock, routes.agent_start, &routes.links) {
         Ok(session) => session,
         Err(error) => {
             PipelineStats::add(&stats.lost_decode_error);
@@ -94,9 +93,8 @@ fn handle(
         metrics.record(&session);
     }
     if !routes.sampler.keeps_all() {
-        let decision = routes
-            .sampler
-            .decide(&session, trace_id(&session, &routes.ids));
+        // Both ends of a connection share its trace id: they decide alike.
+        let decision = routes.sampler.decide(&session, session.context.trace_id);
         routes.sampling.count(decision);
         match decision {
             Decision::Keep { threshold, .. } => session.threshold = threshold,
@@ -109,13 +107,4 @@ fn handle(
         session.container_id = containers.container_id(session.pid);
     }
     Some(session)
-}
-
-/// The trace id of `session`'s span, on which the sampler decides: derived from its ISN pair
-/// when it has one (`crate::trace_context`: the same at both ends), random otherwise.
-fn trace_id(session: &Session, ids: &RandomIdGenerator) -> TraceId {
-    session.isns.map_or_else(
-        || ids.new_trace_id(),
-        |pair| ConnectionIds::derive(pair).trace_id,
-    )
 }

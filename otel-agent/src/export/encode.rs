@@ -22,10 +22,7 @@ use opentelemetry_proto::{
     },
     transform::common::tonic::ResourceAttributesWithSchema,
 };
-use opentelemetry_sdk::{
-    Resource,
-    trace::{IdGenerator, RandomIdGenerator},
-};
+use opentelemetry_sdk::Resource;
 use prost::Message as _;
 
 use super::{per_process::ProcessResources, protobuf};
@@ -48,13 +45,19 @@ const SCOPE_SPANS_SPANS: u32 = 2;
 const SPAN_TRACE_ID: u32 = 1;
 const SPAN_SPAN_ID: u32 = 2;
 const SPAN_TRACE_STATE: u32 = 3;
+const SPAN_PARENT_SPAN_ID: u32 = 4;
 const SPAN_NAME: u32 = 5;
 const SPAN_KIND: u32 = 6;
 const SPAN_START: u32 = 7;
 const SPAN_END: u32 = 8;
 const SPAN_ATTRIBUTES: u32 = 9;
+const SPAN_LINKS: u32 = 13;
 const SPAN_STATUS: u32 = 15;
 const SPAN_FLAGS: u32 = 16;
+/// `Span.Link` fields.
+const LINK_TRACE_ID: u32 = 1;
+const LINK_SPAN_ID: u32 = 2;
+const LINK_FLAGS: u32 = 6;
 /// `Status` fields.
 const STATUS_MESSAGE: u32 = 2;
 const STATUS_CODE: u32 = 3;
@@ -67,9 +70,6 @@ const KEY_VALUE_VALUE: u32 = 2;
 const ANY_VALUE_STRING: u32 = 1;
 const ANY_VALUE_BOOL: u32 = 2;
 const ANY_VALUE_INT: u32 = 3;
-/// `Span.flags`: the W3C trace flags (sampled) and "the parent's remoteness is known"
-/// (`SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE_MASK`; a root span has no remote parent).
-const SPAN_FLAGS_SAMPLED_LOCAL_ROOT: u32 = 0x101;
 
 /// A resource, encoded once.
 #[derive(Debug, Clone)]
@@ -167,30 +167,23 @@ impl RequestEncoder {
     }
 }
 
-/// Writes spans; holds the reused text buffers, the encoded scope and the id source.
+/// Writes spans; holds the reused text buffers and the encoded scope.
 #[derive(Debug)]
-pub struct SpanEncoder<I = RandomIdGenerator> {
+pub struct SpanEncoder {
     scope: Vec<u8>,
     text: SpanText,
-    ids: I,
 }
 
 impl Default for SpanEncoder {
     fn default() -> Self {
-        Self::with_ids(RandomIdGenerator::default())
-    }
-}
-
-impl<I: IdGenerator> SpanEncoder<I> {
-    /// An encoder taking trace and span ids from `ids`.
-    pub fn with_ids(ids: I) -> Self {
         Self {
             scope: encode_scope(&span::scope()),
             text: SpanText::default(),
-            ids,
         }
     }
+}
 
+impl SpanEncoder {
     /// Appends one `ResourceSpans` to the request in `out`: `sessions`' spans under
     /// `resource`, in the agent's scope. A request is any number of these, back to back.
     pub fn resource_spans<'a>(
@@ -220,12 +213,17 @@ impl<I: IdGenerator> SpanEncoder<I> {
         });
     }
 
-    /// The body of one `Span`: a sampled root of its own trace.
+    /// The body of one `Span`, with the ids, parent, link and flags the session stage
+    /// decided ([`crate::span_context`]).
     fn span(&mut self, out: &mut Vec<u8>, session: &Session) {
-        protobuf::bytes(out, SPAN_TRACE_ID, &self.ids.new_trace_id().to_bytes());
-        protobuf::bytes(out, SPAN_SPAN_ID, &self.ids.new_span_id().to_bytes());
+        let context = &session.context;
+        protobuf::bytes(out, SPAN_TRACE_ID, &context.trace_id.to_bytes());
+        protobuf::bytes(out, SPAN_SPAN_ID, &context.span_id.to_bytes());
         if let Some(threshold) = session.threshold {
             trace_state(out, threshold);
+        }
+        if let Some(parent) = context.parent_span_id {
+            protobuf::bytes(out, SPAN_PARENT_SPAN_ID, &parent.to_bytes());
         }
         self.text.fill(session);
         protobuf::bytes_unless_empty(out, SPAN_NAME, self.text.name().as_bytes());
@@ -234,6 +232,13 @@ impl<I: IdGenerator> SpanEncoder<I> {
         protobuf::fixed64(out, SPAN_START, unix_nanos(session.start));
         protobuf::fixed64(out, SPAN_END, unix_nanos(session.end));
         span::attributes(session, &self.text, |key, value| attribute(out, key, value));
+        if let Some(link) = context.link {
+            protobuf::message(out, SPAN_LINKS, |out| {
+                protobuf::bytes(out, LINK_TRACE_ID, &link.trace_id.to_bytes());
+                protobuf::bytes(out, LINK_SPAN_ID, &link.span_id.to_bytes());
+                protobuf::fixed32(out, LINK_FLAGS, link.flags);
+            });
+        }
         // The SDK's exporters always send a status, empty when unset.
         protobuf::message(out, SPAN_STATUS, |out| {
             if let Some(message) = span::error_message(session) {
@@ -241,7 +246,7 @@ impl<I: IdGenerator> SpanEncoder<I> {
                 protobuf::int(out, STATUS_CODE, STATUS_CODE_ERROR);
             }
         });
-        protobuf::fixed32(out, SPAN_FLAGS, SPAN_FLAGS_SAMPLED_LOCAL_ROOT);
+        protobuf::fixed32(out, SPAN_FLAGS, context.flags);
     }
 }
 
@@ -300,17 +305,10 @@ fn unix_nanos(time: SystemTime) -> u64 {
 
 #[cfg(test)]
 pub(crate) mod tests {
-    use std::{
-        net::SocketAddr,
-        sync::atomic::{AtomicU64, Ordering},
-        time::Duration,
-    };
+    use std::{net::SocketAddr, time::Duration};
 
     use common::user::Origin;
-    use opentelemetry::{
-        KeyValue,
-        trace::{SpanId, TraceId},
-    };
+    use opentelemetry::KeyValue;
     use opentelemetry_proto::{
         tonic::collector::trace::v1::ExportTraceServiceRequest,
         transform::trace::tonic::group_spans_by_resource_and_scope,
@@ -319,33 +317,31 @@ pub(crate) mod tests {
     use super::*;
     use crate::{
         export::span::tests::span_data,
+        isn::Side,
+        link_policy::LinkPolicy,
         session::{Closer, ResetByPeer, tests::client_session},
+        span_context::SpanContext,
     };
 
-    /// Hands out trace ids 1, 2, 3, ... and span ids 1001, 1002, ...
-    #[derive(Debug, Default)]
-    pub(crate) struct CountingIds(AtomicU64);
-
-    impl IdGenerator for CountingIds {
-        fn new_trace_id(&self) -> TraceId {
-            TraceId::from(u128::from(self.0.fetch_add(1, Ordering::Relaxed) + 1))
-        }
-        fn new_span_id(&self) -> SpanId {
-            SpanId::from(1_000 + self.0.load(Ordering::Relaxed))
-        }
-    }
-
-    /// Sessions that reach every branch of the mapping: client, server, unknown origin,
-    /// IPv6, failed connect, reset, abort, no byte counters, a container, odd names.
+    /// Sessions that reach every branch of the mapping: client, server (with its parent,
+    /// or a link), unknown origin (random ids), IPv6, failed connect, reset, abort, no byte
+    /// counters, a container, odd names.
     pub(crate) fn varied_sessions() -> Vec<Session> {
         let base = client_session();
+        let context =
+            |side, policy| SpanContext::decide(Some(side), base.isns, base.remote.ip(), &policy);
         let mut server = base.clone();
         server.origin = Origin::Passive;
         server.closer = Closer::Peer;
+        server.context = context(Side::Server, LinkPolicy::All);
+        let mut linked = server.clone();
+        linked.context = context(Side::Server, LinkPolicy::Nothing);
         let mut unknown = base.clone();
         unknown.origin = Origin::Unknown;
         unknown.birth_known = false;
         unknown.owner_from_syscall = false;
+        unknown.isns = None;
+        unknown.context = SpanContext::random();
         let mut ipv6 = base.clone();
         ipv6.local = "[2001:db8::1]:40000".parse::<SocketAddr>().unwrap();
         ipv6.remote = "[::1]:443".parse::<SocketAddr>().unwrap();
@@ -357,6 +353,8 @@ pub(crate) mod tests {
         failed.established = false;
         failed.handshake = None;
         failed.closer = Closer::Unknown;
+        failed.isns = None;
+        failed.context = SpanContext::random();
         let mut reset = base.clone();
         reset.reset = Some(ResetByPeer);
         reset.closer = Closer::Unknown;
@@ -369,7 +367,7 @@ pub(crate) mod tests {
         contained.pid = 0;
         contained.end = contained.start + Duration::from_secs(86_400 * 365);
         vec![
-            base, server, unknown, ipv6, failed, reset, aborted, contained,
+            base, server, linked, unknown, ipv6, failed, reset, aborted, contained,
         ]
     }
 
@@ -386,11 +384,10 @@ pub(crate) mod tests {
 
     /// The request the SDK's OTLP exporters send for these spans.
     fn sdk_request(sessions: &[Session], resource: &Resource) -> Vec<u8> {
-        let ids = CountingIds::default();
         let scope = span::scope();
         let spans = sessions
             .iter()
-            .map(|session| span_data(session, ids.new_trace_id(), ids.new_span_id(), &scope))
+            .map(|session| span_data(session, &scope))
             .collect();
         ExportTraceServiceRequest {
             resource_spans: group_spans_by_resource_and_scope(spans, &resource.into()),
@@ -409,7 +406,7 @@ pub(crate) mod tests {
             let mut out = Vec::new();
             for _ in 0..2 {
                 out.clear();
-                let mut encoder = SpanEncoder::with_ids(CountingIds::default());
+                let mut encoder = SpanEncoder::default();
                 encoder.resource_spans(&mut out, &EncodedResource::new(&resource), &sessions);
                 assert_eq!(out, expected);
             }
@@ -491,25 +488,67 @@ pub(crate) mod tests {
         assert_eq!(third.len(), still_sending.len());
     }
 
+    /// Each span carries its session's context, exactly: the client span a root with the
+    /// derived ids, the server span its child (or, outside the linked peers, a root with a
+    /// link to it), a failed connect a random root; every span sampled with random ids.
     #[test]
-    fn every_span_is_a_sampled_root_of_its_own_trace() {
-        let sessions = [client_session(), client_session()];
+    fn spans_carry_the_context_their_session_stage_decided() {
+        let sessions = &varied_sessions()[..4];
         let mut out = Vec::new();
         SpanEncoder::default().resource_spans(
             &mut out,
             &EncodedResource::new(&resource()),
-            &sessions,
+            sessions,
         );
         let request = ExportTraceServiceRequest::decode(out.as_slice()).unwrap();
         let spans = &request.resource_spans[0].scope_spans[0].spans;
-        assert_eq!(spans.len(), 2);
-        assert_ne!(spans[0].trace_id, spans[1].trace_id);
-        for span in spans {
-            assert_eq!(span.trace_id.len(), 16);
-            assert_eq!(span.span_id.len(), 8);
-            assert!(span.parent_span_id.is_empty());
-            assert_eq!(span.flags & 0xff, 1, "sampled");
-        }
+        let [client, server, linked, unknown] = spans.as_slice() else {
+            panic!("4 spans: {spans:?}");
+        };
+        let ids = crate::trace_context::ConnectionIds::derive(sessions[0].isns.unwrap());
+        let trace = ids.trace_id.to_bytes().to_vec();
+        let client_id = ids.client_span_id.to_bytes().to_vec();
+        let server_id = ids.server_span_id.to_bytes().to_vec();
+        assert_eq!(
+            (
+                &client.trace_id,
+                &client.span_id,
+                client.parent_span_id.is_empty()
+            ),
+            (&trace, &client_id, true)
+        );
+        assert_eq!((client.flags, client.links.len()), (0x103, 0));
+        assert_eq!(
+            (&server.trace_id, &server.span_id, &server.parent_span_id),
+            (&trace, &server_id, &client_id)
+        );
+        assert_eq!((server.flags, server.links.len()), (0x303, 0));
+        assert_eq!(
+            (
+                &linked.trace_id,
+                &linked.span_id,
+                linked.parent_span_id.is_empty()
+            ),
+            (&trace, &server_id, true)
+        );
+        assert_eq!(linked.flags, 0x103);
+        let [link] = linked.links.as_slice() else {
+            panic!("one link: {:?}", linked.links);
+        };
+        assert_eq!(
+            (
+                &link.trace_id,
+                &link.span_id,
+                link.flags,
+                link.trace_state.as_str()
+            ),
+            (&trace, &client_id, 0x303, "")
+        );
+        assert_eq!(unknown.trace_id.len(), 16);
+        assert_eq!(unknown.span_id.len(), 8);
+        assert_ne!(unknown.trace_id, trace);
+        assert!(unknown.parent_span_id.is_empty());
+        assert_eq!((unknown.flags, unknown.links.len()), (0x103, 0));
         let scope = request.resource_spans[0].scope_spans[0]
             .scope
             .as_ref()

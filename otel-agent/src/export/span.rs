@@ -1,5 +1,6 @@
-//! The session-to-span mapping: one closed session becomes one root span whose start and
-//! end are the session's birth and close. The attribute names are listed in the README's
+//! The session-to-span mapping: one closed session becomes one span whose start and end
+//! are the session's birth and close (its ids, parent, link and flags are the session's
+//! `context`, decided in the session stage: `crate::span_context`). The attribute names are listed in the README's
 //! mapping table; stable OpenTelemetry names are used where they exist, the `tcplife.*`
 //! namespace for what OpenTelemetry has no name for. The mapping is written once, as
 //! values handed to a visitor, so that spans are encoded straight into OTLP protobuf
@@ -267,7 +268,7 @@ pub(crate) mod tests {
 
     use opentelemetry::{
         KeyValue, Value,
-        trace::{SpanContext, SpanId, Status, TraceFlags, TraceId, TraceState},
+        trace::{Link, SpanContext, SpanId, Status, TraceFlags, TraceState},
     };
     use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
 
@@ -275,13 +276,8 @@ pub(crate) mod tests {
     use crate::session::tests::client_session;
 
     /// The span of `session` as the OpenTelemetry SDK's object, built from the mapping
-    /// above: the reference the OTLP encoder is checked against.
-    pub(crate) fn span_data(
-        session: &Session,
-        trace_id: TraceId,
-        span_id: SpanId,
-        scope: &InstrumentationScope,
-    ) -> SpanData {
+    /// above and the session's context: the reference the OTLP encoder is checked against.
+    pub(crate) fn span_data(session: &Session, scope: &InstrumentationScope) -> SpanData {
         let mut text = SpanText::default();
         text.fill(session);
         let mut list = Vec::new();
@@ -292,16 +288,31 @@ pub(crate) mod tests {
                 AttributeValue::Bool(flag) => KeyValue::new(key, flag),
             });
         });
+        let context = session.context;
+        // The SDK keeps the W3C flags and the parent's remoteness apart; OTLP joins them.
+        let remote = |flags: u32| flags & 0x200 != 0;
+        let trace_flags = |flags: u32| TraceFlags::new((flags & 0xff) as u8);
+        let links = context.link.map_or_else(Vec::new, |link| {
+            vec![Link::with_context(SpanContext::new(
+                link.trace_id,
+                link.span_id,
+                trace_flags(link.flags),
+                remote(link.flags),
+                TraceState::default(),
+            ))]
+        });
+        let mut span_links = SpanLinks::default();
+        span_links.links = links;
         SpanData {
             span_context: SpanContext::new(
-                trace_id,
-                span_id,
-                TraceFlags::SAMPLED,
+                context.trace_id,
+                context.span_id,
+                trace_flags(context.flags),
                 false,
                 TraceState::default(),
             ),
-            parent_span_id: SpanId::INVALID,
-            parent_span_is_remote: false,
+            parent_span_id: context.parent_span_id.unwrap_or(SpanId::INVALID),
+            parent_span_is_remote: remote(context.flags),
             span_kind: kind(session.origin),
             name: text.name().to_owned().into(),
             start_time: session.start,
@@ -309,14 +320,14 @@ pub(crate) mod tests {
             attributes: list,
             dropped_attributes_count: 0,
             events: SpanEvents::default(),
-            links: SpanLinks::default(),
+            links: span_links,
             status: error_message(session).map_or(Status::Unset, Status::error),
             instrumentation_scope: scope.clone(),
         }
     }
 
     fn export(session: &Session) -> SpanData {
-        span_data(session, TraceId::from(1), SpanId::from(2), &scope())
+        span_data(session, &scope())
     }
 
     fn attribute(span: &SpanData, name: &str) -> Option<Value> {

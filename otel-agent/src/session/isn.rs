@@ -105,7 +105,7 @@ pub fn derive(side: Side, counters: SeqCounters) -> IsnPair {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use proptest::prelude::*;
 
     use super::*;
@@ -234,7 +234,7 @@ mod tests {
     /// (SYN excluded, FIN included) each end had acknowledged and received in each
     /// direction: the receiver of a direction may be ahead of its sender's `snd_una` (the
     /// last ACK still in flight), never behind.
-    fn any_connection() -> impl Strategy<Value = (IsnPair, SeqCounters, SeqCounters)> {
+    pub(crate) fn any_connection() -> impl Strategy<Value = (IsnPair, SeqCounters, SeqCounters)> {
         (
             any::<u32>(),
             any::<u32>(),

@@ -21,6 +21,8 @@ use common::{
 use crate::{
     clock::WallClock,
     isn::{self, IsnPair, SeqCounters, Side},
+    link_policy::LinkPolicy,
+    span_context::SpanContext,
     threshold::Threshold,
 };
 
@@ -118,6 +120,9 @@ pub struct Session {
     /// not read, the side is unknown (birth not seen), or both ends connected (simultaneous
     /// open: neither is the server).
     pub isns: Option<IsnPair>,
+    /// The span's trace id, span id, parent or link and flags: derived from `isns` when
+    /// there is a pair, random otherwise ([`SpanContext::decide`]).
+    pub context: SpanContext,
     /// The owner's container (`container.id`), filled in by the pipeline when the agent
     /// sees the host's pids.
     pub container_id: Option<Arc<str>>,
@@ -130,11 +135,13 @@ pub struct SessionError(#[from] DecodeError);
 
 impl Session {
     /// Builds a session from a decoded record, converting its timestamps with `clock`;
-    /// `agent_start` stands in for a birth the probe did not see.
+    /// `agent_start` stands in for a birth the probe did not see; `links` decides a server
+    /// span's parent or link.
     pub fn from_record(
         record: &SessionRecord,
         clock: WallClock,
         agent_start: SystemTime,
+        links: &LinkPolicy,
     ) -> Result<Self, SessionError> {
         let birth_known = record.has(flags::BIRTH_SEEN);
         // The state the socket closed from counts as entered, even when its birth (and so
@@ -175,7 +182,8 @@ impl Session {
             )),
             _ => None,
         };
-        let isns = Side::from_origin(origin)
+        let side = Side::from_origin(origin);
+        let isns = side
             .filter(|&side| {
                 established
                     && record.has(flags::BYTES_VALID | flags::SEQ_VALID)
@@ -192,6 +200,8 @@ impl Session {
                     },
                 )
             });
+        let remote = SocketAddr::new(record.remote_ip()?, record.remote_port);
+        let context = SpanContext::decide(side, isns, remote.ip(), links);
         let handshake = (birth_known && record.established_ns != 0)
             .then(|| Duration::from_nanos(record.established_ns.saturating_sub(record.birth_ns)));
         Ok(Self {
@@ -203,7 +213,7 @@ impl Session {
             end: clock.to_system_time(record.close_ns),
             birth_known,
             local: SocketAddr::new(record.local_ip()?, record.local_port),
-            remote: SocketAddr::new(record.remote_ip()?, record.remote_port),
+            remote,
             origin,
             pid: record.pid,
             comm: record.comm().into_owned(),
@@ -223,6 +233,7 @@ impl Session {
             }),
             netns: record.has(flags::NETNS_VALID).then_some(record.netns),
             isns,
+            context,
             container_id: None,
         })
     }
@@ -269,6 +280,7 @@ pub(crate) mod tests {
     use common::{AF_INET, origin, tcp_state};
 
     use super::*;
+    use crate::{span_context::SpanLink, trace_context::ConnectionIds};
 
     pub(crate) const AGENT_START_NS: u64 = 1_000_000_000_000_000_000 - 5_000_000_000;
 
@@ -329,12 +341,21 @@ pub(crate) mod tests {
         record
     }
 
+    /// The session of `record`, every peer linked.
+    pub(crate) fn session_of(record: &SessionRecord) -> Session {
+        Session::from_record(record, clock(), agent_start(), &LinkPolicy::All).unwrap()
+    }
+
     pub(crate) fn client_session() -> Session {
-        Session::from_record(&client_record(), clock(), agent_start()).unwrap()
+        session_of(&client_record())
     }
 
     #[test]
     fn converts_a_record_field_by_field() {
+        let ids = ConnectionIds::derive(IsnPair {
+            client: 5_000_u32.wrapping_sub(12_347),
+            server: 6_951,
+        });
         let epoch = SystemTime::UNIX_EPOCH;
         assert_eq!(
             client_session(),
@@ -372,6 +393,13 @@ pub(crate) mod tests {
                     client: 5_000_u32.wrapping_sub(12_347),
                     server: 9_001 - 2_049 - 1
                 }),
+                context: SpanContext {
+                    trace_id: ids.trace_id,
+                    span_id: ids.client_span_id,
+                    parent_span_id: None,
+                    link: None,
+                    flags: 0x103,
+                },
                 container_id: None,
             }
         );
@@ -399,7 +427,7 @@ pub(crate) mod tests {
         record.bytes_acked = 2_049;
         record.bytes_received = 12_346;
         record.rcv_nxt = record.copied_seq;
-        let session = Session::from_record(&record, clock(), agent_start()).unwrap();
+        let session = session_of(&record);
         assert_eq!(session.closer, Closer::Peer);
         assert_eq!(
             session.payload,
@@ -415,7 +443,7 @@ pub(crate) mod tests {
         let mut record = client_record();
         record.bytes_received = 2_048;
         record.rcv_nxt = record.copied_seq;
-        let session = Session::from_record(&record, clock(), agent_start()).unwrap();
+        let session = session_of(&record);
         assert_eq!(session.payload.unwrap().received, 2_048);
     }
 
@@ -424,7 +452,7 @@ pub(crate) mod tests {
         let mut record = client_record();
         record.bytes_acked = 12_346;
         record.write_seq = record.snd_una + 1;
-        let session = Session::from_record(&record, clock(), agent_start()).unwrap();
+        let session = session_of(&record);
         assert_eq!(session.payload.unwrap().sent, 12_345);
     }
 
@@ -437,7 +465,7 @@ pub(crate) mod tests {
         record.bytes_acked = 0;
         record.bytes_received = 0;
         record.rcv_nxt = record.copied_seq;
-        let session = Session::from_record(&record, clock(), agent_start()).unwrap();
+        let session = session_of(&record);
         assert!(!session.established);
         assert_eq!(session.handshake, None);
         assert_eq!(session.closer, Closer::Unknown);
@@ -460,11 +488,11 @@ pub(crate) mod tests {
             tcp_state::CLOSE,
         ]);
         record.close_from_state = tcp_state::ESTABLISHED as u8;
-        let session = Session::from_record(&record, clock(), agent_start()).unwrap();
+        let session = session_of(&record);
         assert_eq!(session.closer, Closer::Aborted);
         assert_eq!(session.reset, None);
         record.states |= states::RESET_RECEIVED;
-        let session = Session::from_record(&record, clock(), agent_start()).unwrap();
+        let session = session_of(&record);
         assert_eq!(session.closer, Closer::Unknown);
         assert_eq!(session.reset, Some(ResetByPeer));
     }
@@ -473,7 +501,7 @@ pub(crate) mod tests {
     fn a_simultaneous_close_is_named() {
         let mut record = client_record();
         record.states |= bits(&[tcp_state::CLOSING]);
-        let session = Session::from_record(&record, clock(), agent_start()).unwrap();
+        let session = session_of(&record);
         assert_eq!(session.closer, Closer::Simultaneous);
     }
 
@@ -486,7 +514,7 @@ pub(crate) mod tests {
         record.close_from_state = tcp_state::LAST_ACK as u8;
         record.birth_ns = 0;
         record.established_ns = 0;
-        let session = Session::from_record(&record, clock(), agent_start()).unwrap();
+        let session = session_of(&record);
         assert!(!session.birth_known);
         assert_eq!(session.start, agent_start());
         assert!(session.established);
@@ -507,7 +535,7 @@ pub(crate) mod tests {
         let mut record = server_record();
         (record.snd_una, record.bytes_acked) = (9_001, 2_049);
         (record.rcv_nxt, record.bytes_received) = (5_000, 12_346);
-        let server = Session::from_record(&record, clock(), agent_start()).unwrap();
+        let server = session_of(&record);
         assert_eq!(server.isns, client_session().isns);
         assert_eq!(
             server.isns,
@@ -516,15 +544,82 @@ pub(crate) mod tests {
                 server: 6_951
             })
         );
+        // Both ends in one trace: the server span's parent is the client span, or, for a
+        // peer outside the linked networks, its link.
+        let client = client_session().context;
+        assert_eq!(server.context.trace_id, client.trace_id);
+        assert_eq!(server.context.parent_span_id, Some(client.span_id));
+        assert_eq!(server.context.flags, 0x303);
+        let unlinked =
+            Session::from_record(&record, clock(), agent_start(), &LinkPolicy::Nothing).unwrap();
+        assert_eq!(unlinked.context.span_id, server.context.span_id);
+        assert_eq!(unlinked.context.parent_span_id, None);
+        assert_eq!(
+            unlinked
+                .context
+                .link
+                .map(|link| (link.trace_id, link.span_id)),
+            Some((client.trace_id, client.span_id))
+        );
+    }
+
+    proptest::proptest! {
+        /// Both ends of any connection, each from its own record (its own local and remote
+        /// counters, the SYN offsets of its side), put their spans in the trace of the
+        /// connection's pair: the client span a root, the server span its child or, for a
+        /// peer outside the linked networks, a root linked to it.
+        #[test]
+        fn both_ends_of_any_connection_meet_in_one_trace(
+            (isns, client, server) in crate::isn::tests::any_connection(),
+            linked in proptest::bool::ANY,
+        ) {
+            let with = |mut record: SessionRecord, counters: SeqCounters| {
+                (record.snd_una, record.bytes_acked) = (counters.snd_una, counters.bytes_acked);
+                (record.rcv_nxt, record.bytes_received) =
+                    (counters.rcv_nxt, counters.bytes_received);
+                record
+            };
+            let policy = if linked { LinkPolicy::All } else { LinkPolicy::Nothing };
+            let session = |record: SessionRecord| {
+                Session::from_record(&record, clock(), agent_start(), &policy).unwrap()
+            };
+            let client = session(with(client_record(), client));
+            let server = session(with(server_record(), server));
+            let ids = ConnectionIds::derive(isns);
+            proptest::prop_assert_eq!((client.isns, server.isns), (Some(isns), Some(isns)));
+            proptest::prop_assert_eq!(
+                client.context,
+                SpanContext {
+                    trace_id: ids.trace_id,
+                    span_id: ids.client_span_id,
+                    parent_span_id: None,
+                    link: None,
+                    flags: 0x103,
+                }
+            );
+            proptest::prop_assert_eq!(server.context.trace_id, client.context.trace_id);
+            proptest::prop_assert_eq!(server.context.span_id, ids.server_span_id);
+            proptest::prop_assert_ne!(server.context.span_id, client.context.span_id);
+            let link = SpanLink {
+                trace_id: ids.trace_id,
+                span_id: ids.client_span_id,
+                flags: 0x303,
+            };
+            let expected = if linked {
+                (Some(ids.client_span_id), None, 0x303)
+            } else {
+                (None, Some(link), 0x103)
+            };
+            proptest::prop_assert_eq!(
+                (server.context.parent_span_id, server.context.link, server.context.flags),
+                expected
+            );
+        }
     }
 
     #[test]
     fn isns_need_an_established_session_of_a_known_side_with_its_counters() {
-        let isns = |record: &SessionRecord| {
-            Session::from_record(record, clock(), agent_start())
-                .unwrap()
-                .isns
-        };
+        let isns = |record: &SessionRecord| session_of(record).isns;
         let mut record = client_record();
         record.states = bits(&[tcp_state::SYN_SENT, tcp_state::CLOSE]);
         record.close_from_state = tcp_state::SYN_SENT as u8;
@@ -561,7 +656,7 @@ pub(crate) mod tests {
     fn fields_without_btf_offsets_are_absent() {
         let mut record = client_record();
         record.flags = flags::BIRTH_SEEN;
-        let session = Session::from_record(&record, clock(), agent_start()).unwrap();
+        let session = session_of(&record);
         assert_eq!(session.bytes, None);
         assert_eq!(session.payload, None);
         assert_eq!(session.health, None);

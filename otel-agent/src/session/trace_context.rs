@@ -2,8 +2,8 @@
 //! fixed function, so that the agents at both ends put their spans in one trace with no
 //! coordination (issue 13). Pure functions; the pair itself comes from the session record.
 //!
-//! Not wired in yet: the encoder uses it once the link policy (issue 13 item 3) lands; until
-//! then only its tests and the criterion bench (`trace_context`) call it.
+//! [`crate::span_context`] turns these ids into each session's span context (root, parent
+//! or link, under the [`crate::link_policy`]); the encoder writes that context.
 //!
 //! # The function, version 1
 //!
