@@ -52,7 +52,7 @@ use otel_agent::{
     isn::IsnPair,
     link_policy::LinkPolicy,
     pipeline::{self, Routes},
-    sampling::Sampler,
+    sampling::{Sampler, SamplingFlags, rules::Rules},
     session::Session,
     stats::ExportSnapshot,
     trace_context::ConnectionIds,
@@ -191,17 +191,15 @@ fn volume(c: &mut Criterion) {
         settings,
         agent_resource(),
     );
-    let cli = Cli::try_parse_from([
-        "otel-agent",
-        "--traces-sampler",
-        "traceidratio",
-        "--traces-sampler-arg",
-        "0.1",
-        "--sample-drop-peer-ports",
-        "53,10250",
-    ])
-    .expect("command line");
-    let sampler = Sampler::resolve(&cli.sampling.flags(), |_| None).expect("sampler");
+    let flags = SamplingFlags {
+        sampler: Some("traceidratio".to_owned()),
+        sampler_arg: Some("0.1".to_owned()),
+        rules: Rules {
+            drop_peer_ports: vec![53, 10250],
+            ..Rules::default()
+        },
+    };
+    let sampler = Sampler::resolve(&flags, |_| None).expect("sampler");
     let trace_id = TraceId::from_bytes([0x5a; 16]);
     let mut group = c.benchmark_group("volume");
     group.throughput(Throughput::Elements(1));

@@ -45,19 +45,9 @@ fn collector(dir: &TempDir) -> (Rotel, String) {
 /// Starts the agent for this test process with `args` and the sampler variables `env`,
 /// exporting to `endpoint` with a short batch delay.
 fn start(endpoint: &str, args: &[&str], env: &[(&str, &str)], dir: &TempDir) -> ChildGuard {
-    let pid = std::process::id().to_string();
-    let mut all = vec![
-        "-p",
-        &pid,
-        "--otlp-endpoint",
-        endpoint,
-        "--otlp-protocol",
-        "grpc",
-        "--bsp-schedule-delay",
-        "200ms",
-    ];
+    let mut all = vec!["--bsp-schedule-delay", "200ms"];
     all.extend_from_slice(args);
-    agent::start(&all, env, dir.path())
+    agent::start_grpc_with_env(endpoint, &all, env, dir.path())
 }
 
 /// `count` IPv4 loopback exchanges.
@@ -398,11 +388,14 @@ fn keep_and_drop_rules_are_counted_by_cause_and_the_metrics_overflow_past_their_
     assert!(ours.is_empty(), "{ours:#?}");
 }
 
+/// Command-line arguments, environment, and a part of the message the agent must print.
+type BadInput<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+
 /// Bad sampler and metrics settings stop the agent at start-up, before the probe is loaded,
 /// with exit 78 and a message naming the variable or flag and what it accepts.
 #[test]
 fn bad_sampling_and_metrics_settings_exit_78_naming_the_source() {
-    let cases: [(&[&str], &[(&str, &str)], &str); 6] = [
+    let cases: [BadInput; 6] = [
         (
             &[],
             &[("OTEL_TRACES_SAMPLER", "ratio")],
