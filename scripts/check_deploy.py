@@ -25,6 +25,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 COLLECTOR_CONFIG = ROOT / "collector-config" / "config.yaml"
+AGENT_EXPORT_CONFIG = ROOT / "otel-agent" / "src" / "export" / "config.rs"
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 COMPOSE_DIR = ROOT / "deploy" / "compose"
 K8S_DIR = ROOT / "deploy" / "kubernetes"
@@ -56,6 +57,18 @@ AGENT_CAPABILITIES = ["BPF", "PERFMON"]
 
 # Unit suffixes the collector's prometheus exporter appends (Prometheus translation rules).
 UNIT_SUFFIXES = {"s": "seconds", "ms": "milliseconds", "By": "bytes"}
+
+# The series the servicegraph connector emits, as Prometheus names: the two counters, and
+# the client and server latency histograms (unit `s`).
+SERVICE_GRAPH_METRICS = {"traces_service_graph_request_total", "traces_service_graph_request_failed_total"} | {
+    f"traces_service_graph_request_{side}_seconds_{suffix}"
+    for side in ("client", "server")
+    for suffix in ("bucket", "sum", "count")
+}
+# Its own counters among the collector's self-metrics (job otel-collector, :8888).
+SERVICE_GRAPH_SELF_METRICS = {
+    f"otelcol_connector_servicegraph_{name}_total" for name in ("total_edges", "expired_edges", "dropped_spans")
+}
 
 CONFIGMAP_HEADER = """\
 # Generated from collector-config/config.yaml by `scripts/check-deploy.sh sync`; edit that
@@ -96,6 +109,21 @@ def load_yaml_all(path: Path) -> list:
 def component_type(name: str) -> str:
     """`otlp_grpc/jaeger` -> `otlp_grpc`."""
     return name.split("/", 1)[0]
+
+
+def seconds(duration: str) -> float | None:
+    """A collector duration (`20s`, `1m30s`, `500ms`) in seconds; None if malformed."""
+    units = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|h|m|s)", str(duration))
+    if not parts or "".join(n + u for n, u in parts) != str(duration):
+        return None
+    return sum(float(n) * units[u] for n, u in parts)
+
+
+def agent_schedule_delay() -> float | None:
+    """The agent's default export batch delay (OTEL_BSP_SCHEDULE_DELAY), read from its source."""
+    match = re.search(r"scheduled_delay: Duration::from_secs\((\d+)\)", AGENT_EXPORT_CONFIG.read_text())
+    return float(match.group(1)) if match else None
 
 
 def image_is_pinned(image: str) -> bool:
@@ -178,6 +206,7 @@ def check_collector(c: Checker) -> dict:
         "a metrics pipeline takes spanmetrics to the prometheus exporter",
         f"metrics pipelines: {list(metric_pipelines)}",
     )
+    check_service_graph(c, connectors, processors, pipelines)
     for connector in connectors:
         c.check(
             any(connector in p.get("exporters", []) for p in pipelines.values())
@@ -204,6 +233,37 @@ def check_collector(c: Checker) -> dict:
     prometheus = exporters.get("prometheus") or {}
     c.check(prometheus.get("endpoint") == "0.0.0.0:8889", "exporter prometheus serves on 0.0.0.0:8889")
     return config
+
+
+def check_service_graph(c: Checker, connectors: dict, processors: dict, pipelines: dict) -> None:
+    """The servicegraph connector pairs both spans of each connection into a service-map edge;
+    its pairing window must outlast the time the two spans can arrive apart."""
+    c.check("servicegraph" in connectors, "connector servicegraph is defined")
+    traces = pipelines.get("traces", {})
+    c.check("servicegraph" in traces.get("exporters", []), "pipeline traces feeds servicegraph")
+    c.check(
+        any(
+            "servicegraph" in p.get("receivers", []) and "prometheus" in p.get("exporters", [])
+            for n, p in pipelines.items()
+            if component_type(n) == "metrics"
+        ),
+        "a metrics pipeline takes servicegraph to the prometheus exporter",
+    )
+    settings = connectors.get("servicegraph") or {}
+    ttl = seconds((settings.get("store") or {}).get("ttl", ""))
+    agent_delay = agent_schedule_delay()
+    batch_timeout = seconds((processors.get("batch") or {}).get("timeout", "0s"))
+    c.check(
+        ttl is not None and agent_delay is not None and batch_timeout is not None and ttl >= agent_delay + batch_timeout,
+        f"servicegraph store.ttl ({ttl} s) covers the agent's batch delay ({agent_delay} s, "
+        f"{AGENT_EXPORT_CONFIG.relative_to(ROOT)}) plus the collector's batch timeout ({batch_timeout} s)",
+    )
+    max_items = (settings.get("store") or {}).get("max_items")
+    c.check(isinstance(max_items, int) and max_items > 0, f"servicegraph store.max_items is set ({max_items})")
+    c.check(
+        "tcplife.comm" in settings.get("dimensions", []),
+        "servicegraph edges carry the processes (dimension tcplife.comm)",
+    )
 
 
 def expected_metric_names(config: dict) -> set[str]:
@@ -234,6 +294,8 @@ def expected_metric_names(config: dict) -> set[str]:
             names.update(f"{full}_{s}" for s in ("bucket", "sum", "count"))
         elif "sum" in metric:
             names.update({full, f"{full}_total"})
+    if "servicegraph" in connectors:
+        names |= SERVICE_GRAPH_METRICS
     return names
 
 
@@ -395,38 +457,77 @@ def check_grafana(c: Checker, collector: dict) -> None:
         "grafana: dashboards provisioned from /var/lib/grafana/dashboards",
     )
 
-    dashboard_path = COMPOSE_DIR / "grafana" / "dashboards" / "otel-agent-sessions.json"
+    tempo_source = by_uid.get("tempo", {})
+    c.check(
+        ((tempo_source.get("jsonData") or {}).get("serviceMap") or {}).get("datasourceUid") == "prometheus",
+        "grafana: the Tempo data source draws its service map from Prometheus",
+    )
+
+    expected = expected_metric_names(collector)
+    wanted = {
+        "otel-agent-sessions.json": (
+            ("tcp_session_duration_seconds_count", "session rate"),
+            ("traces_span_metrics_calls_total", "session rate by process"),
+            ("tcp_session_duration_seconds_bucket", "duration histogram"),
+            ("tcp_session_acked_bytes_sum", "bytes"),
+        ),
+        "otel-agent-service-map.json": (
+            ("traces_service_graph_request_total", "edge rate"),
+            ("traces_service_graph_request_failed_total", "failed edges"),
+            ("traces_service_graph_request_client_seconds_bucket", "edge durations"),
+            ("otelcol_connector_servicegraph_expired_edges_total", "unpaired spans"),
+        ),
+    }
+    dashboards = sorted((COMPOSE_DIR / "grafana" / "dashboards").glob("*.json"))
+    c.check(
+        {d.name for d in dashboards} == set(wanted),
+        f"grafana: dashboards are {sorted(wanted)}",
+        f"found {[d.name for d in dashboards]}",
+    )
+    for path in dashboards:
+        check_dashboard(c, path, set(by_uid), expected, wanted.get(path.name, ()))
+
+
+def check_dashboard(
+    c: Checker, path: Path, uids_known: set[str], expected: set[str], wanted: tuple[tuple[str, str], ...]
+) -> None:
+    name = path.name
     try:
-        dashboard = json.loads(dashboard_path.read_text())
+        dashboard = json.loads(path.read_text())
     except json.JSONDecodeError as error:
-        c.check(False, "grafana: dashboard parses as JSON", str(error))
+        c.check(False, f"grafana: {name} parses as JSON", str(error))
         return
-    c.check(True, "grafana: dashboard parses as JSON")
+    c.check(True, f"grafana: {name} parses as JSON")
     panels = dashboard.get("panels", [])
     uids = {
         ref.get("uid")
         for panel in panels
         for ref in [panel.get("datasource", {})] + [t.get("datasource", {}) for t in panel.get("targets", [])]
     }
-    c.check(uids <= set(by_uid), "grafana: every panel uses a provisioned data source", f"uids {uids - set(by_uid)}")
+    c.check(uids <= uids_known, f"grafana: {name}: every panel uses a provisioned data source", f"uids {uids - uids_known}")
+    c.check(
+        len({p.get("id") for p in panels}) == len(panels),
+        f"grafana: {name}: panel ids are unique",
+    )
     exprs = [t["expr"] for p in panels for t in p.get("targets", []) if "expr" in t]
     exprs += [v.get("definition", "") for v in dashboard.get("templating", {}).get("list", [])]
     used = set()
+    self_used = set()
     for expr in exprs:
-        used.update(re.findall(r"\b((?:tcp_session|traces_span_metrics)_[a-z_]+)\b", expr))
-    expected = expected_metric_names(collector)
+        used.update(re.findall(r"\b(tcp_session_[a-z_]+|traces_service_graph_[a-z_]+|traces_span_metrics_[a-z_]+)\b", expr))
+        self_used.update(re.findall(r"\b(otelcol_connector_servicegraph_[a-z_]+)\b", expr))
     c.check(
         bool(used) and used <= expected,
-        f"grafana: dashboard queries only metrics the collector produces ({len(used)} names)",
+        f"grafana: {name} queries only metrics the collector produces ({len(used)} names)",
         f"unknown: {sorted(used - expected)}; produced: {sorted(expected)}",
     )
-    for wanted, what in (
-        ("tcp_session_duration_seconds_count", "session rate"),
-        ("traces_span_metrics_calls_total", "session rate by process"),
-        ("tcp_session_duration_seconds_bucket", "duration histogram"),
-        ("tcp_session_acked_bytes_sum", "bytes"),
-    ):
-        c.check(wanted in used, f"grafana: dashboard shows the {what} ({wanted})")
+    c.check(
+        self_used <= SERVICE_GRAPH_SELF_METRICS,
+        f"grafana: {name} queries only servicegraph self-metrics the collector has ({len(self_used)} names)",
+        f"unknown: {sorted(self_used - SERVICE_GRAPH_SELF_METRICS)}",
+    )
+    for metric, what in wanted:
+        c.check(metric in used | self_used, f"grafana: {name} shows the {what} ({metric})")
 
 
 # --- Kubernetes --------------------------------------------------------------------------

@@ -4,7 +4,8 @@
 #
 #   scripts/setup.sh build   rust-src for nightly and bpf-linker (enough to build and run)
 #   scripts/setup.sh test    build, plus rustfmt and clippy, and the test peers (the rotel
-#                            collector from PyPI, tcplife from Debian's libbpf-tools, iproute2)
+#                            collector from PyPI, tcplife from Debian's libbpf-tools, iproute2,
+#                            nftables)
 #   scripts/setup.sh bench   test, plus bpftool (Debian's bpftool) for scripts/bench.sh
 set -euo pipefail
 
@@ -70,16 +71,17 @@ ensure_bpf_linker() {
     bpf_linker_ok || die "bpf-linker installed but ~/.cargo/bin is not on PATH"
 }
 
-# Debian packages the tests use: libbpf-tools (the reference tcplife) and iproute2 (ip netns).
+# Debian packages the tests use: libbpf-tools (the reference tcplife), iproute2 (ip netns)
+# and nftables (nft: the DNAT and masquerade between the test hosts of the NAT test).
 ensure_test_packages() {
-    if [ -x /usr/sbin/tcplife ] && command -v ip >/dev/null; then
+    if [ -x /usr/sbin/tcplife ] && command -v ip >/dev/null && command -v nft >/dev/null; then
         return
     fi
-    say "installing libbpf-tools and iproute2 from Debian"
-    command -v apt-get >/dev/null || die "apt-get is missing: install libbpf-tools and iproute2 by hand"
+    say "installing libbpf-tools, iproute2 and nftables from Debian"
+    command -v apt-get >/dev/null || die "apt-get is missing: install libbpf-tools, iproute2 and nftables by hand"
     apt-get update -qq || die "apt-get update failed; check access to the Debian mirrors"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libbpf-tools iproute2 >/dev/null \
-        || die "could not install libbpf-tools and iproute2 with apt-get"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libbpf-tools iproute2 nftables >/dev/null \
+        || die "could not install libbpf-tools, iproute2 and nftables with apt-get"
 }
 
 # bpftool reads the probes' kernel statistics (run_time_ns, run_cnt) for scripts/bench.sh.

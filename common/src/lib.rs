@@ -281,10 +281,45 @@ pub const COUNTERS_MAP: &str = "COUNTERS";
 /// LRU hash: socket address to what the probe knows about the socket.
 pub const SOCKETS_MAP: &str = "SOCKETS";
 
+/// Array of `u64`, indexed by [`control`]: what agents sharing a pinned probe agree on
+/// (`--bpf-pin-dir`). Unused when the probe is not pinned.
+pub const CONTROL_MAP: &str = "CONTROL";
+/// Per-CPU array of one `[u64; HANDOFF_SLOTS]`: the closes a retiring program handled,
+/// during a handover between two generations of the probe (see [`control::RETIRING`]).
+pub const HANDOFF_MAP: &str = "HANDOFF";
+/// Closes a CPU can be inside at once (task, softirq, hardirq, NMI).
+pub const HANDOFF_SLOTS: usize = 4;
+
+/// Version of everything a pinned probe hands to the next agent: [`SessionRecord`] (read
+/// from the pinned ring buffer), [`SocketState`] (the pinned socket map), the [`counter`]
+/// indices, [`control`] and the handover protocol. An agent refuses pins of another
+/// version; bump it with any change to one of them.
+pub const PIN_LAYOUT_VERSION: u64 = 1;
+
+/// Indices into [`CONTROL_MAP`].
+pub mod control {
+    /// The [`PIN_LAYOUT_VERSION`](crate::PIN_LAYOUT_VERSION) of the pinned maps.
+    pub const LAYOUT: u32 = 0;
+    /// The generation whose programs handle state changes; the others return at once.
+    pub const ACTIVE: u32 = 1;
+    /// During a handover, the generation being retired: at each close it handles, it
+    /// records the socket in [`HANDOFF_MAP`](crate::HANDOFF_MAP), and the newer program
+    /// that runs after it in the same hit skips that close. 0 otherwise.
+    pub const RETIRING: u32 = 2;
+    /// Records the agents read from the ring buffer, over every agent: the kernel's
+    /// `EMITTED` counter less this is what waits in the ring buffer.
+    pub const CONSUMED: u32 = 3;
+    /// Number of entries.
+    pub const COUNT: u32 = 4;
+}
+
 /// Global ([`KernelOffsets`]) with the kernel struct offsets.
 pub const KERNEL_OFFSETS: &str = "KERNEL_OFFSETS";
 /// Global ([`Filters`]) with the kernel-side filters.
 pub const FILTERS: &str = "FILTERS";
+/// Global (`u64`): this program's generation when pinned (1, 2, ...: see
+/// [`control::ACTIVE`]); 0 when not pinned, and then the program always handles.
+pub const GENERATION: &str = "GENERATION";
 /// Global (`u32`): 1 to report sessions whose birth was not seen, 0 to skip them.
 pub const REPORT_UNKNOWN_BIRTH: &str = "REPORT_UNKNOWN_BIRTH";
 /// Global (`u64`): unread bytes in [`EVENTS_MAP`] from which a new record wakes the agent at

@@ -31,7 +31,8 @@
 //! - [`kernel`]: reads of kernel memory at the offsets the agent resolved from BTF;
 //! - [`task`]: the current task and the clock;
 //! - [`filters`]: the load-time filters;
-//! - [`counters`]: the per-CPU outcome counters.
+//! - [`counters`]: the per-CPU outcome counters;
+//! - [`generation`]: which generation handles a hit when the probe is pinned.
 //!
 //! Splitting a function changes what the compiler makes of it (the filters at close and the
 //! record written were split once, and the program grew by 4 instructions), so a change to
@@ -55,6 +56,7 @@ macro_rules! global {
 
 mod counters;
 mod filters;
+mod generation;
 mod kernel;
 mod programs;
 mod record;

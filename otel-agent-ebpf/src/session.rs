@@ -16,6 +16,7 @@ use common::{
 use crate::{
     counters::count,
     filters::{family_allowed, netns_allowed, pid_allowed, port_allowed},
+    generation,
     kernel::{KERNEL_OFFSETS, read},
     record::on_close,
     state_change::{Ends, StateChange},
@@ -33,6 +34,9 @@ pub(crate) fn on_state_change(change: &impl StateChange) {
     let skaddr = change.skaddr();
     let oldstate = change.oldstate();
     let newstate = change.newstate();
+    if !generation::handles(newstate == tcp_state::CLOSE, skaddr) {
+        return;
+    }
     let Some(socket) = SOCKETS.get_ptr_mut(skaddr) else {
         if newstate < tcp_state::FIN_WAIT1 {
             if change.is_tcp() {
@@ -121,6 +125,9 @@ fn on_birth(skaddr: u64, newstate: i32, args: &Ends) {
 
 /// Sets `bits` in the state of a tracked socket.
 pub(crate) fn mark(skaddr: u64, bits: u32) {
+    if !generation::active() {
+        return;
+    }
     if let Some(socket) = SOCKETS.get_ptr_mut(skaddr) {
         // SAFETY: a live map value.
         unsafe { (*socket).states |= bits };
@@ -135,6 +142,9 @@ pub(crate) fn on_accept(ctx: &TracePointContext) {
     // format file, which `SysExit` mirrors; the verifier bounds every read.
     let args = unsafe { &*ctx.as_ptr().cast::<SysExit>() };
     let fd = args.ret;
+    if !generation::active() {
+        return;
+    }
     if !(0..MAX_FD).contains(&fd) || global!(KERNEL_OFFSETS.valid) & offsets_valid::ACCEPT == 0 {
         return;
     }

@@ -5,7 +5,10 @@
 //!   batch of sessions into one OTLP request (per span);
 //! - per connection, with criterion (`trace_context`): deriving its trace context from the
 //!   ISN pair (`derive`), and the SHA-256 alone on its 37-byte input (`sha256`; the
-//!   comparison with BLAKE3 and ring is in `trace_context`'s module doc);
+//!   comparison with BLAKE3 and ring is in `trace_context`'s module doc); a session's whole
+//!   span context as the session stage decides it (`span_context_server`: derived, parent
+//!   or link under a policy; `span_context_random`: random ids, for sessions without a
+//!   pair);
 //! - the whole pipeline: synthetic ring-buffer records -> decode -> the agent's pipeline
 //!   stage -> the agent's export queue and OTLP/gRPC exporter -> a counting receiver on
 //!   loopback. Everything but the receiver runs pinned to one CPU, the receiver on
@@ -49,11 +52,12 @@ use otel_agent::{
         session_metrics::{DEFAULT_CARDINALITY_LIMIT, MetricsSettings, SessionMetrics},
         span::{self, SpanText},
     },
-    isn::IsnPair,
+    isn::{IsnPair, Side},
     link_policy::LinkPolicy,
     pipeline::{self, Routes},
     sampling::{Sampler, SamplingFlags, rules::Rules},
     session::Session,
+    span_context::SpanContext,
     stats::ExportSnapshot,
     trace_context::ConnectionIds,
 };
@@ -228,6 +232,18 @@ fn trace_context(c: &mut Criterion) {
     group.bench_function("sha256", |b| {
         b.iter(|| sha2::Sha256::digest(black_box(&input)));
     });
+    // A session's whole context, as `Session::from_record` decides it: a server span under
+    // a default-sized policy (loopback and four host addresses), and random ids.
+    let policy = LinkPolicy::loopback_and(
+        ["10.0.2.15", "172.17.0.1", "fd00::2", "fe80::1"].map(|ip| ip.parse().expect("an address")),
+    );
+    let peer = "127.0.0.1".parse().expect("an address");
+    group.bench_function("span_context_server", |b| {
+        b.iter(|| SpanContext::decide(Some(Side::Server), Some(black_box(pair)), peer, &policy));
+    });
+    group.bench_function("span_context_random", |b| {
+        b.iter(SpanContext::random);
+    });
     group.finish();
 }
 
@@ -391,7 +407,7 @@ async fn pipeline_run(
     .expect("agent command line");
     let config = ExportConfig::resolve(&cli.export.flags(), |name| std::env::var(name).ok())
         .expect("config");
-    let destinations = Destinations::new(&config).expect("exporter");
+    let destinations = Destinations::new(&config, None).expect("exporter");
     let exporters = Exporters::start(destinations, false);
     let outputs = exporters.handles();
     let routes = Routes {

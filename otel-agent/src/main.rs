@@ -10,7 +10,7 @@ use std::{io::IsTerminal as _, process::ExitCode};
 use clap::{Parser as _, error::ErrorKind};
 use otel_agent::{
     agent,
-    cli::{Cli, LogFormat},
+    cli::{Cli, Command, LogFormat},
     error::{AgentError, exit_code},
     export::config::check_utf8,
     log_text::{Escaped, with_causes},
@@ -62,6 +62,13 @@ fn main() -> ExitCode {
     match cli.log_format {
         LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
         LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
+
+    if let Some(Command::Detach { bpf_pin_dir }) = &cli.command {
+        return match otel_agent::probe::pins::detach(bpf_pin_dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => failed(&AgentError::Probe(error.into())),
+        };
     }
 
     // On this thread, before any other exists: every thread started afterwards inherits the

@@ -3,12 +3,15 @@
 //! ([`peer`]), the SYN and SYN-ACK sequence numbers on the wire ([`capture`]), a private mount namespace that hides tracefs ([`mountns`]), child processes
 //! that are always reaped ([`process`]), the real rotel collector ([`rotel`]), an
 //! in-process OTLP receiver for exact assertions on headers, compression, batching and TLS
-//! ([`receiver`]), a TCP front in front of it that injects transport faults ([`fault`]) and the real libbpf-tools tcplife ([`tcplife`]).
+//! ([`receiver`]), a TCP front in front of it that injects transport faults ([`fault`]), the
+//! real libbpf-tools tcplife ([`tcplife`]), and network namespaces the test creates
+//! ([`netns`]), two of them joined by a NAT as a Kubernetes Service joins two pods ([`nat`]).
 
 pub mod agent;
 pub mod capture;
 pub mod fault;
 pub mod mountns;
+pub mod nat;
 pub mod netns;
 pub mod peer;
 pub mod process;

@@ -594,17 +594,22 @@ pub fn spans_for(received: &[Received], exchange: &Exchange) -> Vec<Span> {
         i64::from(exchange.client.port()),
         i64::from(exchange.server.port()),
     ];
+    spans_where(received, |span| {
+        matches!(
+            (int_attribute(span, "network.local.port"), int_attribute(span, "network.peer.port")),
+            (Some(l), Some(p)) if ports.contains(&l) && ports.contains(&p)
+        )
+    })
+}
+
+/// The spans in `received` that `keep` selects, in the order they arrived.
+pub fn spans_where(received: &[Received], keep: impl Fn(&Span) -> bool) -> Vec<Span> {
     received
         .iter()
         .flat_map(|r| &r.request.resource_spans)
         .flat_map(|rs| &rs.scope_spans)
         .flat_map(|ss| &ss.spans)
-        .filter(|span| {
-            matches!(
-                (int_attribute(span, "network.local.port"), int_attribute(span, "network.peer.port")),
-                (Some(l), Some(p)) if ports.contains(&l) && ports.contains(&p)
-            )
-        })
+        .filter(|span| keep(span))
         .cloned()
         .collect()
 }

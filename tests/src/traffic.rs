@@ -2,10 +2,11 @@
 //! test process, with the timestamps the test needs to bracket what the probe reports.
 
 use std::{
-    io::{Read, Write},
+    io::{self, ErrorKind, Read, Write},
     net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream},
+    os::fd::AsRawFd as _,
     thread,
-    time::SystemTime,
+    time::{Duration, Instant, SystemTime},
 };
 
 /// Which end closes first.
@@ -65,27 +66,9 @@ fn run_exchange(ip: IpAddr, client_bytes: usize, server_bytes: usize, closer: Cl
     let client_addr = client.local_addr().expect("client address");
     drop(listener);
 
-    client
-        .write_all(&vec![b'c'; client_bytes])
-        .expect("client write");
-    read_exactly(&mut server, client_bytes);
-    server
-        .write_all(&vec![b's'; server_bytes])
-        .expect("server write");
-    read_exactly(&mut client, server_bytes);
-
+    send_both_ways(&mut client, &mut server, client_bytes, server_bytes);
     let before_close_ns = monotonic_ns();
-    let (mut first, mut second) = match closer {
-        Closer::Client => (client, server),
-        Closer::Server => (server, client),
-    };
-    first
-        .shutdown(Shutdown::Write)
-        .expect("shut down the first closer's side");
-    read_eof(&mut second);
-    drop(second);
-    read_eof(&mut first);
-    drop(first);
+    close_in_order(client, server, closer);
     let after_close_ns = monotonic_ns();
 
     Exchange {
@@ -98,6 +81,100 @@ fn run_exchange(ip: IpAddr, client_bytes: usize, server_bytes: usize, closer: Cl
         before_connect_wall,
         after_close_wall: SystemTime::now(),
     }
+}
+
+/// Sends `client_bytes` from `client` to `server` and `server_bytes` back over a connected
+/// pair, each read in full by the other end.
+pub fn send_both_ways(
+    client: &mut TcpStream,
+    server: &mut TcpStream,
+    client_bytes: usize,
+    server_bytes: usize,
+) {
+    client
+        .write_all(&vec![b'c'; client_bytes])
+        .expect("client write");
+    read_exactly(server, client_bytes);
+    server
+        .write_all(&vec![b's'; server_bytes])
+        .expect("server write");
+    read_exactly(client, server_bytes);
+}
+
+/// Closes a connected pair as an [`exchange`] does: `closer` shuts down its sending side
+/// first, the other end reads EOF and closes, then `closer` reads EOF and closes.
+pub fn close_in_order(client: TcpStream, server: TcpStream, closer: Closer) {
+    let (mut first, mut second) = match closer {
+        Closer::Client => (client, server),
+        Closer::Server => (server, client),
+    };
+    first
+        .shutdown(Shutdown::Write)
+        .expect("shut down the first closer's side");
+    read_eof(&mut second);
+    drop(second);
+    read_eof(&mut first);
+    drop(first);
+}
+
+/// Ends the connection of `client` with a reset: `client_bytes` to `server`, read there,
+/// then, once the client's send queue is empty (every byte acknowledged, so that both ends
+/// count them), the client closes with `SO_LINGER` 0, which sends an RST; the server's next
+/// read sees it.
+pub fn reset(mut client: TcpStream, mut server: TcpStream, client_bytes: usize) {
+    client
+        .write_all(&vec![b'c'; client_bytes])
+        .expect("client write");
+    read_exactly(&mut server, client_bytes);
+    abort(client).expect("abort the client");
+    let mut byte = [0_u8; 1];
+    match server.read(&mut byte) {
+        Ok(0) => {}
+        Err(error) if error.kind() == ErrorKind::ConnectionReset => {}
+        other => panic!("expected a reset, got {other:?}"),
+    }
+}
+
+/// Closes `stream` with a reset (`SO_LINGER` 0) once every byte written to it was
+/// acknowledged (its send queue, `SIOCOUTQ`, is empty; at most 5 s).
+pub fn abort(stream: TcpStream) -> io::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut unacked: libc::c_int = 0;
+        // SAFETY: SIOCOUTQ writes one int.
+        if unsafe { libc::ioctl(stream.as_raw_fd(), libc::TIOCOUTQ, &raw mut unacked) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if unacked == 0 {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(io::Error::new(
+                ErrorKind::TimedOut,
+                format!("{unacked} bytes still unacknowledged after 5 s"),
+            ));
+        }
+        thread::sleep(Duration::from_millis(1));
+    }
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: a valid socket and a valid `linger` of the right size.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const linger).cast(),
+            size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    drop(stream);
+    Ok(())
 }
 
 fn read_eof(stream: &mut TcpStream) {

@@ -5,11 +5,13 @@
 //! IPv4-mapped IPv6, to the in-process receiver (every id and flag); through rotel (ids,
 //! parent and link: rotel prints no flags). The linking policy: a loopback peer outside
 //! `--link-peers 10.0.0.0/8`, or any peer with `none`, gives a parentless server span in the
-//! same trace with a span link to the client span; `all` gives the child. A refused connect
-//! is a lone root with random ids.
+//! same trace with a span link to the client span; `all` gives the child; the default holds
+//! the addresses of the agent's own network namespace. A refused connect is a lone root
+//! with random ids.
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream},
+    process::Command,
     time::Duration,
 };
 
@@ -23,8 +25,9 @@ use opentelemetry_proto::tonic::{
 use otel_agent_tests::{
     agent,
     capture::Capture,
+    netns::NetNs,
     process::TempDir,
-    receiver::{Kind, Receiver, int_attribute, spans_for, spans_of},
+    receiver::{Kind, Received, Receiver, int_attribute, spans_for, spans_of, spans_where},
     require_root,
     rotel::{ReceivedLink, ReceivedSpan, Rotel},
     traffic::{self, Closer, Exchange},
@@ -241,20 +244,62 @@ fn a_peer_outside_link_peers_gives_a_parentless_server_span_linked_to_the_client
 
 #[test]
 fn link_peers_none_links_every_server_span_and_all_parents_every_one() {
-    let (client, server, ids, stderr) = run(
-        "trace-none",
-        IpAddr::V6(Ipv6Addr::LOCALHOST),
-        &["--link-peers", "none"],
+    for (policy, ip, expected) in [
+        ("none", IpAddr::V6(Ipv6Addr::LOCALHOST), Server::Linked),
+        ("all", IpAddr::V4(Ipv4Addr::LOCALHOST), Server::Child),
+    ] {
+        let name = format!("trace-{policy}");
+        let (client, server, ids, stderr) = run(&name, ip, &["--link-peers", policy]);
+        assert_connection(&client, &server, &ids, expected);
+        assert_policy_logged(&stderr, policy, "--link-peers");
+    }
+}
+
+/// The default policy holds the addresses of the agent's own network namespace: run inside
+/// a namespace with `--netns self`, that namespace's (192.0.2.1 on its loopback, beside
+/// 127.0.0.1 and ::1); run from the host with `--netns` naming that namespace, whose
+/// addresses it cannot read, loopback alone, and it says so.
+#[test]
+fn the_default_policy_holds_the_addresses_of_the_agents_own_namespace() {
+    require_root();
+    let netns = NetNs::create("trace-policy");
+    let status = Command::new("ip")
+        .args([
+            "-n",
+            &netns.name,
+            "address",
+            "add",
+            "192.0.2.1/32",
+            "dev",
+            "lo",
+        ])
+        .status()
+        .expect("run ip");
+    assert!(status.success(), "ip address add");
+    let pid = std::process::id().to_string();
+    let inside = TempDir::new("trace-policy-inside");
+    let command = agent::wrapped_command(
+        &["ip", "netns", "exec", &netns.name],
+        &["--netns", "self", "-p", &pid],
+        &[],
     );
-    assert_connection(&client, &server, &ids, Server::Linked);
-    assert_policy_logged(&stderr, "none", "--link-peers");
-    let (client, server, ids, stderr) = run(
-        "trace-all",
-        IpAddr::V4(Ipv4Addr::LOCALHOST),
-        &["--link-peers", "all"],
+    let mut agent = agent::start_command(command, inside.path());
+    agent::stop(&mut agent);
+    assert_policy_logged(
+        &agent.stderr_text(),
+        "127.0.0.0/8,::1/128,192.0.2.1/32",
+        "default",
     );
-    assert_connection(&client, &server, &ids, Server::Child);
-    assert_policy_logged(&stderr, "all", "--link-peers");
+    let outside = TempDir::new("trace-policy-outside");
+    let inode = netns.inode().to_string();
+    let mut agent = agent::start(&["--netns", &inode, "-p", &pid], &[], outside.path());
+    agent::stop(&mut agent);
+    let stderr = agent.stderr_text();
+    assert_policy_logged(&stderr, "127.0.0.0/8,::1/128", "default");
+    assert!(
+        stderr.contains("--netns names another network namespace"),
+        "{stderr}"
+    );
 }
 
 /// A connect that got no SYN-ACK has no server ISN: a root of its own trace, random ids.
@@ -273,24 +318,15 @@ fn a_refused_connect_is_a_lone_root_with_random_ids() {
             .expect_err("nothing listens on the port");
     }
     agent::stop(&mut agent);
-    let to_closed =
-        |span: &&Span| int_attribute(span, "network.peer.port") == Some(i64::from(closed.port()));
+    let to_closed = |received: &[Received]| {
+        spans_where(received, |span| {
+            int_attribute(span, "network.peer.port") == Some(i64::from(closed.port()))
+        })
+    };
     let received = receiver.wait_for(Duration::from_secs(10), "two refused connects", |r| {
-        r.iter()
-            .flat_map(|r| &r.request.resource_spans)
-            .flat_map(|rs| &rs.scope_spans)
-            .flat_map(|ss| &ss.spans)
-            .filter(to_closed)
-            .count()
-            >= 2
+        to_closed(r).len() >= 2
     });
-    let spans: Vec<&Span> = received
-        .iter()
-        .flat_map(|r| &r.request.resource_spans)
-        .flat_map(|rs| &rs.scope_spans)
-        .flat_map(|ss| &ss.spans)
-        .filter(to_closed)
-        .collect();
+    let spans = to_closed(&received);
     let [first, second] = spans.as_slice() else {
         panic!("one span per connect: {spans:#?}");
     };

@@ -204,21 +204,14 @@ fn in_netns<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
 ) -> (T, u32) {
     let netns = NetNs::create(tag);
-    let path = format!("/run/netns/{}", netns.name);
-    let result = std::thread::spawn(move || {
-        let file = std::fs::File::open(&path).expect("the namespace's bind mount");
-        // SAFETY: `file` is an open namespace file; setns changes only this thread.
-        let status = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(status, 0, "setns: {}", std::io::Error::last_os_error());
+    let result = netns.run_in(|| {
         for (name, value) in sysctls {
             // /proc/sys/net is the namespace of the task that opens it: this thread's.
             let file = format!("/proc/sys/net/ipv4/{name}");
             std::fs::write(&file, value).unwrap_or_else(|error| panic!("{file}: {error}"));
         }
         f()
-    })
-    .join()
-    .expect("the test thread in the namespace");
+    });
     (result, netns.inode())
 }
 

@@ -29,7 +29,7 @@ use crate::{
     log_text::{Escaped, with_causes},
     metrics::SelfMetrics,
     pipeline::{self, Routes},
-    probe::Probe,
+    probe::{Probe, pins::Consumption},
     routing::{self, Outputs},
     sampling::{Sampler, SamplingStats},
     shutdown::Signals,
@@ -46,6 +46,8 @@ pub struct Prepared {
     outputs: routing::Prepared,
     probe: Probe,
     ring: RingBuf<MapData>,
+    /// A pinned probe: where the reader records what it read.
+    consumption: Option<Consumption>,
     agent_start: SystemTime,
     sampler: Sampler,
     metrics: MetricsSettings,
@@ -91,8 +93,24 @@ pub fn prepare(cli: Cli) -> Result<Prepared, AgentError> {
     let agent_start = SystemTime::now();
     let mut probe = Probe::attach(&cli.probe.options())?;
     let ring = probe.take_events()?;
+    let consumption = probe.take_consumption();
     let features = probe.features;
     crate::probe::drop_privileges::drop_after_attach();
+    if let Some(pins) = probe.counters().ok().and_then(|counters| counters.pins) {
+        let dir = cli.probe.bpf_pin_dir.as_deref().unwrap_or(Path::new(""));
+        let dir = Escaped(&dir.display().to_string()).to_string();
+        if pins.previous_generation == 0 {
+            tracing::info!(%dir, "pinned the probe: there was none to take over");
+        } else {
+            tracing::info!(
+                %dir,
+                from_generation = pins.previous_generation,
+                adopted_records = pins.adopted_records,
+                adopted_open_sessions = pins.adopted_open,
+                "took over the pinned probe: these records wait in its ring buffer, these sessions were open"
+            );
+        }
+    }
     tracing::info!(
         bytes = features.bytes,
         payload = features.payload,
@@ -109,6 +127,7 @@ pub fn prepare(cli: Cli) -> Result<Prepared, AgentError> {
         outputs,
         probe,
         ring,
+        consumption,
         agent_start,
         sampler,
         metrics,
@@ -125,6 +144,7 @@ pub async fn run(prepared: Prepared, signals: Signals) -> Result<(), AgentError>
         outputs,
         mut probe,
         ring,
+        consumption,
         agent_start,
         sampler,
         metrics,
@@ -157,7 +177,13 @@ pub async fn run(prepared: Prepared, signals: Signals) -> Result<(), AgentError>
     let stats = Arc::new(PipelineStats::default());
     let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
     let stop = CancellationToken::new();
-    let mut reader = tokio::spawn(events::read(ring, tx, stats.clone(), stop.clone()));
+    let mut reader = tokio::spawn(events::read(
+        ring,
+        tx,
+        stats.clone(),
+        stop.clone(),
+        consumption,
+    ));
     let mut pipeline = tokio::spawn(pipeline::run(rx, routes, stats.clone()));
 
     let outputs = exporters.handles();
@@ -243,6 +269,15 @@ pub async fn run(prepared: Prepared, signals: Signals) -> Result<(), AgentError>
     );
     for output in panicked {
         failures.push(format!("the {output} export worker panicked"));
+    }
+    let read = stats
+        .records_read
+        .load(std::sync::atomic::Ordering::Relaxed);
+    if let Err(error) = probe.leave(read) {
+        tracing::warn!(
+            error = %Escaped(&error.to_string()),
+            "cannot read what this agent leaves in the pin directory"
+        );
     }
     let last = snapshot(&probe);
     last.log("final");

@@ -10,12 +10,13 @@ use clap::{
 };
 use common::{AF_INET, AF_INET6, Filters, MAX_FILTER_PORTS};
 
+use crate::link_policy::LinkPolicy;
 use crate::{
     export::{
         config::{ExportFlags, INDEFINITE_TIMEOUT, MAX_DURATION, OtlpProtocol},
         session_metrics::DEFAULT_CARDINALITY_LIMIT,
+        spool::SpoolOptions,
     },
-    link_policy::LinkPolicy,
     probe::{ProbeOptions, StateProbe},
     sampling::{
         SamplingFlags,
@@ -33,7 +34,12 @@ pub const MAX_TRACKED_SOCKETS: u32 = 1 << 22;
 /// endpoint it prints one tcplife-style line per closed session instead.
 #[derive(Debug, Parser)]
 #[command(name = "otel-agent", version)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct Cli {
+    /// A subcommand instead of running the agent.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     #[command(flatten)]
     pub export: ExportArgs,
 
@@ -91,6 +97,19 @@ pub struct Cli {
     /// is one line in either (`final accounting`, its figures in the `json` field).
     #[arg(long, env = "OTEL_AGENT_LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,
+}
+
+/// What `otel-agent SUBCOMMAND` does instead of running the agent.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Detach the probe an agent left pinned with --bpf-pin-dir and remove every pin (the
+    /// records still waiting in its ring buffer are discarded). Stop the agent first.
+    /// Nothing to detach is not an error.
+    Detach {
+        /// The pin directory given to the agent.
+        #[arg(long, env = "OTEL_AGENT_BPF_PIN_DIR", value_name = "DIR")]
+        bpf_pin_dir: PathBuf,
+    },
 }
 
 /// How the agent's own logs are written.
@@ -175,6 +194,18 @@ pub struct ExportArgs {
     /// resource for every session.
     #[arg(long, env = "OTEL_AGENT_RESOURCE_PER_PROCESS")]
     pub resource_per_process: bool,
+
+    /// Keep export requests the collector cannot take now (down, slow, or not by the
+    /// shutdown deadline) in this directory instead of dropping them, and deliver them,
+    /// oldest first, once it takes spans again (this agent or the next one). Created if
+    /// missing (mode 0700); one agent per directory. Off by default.
+    #[arg(long, env = "OTEL_AGENT_SPOOL_DIR", value_name = "DIR")]
+    pub spool_dir: Option<PathBuf>,
+
+    /// Bytes the spool may hold: a number of bytes, or with KiB, MiB or GiB (like 512MiB),
+    /// at least 1MiB; beyond it the oldest requests are dropped (and counted).
+    #[arg(long, env = "OTEL_AGENT_SPOOL_MAX_BYTES", value_name = "BYTES", default_value = "1GiB", value_parser = parse_bytes)]
+    pub spool_max_bytes: u64,
 }
 
 /// Local outputs: tcplife's console and OTLP JSON lines.
@@ -285,6 +316,14 @@ pub struct ProbeArgs {
     /// tracepoint is used).
     #[arg(long, env = "OTEL_AGENT_ATTACH", value_enum, default_value_t = AttachType::Tracepoint)]
     pub attach: AttachType,
+
+    /// Pin the probe under this directory on a BPF filesystem (for example
+    /// /sys/fs/bpf/otel-agent) so that it keeps running while no agent does, and take over
+    /// what a previous agent pinned there: no session is missed across a restart or an
+    /// upgrade. On stop the probe stays attached; `otel-agent detach --bpf-pin-dir DIR`
+    /// removes it. Off by default.
+    #[arg(long, env = "OTEL_AGENT_BPF_PIN_DIR", value_name = "DIR")]
+    pub bpf_pin_dir: Option<PathBuf>,
 }
 
 /// Volume control (README "Sampling"): which sessions the outputs get (the sampler and the
@@ -460,6 +499,46 @@ impl ExportArgs {
             bsp_max_concurrent_exports: self.bsp_max_concurrent_exports,
         }
     }
+
+    /// The spool's options, if `--spool-dir` is given.
+    pub fn spool(&self) -> Option<SpoolOptions> {
+        Some(SpoolOptions {
+            dir: self.spool_dir.clone()?,
+            max_bytes: self.spool_max_bytes,
+        })
+    }
+}
+
+/// The smallest `--spool-max-bytes`: room for a few large requests.
+const MIN_SPOOL_BYTES: u64 = 1 << 20;
+
+/// Parses a size in bytes, or with a KiB, MiB or GiB suffix, of at least [`MIN_SPOOL_BYTES`].
+fn parse_bytes(text: &str) -> Result<u64, String> {
+    let (number, unit) = text
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((text, ""), |at| text.split_at(at));
+    let scale = match unit {
+        "" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        _ => {
+            return Err(format!(
+                "`{text}` is not a size; use bytes or KiB, MiB, GiB, like 512MiB"
+            ));
+        }
+    };
+    let bytes = number
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(scale))
+        .ok_or_else(|| {
+            format!("`{text}` is not a size; use bytes or KiB, MiB, GiB, like 512MiB")
+        })?;
+    if bytes < MIN_SPOOL_BYTES {
+        return Err(format!("`{text}` is too small: at least 1MiB"));
+    }
+    Ok(bytes)
 }
 
 /// Ports of one filter, at most [`MAX_FILTER_PORTS`].
@@ -504,6 +583,7 @@ impl ProbeArgs {
                 AttachType::Tracepoint => StateProbe::Tracepoint,
                 AttachType::RawTracepoint => StateProbe::RawTracepoint,
             },
+            pin_dir: self.bpf_pin_dir.clone(),
         }
     }
 }
@@ -617,6 +697,8 @@ fn parse_timeout(text: &str) -> Result<Duration, String> {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
 
     #[test]
@@ -780,6 +862,91 @@ mod tests {
     }
 
     #[test]
+    fn the_spool_is_off_by_default_and_its_size_takes_binary_units() {
+        let parse = |args: &[&str]| {
+            let mut argv = vec!["otel-agent"];
+            argv.extend_from_slice(args);
+            Cli::try_parse_from(argv).map(|cli| cli.export.spool())
+        };
+        assert_eq!(parse(&[]).unwrap(), None);
+        let spool = |max_bytes| {
+            Some(SpoolOptions {
+                dir: "/var/spool/x".into(),
+                max_bytes,
+            })
+        };
+        assert_eq!(
+            parse(&["--spool-dir", "/var/spool/x"]).unwrap(),
+            spool(1 << 30)
+        );
+        for (size, bytes) in [
+            ("1048576", 1 << 20),
+            ("512MiB", 512 << 20),
+            ("2GiB", 2 << 30),
+        ] {
+            assert_eq!(
+                parse(&["--spool-dir", "/var/spool/x", "--spool-max-bytes", size]).unwrap(),
+                spool(bytes),
+                "{size}"
+            );
+        }
+        for (size, message) in [
+            ("1KiB", "`1KiB` is too small: at least 1MiB"),
+            ("0", "`0` is too small"),
+            (
+                "5MB",
+                "`5MB` is not a size; use bytes or KiB, MiB, GiB, like 512MiB",
+            ),
+            ("-1", "`-1` is not a size"),
+            ("99999999999GiB", "`99999999999GiB` is not a size"),
+        ] {
+            let error = parse(&[&format!("--spool-max-bytes={size}")]).unwrap_err();
+            assert_eq!(error.kind(), clap::error::ErrorKind::ValueValidation);
+            let text = error.to_string();
+            assert!(
+                text.contains(message) && text.contains("--spool-max-bytes"),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_pin_directory_is_off_by_default_and_detach_is_a_subcommand() {
+        let plain = Cli::try_parse_from(["otel-agent", "-L", "80"]).unwrap();
+        assert!(plain.command.is_none());
+        assert_eq!(plain.probe.options().pin_dir, None);
+        let pinned = Cli::try_parse_from(["otel-agent", "--bpf-pin-dir", "/sys/fs/bpf/a"]).unwrap();
+        assert_eq!(
+            pinned.probe.options().pin_dir,
+            Some(PathBuf::from("/sys/fs/bpf/a"))
+        );
+        let detach =
+            Cli::try_parse_from(["otel-agent", "detach", "--bpf-pin-dir", "/sys/fs/bpf/a"])
+                .unwrap();
+        assert!(matches!(
+            detach.command,
+            Some(Command::Detach { bpf_pin_dir }) if bpf_pin_dir == Path::new("/sys/fs/bpf/a")
+        ));
+        // The agent's flags do not mix with a subcommand.
+        assert!(
+            Cli::try_parse_from(["otel-agent", "-L", "80", "detach", "--bpf-pin-dir", "/x"])
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn netns_self_is_this_process_namespace() {
+        let expected = std::fs::metadata("/proc/self/ns/net").unwrap().ino();
+        assert_eq!(parse_netns("self"), Ok(expected as u32));
+    }
+
+    #[test]
+    fn the_command_definition_is_consistent() {
+        use clap::CommandFactory as _;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
     fn link_peers_takes_networks_all_or_none() {
         let parse = |args: &[&str]| {
             let mut argv = vec!["otel-agent"];
@@ -810,12 +977,6 @@ mod tests {
             assert!(text.contains("--link-peers"), "{text}");
             assert!(text.contains("CIDR notation"), "{text}");
         }
-    }
-
-    #[test]
-    fn netns_self_is_this_process_namespace() {
-        let expected = std::fs::metadata("/proc/self/ns/net").unwrap().ino();
-        assert_eq!(parse_netns("self"), Ok(expected as u32));
     }
 
     #[test]
@@ -893,11 +1054,5 @@ mod tests {
             .join(",");
         let cli = Cli::try_parse_from(["otel-agent", "--sample-drop-local-ports", &many]).unwrap();
         assert_eq!(cli.sampling.flags().rules.drop_local_ports.len(), 40);
-    }
-
-    #[test]
-    fn the_command_definition_is_consistent() {
-        use clap::CommandFactory as _;
-        Cli::command().debug_assert();
     }
 }

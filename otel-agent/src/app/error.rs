@@ -15,8 +15,11 @@ pub mod exit_code {
     /// The kernel lacks a feature the probe needs (`EX_UNAVAILABLE`).
     pub const KERNEL_UNSUPPORTED: u8 = 69;
     /// Writing a local output (the console, JSON lines) failed, for example stdout was
-    /// closed or the disk is full (`EX_IOERR`).
+    /// closed or the disk is full; or the spool directory cannot be used (`EX_IOERR`).
     pub const OUTPUT: u8 = 74;
+    /// The pin directory (`--bpf-pin-dir`) holds a probe of a layout this agent cannot take
+    /// over (`EX_DATAERR`): `otel-agent detach --bpf-pin-dir DIR` removes it.
+    pub const PINS_INCOMPATIBLE: u8 = 65;
     /// Anything else: an internal failure (`EX_SOFTWARE`).
     pub const INTERNAL: u8 = 70;
 }
@@ -32,6 +35,8 @@ pub enum AgentError {
     Probe(#[from] probe::ProbeError),
     #[error(transparent)]
     Output(#[from] local::SinkFailed),
+    #[error(transparent)]
+    Spool(#[from] export::spool::SpoolError),
     #[error("cannot open the JSON output {path}: {error}; check the path and its permissions")]
     JsonOutput {
         path: std::path::PathBuf,
@@ -46,12 +51,14 @@ impl AgentError {
     pub fn exit_code(&self) -> ExitCode {
         ExitCode::from(match self {
             Self::Config(_) | Self::Export(_) | Self::JsonOutput { .. } => exit_code::CONFIG,
+            Self::Probe(error) if error.is_incompatible_pins() => exit_code::PINS_INCOMPATIBLE,
+            Self::Probe(error) if error.is_unusable_pin_dir() => exit_code::CONFIG,
             Self::Probe(error) if error.is_missing_privilege() => exit_code::NO_PERMISSION,
             Self::Probe(error) if error.is_missing_kernel_feature() => {
                 exit_code::KERNEL_UNSUPPORTED
             }
             Self::Probe(_) | Self::Internal(_) => exit_code::INTERNAL,
-            Self::Output(_) => exit_code::OUTPUT,
+            Self::Output(_) | Self::Spool(_) => exit_code::OUTPUT,
         })
     }
 }
@@ -105,6 +112,40 @@ mod tests {
         assert_eq!(config.exit_code(), ExitCode::from(exit_code::CONFIG));
         let output = output_failed(std::io::Error::other("closed"));
         assert_eq!(output.exit_code(), ExitCode::from(exit_code::OUTPUT));
+    }
+
+    #[test]
+    fn pin_directory_failures_are_layout_or_configuration() {
+        use probe::pins::PinError;
+        let pins = |error| AgentError::Probe(probe::ProbeError::Pins(error));
+        let incompatible = pins(PinError::Incompatible {
+            path: "/sys/fs/bpf/a".into(),
+            reason: "its record layout is version 2, this agent's is 1".into(),
+        });
+        assert_eq!(
+            incompatible.exit_code(),
+            ExitCode::from(exit_code::PINS_INCOMPATIBLE)
+        );
+        for unusable in [
+            PinError::NotBpffs {
+                path: "/tmp/a".into(),
+                reason: "/tmp is not on a BPF filesystem".into(),
+            },
+            PinError::Busy {
+                path: "/sys/fs/bpf/a".into(),
+            },
+        ] {
+            assert_eq!(
+                pins(unusable).exit_code(),
+                ExitCode::from(exit_code::CONFIG)
+            );
+        }
+        let io = pins(PinError::Io {
+            path: "/sys/fs/bpf/a".into(),
+            what: "pin a link",
+            reason: "Operation not permitted (os error 1)".into(),
+        });
+        assert_eq!(io.exit_code(), ExitCode::from(exit_code::INTERNAL));
     }
 
     fn tracefs(error: probe::tracefs::TracefsError) -> AgentError {

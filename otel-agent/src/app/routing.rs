@@ -24,6 +24,7 @@ use crate::{
         config::{ConfigError, ExportConfig},
         encode::RequestEncoder,
         resource::agent_resource,
+        spool::Spool,
     },
     json_lines::JsonLines,
     local::{Batching, Lines, Open, Sink, SinkFailed, Sinks, Target},
@@ -107,7 +108,21 @@ pub fn prepare(cli: &Cli, config: &ExportConfig) -> Result<Prepared, AgentError>
         Some(JsonTarget::File(path)) => Some((path.display().to_string(), open_json_file(path)?)),
         None => None,
     };
-    let destinations = Destinations::new(config)?;
+    let spool = match (cli.export.spool(), &config.otlp) {
+        (Some(options), Some(_)) => Some(Spool::open(&options)?),
+        (Some(options), None) => {
+            return Err(ConfigError {
+                source_name: "--spool-dir/OTEL_AGENT_SPOOL_DIR".into(),
+                value: options.dir.display().to_string(),
+                expected: "a spool needs an OTLP endpoint (it holds export requests): set \
+                           --otlp-endpoint, or remove --spool-dir"
+                    .into(),
+            }
+            .into());
+        }
+        (None, _) => None,
+    };
+    let destinations = Destinations::new(config, spool)?;
     let console = if plan.console {
         Some(open_stdout("tcplife lines")?)
     } else {

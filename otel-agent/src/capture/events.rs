@@ -22,6 +22,8 @@ use tokio::{
 };
 use tokio_util::sync::CancellationToken;
 
+use crate::probe::pins::Consumption;
+
 /// Userspace counters, shared between the reader and the pipeline.
 #[derive(Debug, Default)]
 pub struct PipelineStats {
@@ -45,11 +47,14 @@ impl PipelineStats {
 pub const READ_INTERVAL: Duration = Duration::from_millis(10);
 
 /// Reads until `stop` is cancelled, then drains what is left and returns, closing `tx`.
+/// A pinned probe (`pinned`: where to record what was read, for the next agent) keeps
+/// writing: nothing is drained at stop, what it writes waits for the next agent.
 pub async fn read(
     ring: RingBuf<MapData>,
     tx: mpsc::Sender<SessionRecord>,
     stats: Arc<PipelineStats>,
     stop: CancellationToken,
+    mut pinned: Option<Consumption>,
 ) -> io::Result<()> {
     // SAFETY: the ring buffer owns its map fd, which stays open and unchanged until the
     // `AsyncFd` (which owns the ring buffer) is dropped.
@@ -67,9 +72,25 @@ pub async fn read(
                 guard.clear_ready();
             }
         }
+        record_consumption(pinned.as_mut(), &stats);
     }
-    drain(ring.get_mut(), &tx, &stats);
+    if pinned.is_none() {
+        drain(ring.get_mut(), &tx, &stats);
+    }
+    record_consumption(pinned.as_mut(), &stats);
     Ok(())
+}
+
+/// A pinned probe: records what this agent has read so far in the pin directory (a failure
+/// is logged: the next agent would count those records as waiting).
+fn record_consumption(pinned: Option<&mut Consumption>, stats: &PipelineStats) {
+    let Some(consumption) = pinned else {
+        return;
+    };
+    let read = stats.records_read.load(Ordering::Relaxed);
+    if let Err(error) = consumption.record(read) {
+        tracing::warn!(%error, "cannot record in the pin directory the records this agent read");
+    }
 }
 
 /// Moves every record currently in the ring buffer to `tx`.

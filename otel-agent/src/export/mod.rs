@@ -4,8 +4,9 @@
 //! (`transport`, configured by [`config`]), each session as the span [`span`] maps it,
 //! under the [`resource`] (`crate::json_lines` renders the same requests for a sink);
 //! and the staged shutdown that flushes what is queued
-//! within a deadline. The agent's self-metrics and the [`session_metrics`] go through the
-//! OpenTelemetry SDK's OTLP exporter ([`metric_exporter`]) to the same collector.
+//! within a deadline, or writes it to the disk [`spool`] (`--spool-dir`). The agent's
+//! self-metrics and the [`session_metrics`] go through the OpenTelemetry SDK's OTLP exporter
+//! ([`metric_exporter`]) to the same collector.
 
 pub mod config;
 pub mod encode;
@@ -15,6 +16,7 @@ pub mod queue;
 pub mod resource;
 pub mod session_metrics;
 pub mod span;
+pub mod spool;
 pub(crate) mod transport;
 
 use std::{
@@ -41,6 +43,7 @@ use self::{
     config::{BatchSettings, Compression, ExportConfig, OtlpTarget},
     encode::RequestEncoder,
     queue::{Destination, ExportQueue, QueueStats},
+    spool::Spool,
     transport::Transport,
 };
 use crate::{log_text::Escaped, session::Session};
@@ -101,15 +104,16 @@ pub struct Exporters {
 /// files, headers) before the probe is attached and before the async runtime starts;
 /// nothing connects before the first export.
 pub struct Destinations {
-    otlp: Option<(Transport, BatchSettings)>,
+    otlp: Option<(Transport, BatchSettings, Option<Spool>)>,
 }
 
 impl Destinations {
-    /// The transport of each configured output (none: no endpoint, SDK disabled). The JSON
-    /// lines are a local output (`local`), rendered by `crate::json_lines`.
-    pub fn new(config: &ExportConfig) -> Result<Self, ExportError> {
+    /// The transport of each configured output (none: no endpoint, SDK disabled), with the
+    /// opened `spool` for the OTLP output. The JSON lines are a local output (`local`),
+    /// rendered by `crate::json_lines`.
+    pub fn new(config: &ExportConfig, spool: Option<Spool>) -> Result<Self, ExportError> {
         let otlp = match &config.otlp {
-            Some(target) => Some((Transport::new(target)?, config.batch)),
+            Some(target) => Some((Transport::new(target)?, config.batch, spool)),
             None => None,
         };
         Ok(Self { otlp })
@@ -125,12 +129,12 @@ impl Exporters {
         let (stop, stopped) = watch::channel(None);
         let ended = CancellationToken::new();
         let mut outputs = Vec::new();
-        if let Some((transport, batch)) = destinations.otlp {
+        if let Some((transport, batch, spool)) = destinations.otlp {
             outputs.push(Exporter::start(
                 "otlp",
                 transport,
                 RequestEncoder::new(&resource, per_process),
-                batch,
+                (batch, spool),
                 (&stopped, &ended),
             ));
         }
@@ -175,17 +179,17 @@ impl Exporters {
 }
 
 impl Exporter {
-    /// Starts the worker of one output.
+    /// Starts the worker of one output, with its spool if it has one.
     fn start(
         name: &'static str,
         destination: impl Destination,
         encoder: RequestEncoder,
-        settings: BatchSettings,
+        (settings, spool): (BatchSettings, Option<Spool>),
         (stop, ended): (&watch::Receiver<Option<Instant>>, &CancellationToken),
     ) -> Self {
-        let stats = Arc::new(QueueStats::default());
+        let stats = Arc::new(QueueStats::with_spool(spool.as_ref()));
         let queue = ExportQueue::new(settings, stats.clone());
-        let run = queue.clone().run(destination, encoder, stop.clone());
+        let run = queue.clone().run(destination, encoder, spool, stop.clone());
         // Dropped when the worker returns or unwinds.
         let ended = ended.clone().drop_guard();
         let worker = tokio::spawn(async move {
@@ -429,7 +433,7 @@ mod worker_failure_tests {
             "otlp",
             AcceptAll,
             RequestEncoder::new(&agent_resource(), false),
-            settings,
+            (settings, None),
             (&stopped, &ended),
         );
         Exporters {

@@ -10,11 +10,21 @@
 //! retried. Sessions arriving while the queue (waiting, in flight and retried together) is
 //! full are dropped and counted. Memory stays bounded by the capacity, and every session is
 //! either exported, unconfirmed, rejected by the collector, or counted as dropped.
+//!
+//! With a disk [`Spool`], what would be held or dropped goes to disk instead: a request that
+//! fails (and may succeed later) is written there, not retried from memory; while requests
+//! cannot go out (every request slot busy) and the queue is half full, or during a pause
+//! after a failure as soon as a batch waits, waiting sessions are encoded and written
+//! there, a batch per file; and at shutdown, what
+//! the collector has not taken by the deadline (or at once, if it is failing) is written
+//! there rather than dropped. Spooled requests go out oldest first, before anything new,
+//! whenever requests can be sent (not while stopping: they stay for the next agent). With a
+//! healthy collector nothing is written.
 
 use std::{
-    collections::VecDeque,
+    collections::{HashMap, VecDeque},
     sync::{
-        Arc, Mutex,
+        Arc, Mutex, OnceLock,
         atomic::{AtomicU64, Ordering},
     },
     time::{Duration, Instant},
@@ -30,6 +40,7 @@ use tokio::{
 use super::{
     config::BatchSettings,
     encode::RequestEncoder,
+    spool::{Spool, SpoolStats},
     transport::{Accepted, SendError},
 };
 use crate::{log_text::Escaped, session::Session};
@@ -46,7 +57,7 @@ pub struct QueueStats {
     pub enqueued: AtomicU64,
     /// Sessions dropped because the queue was full (collector down or too slow).
     pub lost_queue_full: AtomicU64,
-    /// Sessions exported (the collector accepted their spans).
+    /// Sessions exported (the collector accepted their spans), from the spool included.
     pub exported: AtomicU64,
     /// Sessions of requests answered with a success that was not an OTLP response (an HTML
     /// page, garbage): not retried, not known to have arrived; counted apart from both
@@ -59,9 +70,19 @@ pub struct QueueStats {
     pub lost_at_shutdown: AtomicU64,
     /// Requests that failed: retried, unless the error says retrying cannot help.
     pub export_errors: AtomicU64,
+    /// The disk spool's counters (all zero without one).
+    pub spool: Arc<SpoolStats>,
 }
 
 impl QueueStats {
+    /// Counters for a queue with `spool` (sharing its counters) or without one.
+    pub fn with_spool(spool: Option<&Spool>) -> Self {
+        Self {
+            spool: spool.map(Spool::stats).unwrap_or_default(),
+            ..Self::default()
+        }
+    }
+
     fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
     }
@@ -74,9 +95,13 @@ pub trait Destination: Clone + Send + Sync + 'static {
 }
 
 /// One encoded request and how many sessions it carries.
+#[derive(Clone)]
 struct Request {
     body: Bytes,
     sessions: usize,
+    /// Read back from the spool: its file, and whether an earlier attempt may have reached
+    /// the collector.
+    spooled: Option<(u64, bool)>,
 }
 
 /// The producer side, used by the pipeline.
@@ -90,6 +115,9 @@ struct Shared {
     ready: Notify,
     settings: BatchSettings,
     stats: Arc<QueueStats>,
+    /// With a spool: the depth (waiting, in flight, to be retried) from which the worker
+    /// writes waiting sessions to it (half the capacity).
+    spill_at: OnceLock<usize>,
 }
 
 struct State {
@@ -119,6 +147,7 @@ impl ExportQueue {
                 ready: Notify::new(),
                 settings,
                 stats,
+                spill_at: OnceLock::new(),
             }),
         }
     }
@@ -126,7 +155,7 @@ impl ExportQueue {
     /// Queues sessions under one lock; those that do not fit are counted as dropped.
     pub fn push(&self, batch: &[Arc<Session>]) {
         let shared = &self.shared;
-        let (accepted, waiting) = {
+        let (accepted, waiting, depth) = {
             let mut state = shared.state();
             let room = shared
                 .settings
@@ -134,14 +163,20 @@ impl ExportQueue {
                 .saturating_sub(state.waiting.len() + state.taken);
             let accepted = batch.len().min(room);
             state.waiting.extend(batch[..accepted].iter().cloned());
-            (accepted, state.waiting.len())
+            (
+                accepted,
+                state.waiting.len(),
+                state.waiting.len() + state.taken,
+            )
         };
         QueueStats::add(&shared.stats.enqueued, accepted as u64);
         QueueStats::add(
             &shared.stats.lost_queue_full,
             (batch.len() - accepted) as u64,
         );
-        if waiting >= shared.settings.max_export_batch_size {
+        if waiting >= shared.settings.max_export_batch_size
+            || shared.spill_at.get().is_some_and(|&at| depth >= at)
+        {
             shared.ready.notify_one();
         }
     }
@@ -154,17 +189,28 @@ impl ExportQueue {
 
     /// Runs the worker until `stop` holds a deadline (the agent's one shutdown deadline),
     /// then keeps exporting until everything is out or that deadline passes; what is left
-    /// then is counted as dropped. A closed `stop` is a deadline of now.
+    /// then is written to the `spool`, if there is one, or counted as dropped. A closed
+    /// `stop` is a deadline of now.
     pub async fn run<D: Destination>(
         self,
         destination: D,
         mut encoder: RequestEncoder,
+        spool: Option<Spool>,
         mut stop: watch::Receiver<Option<Instant>>,
     ) {
+        if spool.is_some() {
+            let _ = self
+                .shared
+                .spill_at
+                .set((self.shared.settings.max_queue_size / 2).max(1));
+        }
         let mut worker = Worker {
             queue: &self,
             destination,
             in_flight: JoinSet::new(),
+            sent: HashMap::new(),
+            spool,
+            spool_failing: false,
             retries: VecDeque::new(),
             backoff: FIRST_BACKOFF,
             paused_until: None,
@@ -180,16 +226,20 @@ impl ExportQueue {
         let mut until: Option<Instant> = None;
         loop {
             let stopping = until.is_some();
-            worker.launch(&mut encoder, flush_due || stopping);
+            worker.launch(&mut encoder, flush_due || stopping, stopping);
             flush_due = false;
+            // Stopping while the collector fails: to disk at once, not at the deadline.
+            let failing = worker.paused_until.is_some() || worker.failing_since.is_some();
+            worker.spill(&mut encoder, stopping && failing);
             if stopping && worker.is_idle() {
                 break;
             }
             let pause = worker.paused_until;
             tokio::select! {
-                Some(done) = worker.in_flight.join_next(), if !worker.in_flight.is_empty() => {
+                Some(done) = worker.in_flight.join_next_with_id(), if !worker.in_flight.is_empty() => {
                     match done {
-                        Ok((request, outcome)) => {
+                        Ok((id, (request, outcome))) => {
+                            worker.sent.remove(&id);
                             if let Some(sent) = worker.finished(request, outcome, until) {
                                 encoder.recycle(sent);
                             }
@@ -210,7 +260,7 @@ impl ExportQueue {
                 () = sleep_until(until), if stopping => break,
             }
         }
-        worker.abandon();
+        worker.abandon(&mut encoder);
     }
 
     /// Takes up to one batch of waiting sessions (a partial one only if `partial`).
@@ -225,7 +275,13 @@ impl ExportQueue {
         state.waiting.drain(..n).collect()
     }
 
-    /// Sessions of requests that are done with (exported, rejected or dropped).
+    /// Sessions waiting (not yet in a request), and the depth.
+    fn levels(&self) -> (usize, usize) {
+        let state = self.shared.state();
+        (state.waiting.len(), state.waiting.len() + state.taken)
+    }
+
+    /// Sessions of requests that are done with (exported, rejected, dropped or spooled).
     fn release(&self, n: usize) {
         let mut state = self.shared.state();
         state.taken = state.taken.saturating_sub(n);
@@ -237,6 +293,12 @@ struct Worker<'q, D> {
     queue: &'q ExportQueue,
     destination: D,
     in_flight: JoinSet<(Request, Result<Accepted, SendError>)>,
+    /// With a spool: the new requests in flight, by task, to be spooled if the shutdown
+    /// deadline cuts them short.
+    sent: HashMap<tokio::task::Id, Request>,
+    spool: Option<Spool>,
+    /// Writing to the spool failed and was logged (one warning per episode).
+    spool_failing: bool,
     /// Failed requests, oldest first; sent again before anything new.
     retries: VecDeque<Request>,
     backoff: Duration,
@@ -251,12 +313,22 @@ struct Worker<'q, D> {
 }
 
 impl<D: Destination> Worker<'_, D> {
-    /// Sends requests while fewer than the limit are in flight: retries first, then full
-    /// batches, then (if `partial`) what is waiting.
-    fn launch(&mut self, encoder: &mut RequestEncoder, partial: bool) {
+    /// Sends requests while fewer than the limit are in flight: retries first, then the
+    /// spool's oldest (unless `stopping`), then full batches, then (if `partial`) what is
+    /// waiting.
+    fn launch(&mut self, encoder: &mut RequestEncoder, partial: bool, stopping: bool) {
         let limit = self.queue.shared.settings.max_concurrent_exports;
         while self.in_flight.len() < limit && self.paused_until.is_none() {
-            let request = match self.retries.pop_front() {
+            let spooled = || {
+                let spool = self.spool.as_mut().filter(|_| !stopping)?;
+                let claimed = on_disk(|| spool.claim())?;
+                Some(Request {
+                    body: claimed.body,
+                    sessions: claimed.sessions,
+                    spooled: Some((claimed.seq, claimed.maybe_delivered)),
+                })
+            };
+            let request = match self.retries.pop_front().or_else(spooled) {
                 Some(request) => request,
                 None => {
                     let sessions = self.queue.take(partial);
@@ -266,14 +338,85 @@ impl<D: Destination> Worker<'_, D> {
                     Request {
                         body: encoder.encode(&sessions),
                         sessions: sessions.len(),
+                        spooled: None,
                     }
                 }
             };
+            let track =
+                (self.spool.is_some() && request.spooled.is_none()).then(|| request.clone());
             let destination = self.destination.clone();
-            self.in_flight.spawn(async move {
+            let task = self.in_flight.spawn(async move {
                 let outcome = destination.send(request.body.clone()).await;
                 (request, outcome)
             });
+            if let Some(request) = track {
+                self.sent.insert(task.id(), request);
+            }
+        }
+    }
+
+    /// With a spool: writes batches of waiting sessions to it while the queue is at least
+    /// half full (waiting, in flight and to be retried: what waits after [`Worker::launch`]
+    /// cannot go out now), or, during a pause after a failure, while a full batch waits (so
+    /// that an outage keeps less than a batch in memory); every waiting session if `all`.
+    fn spill(&mut self, encoder: &mut RequestEncoder, all: bool) {
+        let Some(&at) = self.queue.shared.spill_at.get() else {
+            return;
+        };
+        let batch = self.queue.shared.settings.max_export_batch_size;
+        loop {
+            let (waiting, depth) = self.queue.levels();
+            let paused = self.paused_until.is_some() && waiting >= batch;
+            if waiting == 0 || !(all || paused || depth >= at) {
+                break;
+            }
+            let sessions = self.queue.take(true);
+            let request = Request {
+                body: encoder.encode(&sessions),
+                sessions: sessions.len(),
+                spooled: None,
+            };
+            if let Err(request) = self.store(request, false) {
+                self.retries.push_back(request);
+                break;
+            }
+        }
+    }
+
+    /// Writes a new request to the spool, if there is one, and releases its sessions from
+    /// the queue; gives it back if it could not be written (it is then held in memory, as
+    /// without a spool).
+    fn store(&mut self, request: Request, maybe_delivered: bool) -> Result<(), Request> {
+        let Some(spool) = &mut self.spool else {
+            return Err(request);
+        };
+        match on_disk(|| spool.append(&request.body, request.sessions, maybe_delivered)) {
+            Ok(()) => {
+                self.queue.release(request.sessions);
+                self.spool_failing = false;
+                Ok(())
+            }
+            Err(error) => {
+                if !self.spool_failing {
+                    self.spool_failing = true;
+                    tracing::warn!(
+                        %error,
+                        sessions = request.sessions,
+                        "cannot write to the spool: holding the request in memory, as without a \
+                         spool (the queue's capacity bounds it)"
+                    );
+                }
+                Err(request)
+            }
+        }
+    }
+
+    /// A request is done with (exported, unconfirmed or refused for good): its sessions
+    /// leave the queue, or its spool file goes.
+    fn done(&mut self, request: &Request) {
+        match (request.spooled, &mut self.spool) {
+            (Some((seq, _)), Some(spool)) => spool.remove(seq),
+            _ => self.queue.release(request.sessions),
         }
     }
 
@@ -286,14 +429,15 @@ impl<D: Destination> Worker<'_, D> {
         outcome: Result<Accepted, SendError>,
         until: Option<Instant>,
     ) -> Option<Bytes> {
-        let stats = &self.queue.shared.stats;
+        let queue = self.queue;
+        let stats = &queue.shared.stats;
         match outcome {
             Ok(Accepted {
                 unconfirmed: Some(answer),
                 ..
             }) => {
                 QueueStats::add(&stats.exported_unconfirmed, request.sessions as u64);
-                self.queue.release(request.sessions);
+                self.done(&request);
                 if !self.unconfirmed {
                     self.unconfirmed = true;
                     tracing::warn!(
@@ -310,6 +454,14 @@ impl<D: Destination> Worker<'_, D> {
             Ok(accepted) => {
                 let rejected = (accepted.rejected as usize).min(request.sessions);
                 QueueStats::add(&stats.exported, (request.sessions - rejected) as u64);
+                if let Some((_, maybe_delivered)) = request.spooled {
+                    let spool = &stats.spool;
+                    let delivered = (request.sessions - rejected) as u64;
+                    QueueStats::add(&spool.delivered, delivered);
+                    if maybe_delivered {
+                        QueueStats::add(&spool.maybe_duplicated, request.sessions as u64);
+                    }
+                }
                 if rejected > 0 {
                     QueueStats::add(&stats.lost_rejected, rejected as u64);
                     tracing::warn!(
@@ -318,15 +470,15 @@ impl<D: Destination> Worker<'_, D> {
                         "the collector rejected spans (partial success)"
                     );
                 }
-                self.queue.release(request.sessions);
+                self.done(&request);
                 self.unconfirmed = false;
                 self.resumed();
-                Some(request.body)
+                request.spooled.is_none().then_some(request.body)
             }
             Err(error) if !error.is_retryable() => {
                 QueueStats::add(&stats.export_errors, 1);
                 QueueStats::add(&stats.lost_rejected, request.sessions as u64);
-                self.queue.release(request.sessions);
+                self.done(&request);
                 if !self.refusing {
                     self.refusing = true;
                     tracing::warn!(
@@ -350,7 +502,14 @@ impl<D: Destination> Worker<'_, D> {
                         "exporting spans failed; keeping them queued and retrying with backoff"
                     );
                 }
-                self.retries.push_back(request);
+                match (request.spooled, &mut self.spool) {
+                    (Some((seq, _)), Some(spool)) => spool.release(seq),
+                    _ => {
+                        if let Err(request) = self.store(request, false) {
+                            self.retries.push_back(request);
+                        }
+                    }
+                }
                 // Requests that were in flight together fail together: one pause for them,
                 // the longest any of them was asked for.
                 let wait = retry_wait(asked, self.backoff, until.is_some());
@@ -386,9 +545,23 @@ impl<D: Destination> Worker<'_, D> {
         self.in_flight.is_empty() && self.retries.is_empty() && self.queue.depth() == 0
     }
 
-    /// At the deadline: counts everything not exported as dropped at shutdown.
-    fn abandon(mut self) {
+    /// At the deadline: writes what is not exported to the spool, if there is one (the
+    /// requests cut short in flight marked as possibly delivered), and counts the rest as
+    /// dropped at shutdown.
+    fn abandon(mut self, encoder: &mut RequestEncoder) {
         self.in_flight.abort_all();
+        let cut_short: Vec<_> = self.sent.drain().map(|(_, request)| request).collect();
+        for request in cut_short {
+            let _ = self.store(request, true);
+        }
+        let retries = std::mem::take(&mut self.retries);
+        for request in retries {
+            let _ = self.store(request, false);
+        }
+        self.spill(encoder, true);
+        if let Some(spool) = self.spool.take() {
+            spool.close();
+        }
         let left = self.queue.depth();
         if left > 0 {
             QueueStats::add(&self.queue.shared.stats.lost_at_shutdown, left as u64);
@@ -415,6 +588,20 @@ fn retry_wait(asked: Option<Duration>, backoff: Duration, stopping: bool) -> Dur
     }
 }
 
+/// Runs `io` (the spool's file reads and synced writes, a few milliseconds each) on this
+/// thread, telling a multi-thread runtime to move its other tasks (the reader, the
+/// pipeline) to another thread meanwhile.
+fn on_disk<T>(io: impl FnOnce() -> T) -> T {
+    let multi_thread = tokio::runtime::Handle::try_current().is_ok_and(|runtime| {
+        runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
+    });
+    if multi_thread {
+        tokio::task::block_in_place(io)
+    } else {
+        io()
+    }
+}
+
 /// Sleeps until `at`, or forever without one (the `select!` branch is disabled then).
 async fn sleep_until(at: Option<Instant>) {
     match at {
@@ -434,7 +621,13 @@ mod tests {
     use prost::Message as _;
 
     use super::*;
-    use crate::{export::span, session::tests::client_session};
+    use crate::{
+        export::{
+            span,
+            spool::{SpoolOptions, tests::Dir},
+        },
+        session::tests::client_session,
+    };
 
     /// Fails its first `failures` requests, then records the local port of every span it
     /// receives; `rejects` spans of each accepted request are reported as rejected.
@@ -538,7 +731,7 @@ mod tests {
     /// Runs the worker until `done` holds (or 5 s), then stops it.
     async fn run_until(queue: &ExportQueue, destination: Shared, done: impl Fn() -> bool) {
         let (stop, stopped) = watch::channel(None);
-        let worker = tokio::spawn(queue.clone().run(destination, encoder(), stopped));
+        let worker = tokio::spawn(queue.clone().run(destination, encoder(), None, stopped));
         let deadline = Instant::now() + Duration::from_secs(5);
         while !done() && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -676,7 +869,10 @@ mod tests {
         }));
         queue.push(&[session(1), session(2), session(3), session(4)]);
         let (_stop, stopped) = watch::channel(Some(Instant::now() + Duration::from_millis(200)));
-        queue.clone().run(destination, encoder(), stopped).await;
+        queue
+            .clone()
+            .run(destination, encoder(), None, stopped)
+            .await;
         assert_eq!(get(&stats.lost_at_shutdown), 4);
         assert_eq!(get(&stats.exported), 0);
         assert_eq!(queue.depth(), 0);
@@ -734,6 +930,167 @@ mod tests {
         assert_eq!((get(&stats.exported), get(&stats.export_errors)), (1, 1));
     }
 
+    /// Waits until `done` holds, failing after 10 s.
+    async fn wait_for(what: &str, done: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !done() {
+            assert!(Instant::now() < deadline, "{what}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// The spool in `options` and counters that share its own.
+    fn spool(options: &SpoolOptions) -> (Arc<QueueStats>, Option<Spool>) {
+        let spool = Spool::open(options).unwrap();
+        (Arc::new(QueueStats::with_spool(Some(&spool))), Some(spool))
+    }
+
+    /// A next agent's worker on the spool in `options`, with a collector that accepts
+    /// everything, run until it has exported `sessions`; its counters and the collector.
+    async fn next_agent(options: &SpoolOptions, sessions: u64) -> (Arc<QueueStats>, Shared) {
+        let (stats, spool) = spool(options);
+        let queue = ExportQueue::new(settings(10, 2, 2), stats.clone());
+        let up = Shared::default();
+        let (stop, stopped) = watch::channel(None);
+        let worker = tokio::spawn(queue.clone().run(up.clone(), encoder(), spool, stopped));
+        wait_for("the spool delivered", || get(&stats.exported) >= sessions).await;
+        stop.send_replace(Some(Instant::now() + Duration::from_secs(1)));
+        worker.await.unwrap();
+        (stats, up)
+    }
+
+    /// The first request fails: it goes to the spool, and so do the sessions beyond half
+    /// the capacity that arrive during the pause; once the collector answers, the spool
+    /// goes first, then the rest: every session once, in order, and nothing left on disk.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_outage_goes_to_the_spool_and_comes_back_oldest_first_exactly_once() {
+        let dir = Dir::new("queue-outage");
+        let (stats, spool) = spool(&dir.options(1 << 20));
+        let queue = ExportQueue::new(settings(10, 2, 1), stats.clone());
+        let destination = Shared(Arc::new(Flaky {
+            failures: 2,
+            ..Flaky::default()
+        }));
+        let (stop, stopped) = watch::channel(None);
+        let worker = tokio::spawn(queue.clone().run(
+            destination.clone(),
+            encoder(),
+            spool,
+            stopped,
+        ));
+        queue.push(&[session(1), session(2)]);
+        wait_for("a failure", || get(&stats.export_errors) >= 1).await;
+        queue.push(&(3..=8).map(session).collect::<Vec<_>>());
+        wait_for("everything exported", || get(&stats.exported) >= 8).await;
+        stop.send_replace(Some(Instant::now() + Duration::from_secs(1)));
+        worker.await.unwrap();
+        assert_eq!(
+            *destination.0.exported.lock().unwrap(),
+            (1..=8).collect::<Vec<_>>()
+        );
+        let spool = &stats.spool;
+        // [1, 2] failed, and the rest arrived during the pause.
+        assert_eq!(
+            [&spool.spooled, &spool.delivered, &spool.sessions].map(get),
+            [8, 8, 0]
+        );
+        assert_eq!((get(&stats.lost_queue_full), queue.depth()), (0, 0));
+        assert_eq!(dir.names(), Vec::<String>::new());
+    }
+
+    /// A spool that cannot be written (here: its directory removed) leaves the failed
+    /// request in memory, retried as without a spool: delivered once the collector is back.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_spool_that_cannot_be_written_keeps_the_request_in_memory() {
+        let dir = Dir::new("queue-unwritable");
+        let (stats, spool) = spool(&dir.options(1 << 20));
+        std::fs::remove_dir_all(dir.path()).unwrap();
+        let queue = ExportQueue::new(settings(10, 2, 1), stats.clone());
+        let destination = Shared(Arc::new(Flaky {
+            failures: 1,
+            ..Flaky::default()
+        }));
+        let (stop, stopped) = watch::channel(None);
+        let worker = tokio::spawn(queue.clone().run(
+            destination.clone(),
+            encoder(),
+            spool,
+            stopped,
+        ));
+        queue.push(&[session(1), session(2)]);
+        wait_for("delivered from memory", || get(&stats.exported) >= 2).await;
+        stop.send_replace(Some(Instant::now() + Duration::from_secs(1)));
+        worker.await.unwrap();
+        assert_eq!(*destination.0.exported.lock().unwrap(), vec![1, 2]);
+        assert_eq!(
+            (
+                get(&stats.spool.spooled),
+                get(&stats.export_errors),
+                queue.depth()
+            ),
+            (0, 1, 0)
+        );
+    }
+
+    /// Stopping while the collector fails: what is queued goes to the spool at once, not
+    /// dropped; the next agent, with a collector that answers, delivers it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn what_the_deadline_leaves_goes_to_the_spool_and_the_next_agent_delivers_it() {
+        let dir = Dir::new("queue-deadline");
+        let options = dir.options(1 << 20);
+        let (stats, first) = spool(&options);
+        let queue = ExportQueue::new(settings(10, 2, 2), stats.clone());
+        let down = Shared(Arc::new(Flaky {
+            failures: usize::MAX,
+            ..Flaky::default()
+        }));
+        queue.push(&[session(1), session(2), session(3), session(4), session(5)]);
+        let started = Instant::now();
+        let (_stop, stopped) = watch::channel(Some(started + Duration::from_secs(3)));
+        queue.clone().run(down, encoder(), first, stopped).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "not held until the deadline"
+        );
+        assert_eq!(
+            (get(&stats.lost_at_shutdown), get(&stats.spool.spooled)),
+            (0, 5)
+        );
+        assert_eq!(dir.names().len(), 3);
+
+        let (next, up) = next_agent(&options, 5).await;
+        assert_eq!(get(&next.spool.found), 5);
+        let mut ports = up.0.exported.lock().unwrap().clone();
+        ports.sort_unstable();
+        assert_eq!(ports, [1, 2, 3, 4, 5]);
+        assert_eq!(get(&next.spool.delivered), 5);
+        assert_eq!(get(&next.spool.maybe_duplicated), 0);
+        assert_eq!(dir.names(), Vec::<String>::new());
+    }
+
+    /// A request still in flight at the deadline may have reached the collector: it is
+    /// spooled marked so, and its delivery by the next agent is counted as a possible
+    /// duplicate.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_request_cut_short_at_the_deadline_is_spooled_as_a_possible_duplicate() {
+        let dir = Dir::new("queue-cut-short");
+        let options = dir.options(1 << 20);
+        let (stats, first) = spool(&options);
+        let queue = ExportQueue::new(settings(10, 2, 1), stats.clone());
+        let slow = Shared(Arc::new(Flaky {
+            latency: Duration::from_secs(60),
+            ..Flaky::default()
+        }));
+        queue.push(&[session(1), session(2)]);
+        let (_stop, stopped) = watch::channel(Some(Instant::now() + Duration::from_millis(300)));
+        queue.clone().run(slow, encoder(), first, stopped).await;
+        assert_eq!(dir.names(), ["00000000000000000000-2.sending"]);
+        assert_eq!((get(&stats.spool.spooled), queue.depth()), (2, 0));
+
+        let (next, _) = next_agent(&options, 2).await;
+        assert_eq!(get(&next.spool.maybe_duplicated), 2);
+    }
+
     #[test]
     fn the_wait_asked_for_stays_within_the_backoff_bounds() {
         let second = Duration::from_secs(1);
@@ -756,7 +1113,10 @@ mod tests {
         queue.push(&[session(1), session(2)]);
         let started = Instant::now();
         let (_stop, stopped) = watch::channel(Some(started + Duration::from_millis(300)));
-        queue.clone().run(destination, encoder(), stopped).await;
+        queue
+            .clone()
+            .run(destination, encoder(), None, stopped)
+            .await;
         assert!(
             started.elapsed() < Duration::from_secs(1),
             "{:?}",

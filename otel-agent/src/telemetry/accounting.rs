@@ -87,13 +87,18 @@ pub enum LossCause {
     OutputFull,
     /// A local output's write had failed.
     OutputFailed,
+    /// The disk spool was full: its oldest requests were dropped to make room.
+    SpoolFull,
+    /// A spool file was torn or unreadable (a crash or power loss while it was written, a
+    /// truncated or corrupted file).
+    SpoolTorn,
     /// An output had not delivered them by the shutdown deadline.
     AtShutdown,
 }
 
 impl LossCause {
     /// Every cause, in the order of the log lines.
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 11] = [
         Self::RingBufferFull,
         Self::ProbeSkipped,
         Self::DecodeError,
@@ -102,6 +107,8 @@ impl LossCause {
         Self::Rejected,
         Self::OutputFull,
         Self::OutputFailed,
+        Self::SpoolFull,
+        Self::SpoolTorn,
         Self::AtShutdown,
     ];
 
@@ -116,6 +123,8 @@ impl LossCause {
             Self::Rejected => "rejected",
             Self::OutputFull => "output_full",
             Self::OutputFailed => "output_failed",
+            Self::SpoolFull => "spool_full",
+            Self::SpoolTorn => "spool_torn",
             Self::AtShutdown => "at_shutdown",
         }
     }
@@ -134,6 +143,8 @@ impl LossCause {
             | Self::Rejected
             | Self::OutputFull
             | Self::OutputFailed
+            | Self::SpoolFull
+            | Self::SpoolTorn
             | Self::AtShutdown => Stage::Output,
         }
     }
@@ -141,7 +152,9 @@ impl LossCause {
     /// Whether an output of `kind` can lose sessions this way.
     pub const fn applies_to(self, kind: OutputKind) -> bool {
         match self {
-            Self::QueueFull | Self::Rejected => matches!(kind, OutputKind::Export),
+            Self::QueueFull | Self::Rejected | Self::SpoolFull | Self::SpoolTorn => {
+                matches!(kind, OutputKind::Export)
+            }
             Self::OutputFull | Self::OutputFailed => matches!(kind, OutputKind::Local),
             Self::AtShutdown => true,
             Self::RingBufferFull | Self::ProbeSkipped | Self::DecodeError | Self::ChannelFull => {
@@ -347,8 +360,12 @@ pub struct Accounting {
 /// Why the figures do not reconcile.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Imbalance {
-    #[error("kernel_emitted = {emitted} but records_read = {read}")]
+    #[error(
+        "kernel_emitted (+ pins_adopted_records) = {emitted} but records_read (+ pins_left_records) = {read}"
+    )]
     Kernel { emitted: u64, read: u64 },
+    /// For an export output, `queued` includes `spool_left` and `records_read` includes
+    /// `spool_found`.
     #[error(
         "{output}: {delivered} + unconfirmed + lost + queued = {accounted}, but records_read - \
          the pipeline's losses and filters = {expected}"
@@ -378,16 +395,31 @@ pub const FINAL_LINE: &str = "final accounting";
 impl Accounting {
     /// Checks the equation, exact once the probe is detached, the ring buffer drained and
     /// the outputs flushed (the final figures):
-    /// - `kernel_emitted = records_read` (kernel losses happen before a record is emitted);
+    /// - `kernel_emitted (+ pins_adopted_records) = records_read (+ pins_left_records)`
+    ///   (kernel losses happen before a record is emitted);
     /// - for every output, `delivered (exported or written) + exported_unconfirmed + every
     ///   lost_<cause> of the output + queued = records_read - every loss of the pipeline -
-    ///   every filtered_<cause> of the pipeline` (sampled out, dropped by a rule);
-    /// - for an export output, `enqueued + lost_queue_full` = the same.
+    ///   every filtered_<cause> of the pipeline (sampled out, dropped by a rule)`,
+    ///   where an export output also counts `spool_left` (in its disk spool at the end) with
+    ///   `queued`, and `spool_found` (left in the spool by an earlier agent) with
+    ///   `records_read` (the sessions it can deliver);
+    /// - for an export output, `enqueued + lost_queue_full = records_read - every loss of
+    ///   the pipeline` (without the spool: what this agent read).
     pub fn reconcile(&self) -> Result<(), Imbalance> {
         let session = |name: &str| self.session.need(name, "session accounting");
-        let (emitted, read) = (session("kernel_emitted")?, session("records_read")?);
-        if emitted != read {
-            return Err(Imbalance::Kernel { emitted, read });
+        // A pinned probe: what waited in the ring buffer when this agent took over was
+        // emitted before it, and what it left is read by the next one.
+        let pinned = |name: &str| self.session.get(name).unwrap_or(0);
+        let read = session("records_read")?;
+        let (emitted, handed) = (
+            session("kernel_emitted")? + pinned("pins_adopted_records"),
+            read + pinned("pins_left_records"),
+        );
+        if emitted != handed {
+            return Err(Imbalance::Kernel {
+                emitted,
+                read: handed,
+            });
         }
         let mut expected = read;
         for cause in LossCause::of_stage(Stage::Pipeline) {
@@ -403,18 +435,20 @@ impl Accounting {
             let figure = |name: &str| output.figures.need(name, &output.output);
             let delivered = output.kind.delivered();
             let mut accounted = figure(delivered)? + figure("queued")?;
+            let mut deliverable = expected;
             if output.kind == OutputKind::Export {
-                accounted += figure("exported_unconfirmed")?;
+                accounted += figure("exported_unconfirmed")? + figure("spool_left")?;
+                deliverable += figure("spool_found")?;
             }
             for cause in LossCause::of_output(output.kind) {
                 accounted += figure(&cause.key())?;
             }
-            if accounted != expected {
+            if accounted != deliverable {
                 return Err(Imbalance::Output {
                     output: output.output.clone(),
                     delivered,
                     accounted,
-                    expected,
+                    expected: deliverable,
                 });
             }
             if output.kind == OutputKind::Export {
@@ -565,7 +599,11 @@ mod tests {
                         ("queued", 1),
                         ("lost_rejected", 2),
                         ("lost_queue_full", 2),
+                        ("lost_spool_full", 0),
+                        ("lost_spool_torn", 0),
                         ("lost_at_shutdown", 1),
+                        ("spool_found", 0),
+                        ("spool_left", 0),
                     ]),
                 },
                 OutputFigures {
@@ -611,6 +649,69 @@ mod tests {
         // Kernel filters are not subtracted: their sessions were never read.
         assert_eq!(FilterCause::AtBirth.stage(), Stage::Kernel);
         assert_eq!(FilterCause::SampledOut.stage(), Stage::Pipeline);
+    }
+
+    /// 6 sessions found in the spool, 2 of them torn; 1 dropped when it was full, 3 left in it
+    /// for the next agent: the other sessions of the 10 more exported came from the spool.
+    #[test]
+    fn the_spool_found_is_deliverable_and_what_it_leaves_is_accounted() {
+        let mut spool = balanced();
+        let otlp = &mut spool.outputs[0].figures;
+        set(otlp, "spool_found", 6);
+        set(otlp, "lost_spool_torn", 2);
+        set(otlp, "lost_spool_full", 1);
+        set(otlp, "spool_left", 3);
+        assert_eq!(
+            spool.reconcile(),
+            Ok(()),
+            "6 found = 2 torn + 1 dropped + 3 left"
+        );
+        set(&mut spool.outputs[0].figures, "spool_left", 0);
+        assert_eq!(
+            spool.reconcile(),
+            Err(Imbalance::Output {
+                output: "otlp".into(),
+                delivered: "exported",
+                accounted: 100,
+                expected: 103
+            })
+        );
+        let otlp = &mut spool.outputs[0].figures;
+        set(otlp, "exported", 93);
+        assert_eq!(spool.reconcile(), Ok(()), "or 3 delivered");
+        // The enqueued equation is this agent's reads only.
+        set(&mut spool.outputs[0].figures, "enqueued", 98);
+        assert!(matches!(spool.reconcile(), Err(Imbalance::Enqueued { .. })));
+    }
+
+    #[test]
+    fn a_pinned_probe_balances_with_what_it_adopted_and_left() {
+        // 100 emitted while this agent ran, 7 waiting when it took over: 104 read, 3 left.
+        let mut pinned = balanced();
+        set(&mut pinned.session, "records_read", 104);
+        pinned.session.push("pins_adopted_records", 7);
+        pinned.session.push("pins_left_records", 3);
+        for output in &mut pinned.outputs {
+            let delivered = output.kind.delivered();
+            let value = output.figures.get(delivered).unwrap();
+            set(&mut output.figures, delivered, value + 4);
+        }
+        pinned.outputs[0]
+            .figures
+            .0
+            .iter_mut()
+            .find(|(name, _)| name == "enqueued")
+            .unwrap()
+            .1 += 4;
+        assert_eq!(pinned.reconcile(), Ok(()));
+        set(&mut pinned.session, "pins_left_records", 2);
+        assert_eq!(
+            pinned.reconcile(),
+            Err(Imbalance::Kernel {
+                emitted: 107,
+                read: 106
+            })
+        );
     }
 
     #[test]
@@ -711,7 +812,7 @@ mod tests {
         assert_eq!(json["reconciled"], false);
         assert_eq!(
             json["imbalance"],
-            "kernel_emitted = 101 but records_read = 100"
+            "kernel_emitted (+ pins_adopted_records) = 101 but records_read (+ pins_left_records) = 100"
         );
     }
 

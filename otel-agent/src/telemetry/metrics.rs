@@ -8,7 +8,7 @@
 //! | `otel_agent.sessions.exported` | counter | `output` | sessions whose spans an output exported |
 //! | `otel_agent.sessions.written` | counter | `output` (`console`, `json`) | sessions a local output wrote |
 //! | `otel_agent.sessions.unconfirmed` | counter | `output` | sessions of requests answered with a success that was not an OTLP response (may not have arrived) |
-//! | `otel_agent.sessions.lost` | counter | `cause` (`ring_buffer_full`, `probe_skipped`, `decode_error`, `channel_full`, `queue_full`, `rejected`, `output_full`, `output_failed`, `at_shutdown`), `output` (the output's causes) | sessions lost, by cause ([`LossCause`]; `probe_skipped`: an upper bound) |
+//! | `otel_agent.sessions.lost` | counter | `cause` (`ring_buffer_full`, `probe_skipped`, `decode_error`, `channel_full`, `queue_full`, `rejected`, `output_full`, `output_failed`, `spool_full`, `spool_torn`, `at_shutdown`), `output` (the output's causes) | sessions lost, by cause ([`LossCause`]; `probe_skipped`: an upper bound) |
 //! | `otel_agent.probe.skipped` | counter | `program` (`inet_sock_set_state`, `tcp_receive_reset`, `sys_exit_accept`) | tracepoint hits the kernel skipped (`recursion_misses`; for `inet_sock_set_state`, those the backup program did not handle) |
 //! | `otel_agent.sessions.filtered` | counter | `cause` (`at_birth`, `after_tracking`, `unknown_birth`, `sampled_out`, `drop_port`, `drop_peer`, `drop_process`) | sessions deliberately left out, by cause ([`FilterCause`]; the last four by the sampler and its drop rules, after the session metrics counted them) |
 //! | `otel_agent.sessions.kept` | counter | `rule` (`failed`, `long`) | sessions a keep rule kept whatever the sampler said |
@@ -16,6 +16,10 @@
 //! | `otel_agent.sessions.birth_not_seen` | counter | | sessions reported with an unknown birth (the same as `degraded` with `cause=birth_not_seen`) |
 //! | `otel_agent.export.errors` | counter | `output` | failed export attempts (each retried) |
 //! | `otel_agent.export.queue.depth` | gauge | `output` | sessions waiting for export |
+//! | `otel_agent.spool.spooled` | counter | `output` | sessions this agent wrote to the disk spool |
+//! | `otel_agent.spool.delivered` | counter | `output` | sessions delivered from the spool (part of `exported`) |
+//! | `otel_agent.spool.sessions` | gauge | `output` | sessions in the spool |
+//! | `otel_agent.spool.bytes` | gauge | `output` | bytes of the spool's files |
 
 use std::{
     sync::{Arc, Mutex},
@@ -32,7 +36,7 @@ use crate::{
     accounting::{Degradation, FilterCause, LossCause, OutputKind, Stage},
     export::{self, ExportError, config::OtlpTarget, resource::agent_resource},
     sampling::rules::KeepRule,
-    stats::Snapshot,
+    stats::{ExportSnapshot, Snapshot},
 };
 
 /// The running self-telemetry.
@@ -42,6 +46,8 @@ pub struct SelfMetrics {
 }
 
 type Observe = fn(&Snapshot, &dyn AsyncInstrument<u64>);
+/// One export output's figure.
+type ExportValue = fn(&ExportSnapshot) -> u64;
 
 impl SelfMetrics {
     /// Starts exporting to `target` every `interval`.
@@ -72,6 +78,22 @@ impl SelfMetrics {
     }
 }
 
+/// A callback observing `value` of each export output of the latest snapshot, with its
+/// `output` attribute.
+fn per_output(
+    latest: &Arc<Mutex<Snapshot>>,
+    value: ExportValue,
+) -> impl Fn(&dyn AsyncInstrument<u64>) + Send + Sync + 'static {
+    let latest = latest.clone();
+    move |instrument| {
+        if let Ok(snapshot) = latest.lock() {
+            for export in &snapshot.exports {
+                instrument.observe(value(export), &[KeyValue::new("output", export.output)]);
+            }
+        }
+    }
+}
+
 fn register(meter: &Meter, latest: &Arc<Mutex<Snapshot>>) {
     let counter = |name: &'static str, description: &'static str, observe: Observe| {
         let latest = latest.clone();
@@ -83,6 +105,14 @@ fn register(meter: &Meter, latest: &Arc<Mutex<Snapshot>>) {
                     observe(&snapshot, instrument);
                 }
             })
+            .build();
+    };
+    // A counter with a data point per export output.
+    let per_export = |name: &'static str, description: &'static str, value: ExportValue| {
+        meter
+            .u64_observable_counter(name)
+            .with_description(description)
+            .with_callback(per_output(latest, value))
             .build();
     };
     counter(
@@ -99,26 +129,15 @@ fn register(meter: &Meter, latest: &Arc<Mutex<Snapshot>>) {
             i.observe(s.records_read, &[]);
         },
     );
-    counter(
+    per_export(
         "otel_agent.sessions.exported",
         "Sessions exported, by output",
-        |s, i| {
-            for export in &s.exports {
-                i.observe(export.exported, &[KeyValue::new("output", export.output)]);
-            }
-        },
+        |export| export.exported,
     );
-    counter(
+    per_export(
         "otel_agent.sessions.unconfirmed",
         "Sessions answered with a success that was not an OTLP response, by output",
-        |s, i| {
-            for export in &s.exports {
-                i.observe(
-                    export.exported_unconfirmed,
-                    &[KeyValue::new("output", export.output)],
-                );
-            }
-        },
+        |export| export.exported_unconfirmed,
     );
     counter(
         "otel_agent.sessions.lost",
@@ -205,30 +224,43 @@ fn register(meter: &Meter, latest: &Arc<Mutex<Snapshot>>) {
             i.observe(s.kernel.birth_not_seen, &[]);
         },
     );
-    counter(
+    per_export(
         "otel_agent.export.errors",
         "Failed export attempts, by output",
-        |s, i| {
-            for export in &s.exports {
-                i.observe(
-                    export.export_errors,
-                    &[KeyValue::new("output", export.output)],
-                );
-            }
-        },
+        |export| export.export_errors,
     );
-    let latest = latest.clone();
-    meter
-        .u64_observable_gauge("otel_agent.export.queue.depth")
-        .with_description("Sessions waiting for export, by output")
-        .with_callback(move |instrument| {
-            if let Ok(snapshot) = latest.lock() {
-                for export in &snapshot.exports {
-                    instrument.observe(export.queued, &[KeyValue::new("output", export.output)]);
-                }
-            }
-        })
-        .build();
+    per_export(
+        "otel_agent.spool.spooled",
+        "Sessions written to the disk spool, by output",
+        |export| export.spool.spooled,
+    );
+    per_export(
+        "otel_agent.spool.delivered",
+        "Sessions delivered from the disk spool, by output",
+        |export| export.spool.delivered,
+    );
+    let gauge = |name: &'static str, description: &'static str, value: ExportValue| {
+        meter
+            .u64_observable_gauge(name)
+            .with_description(description)
+            .with_callback(per_output(latest, value))
+            .build();
+    };
+    gauge(
+        "otel_agent.export.queue.depth",
+        "Sessions waiting for export, by output",
+        |export| export.queued,
+    );
+    gauge(
+        "otel_agent.spool.sessions",
+        "Sessions in the disk spool, by output",
+        |export| export.spool.left,
+    );
+    gauge(
+        "otel_agent.spool.bytes",
+        "Bytes of the disk spool's files, by output",
+        |export| export.spool.bytes,
+    );
 }
 
 #[cfg(test)]
@@ -242,7 +274,7 @@ mod tests {
     use crate::{
         probe::KernelCounters,
         sampling::SamplingCounts,
-        stats::{ExportSnapshot, LocalSnapshot},
+        stats::{LocalSnapshot, SpoolSnapshot},
     };
 
     /// Every data point of the counter `name`: its attributes as `key=value` and its value.
@@ -351,6 +383,15 @@ mod tests {
                 lost_queue_full: 4,
                 lost_rejected: 5,
                 lost_at_shutdown: 6,
+                spool: SpoolSnapshot {
+                    lost_full: 14,
+                    lost_torn: 15,
+                    spooled: 16,
+                    delivered: 17,
+                    left: 18,
+                    bytes: 19,
+                    ..SpoolSnapshot::default()
+                },
                 ..ExportSnapshot::default()
             }],
             locals: vec![LocalSnapshot {
@@ -385,6 +426,8 @@ mod tests {
                 (&["cause=queue_full", "output=otlp"], 4),
                 (&["cause=rejected", "output=otlp"], 5),
                 (&["cause=at_shutdown", "output=otlp"], 6),
+                (&["cause=spool_full", "output=otlp"], 14),
+                (&["cause=spool_torn", "output=otlp"], 15),
                 (&["cause=output_full", "output=console"], 7),
                 (&["cause=output_failed", "output=console"], 8),
                 (&["cause=at_shutdown", "output=console"], 9),
@@ -416,5 +459,7 @@ mod tests {
                 (&["cause=probe_skipped_accept"], 25),
             ],
         );
+        check("otel_agent.spool.spooled", &[(&["output=otlp"], 16)]);
+        check("otel_agent.spool.delivered", &[(&["output=otlp"], 17)]);
     }
 }

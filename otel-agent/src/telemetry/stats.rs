@@ -12,6 +12,7 @@ use crate::{
     },
     events::PipelineStats,
     export::ExporterHandle,
+    export::spool::SpoolStats,
     local::SinkHandle,
     probe::KernelCounters,
     sampling::{SamplingCounts, SamplingStats, rules::KeepRule},
@@ -32,6 +33,45 @@ pub struct ExportSnapshot {
     pub export_errors: u64,
     /// Sessions waiting, in flight or awaiting a retry.
     pub queued: u64,
+    /// The disk spool (all 0 without one), in sessions.
+    pub spool: SpoolSnapshot,
+}
+
+/// One export output's disk spool at one moment, in sessions (bytes where named so).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SpoolSnapshot {
+    /// In the spool at start (left by an earlier agent).
+    pub found: u64,
+    /// Written by this agent.
+    pub spooled: u64,
+    /// Delivered from it (part of `exported`).
+    pub delivered: u64,
+    /// Delivered from files an earlier attempt may already have delivered.
+    pub maybe_duplicated: u64,
+    pub lost_full: u64,
+    pub lost_torn: u64,
+    /// In it now.
+    pub left: u64,
+    pub bytes: u64,
+    /// Bytes this agent wrote to it.
+    pub written_bytes: u64,
+}
+
+impl SpoolSnapshot {
+    fn of(stats: &SpoolStats) -> Self {
+        let get = SpoolStats::get;
+        Self {
+            found: get(&stats.found),
+            spooled: get(&stats.spooled),
+            delivered: get(&stats.delivered),
+            maybe_duplicated: get(&stats.maybe_duplicated),
+            lost_full: get(&stats.lost_full),
+            lost_torn: get(&stats.lost_torn),
+            left: get(&stats.sessions),
+            bytes: get(&stats.bytes),
+            written_bytes: get(&stats.written_bytes),
+        }
+    }
 }
 
 /// One local output's counters (the console, JSON lines) at one moment, in sessions.
@@ -113,6 +153,7 @@ impl ExportSnapshot {
             lost_at_shutdown: get(&output.stats.lost_at_shutdown),
             export_errors: get(&output.stats.export_errors),
             queued: output.queue.depth() as u64,
+            spool: SpoolSnapshot::of(&output.stats.spool),
         }
     }
 
@@ -121,6 +162,8 @@ impl ExportSnapshot {
         match cause {
             LossCause::QueueFull => self.lost_queue_full,
             LossCause::Rejected => self.lost_rejected,
+            LossCause::SpoolFull => self.spool.lost_full,
+            LossCause::SpoolTorn => self.spool.lost_torn,
             LossCause::AtShutdown => self.lost_at_shutdown,
             _ => 0,
         }
@@ -143,6 +186,13 @@ impl ExportSnapshot {
             figures.push(cause.key(), self.lost(cause));
         }
         figures.push("export_errors", self.export_errors);
+        let spool = &self.spool;
+        figures.push("spool_found", spool.found);
+        figures.push("spooled", spool.spooled);
+        figures.push("delivered_from_spool", spool.delivered);
+        figures.push("spool_maybe_duplicated", spool.maybe_duplicated);
+        figures.push("spool_left", spool.left);
+        figures.push("spool_bytes", spool.bytes);
         OutputFigures {
             kind: OutputKind::Export,
             output: self.output.to_owned(),
@@ -216,6 +266,16 @@ impl Snapshot {
         session.push("kernel_tracked", kernel.tracked);
         session.push("kernel_emitted", kernel.emitted);
         session.push("records_read", self.records_read);
+        if let Some(pins) = kernel.pins {
+            session.push("pins_adopted_records", pins.adopted_records);
+            session.push("pins_adopted_open_sessions", pins.adopted_open);
+            if let Some(left) = pins.left_records {
+                session.push("pins_left_records", left);
+            }
+            if let Some(open) = pins.left_open {
+                session.push("pins_left_open_sessions", open);
+            }
+        }
         for cause in FilterCause::ALL {
             session.push(cause.key(), self.filtered(cause));
         }
@@ -281,6 +341,7 @@ mod tests {
                 recovered_state_change: 8,
                 skipped_receive_reset: 9,
                 skipped_accept: 10,
+                pins: None,
             },
             records_read: 10,
             lost_decode_error: 0,
@@ -351,7 +412,9 @@ mod tests {
                  degraded_probe_skipped_reset=9 degraded_probe_skipped_accept=10",
                 "export accounting when=\"final\" output=\"otlp\" enqueued=8 exported=7 \
                  exported_unconfirmed=0 queued=0 lost_queue_full=1 lost_rejected=1 \
-                 lost_at_shutdown=0 export_errors=2",
+                 lost_spool_full=0 lost_spool_torn=0 lost_at_shutdown=0 export_errors=2 \
+                 spool_found=0 spooled=0 delivered_from_spool=0 spool_maybe_duplicated=0 \
+                 spool_left=0 spool_bytes=0",
                 "output accounting when=\"final\" output=\"console\" written=8 queued=0 \
                  lost_output_full=0 lost_output_failed=0 lost_at_shutdown=1",
                 &format!(

@@ -25,12 +25,12 @@ use std::{
     ffi::CString,
     io::{ErrorKind, Read, Write},
     net::{IpAddr, SocketAddr, TcpListener, TcpStream},
-    os::fd::{AsRawFd, FromRawFd},
+    os::fd::FromRawFd,
     process::ExitCode,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use otel_agent_tests::peer::payload;
+use otel_agent_tests::{peer::payload, traffic::abort};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -110,29 +110,10 @@ fn client(ip: IpAddr, port: u16, scenario: &str) -> Result<()> {
         .write_all(&vec![b'c'; a])
         .map_err(|e| format!("write: {e}"))?;
     if scenario == "reset" {
-        wait_until_acknowledged(&stream)?;
         std::io::stdin()
             .read_line(&mut String::new())
             .map_err(|e| format!("wait for the server to read: {e}"))?;
-        let linger = libc::linger {
-            l_onoff: 1,
-            l_linger: 0,
-        };
-        // SAFETY: a valid socket and a valid `linger` of the right size.
-        let rc = unsafe {
-            libc::setsockopt(
-                stream.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_LINGER,
-                (&raw const linger).cast(),
-                size_of::<libc::linger>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(format!("SO_LINGER: {}", std::io::Error::last_os_error()));
-        }
-        drop(stream);
-        return Ok(());
+        return abort(stream).map_err(|e| format!("abort: {e}"));
     }
     read_exactly(&mut stream, b)?;
     if scenario == "server-first" {
@@ -217,25 +198,6 @@ fn as_bytes<T>(value: &T) -> Vec<u8> {
     // SAFETY: reading the bytes of a plain C struct.
     unsafe { std::slice::from_raw_parts(std::ptr::from_ref(value).cast::<u8>(), size_of::<T>()) }
         .to_vec()
-}
-
-/// Waits (at most 5 s) until the send queue is empty: every byte written was acknowledged.
-fn wait_until_acknowledged(stream: &TcpStream) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let mut unacked: libc::c_int = 0;
-        // SAFETY: SIOCOUTQ writes one int.
-        if unsafe { libc::ioctl(stream.as_raw_fd(), libc::TIOCOUTQ, &raw mut unacked) } != 0 {
-            return Err(format!("SIOCOUTQ: {}", std::io::Error::last_os_error()));
-        }
-        if unacked == 0 {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            return Err(format!("{unacked} bytes still unacknowledged after 5 s"));
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
 }
 
 fn read_exactly(stream: &mut TcpStream, len: usize) -> Result<()> {

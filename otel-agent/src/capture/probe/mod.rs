@@ -5,11 +5,17 @@
 //! log line) where the kernel lacks one. [`Probe::detach`] (or dropping the [`Probe`])
 //! detaches the programs; the counters stay readable after detaching, so that a final
 //! reading reconciles exactly with what was read from the ring buffer.
+//!
+//! With a pin directory ([`pins`]), the probe's maps and links are pinned and a running
+//! probe is taken over; [`Probe::detach`] then leaves it attached for the next agent, the
+//! reader records what it read ([`Probe::take_consumption`]), and [`Probe::leave`] what the
+//! agent leaves (the counters are read relative to what was adopted).
 
 pub mod btf;
 pub mod drop_privileges;
 pub mod info;
 pub mod offsets;
+pub mod pins;
 pub mod privileges;
 pub mod tracefs;
 
@@ -18,12 +24,14 @@ use std::path::{Path, PathBuf};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{MapData, PerCpuArray, RingBuf},
-    programs::{ProgramFd, RawTracePoint, TracePoint},
+    programs::{ProgramFd, RawTracePoint, TracePoint, links::FdLink},
 };
 use common::{
-    COUNTERS_MAP, EVENTS_MAP, FILTERS, Filters, KERNEL_OFFSETS, REPORT_UNKNOWN_BIRTH,
+    COUNTERS_MAP, EVENTS_MAP, FILTERS, Filters, GENERATION, KERNEL_OFFSETS, REPORT_UNKNOWN_BIRTH,
     RING_WAKEUP_BYTES, SOCKETS_MAP, SocketState, counter, offsets_valid,
 };
+
+use self::pins::{PinDir, PinError};
 
 use self::tracefs::{
     INET_SOCK_SET_STATE, SYS_EXIT_ACCEPT, SYS_EXIT_ACCEPT4, TCP_RECEIVE_RESET, Tracepoint,
@@ -67,6 +75,8 @@ pub enum ProbeError {
     },
     #[error("the probe object has no `{0}`; rebuild otel-agent")]
     MissingObject(&'static str),
+    #[error(transparent)]
+    Pins(#[from] PinError),
 }
 
 impl ProbeError {
@@ -88,6 +98,13 @@ impl ProbeError {
         };
         Self::LoadObject {
             what,
+            reason: with_causes(error),
+        }
+    }
+
+    fn attach(program: &'static str, error: &dyn std::error::Error) -> Self {
+        Self::Attach {
+            program,
             reason: with_causes(error),
         }
     }
@@ -132,6 +149,20 @@ impl ProbeError {
             Self::Tracefs(error) => !error.is_missing_privilege(),
             _ => false,
         }
+    }
+
+    /// Whether the pin directory holds a probe of another layout.
+    pub fn is_incompatible_pins(&self) -> bool {
+        matches!(self, Self::Pins(PinError::Incompatible { .. }))
+    }
+
+    /// Whether the pin directory is not usable as configured (not on a BPF filesystem, or
+    /// held by another agent).
+    pub fn is_unusable_pin_dir(&self) -> bool {
+        matches!(
+            self,
+            Self::Pins(PinError::NotBpffs { .. } | PinError::Busy { .. })
+        )
     }
 }
 
@@ -178,6 +209,8 @@ pub struct ProbeOptions {
     pub ring_buffer_bytes: u32,
     /// How the state-change program attaches.
     pub state_probe: StateProbe,
+    /// Where the probe is pinned, to outlive the agent (`--bpf-pin-dir`).
+    pub pin_dir: Option<PathBuf>,
 }
 
 impl Default for ProbeOptions {
@@ -189,6 +222,7 @@ impl Default for ProbeOptions {
             max_tracked_sockets: 1 << 16,
             ring_buffer_bytes: 1 << 22,
             state_probe: StateProbe::default(),
+            pin_dir: None,
         }
     }
 }
@@ -239,6 +273,25 @@ pub struct KernelCounters {
     /// Hits of `syscalls:sys_exit_accept{,4}` the kernel skipped: a server session may carry
     /// the task current at close as its owner (degraded, not lost).
     pub skipped_accept: u64,
+    /// With a pin directory: what was adopted from the previous agent and left for the next.
+    pub pins: Option<PinFigures>,
+}
+
+/// What a pinned probe handed from one agent to the next.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PinFigures {
+    /// The generation this agent took over from (0: the directory held no probe).
+    pub previous_generation: u64,
+    /// Records waiting in the pinned ring buffer when this agent took over.
+    pub adopted_records: u64,
+    /// Sessions open in the pinned socket map when this agent took over.
+    pub adopted_open: u64,
+    /// Records left in the ring buffer for the next agent (known once the agent has stopped
+    /// reading).
+    pub left_records: Option<u64>,
+    /// Sessions open in the socket map when the agent stopped (the probe keeps running:
+    /// a reading at that moment).
+    pub left_open: Option<u64>,
 }
 
 impl KernelCounters {
@@ -289,12 +342,28 @@ impl AttachedProgram {
     }
 }
 
+/// The probe pinned in a directory, taken over from the previous agent.
+struct Pinned {
+    /// Locked while this agent runs.
+    _dir: PinDir,
+    /// The counters when this agent took over: its figures are relative to them.
+    baseline: [u64; counter::COUNT as usize],
+    /// Records the agents before this one had read from the ring buffer.
+    consumed_before: u64,
+    /// Where the reader records what it read, for the next agent (until taken).
+    consumption: Option<pins::Consumption>,
+    /// The counters when the agent stopped reading (see [`Probe::leave`]).
+    left: Option<[u64; counter::COUNT as usize]>,
+    figures: PinFigures,
+}
+
 /// The attached probe.
 pub struct Probe {
     /// The programs and maps; `None` once detached.
     ebpf: Option<Ebpf>,
     programs: Vec<AttachedProgram>,
     counters: PerCpuArray<MapData, u64>,
+    pinned: Option<Pinned>,
     /// Entries left in the socket map at detach.
     open_at_detach: Option<u64>,
     pub features: Features,
@@ -303,9 +372,66 @@ pub struct Probe {
 }
 
 impl Probe {
-    /// Loads and attaches the probe.
+    /// Loads and attaches the probe; with a pin directory, takes over the probe pinned
+    /// there, if any.
     pub fn attach(options: &ProbeOptions) -> Result<Self, ProbeError> {
         privileges::check()?;
+        let pin_dir = options.pin_dir.as_deref().map(PinDir::open).transpose()?;
+        let previous = pin_dir
+            .as_ref()
+            .map(PinDir::previous)
+            .transpose()?
+            .flatten();
+        let options = match (&pin_dir, &previous) {
+            (Some(dir), Some(previous)) => keep_pinned_choices(options, dir, previous),
+            _ => options.clone(),
+        };
+        // The next generation; links a failed start left under that name are inert (their
+        // generation never became active).
+        let generation = previous.map_or(0, |previous| previous.active) + 1;
+        if let Some(dir) = &pin_dir {
+            dir.unpin_generation(generation);
+        }
+        let result = Self::load_and_attach(&options, pin_dir.as_ref().map(|dir| (dir, generation)));
+        let Some(dir) = pin_dir else {
+            return result;
+        };
+        let mut probe = match result {
+            Ok(probe) => probe,
+            Err(error) => {
+                dir.unpin_generation(generation);
+                return Err(error);
+            }
+        };
+        if let Err(error) = dir.take_over(generation, previous.as_ref()) {
+            dir.unpin_generation(generation);
+            return Err(error.into());
+        }
+        let baseline = probe.raw_counters()?;
+        let consumption = dir.consumption()?;
+        let consumed_before = consumption.before();
+        let figures = PinFigures {
+            previous_generation: previous.map_or(0, |previous| previous.active),
+            adopted_records: baseline[counter::EMITTED as usize].saturating_sub(consumed_before),
+            adopted_open: probe.open_sockets().unwrap_or(0),
+            left_records: None,
+            left_open: None,
+        };
+        probe.pinned = Some(Pinned {
+            _dir: dir,
+            baseline,
+            consumed_before,
+            consumption: Some(consumption),
+            left: None,
+            figures,
+        });
+        Ok(probe)
+    }
+
+    fn load_and_attach(
+        options: &ProbeOptions,
+        pin: Option<(&PinDir, u64)>,
+    ) -> Result<Self, ProbeError> {
         let (tracefs_path, mounted) = tracefs::ensure_mounted()?;
         if mounted {
             tracing::info!(
@@ -329,13 +455,19 @@ impl Probe {
         // A quarter full: the reader, woken then, has three quarters of the ring buffer to
         // drain before anything is lost.
         let ring_wakeup_bytes = u64::from(options.ring_buffer_bytes / 4);
-        let mut ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        loader
             .override_global(KERNEL_OFFSETS, &kernel_offsets, true)
             .override_global(FILTERS, &options.filters, true)
             .override_global(REPORT_UNKNOWN_BIRTH, &report_unknown_birth, true)
             .override_global(RING_WAKEUP_BYTES, &ring_wakeup_bytes, true)
             .map_max_entries(SOCKETS_MAP, options.max_tracked_sockets)
-            .map_max_entries(EVENTS_MAP, options.ring_buffer_bytes)
+            .map_max_entries(EVENTS_MAP, options.ring_buffer_bytes);
+        if let Some((dir, generation)) = &pin {
+            loader.override_global(GENERATION, generation, true);
+            dir.share_maps(&mut loader);
+        }
+        let mut ebpf = loader
             .load(PROBE_OBJECT)
             .map_err(|error| ProbeError::load_object(&error))?;
 
@@ -350,12 +482,18 @@ impl Probe {
             (chosen, _) => chosen,
         };
         let mut programs = vec![match state_probe {
-            StateProbe::Tracepoint => {
-                attach_tracepoint(&mut ebpf, &INET_SOCK_SET_STATE, ProgramRole::StateChange)?
-            }
-            StateProbe::RawTracepoint => {
-                attach_raw_tracepoint(&mut ebpf, INET_SOCK_SET_STATE_RAW, ProgramRole::StateChange)?
-            }
+            StateProbe::Tracepoint => attach_tracepoint(
+                &mut ebpf,
+                &INET_SOCK_SET_STATE,
+                ProgramRole::StateChange,
+                pin,
+            )?,
+            StateProbe::RawTracepoint => attach_raw_tracepoint(
+                &mut ebpf,
+                INET_SOCK_SET_STATE_RAW,
+                ProgramRole::StateChange,
+                pin,
+            )?,
         }];
         if state_probe == StateProbe::RawTracepoint {
             // After the primary: the kernel runs a tracepoint's programs in attach order.
@@ -363,6 +501,7 @@ impl Probe {
                 &mut ebpf,
                 INET_SOCK_SET_STATE_BACKUP,
                 ProgramRole::StateChangeBackup,
+                pin,
             )?);
         }
         let resets = attach_optional(
@@ -372,6 +511,7 @@ impl Probe {
             ProgramRole::ReceiveReset,
             "sessions will not say whether the peer reset them",
             &mut programs,
+            pin,
         );
         let accept_owner = kernel_offsets.valid & offsets_valid::ACCEPT != 0
             && attach_optional(
@@ -381,6 +521,7 @@ impl Probe {
                 ProgramRole::Accept,
                 "server sessions reset before close will carry the task current at close as owner",
                 &mut programs,
+                pin,
             );
         let counters = ebpf
             .take_map(COUNTERS_MAP)
@@ -392,6 +533,7 @@ impl Probe {
             ebpf: Some(ebpf),
             programs,
             counters,
+            pinned: None,
             open_at_detach: None,
             features: Features {
                 bytes: valid(offsets_valid::BYTES),
@@ -416,8 +558,12 @@ impl Probe {
     }
 
     /// Detaches every program: no record is written after this returns. Counts the socket
-    /// map's entries first, for [`KernelCounters::evicted`].
+    /// map's entries first, for [`KernelCounters::evicted`]. A pinned probe stays attached
+    /// (its links are pinned): only this agent's handles are closed.
     pub fn detach(&mut self) {
+        if self.pinned.is_some() {
+            return;
+        }
         if let Some(mut ebpf) = self.ebpf.take() {
             // Dropping the links first freezes the map before it is counted.
             let map = ebpf.take_map(SOCKETS_MAP);
@@ -428,14 +574,62 @@ impl Probe {
         }
     }
 
-    /// Reads the probe's counters.
-    pub fn counters(&self) -> Result<KernelCounters, ProbeError> {
-        let sum = |index: u32| -> Result<u64, ProbeError> {
+    /// Each counter summed over the CPUs, as the kernel holds it now.
+    fn raw_counters(&self) -> Result<[u64; counter::COUNT as usize], ProbeError> {
+        let mut sums = [0; counter::COUNT as usize];
+        for (index, sum) in (0..).zip(&mut sums) {
             let values = self
                 .counters
                 .get(&index, 0)
                 .map_err(|error| ProbeError::map(COUNTERS_MAP, &error))?;
-            Ok(values.iter().sum())
+            *sum = values.iter().sum();
+        }
+        Ok(sums)
+    }
+
+    /// Entries of the socket map now (sessions open).
+    fn open_sockets(&self) -> Option<u64> {
+        let map = self.ebpf.as_ref()?.map(SOCKETS_MAP)?;
+        let sockets = aya::maps::HashMap::<_, u64, SocketState>::try_from(map).ok()?;
+        Some(sockets.keys().filter(Result::is_ok).count() as u64)
+    }
+
+    /// A pinned probe: where the reader records what it read (once; `None` unpinned).
+    pub fn take_consumption(&mut self) -> Option<pins::Consumption> {
+        self.pinned.as_mut()?.consumption.take()
+    }
+
+    /// A pinned probe, after the agent's last read of `records_read` records: freezes the
+    /// figures of what it leaves (the probe runs on).
+    pub fn leave(&mut self, records_read: u64) -> Result<(), ProbeError> {
+        if self.pinned.is_none() {
+            return Ok(());
+        }
+        let left_open = self.open_sockets();
+        let raw = self.raw_counters()?;
+        if let Some(pinned) = &mut self.pinned {
+            let consumed = pinned.consumed_before + records_read;
+            pinned.left = Some(raw);
+            pinned.figures.left_records =
+                Some(raw[counter::EMITTED as usize].saturating_sub(consumed));
+            pinned.figures.left_open = left_open;
+        }
+        Ok(())
+    }
+
+    /// Reads the probe's counters (with a pin directory, since this agent took over, and
+    /// frozen once it has left).
+    pub fn counters(&self) -> Result<KernelCounters, ProbeError> {
+        let raw = match self.pinned.as_ref().and_then(|pinned| pinned.left) {
+            Some(left) => left,
+            None => self.raw_counters()?,
+        };
+        let sum = |index: u32| -> Result<u64, ProbeError> {
+            let since = self
+                .pinned
+                .as_ref()
+                .map_or(0, |pinned| pinned.baseline[index as usize]);
+            Ok(raw[index as usize].saturating_sub(since))
         };
         Ok(KernelCounters {
             tracked: sum(counter::TRACKED)?,
@@ -454,6 +648,7 @@ impl Probe {
             recovered_state_change: sum(counter::SKIPPED_RECOVERED)?,
             skipped_receive_reset: self.skipped(ProgramRole::ReceiveReset)?,
             skipped_accept: self.skipped(ProgramRole::Accept)?,
+            pins: self.pinned.as_ref().map(|pinned| pinned.figures),
         })
     }
 
@@ -484,10 +679,46 @@ impl Probe {
     }
 }
 
+/// `options` with what a pinned probe decided kept: the sizes of its maps, and how its
+/// state-change program is attached (the kernel runs a classic and a raw tracepoint's
+/// programs in no defined order, and the handover needs the old program to run first).
+fn keep_pinned_choices(
+    options: &ProbeOptions,
+    dir: &PinDir,
+    previous: &pins::Previous,
+) -> ProbeOptions {
+    let mut kept = options.clone();
+    kept.max_tracked_sockets = previous.max_tracked_sockets;
+    kept.ring_buffer_bytes = previous.ring_buffer_bytes;
+    if dir.has_link(previous.active, INET_SOCK_SET_STATE_RAW) {
+        kept.state_probe = StateProbe::RawTracepoint;
+    } else if dir.has_link(previous.active, INET_SOCK_SET_STATE.name) {
+        kept.state_probe = StateProbe::Tracepoint;
+    }
+    if (
+        kept.max_tracked_sockets,
+        kept.ring_buffer_bytes,
+        kept.state_probe,
+    ) != (
+        options.max_tracked_sockets,
+        options.ring_buffer_bytes,
+        options.state_probe,
+    ) {
+        tracing::warn!(
+            max_tracked_sockets = kept.max_tracked_sockets,
+            ring_buffer_bytes = kept.ring_buffer_bytes,
+            attach = kept.state_probe.name(),
+            "keeping the map sizes and the attach type of the pinned probe; to change them, run `otel-agent detach --bpf-pin-dir DIR` first"
+        );
+    }
+    kept
+}
+
 fn attach_tracepoint(
     ebpf: &mut Ebpf,
     tracepoint: &Tracepoint,
     role: ProgramRole,
+    pin: Option<(&PinDir, u64)>,
 ) -> Result<AttachedProgram, ProbeError> {
     let program: &mut TracePoint = ebpf
         .program_mut(tracepoint.name)
@@ -497,12 +728,17 @@ fn attach_tracepoint(
     program
         .load()
         .map_err(|error| ProbeError::load_program(tracepoint.name, &error))?;
-    program
+    let link = program
         .attach(tracepoint.category, tracepoint.name)
-        .map_err(|error| ProbeError::Attach {
-            program: tracepoint.name,
-            reason: with_causes(&error),
-        })?;
+        .map_err(|error| ProbeError::attach(tracepoint.name, &error))?;
+    if let Some((dir, generation)) = pin {
+        let link = program
+            .take_link(link)
+            .map_err(|error| ProbeError::attach(tracepoint.name, &error))?;
+        let link =
+            FdLink::try_from(link).map_err(|error| ProbeError::attach(tracepoint.name, &error))?;
+        dir.pin_link(generation, tracepoint.name, link)?;
+    }
     let fd = program
         .fd()
         .map_err(|error| ProbeError::load_program(tracepoint.name, &error))?;
@@ -514,6 +750,7 @@ fn attach_raw_tracepoint(
     ebpf: &mut Ebpf,
     name: &'static str,
     role: ProgramRole,
+    pin: Option<(&PinDir, u64)>,
 ) -> Result<AttachedProgram, ProbeError> {
     let program: &mut RawTracePoint = ebpf
         .program_mut(name)
@@ -523,12 +760,15 @@ fn attach_raw_tracepoint(
     program
         .load()
         .map_err(|error| ProbeError::load_program(name, &error))?;
-    program
+    let link = program
         .attach(INET_SOCK_SET_STATE.name)
-        .map_err(|error| ProbeError::Attach {
-            program: name,
-            reason: with_causes(&error),
-        })?;
+        .map_err(|error| ProbeError::attach(name, &error))?;
+    if let Some((dir, generation)) = pin {
+        let link = program
+            .take_link(link)
+            .map_err(|error| ProbeError::attach(name, &error))?;
+        dir.pin_link(generation, name, FdLink::from(link))?;
+    }
     let fd = program
         .fd()
         .map_err(|error| ProbeError::load_program(name, &error))?;
@@ -544,11 +784,12 @@ fn attach_optional(
     role: ProgramRole,
     consequence: &str,
     programs: &mut Vec<AttachedProgram>,
+    pin: Option<(&PinDir, u64)>,
 ) -> bool {
     tracepoints.iter().all(|tracepoint| {
         tracefs::check_layout(tracefs_path, tracepoint)
             .map_err(ProbeError::from)
-            .and_then(|()| attach_tracepoint(ebpf, tracepoint, role))
+            .and_then(|()| attach_tracepoint(ebpf, tracepoint, role, pin))
             .map(|program| programs.push(program))
             .inspect_err(|error| {
                 tracing::warn!(
