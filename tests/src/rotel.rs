@@ -61,6 +61,17 @@ impl Rotel {
         Self::start_on(dir, "rotel", free_port(), free_port(), &["traces"])
     }
 
+    /// Starts rotel on free loopback ports, printing spans and metrics.
+    pub fn start_with_metrics(dir: &Path) -> Self {
+        Self::start_on(
+            dir,
+            "rotel",
+            free_port(),
+            free_port(),
+            &["traces", "metrics"],
+        )
+    }
+
     /// Starts rotel on the given ports, printing the signals in `debug` (`traces`,
     /// `metrics`), its output in `<dir>/<name>.stdout` (a restart on the same ports keeps the
     /// earlier run's output).
@@ -127,6 +138,30 @@ impl Rotel {
                 self.process.stdout_text()
             );
             std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// The last point of each series of a metric, by its attributes.
+pub type FinalPoints = BTreeMap<BTreeMap<String, String>, MetricPoint>;
+
+impl Rotel {
+    /// The last point of every series of the metric `name` (each export of a cumulative
+    /// metric repeats its totals), once their values add up to `expected`; fails the test if
+    /// they do not within 10 s.
+    pub fn final_points(&self, name: &str, expected: f64) -> FinalPoints {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut last = FinalPoints::new();
+            for point in metric_points(&self.process.stdout_text(), name) {
+                last.insert(point.attributes.clone(), point);
+            }
+            let total: f64 = last.values().map(|point| point.value).sum();
+            if total == expected || Instant::now() >= deadline {
+                assert_eq!(total, expected, "{name}: {last:#?}");
+                return last;
+            }
+            std::thread::sleep(Duration::from_millis(100));
         }
     }
 }

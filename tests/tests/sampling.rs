@@ -10,14 +10,14 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream},
     sync::Mutex,
     thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use otel_agent_tests::{
     agent,
     process::{ChildGuard, TempDir},
     require_root,
-    rotel::{self, MetricPoint, ReceivedSpan, Rotel},
+    rotel::{FinalPoints, ReceivedSpan, Rotel},
     traffic::{self, Closer, Exchange, THREAD_NAME},
 };
 
@@ -31,13 +31,7 @@ const SERVER_BYTES: usize = 2_000;
 
 /// rotel printing spans and metrics, and the agent's gRPC endpoint for it.
 fn collector(dir: &TempDir) -> (Rotel, String) {
-    let rotel = Rotel::start_on(
-        dir.path(),
-        "rotel",
-        rotel::free_port(),
-        rotel::free_port(),
-        &["traces", "metrics"],
-    );
+    let rotel = Rotel::start_with_metrics(dir.path());
     let endpoint = format!("http://{}", rotel.grpc);
     (rotel, endpoint)
 }
@@ -79,31 +73,8 @@ fn spans_of_end(spans: &[ReceivedSpan], local: SocketAddr, peer: SocketAddr) -> 
         .collect()
 }
 
-/// The last value of every series of the metric `name` (each export of a cumulative metric
-/// repeats its totals), once their counts add up to `expected`, waiting up to 10 s.
-fn final_points(
-    rotel: &Rotel,
-    name: &str,
-    expected: f64,
-) -> BTreeMap<Vec<(String, String)>, MetricPoint> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let mut last = BTreeMap::new();
-        for point in rotel::metric_points(&rotel.process.stdout_text(), name) {
-            let key: Vec<_> = point.attributes.clone().into_iter().collect();
-            last.insert(key, point);
-        }
-        let total: f64 = last.values().map(|point| point.value).sum();
-        if total == expected || Instant::now() >= deadline {
-            assert_eq!(total, expected, "{name}: {last:#?}");
-            return last;
-        }
-        thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// The total of the series of `points` whose attributes include every one of `with`.
-fn total(points: &BTreeMap<Vec<(String, String)>, MetricPoint>, with: &[(&str, &str)]) -> f64 {
+fn total(points: &FinalPoints, with: &[(&str, &str)]) -> f64 {
     points
         .values()
         .filter(|point| {
@@ -167,7 +138,7 @@ fn ratio_half_keeps_both_ends_or_neither_and_the_metrics_count_every_session() {
     );
 
     // The histogram's final count: every session read, kept or not.
-    let duration = final_points(&rotel, "tcp.session.duration", 200.0);
+    let duration = rotel.final_points("tcp.session.duration", 200.0);
     assert_eq!(
         total(&duration, &[("span.kind", "Str(SPAN_KIND_CLIENT)")]),
         100.0
@@ -232,7 +203,7 @@ fn always_off_exports_no_spans_and_still_exact_metrics() {
 
     // One series per span name (the server's port): 20, unless two listeners drew the same
     // port; the counts are exact either way.
-    let duration = final_points(&rotel, "tcp.session.duration", 20.0);
+    let duration = rotel.final_points("tcp.session.duration", 20.0);
     assert_eq!(
         total(&duration, &[("span.kind", "Str(SPAN_KIND_SERVER)")]),
         10.0
@@ -240,8 +211,7 @@ fn always_off_exports_no_spans_and_still_exact_metrics() {
     for point in duration.values() {
         assert_eq!(point.attributes["status.code"], "Str(STATUS_CODE_UNSET)");
     }
-    let payload = final_points(
-        &rotel,
+    let payload = rotel.final_points(
         "tcp.session.payload",
         (20 * (CLIENT_BYTES + SERVER_BYTES)) as f64,
     );
@@ -344,7 +314,7 @@ fn keep_and_drop_rules_are_counted_by_cause_and_the_metrics_overflow_past_their_
     assert_eq!(kept.status_code, "STATUS_CODE_ERROR");
     assert_eq!(kept.trace_state, "ot=th:0");
     // Six sessions, six span names: two series of their own and the overflow series.
-    let duration = final_points(&rotel, "tcp.session.duration", 6.0);
+    let duration = rotel.final_points("tcp.session.duration", 6.0);
     assert_eq!(duration.len(), 3, "{duration:#?}");
     assert_eq!(
         total(&duration, &[("otel.metric.overflow", "Bool(true)")]),
