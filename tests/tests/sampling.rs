@@ -358,6 +358,59 @@ fn keep_and_drop_rules_are_counted_by_cause_and_the_metrics_overflow_past_their_
     assert!(ours.is_empty(), "{ours:#?}");
 }
 
+/// The long-session rule under `always_off`: a connection held 400 ms is kept at both ends
+/// (`ot=th:0`, counted `kept_long`), a quick one is sampled out at both.
+#[test]
+fn sessions_longer_than_the_rule_are_kept_at_both_ends() {
+    require_root();
+    let _one = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let dir = TempDir::new("sampling-long");
+    let (rotel, endpoint) = collector(&dir);
+    let mut agent = start(
+        &endpoint,
+        &[
+            "--traces-sampler",
+            "always_off",
+            "--sample-keep-longer-than",
+            "300ms",
+        ],
+        &[],
+        &dir,
+    );
+    exchanges(1);
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let client = TcpStream::connect(listener.local_addr().unwrap()).expect("connect");
+    let (server, _) = listener.accept().expect("accept");
+    let (client_port, server_port) = (
+        client.local_addr().unwrap().port(),
+        server.local_addr().unwrap().port(),
+    );
+    thread::sleep(Duration::from_millis(400));
+    drop((client, server, listener));
+    agent::stop(&mut agent);
+    let stderr = agent.stderr_text();
+    agent::assert_reconciled(&stderr);
+    let session = agent::accounting(&stderr);
+    assert_eq!(agent::counter(&session, "records_read"), 4, "{session:?}");
+    assert_eq!(agent::counter(&session, "kept_long"), 2);
+    assert_eq!(agent::counter(&session, "filtered_sampled_out"), 2);
+    let spans = rotel.wait_for_spans(2, Duration::from_secs(10), |span| {
+        span.trace_state == "ot=th:0"
+    });
+    let mut ports: Vec<_> = spans
+        .iter()
+        .map(|span| span.attributes["network.local.port"].clone())
+        .collect();
+    ports.sort();
+    let mut expected = vec![format!("Int({client_port})"), format!("Int({server_port})")];
+    expected.sort();
+    assert_eq!(ports, expected);
+    assert_eq!(spans[0].trace_id, spans[1].trace_id);
+    rotel.final_points("tcp.session.duration", 4.0);
+}
+
 /// Command-line arguments, environment, and a part of the message the agent must print.
 type BadInput<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
 
