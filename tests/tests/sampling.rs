@@ -10,14 +10,14 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream},
     sync::Mutex,
     thread,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use otel_agent_tests::{
     agent,
     process::{ChildGuard, TempDir},
     require_root,
-    rotel::{FinalPoints, ReceivedSpan, Rotel},
+    rotel::{self, FinalPoints, ReceivedSpan, Rotel},
     traffic::{self, Closer, Exchange, THREAD_NAME},
 };
 
@@ -234,6 +234,22 @@ fn always_off_exports_no_spans_and_still_exact_metrics() {
         })
         .collect();
     assert!(ours.is_empty(), "{ours:#?}");
+    // The self-metrics' last export says the same: 20 sessions sampled out.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let sampled_out =
+            rotel::metric_points(&rotel.process.stdout_text(), "otel_agent.sessions.filtered")
+                .into_iter()
+                .rfind(|point| {
+                    point.attributes.get("cause").map(String::as_str) == Some("Str(sampled_out)")
+                })
+                .map(|point| point.value);
+        if sampled_out == Some(20.0) || Instant::now() >= deadline {
+            assert_eq!(sampled_out, Some(20.0));
+            break;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// The rules under `always_off`: a refused connect is kept (failed, `ot=th:0`: adjusted count
