@@ -178,8 +178,9 @@ fn ratio_half_keeps_both_ends_or_neither_and_the_metrics_count_every_session() {
 }
 
 /// `always_off`: no span of this test's sessions, and still exact metrics: the 20 sessions
-/// of 10 exchanges in `tcp.session.duration`, and their payload by kind and direction (the
-/// client transmits 1,000 bytes and receives 2,000 each time).
+/// of 10 exchanges in `tcp.session.duration` (exported every `OTEL_METRIC_EXPORT_INTERVAL`
+/// = 300 ms while the agent runs, and at shutdown), and their payload by kind and direction
+/// (the client transmits 1,000 bytes and receives 2,000 each time).
 #[test]
 fn always_off_exports_no_spans_and_still_exact_metrics() {
     require_root();
@@ -188,8 +189,16 @@ fn always_off_exports_no_spans_and_still_exact_metrics() {
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let dir = TempDir::new("sampling-off");
     let (rotel, endpoint) = collector(&dir);
-    let mut agent = start(&endpoint, &["--traces-sampler", "always_off"], &[], &dir);
+    let mut agent = start(
+        &endpoint,
+        &["--traces-sampler", "always_off"],
+        &[("OTEL_METRIC_EXPORT_INTERVAL", "300")],
+        &dir,
+    );
     exchanges(10);
+    // A periodic export (every 300 ms) already holds the 20 sessions, before the last one at
+    // shutdown.
+    rotel.final_points("tcp.session.duration", 20.0);
     agent::stop(&mut agent);
     let stderr = agent.stderr_text();
     agent::assert_reconciled(&stderr);
