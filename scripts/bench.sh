@@ -20,6 +20,9 @@
 #   COLLECTOR=rotel     rotel | sink (the counting receiver in bench/)
 #   BPF_STATS=1         enable kernel.bpf_stats_enabled during b and c (restored after)
 #   AGENT_ARGS=         extra flags for otel-agent
+#   SAMPLER_RATIO=      the sampled run (issue 15): the agent samples with
+#                       OTEL_TRACES_SAMPLER=traceidratio OTEL_TRACES_SAMPLER_ARG=<this>, e.g.
+#                       0.1 (its session metrics still count every session); unset: every span
 #   AGENT=target/release/otel-agent   the agent binary (to compare builds; SKIP_BUILD=1)
 #   OUT_DIR=            where logs and results go (default: a new /tmp/otel-agent-bench.*)
 #   SKIP_SETUP=0 SKIP_BUILD=0
@@ -39,6 +42,7 @@ CHURN_THREADS="${CHURN_THREADS:-8}"
 COLLECTOR="${COLLECTOR:-rotel}"
 BPF_STATS="${BPF_STATS:-1}"
 AGENT_ARGS="${AGENT_ARGS:-}"
+SAMPLER_RATIO="${SAMPLER_RATIO:-}"
 SKIP_SETUP="${SKIP_SETUP:-0}"
 SKIP_BUILD="${SKIP_BUILD:-0}"
 
@@ -55,6 +59,13 @@ die() { printf 'bench: error: %s\n' "$*" >&2; exit 1; }
 case "$COLLECTOR" in rotel | sink) ;; *) die "COLLECTOR=$COLLECTOR: use rotel or sink" ;; esac
 [[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || die "ROUNDS=$ROUNDS: use a positive integer"
 [[ "$MODES" =~ ^[abc]+$ ]] || die "MODES=$MODES: use one or more of a, b, c (e.g. MODES=c)"
+[[ -z "$SAMPLER_RATIO" || "$SAMPLER_RATIO" =~ ^(0(\.[0-9]+)?|1(\.0*)?)$ ]] \
+    || die "SAMPLER_RATIO=$SAMPLER_RATIO: use a ratio from 0 to 1, like 0.1"
+# The sampler's variables for the agent (none: every span).
+SAMPLER_ENV=()
+if [ -n "$SAMPLER_RATIO" ]; then
+    SAMPLER_ENV=(OTEL_TRACES_SAMPLER=traceidratio "OTEL_TRACES_SAMPLER_ARG=$SAMPLER_RATIO")
+fi
 
 OUT_DIR="${OUT_DIR:-$(mktemp -d /tmp/otel-agent-bench.XXXXXX)}"
 mkdir -p "$OUT_DIR"
@@ -267,8 +278,8 @@ run_c() {
     start_collector "$round"
     stats_on
     # shellcheck disable=SC2086 # AGENT_ARGS is a list of flags
-    "$AGENT" --otlp-endpoint "http://127.0.0.1:$COLLECTOR_PORT" --otlp-protocol grpc \
-        $AGENT_ARGS 2>"$err" &
+    env "${SAMPLER_ENV[@]}" "$AGENT" --otlp-endpoint "http://127.0.0.1:$COLLECTOR_PORT" \
+        --otlp-protocol grpc $AGENT_ARGS 2>"$err" &
     pid=$!
     STARTED_PIDS+=("$pid")
     wait_for_bpf_progs "$pid" otel-agent
@@ -298,13 +309,14 @@ run_c() {
 }
 
 say "results and logs in $OUT_DIR"
-say "$ROUNDS rounds of $(sed 's/./& /g; s/ $//' <<<"$MODES"); churn $DURATION (max $MAX_CONNECTIONS connections), $CHURN_THREADS client threads; collector $COLLECTOR"
+say "$ROUNDS rounds of $(sed 's/./& /g; s/ $//' <<<"$MODES"); churn $DURATION (max $MAX_CONNECTIONS connections), $CHURN_THREADS client threads; collector $COLLECTOR; sampler ${SAMPLER_RATIO:-off}"
 {
     echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
     echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo ' (with local changes)')"
     echo "kernel: $(uname -r), cpus: $(nproc), model: $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)"
     echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
     echo "OTEL_* in the environment: $(env | grep '^OTEL_' | tr '\n' ' ' || true)"
+    echo "agent sampler: ${SAMPLER_ENV[*]:-none (every span)}"
 } >"$OUT_DIR/machine.txt"
 orders=("a b c" "b c a" "c a b")
 for round in $(seq 1 "$ROUNDS"); do

@@ -225,6 +225,8 @@ def summary(results_path, machine_path, collector):
         ("records_read", "records_read"),
         ("lost_decode_error", "lost_decode_error"),
         ("lost_channel_full", "lost_channel_full"),
+        ("filtered_sampled_out (SAMPLER_RATIO)", "filtered_sampled_out"),
+        ("kept_failed (kept whatever the ratio)", "kept_failed"),
         ("enqueued (otlp export queue)", "enqueued"),
         ("lost_queue_full", "lost_queue_full"),
         ("exported", "exported"),

@@ -276,6 +276,15 @@ def expected_metric_names(config: dict) -> set[str]:
     names.add(f"{namespace}_calls_total")
     for suffix in ("bucket", "sum", "count"):
         names.add(f"{namespace}_duration_{UNIT_SUFFIXES[unit]}_{suffix}")
+    # The agent's own session metrics (otel-agent/src/export/session_metrics.rs), when a
+    # metrics pipeline receives OTLP.
+    pipelines = (config.get("service") or {}).get("pipelines") or {}
+    if any(
+        component_type(name) == "metrics" and "otlp" in (p.get("receivers") or [])
+        for name, p in pipelines.items()
+    ):
+        names.update(f"tcp_session_duration_seconds_{s}" for s in ("bucket", "sum", "count"))
+        names.add("tcp_session_payload_bytes_total")
     signal = connectors.get("signal_to_metrics") or connectors.get("signaltometrics") or {}
     for metric in signal.get("spans", []):
         base = metric["name"].replace(".", "_")
@@ -457,7 +466,8 @@ def check_grafana(c: Checker, collector: dict) -> None:
     expected = expected_metric_names(collector)
     wanted = {
         "otel-agent-sessions.json": (
-            ("tcp_session_calls_total", "session rate"),
+            ("tcp_session_duration_seconds_count", "session rate"),
+            ("traces_span_metrics_calls_total", "session rate by process"),
             ("tcp_session_duration_seconds_bucket", "duration histogram"),
             ("tcp_session_acked_bytes_sum", "bytes"),
         ),
@@ -504,7 +514,7 @@ def check_dashboard(
     used = set()
     self_used = set()
     for expr in exprs:
-        used.update(re.findall(r"\b(tcp_session_[a-z_]+|traces_service_graph_[a-z_]+)\b", expr))
+        used.update(re.findall(r"\b(tcp_session_[a-z_]+|traces_service_graph_[a-z_]+|traces_span_metrics_[a-z_]+)\b", expr))
         self_used.update(re.findall(r"\b(otelcol_connector_servicegraph_[a-z_]+)\b", expr))
     c.check(
         bool(used) and used <= expected,

@@ -38,6 +38,8 @@ use common::{
     tcp_state::{ESTABLISHED, FIN_WAIT1, FIN_WAIT2, SYN_SENT},
 };
 use criterion::{Criterion, Throughput};
+use opentelemetry::trace::TraceId;
+use opentelemetry_sdk::metrics::InMemoryMetricExporter;
 use otel_agent::{
     cli::Cli,
     clock::WallClock,
@@ -47,12 +49,14 @@ use otel_agent::{
         config::{BatchSettings, ExportConfig},
         encode::RequestEncoder,
         resource::agent_resource,
+        session_metrics::{DEFAULT_CARDINALITY_LIMIT, MetricsSettings, SessionMetrics},
         span::{self, SpanText},
         workload::{ResourceMode, ResourceSettings, WorkloadTable},
     },
     isn::{IsnPair, Side},
     link_policy::LinkPolicy,
     pipeline::{self, Routes},
+    sampling::{Sampler, SamplingFlags, rules::Rules},
     session::Session,
     span_context::SpanContext,
     stats::ExportSnapshot,
@@ -186,6 +190,39 @@ fn per_session(c: &mut Criterion) {
     group.throughput(Throughput::Elements(EXPORT_BATCH as u64));
     group.bench_function("encode", |b| {
         b.iter(|| encoder.encode(black_box(&batch)));
+    });
+    group.finish();
+}
+
+/// The per-session cost of volume control: the session metrics (the SDK's histogram and
+/// counter, attribute sets cached) and the sampler's decision (a ratio and a drop rule).
+fn volume(c: &mut Criterion) {
+    let clock = WallClock::sample();
+    let session = Session::from_record(&record(7), clock, SystemTime::now(), &LinkPolicy::All)
+        .expect("decodes");
+    let settings = MetricsSettings::resolve(DEFAULT_CARDINALITY_LIMIT, |_| None).expect("settings");
+    let (_metrics, mut recorder) = SessionMetrics::start(
+        InMemoryMetricExporter::default(),
+        settings,
+        agent_resource(),
+    );
+    let flags = SamplingFlags {
+        sampler: Some("traceidratio".to_owned()),
+        sampler_arg: Some("0.1".to_owned()),
+        rules: Rules {
+            drop_peer_ports: vec![53, 10250],
+            ..Rules::default()
+        },
+    };
+    let sampler = Sampler::resolve(&flags, |_| None).expect("sampler");
+    let trace_id = TraceId::from_bytes([0x5a; 16]);
+    let mut group = c.benchmark_group("volume");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("session_metrics", |b| {
+        b.iter(|| recorder.record(black_box(&session)));
+    });
+    group.bench_function("sample", |b| {
+        b.iter(|| sampler.decide(black_box(&session), black_box(trace_id)));
     });
     group.finish();
 }
@@ -392,6 +429,10 @@ async fn pipeline_run(
         // No cgroup walk: every record's owner is in the cgroup v2 root.
         containers: None,
         workloads: Some(WorkloadTable::new(WORKLOADS.mode, WORKLOADS.max_workloads)),
+        sampler: Sampler::resolve(&cli.sampling.flags(), |name| std::env::var(name).ok())
+            .expect("sampler"),
+        sampling: Arc::default(),
+        metrics: None,
     };
     let stats = Arc::new(PipelineStats::default());
     // The agent's channel capacity; the reader here waits instead of dropping, so that the
@@ -549,6 +590,7 @@ fn main() {
         .configure_from_args();
     per_session(&mut criterion);
     trace_context(&mut criterion);
+    volume(&mut criterion);
     criterion.final_summary();
     if pipeline_selected() {
         // Without `--bench` (`cargo test --benches`), criterion runs each function once;

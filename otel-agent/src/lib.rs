@@ -40,8 +40,13 @@ pub mod pipeline;
 pub mod session;
 #[path = "session/span_context.rs"]
 pub mod span_context;
+#[path = "session/threshold.rs"]
+pub mod threshold;
 #[path = "session/trace_context.rs"]
 pub mod trace_context;
+
+// Sampling: which sessions the outputs get (the sampler and its rules).
+pub mod sampling;
 
 // Export: sessions as OTLP spans, sent to a collector.
 pub mod export;

@@ -237,6 +237,16 @@ pub fn only_this_process() -> [String; 2] {
 /// Starts the agent exporting over gRPC to `endpoint`, kept to this test process's sessions,
 /// with `extra` flags.
 pub fn start_grpc(endpoint: &str, extra: &[&str], dir: &Path) -> ChildGuard {
+    start_grpc_with_env(endpoint, extra, &[], dir)
+}
+
+/// [`start_grpc`] with the variables `env` set for the agent.
+pub fn start_grpc_with_env(
+    endpoint: &str,
+    extra: &[&str],
+    env: &[(&str, &str)],
+    dir: &Path,
+) -> ChildGuard {
     let pid = std::process::id().to_string();
     let mut args = vec![
         "-p",
@@ -247,5 +257,5 @@ pub fn start_grpc(endpoint: &str, extra: &[&str], dir: &Path) -> ChildGuard {
         "grpc",
     ];
     args.extend_from_slice(extra);
-    start(&args, &[], dir)
+    start(&args, env, dir)
 }

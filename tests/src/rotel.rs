@@ -27,6 +27,8 @@ pub struct ReceivedSpan {
     pub kind: String,
     /// Empty for a root span.
     pub parent_id: String,
+    /// The span's W3C tracestate, for example `ot=th:8` (empty without one).
+    pub trace_state: String,
     pub status_code: String,
     pub start_ns: u128,
     pub end_ns: u128,
@@ -57,6 +59,17 @@ impl Rotel {
     /// until both OTLP receivers accept connections.
     pub fn start(dir: &Path) -> Self {
         Self::start_on(dir, "rotel", free_port(), free_port(), &["traces"])
+    }
+
+    /// Starts rotel on free loopback ports, printing spans and metrics.
+    pub fn start_with_metrics(dir: &Path) -> Self {
+        Self::start_on(
+            dir,
+            "rotel",
+            free_port(),
+            free_port(),
+            &["traces", "metrics"],
+        )
     }
 
     /// Starts rotel on the given ports, printing the signals in `debug` (`traces`,
@@ -125,6 +138,30 @@ impl Rotel {
                 self.process.stdout_text()
             );
             std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// The last point of each series of a metric, by its attributes.
+pub type FinalPoints = BTreeMap<BTreeMap<String, String>, MetricPoint>;
+
+impl Rotel {
+    /// The last point of every series of the metric `name` (each export of a cumulative
+    /// metric repeats its totals), once their values add up to `expected`; fails the test if
+    /// they do not within 10 s.
+    pub fn final_points(&self, name: &str, expected: f64) -> FinalPoints {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut last = FinalPoints::new();
+            for point in metric_points(&self.process.stdout_text(), name) {
+                last.insert(point.attributes.clone(), point);
+            }
+            let total: f64 = last.values().map(|point| point.value).sum();
+            if total == expected || Instant::now() >= deadline {
+                assert_eq!(total, expected, "{name}: {last:#?}");
+                return last;
+            }
+            std::thread::sleep(Duration::from_millis(100));
         }
     }
 }
@@ -237,6 +274,7 @@ pub fn parse(output: &str) -> Vec<ReceivedSpan> {
                 "Name" => span.name = value,
                 "Kind" => span.kind = value,
                 "Parent ID" => span.parent_id = value,
+                "TraceState" => span.trace_state = value,
                 "Status code" => span.status_code = value,
                 "Start time" => span.start_ns = value.parse().unwrap_or_default(),
                 "End time" => span.end_ns = value.parse().unwrap_or_default(),
@@ -248,9 +286,115 @@ pub fn parse(output: &str) -> Vec<ReceivedSpan> {
     spans
 }
 
+/// One metric data point as rotel printed it (`--debug-log metrics`).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct MetricPoint {
+    /// Values as rotel prints them, for example `Str(SPAN_KIND_CLIENT)`.
+    pub attributes: BTreeMap<String, String>,
+    /// A histogram point's `Count`, a sum's `Value`.
+    pub value: f64,
+    /// A histogram point's `Sum`.
+    pub sum: f64,
+}
+
+/// Every data point of the metric `name` in rotel's detailed metrics log, in the order
+/// printed (every export of a cumulative metric repeats its points with their totals).
+pub fn metric_points(output: &str, name: &str) -> Vec<MetricPoint> {
+    let mut points = Vec::new();
+    let mut in_metric = false;
+    let mut in_attributes = false;
+    for line in output.lines() {
+        let trimmed = line.trim();
+        if let Some(found) = trimmed.strip_prefix("-> Name: ") {
+            in_metric = found == name;
+            in_attributes = false;
+        } else if trimmed.starts_with("Metric #") || trimmed.starts_with("ResourceMetrics #") {
+            in_metric = false;
+        } else if !in_metric {
+        } else if trimmed.starts_with("HistogramDataPoints #")
+            || trimmed.starts_with("NumberDataPoints #")
+        {
+            points.push(MetricPoint::default());
+            in_attributes = false;
+        } else if trimmed == "Data point attributes:" {
+            in_attributes = true;
+        } else if let (Some(point), Some((key, value))) = (
+            points.last_mut(),
+            trimmed
+                .strip_prefix("-> ")
+                .and_then(|kv| kv.split_once(": ")),
+        ) && in_attributes
+        {
+            point.attributes.insert(key.to_owned(), value.to_owned());
+        } else if let (Some(point), Some((field, value))) =
+            (points.last_mut(), trimmed.split_once(": "))
+        {
+            in_attributes = false;
+            let value = value.trim().parse().unwrap_or_default();
+            match field {
+                "Count" | "Value" => point.value = value,
+                "Sum" => point.sum = value,
+                _ => {}
+            }
+        }
+    }
+    points
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// rotel's output for a histogram and a sum (captured from rotel-agent,
+    /// `--debug-log metrics --debug-log-verbosity detailed`, abridged).
+    #[test]
+    fn parses_metric_points() {
+        let output = "ResourceMetrics #0
+Resource attributes:
+     -> service.name: Str(otel-agent)
+ScopeMetrics #0
+InstrumentationScope otel-agent 
+Metric #0
+Descriptor:
+     -> Name: tcp.session.duration
+     -> Unit: s
+     -> DataType: Histogram
+HistogramDataPoints #0
+Data point attributes:
+     -> span.kind: Str(SPAN_KIND_SERVER)
+     -> span.name: Str(tcp accept :25555)
+StartTimestamp: 1796006914848881271
+Timestamp: 1796006916966913735
+Count: 10
+Sum: 0.000414245
+Min: 0.000032848
+ExplicitBounds #0: 0.005
+Buckets #0, Count: 10
+Metric #1
+Descriptor:
+     -> Name: tcp.session.payload
+     -> DataType: Sum
+NumberDataPoints #0
+Data point attributes:
+     -> network.io.direction: Str(receive)
+     -> otel.metric.overflow: Bool(true)
+StartTimestamp: 1796006914848921301
+Value: 100
+";
+        let duration = metric_points(output, "tcp.session.duration");
+        assert_eq!(duration.len(), 1);
+        assert_eq!(duration[0].value, 10.0);
+        assert_eq!(duration[0].sum, 0.000414245);
+        assert_eq!(
+            duration[0].attributes["span.name"],
+            "Str(tcp accept :25555)"
+        );
+        assert_eq!(duration[0].attributes.len(), 2);
+        let payload = metric_points(output, "tcp.session.payload");
+        assert_eq!(payload.len(), 1);
+        assert_eq!(payload[0].value, 100.0);
+        assert_eq!(payload[0].attributes["otel.metric.overflow"], "Bool(true)");
+    }
 
     #[test]
     fn parses_spans_with_their_resource() {

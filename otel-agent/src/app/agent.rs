@@ -23,7 +23,8 @@ use crate::{
     events::{self, PipelineStats},
     export::{
         config::{ExportConfig, Redacted},
-        resource::user_names_service,
+        resource::{agent_resource, user_names_service},
+        session_metrics::{MetricsSettings, SessionMetrics},
         workload::{ResourceMode, ResourceSettings, WorkloadTable},
     },
     link_policy::{LinkPolicy, host_addresses},
@@ -32,6 +33,7 @@ use crate::{
     pipeline::{self, Routes},
     probe::{Probe, pins::Consumption},
     routing::{self, Outputs},
+    sampling::{Sampler, SamplingStats},
     shutdown::Signals,
     stats::Snapshot,
 };
@@ -50,6 +52,8 @@ pub struct Prepared {
     /// A pinned probe: where the reader records what it read.
     consumption: Option<Consumption>,
     agent_start: SystemTime,
+    sampler: Sampler,
+    metrics: MetricsSettings,
     links: LinkPolicy,
 }
 
@@ -61,6 +65,16 @@ pub fn prepare(cli: Cli) -> Result<Prepared, AgentError> {
     let config = ExportConfig::resolve(&cli.export.flags(), |name| std::env::var(name).ok())?;
     crate::export::resource::check_environment()?;
     let resources = cli.export.resources(user_names_service())?;
+    let sampler = Sampler::resolve(&cli.sampling.flags(), |name| std::env::var(name).ok())?;
+    let metrics =
+        MetricsSettings::resolve(cli.sampling.session_metrics_cardinality_limit, |name| {
+            std::env::var(name).ok()
+        })?;
+    tracing::info!(
+        sampler = sampler.name().name(),
+        ratio = sampler.ratio(),
+        "sampling sessions"
+    );
     let outputs = routing::prepare(&cli, &config)?;
     match &config.otlp {
         Some(target) => tracing::info!(
@@ -120,6 +134,8 @@ pub fn prepare(cli: Cli) -> Result<Prepared, AgentError> {
         ring,
         consumption,
         agent_start,
+        sampler,
+        metrics,
         links,
     })
 }
@@ -136,10 +152,23 @@ pub async fn run(prepared: Prepared, signals: Signals) -> Result<(), AgentError>
         ring,
         consumption,
         agent_start,
+        sampler,
+        metrics,
         links,
     } = prepared;
     let Outputs { exporters, sinks } = outputs.start(&cli, &config, resources)?;
     let spans = config.otlp.is_some() || cli.output.json_output.is_some();
+    let sampling = Arc::new(SamplingStats::default());
+    let (session_metrics, recorder) = match &config.otlp {
+        Some(target) if cli.sampling.session_metrics => {
+            let exporter = crate::export::metric_exporter(target, Some(metrics.temporality))?;
+            // Today one resource, the agent's; per workload once the workloads have theirs.
+            let (session_metrics, recorder) =
+                SessionMetrics::start(exporter, metrics, agent_resource());
+            (Some(session_metrics), Some(recorder))
+        }
+        _ => (None, None),
+    };
 
     let routes = Routes {
         exporters: exporters.handles(),
@@ -149,6 +178,9 @@ pub async fn run(prepared: Prepared, signals: Signals) -> Result<(), AgentError>
         containers: spans.then(|| containers(cli.export.cgroup_root.as_deref())),
         workloads: (spans && resources.mode != ResourceMode::Single)
             .then(|| WorkloadTable::new(resources.mode, resources.max_workloads)),
+        sampler,
+        sampling: sampling.clone(),
+        metrics: recorder,
     };
     let stats = Arc::new(PipelineStats::default());
     let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
@@ -176,7 +208,7 @@ pub async fn run(prepared: Prepared, signals: Signals) -> Result<(), AgentError>
             );
             Default::default()
         });
-        Snapshot::take(kernel, &stats, &outputs, &sink_handles)
+        Snapshot::take(kernel, &stats, &sampling, &outputs, &sink_handles)
     };
     let mut ticker = tokio::time::interval(cli.stats_interval);
     ticker.tick().await;
@@ -257,15 +289,27 @@ pub async fn run(prepared: Prepared, signals: Signals) -> Result<(), AgentError>
     }
     let last = snapshot(&probe);
     last.log("final");
-    if let Some(metrics) = self_metrics {
-        metrics.update(last);
-        if let Err(error) = metrics
-            .shutdown(deadline.saturating_duration_since(Instant::now()))
-            .await
-        {
-            failures.push(error);
+    // The last export of each: the self-metrics and the session metrics, together.
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    let (self_result, session_result) = tokio::join!(
+        async {
+            match self_metrics {
+                Some(metrics) => {
+                    metrics.update(last);
+                    metrics.shutdown(remaining).await
+                }
+                None => Ok(()),
+            }
+        },
+        async {
+            match session_metrics {
+                Some(metrics) => metrics.shutdown(remaining).await,
+                None => Ok(()),
+            }
         }
-    }
+    );
+    failures.extend(self_result.err());
+    failures.extend(session_result.err());
 
     let pipeline_result = pipeline_result.map(|result| result.map(Ok));
     for (task, result) in [("reader", reader_result), ("pipeline", pipeline_result)] {

@@ -14,10 +14,15 @@ use crate::link_policy::LinkPolicy;
 use crate::{
     export::{
         config::{ConfigError, ExportFlags, INDEFINITE_TIMEOUT, MAX_DURATION, OtlpProtocol},
+        session_metrics::DEFAULT_CARDINALITY_LIMIT,
         spool::SpoolOptions,
         workload::{DEFAULT_MAX_WORKLOADS, ResourceMode, ResourceSettings},
     },
     probe::{ProbeOptions, StateProbe},
+    sampling::{
+        SamplingFlags,
+        rules::{Network, Rules},
+    },
 };
 
 /// The most sockets `--max-tracked-sockets` accepts: 2^22, 64 times the default. The
@@ -58,6 +63,9 @@ pub struct Cli {
         value_parser = LinkPolicy::parse
     )]
     pub link_peers: Option<LinkPolicy>,
+
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
 
     /// How long the whole shutdown may take (draining, flushing queued spans to every
     /// output, the last self-metrics); what is not out by then is counted as lost. A
@@ -356,6 +364,161 @@ pub struct ProbeArgs {
     pub bpf_pin_dir: Option<PathBuf>,
 }
 
+/// Volume control (README "Sampling"): which sessions the outputs get (the sampler and the
+/// rules that override it), and the session metrics, which count every session before them.
+#[derive(Debug, Args)]
+pub struct SamplingArgs {
+    /// The sampler: always_on, always_off, traceidratio, parentbased_always_on,
+    /// parentbased_always_off or parentbased_traceidratio (parentbased_X decides as X: a
+    /// session's parent is derived, not propagated). Environment: OTEL_TRACES_SAMPLER.
+    /// Default: parentbased_always_on (every session).
+    #[arg(long, value_name = "SAMPLER")]
+    pub traces_sampler: Option<String>,
+
+    /// The ratio of the traceidratio samplers, from 0 to 1 (consistent: both ends of a
+    /// connection decide alike). Environment: OTEL_TRACES_SAMPLER_ARG. Default: 1.
+    #[arg(long, value_name = "RATIO")]
+    pub traces_sampler_arg: Option<String>,
+
+    /// Keep every failed session (never established, reset, aborted), whatever the sampler
+    /// says: true or false.
+    #[arg(
+        long,
+        env = "OTEL_AGENT_SAMPLE_KEEP_FAILED",
+        value_name = "BOOL",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    pub sample_keep_failed: bool,
+
+    /// Keep every session that lasted at least this long, like 30s, whatever the sampler
+    /// says. A positive duration.
+    #[arg(long, env = "OTEL_AGENT_SAMPLE_KEEP_LONGER_THAN", value_name = "DURATION", value_parser = parse_positive_duration)]
+    pub sample_keep_longer_than: Option<Duration>,
+
+    /// Leave out sessions whose local port is one of these (comma-separated), whatever
+    /// the sampler and the keep rules say.
+    #[arg(long, env = "OTEL_AGENT_SAMPLE_DROP_LOCAL_PORTS", value_name = "PORTS", value_parser = parse_any_ports)]
+    pub sample_drop_local_ports: Option<PortList>,
+
+    /// Leave out sessions whose peer port is one of these (comma-separated).
+    #[arg(long, env = "OTEL_AGENT_SAMPLE_DROP_PEER_PORTS", value_name = "PORTS", value_parser = parse_any_ports)]
+    pub sample_drop_peer_ports: Option<PortList>,
+
+    /// Leave out sessions whose peer address is in one of these networks (comma-separated,
+    /// like 10.0.0.0/8,fd00::/8; an IPv4-mapped address matches its IPv4 network).
+    #[arg(long, env = "OTEL_AGENT_SAMPLE_DROP_PEER_NETWORKS", value_name = "CIDR,...", value_parser = parse_networks)]
+    pub sample_drop_peer_networks: Option<Networks>,
+
+    /// Leave out sessions whose owner's task name (comm, at most 15 bytes) is one of these
+    /// (comma-separated, exact).
+    #[arg(long, env = "OTEL_AGENT_SAMPLE_DROP_PROCESSES", value_name = "NAME,...", value_parser = parse_process_names)]
+    pub sample_drop_processes: Option<ProcessNames>,
+
+    /// Export the session metrics (tcp.session.duration, tcp.session.payload) next to the
+    /// spans, counted before the sampler and its rules: true or false. Interval:
+    /// OTEL_METRIC_EXPORT_INTERVAL (ms, default 60000); temporality:
+    /// OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE (default cumulative).
+    #[arg(
+        long,
+        env = "OTEL_AGENT_SESSION_METRICS",
+        value_name = "BOOL",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    pub session_metrics: bool,
+
+    /// Attribute sets of tcp.session.duration at most (tcp.session.payload: twice, one per
+    /// direction); sessions beyond are counted in one series with otel.metric.overflow=true,
+    /// so that a port scan cannot grow memory without limit. A positive integer.
+    #[arg(
+        long,
+        env = "OTEL_AGENT_SESSION_METRICS_CARDINALITY_LIMIT",
+        value_name = "SETS",
+        default_value_t = DEFAULT_CARDINALITY_LIMIT,
+        value_parser = parse_positive
+    )]
+    pub session_metrics_cardinality_limit: usize,
+}
+
+impl SamplingArgs {
+    /// The sampling flags as plain values, for [`crate::sampling::Sampler::resolve`].
+    pub fn flags(&self) -> SamplingFlags {
+        SamplingFlags {
+            sampler: self.traces_sampler.clone(),
+            sampler_arg: self.traces_sampler_arg.clone(),
+            rules: Rules {
+                keep_failed: self.sample_keep_failed,
+                keep_longer_than: self.sample_keep_longer_than,
+                drop_local_ports: self
+                    .sample_drop_local_ports
+                    .clone()
+                    .map_or_else(Vec::new, |PortList(ports)| ports),
+                drop_peer_ports: self
+                    .sample_drop_peer_ports
+                    .clone()
+                    .map_or_else(Vec::new, |PortList(ports)| ports),
+                drop_peer_networks: self
+                    .sample_drop_peer_networks
+                    .clone()
+                    .map_or_else(Vec::new, |Networks(networks)| networks),
+                drop_processes: self
+                    .sample_drop_processes
+                    .clone()
+                    .map_or_else(Vec::new, |ProcessNames(names)| names),
+            },
+        }
+    }
+}
+
+/// IP networks of a drop rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Networks(Vec<Network>);
+
+/// Task names of a drop rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessNames(Vec<String>);
+
+/// The ports of a drop rule: any number.
+fn parse_any_ports(text: &str) -> Result<PortList, String> {
+    text.split(',')
+        .map(|port| {
+            port.trim()
+                .parse::<u16>()
+                .ok()
+                .filter(|&port| port != 0)
+                .ok_or_else(|| format!("`{port}` is not a port (1-65535)"))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(PortList)
+}
+
+fn parse_networks(text: &str) -> Result<Networks, String> {
+    text.split(',')
+        .map(Network::parse)
+        .collect::<Result<Vec<_>, _>>()
+        .map(Networks)
+}
+
+/// The longest task name the kernel keeps (`TASK_COMM_LEN` - 1).
+const MAX_COMM_LEN: usize = 15;
+
+fn parse_process_names(text: &str) -> Result<ProcessNames, String> {
+    text.split(',')
+        .map(|name| {
+            let name = name.trim();
+            if name.is_empty() || name.len() > MAX_COMM_LEN {
+                Err(format!(
+                    "`{name}` is not a task name: 1 to {MAX_COMM_LEN} bytes, as `comm` shows it"
+                ))
+            } else {
+                Ok(name.to_owned())
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(ProcessNames)
+}
+
 impl ExportArgs {
     /// The resource settings, when the user does or does not name the service (`named`).
     pub fn resources(&self, named: bool) -> Result<ResourceSettings, ConfigError> {
@@ -474,16 +637,7 @@ impl ProbeArgs {
 }
 
 fn parse_ports(text: &str) -> Result<PortList, String> {
-    let ports = text
-        .split(',')
-        .map(|port| {
-            port.trim()
-                .parse::<u16>()
-                .ok()
-                .filter(|&port| port != 0)
-                .ok_or_else(|| format!("`{port}` is not a port (1-65535)"))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+    let PortList(ports) = parse_any_ports(text)?;
     if ports.len() > MAX_FILTER_PORTS {
         return Err(format!(
             "at most {MAX_FILTER_PORTS} ports, got {}",
@@ -932,5 +1086,82 @@ mod tests {
             assert!(text.contains("--link-peers"), "{text}");
             assert!(text.contains("CIDR notation"), "{text}");
         }
+    }
+
+    #[test]
+    fn sampling_flags_become_rules_and_bad_values_name_the_flag() {
+        let cli = Cli::try_parse_from([
+            "otel-agent",
+            "--traces-sampler",
+            "traceidratio",
+            "--traces-sampler-arg",
+            "0.1",
+            "--sample-keep-failed",
+            "false",
+            "--sample-keep-longer-than",
+            "30s",
+            "--sample-drop-local-ports",
+            "10250,4317",
+            "--sample-drop-peer-ports",
+            "53",
+            "--sample-drop-peer-networks",
+            "10.0.0.0/8, fd00::/8",
+            "--sample-drop-processes",
+            "kubelet,otelcol-contrib",
+        ])
+        .unwrap();
+        let flags = cli.sampling.flags();
+        assert_eq!(flags.sampler.as_deref(), Some("traceidratio"));
+        assert_eq!(flags.sampler_arg.as_deref(), Some("0.1"));
+        assert_eq!(
+            flags.rules,
+            Rules {
+                keep_failed: false,
+                keep_longer_than: Some(Duration::from_secs(30)),
+                drop_local_ports: vec![10250, 4317],
+                drop_peer_ports: vec![53],
+                drop_peer_networks: vec![
+                    Network::parse("10.0.0.0/8").unwrap(),
+                    Network::parse("fd00::/8").unwrap()
+                ],
+                drop_processes: vec!["kubelet".into(), "otelcol-contrib".into()],
+            }
+        );
+        // Failed sessions are kept by default; nothing is dropped.
+        let defaults = Cli::try_parse_from(["otel-agent"])
+            .unwrap()
+            .sampling
+            .flags();
+        assert_eq!(
+            defaults.rules,
+            Rules {
+                keep_failed: true,
+                ..Rules::default()
+            }
+        );
+        let error = |args: &[&str]| {
+            let mut argv = vec!["otel-agent"];
+            argv.extend_from_slice(args);
+            Cli::try_parse_from(argv).unwrap_err().to_string()
+        };
+        let keep = error(&["--sample-keep-failed", "yes"]);
+        assert!(keep.contains("--sample-keep-failed"), "{keep}");
+        assert!(keep.contains("[possible values: true, false]"), "{keep}");
+        assert!(error(&["--sample-keep-longer-than", "0s"]).contains("is zero"));
+        assert!(error(&["--sample-drop-peer-ports", "0"]).contains("`0` is not a port"));
+        assert!(
+            error(&["--sample-drop-peer-networks", "10.0.0.0/40"])
+                .contains("`10.0.0.0/40` is not a network")
+        );
+        assert!(
+            error(&["--sample-drop-processes", "a-name-longer-than-15"]).contains("1 to 15 bytes")
+        );
+        // More than the kernel filter's 16 ports is fine for a drop rule.
+        let many = (1..=40)
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        let cli = Cli::try_parse_from(["otel-agent", "--sample-drop-local-ports", &many]).unwrap();
+        assert_eq!(cli.sampling.flags().rules.drop_local_ports.len(), 40);
     }
 }

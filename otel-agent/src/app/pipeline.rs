@@ -1,9 +1,10 @@
 //! The stage between the reader and the outputs: takes decoded records in batches, turns
-//! each into a [`Session`] with wall-clock times and its span context (and, for spans,
-//! the owner's container and its admission into the live workloads), and offers it to the
-//! outputs ([`Routes`]): the exporters' queues and the sinks (the
-//! tcplife console, JSON lines), none of which it ever waits for. Ends when the reader closes the
-//! channel and every record received has been handled.
+//! each into a [`Session`] with wall-clock times and its span context, counts it in the
+//! session metrics, asks the [`Sampler`] whether the outputs get it, names the kept ones'
+//! containers and admits their workloads (for spans), and offers them to the outputs
+//! ([`Routes`]): the exporters' queues and the sinks (the tcplife console, JSON lines), none
+//! of which it ever waits for. Ends when the reader closes the channel and every record
+//! received has been handled.
 
 use std::{
     sync::Arc,
@@ -17,9 +18,10 @@ use crate::{
     cgroup::Containers,
     clock::WallClock,
     events::PipelineStats,
-    export::{self, ExporterHandle, workload::WorkloadTable},
+    export::{self, ExporterHandle, session_metrics::SessionRecorder, workload::WorkloadTable},
     link_policy::LinkPolicy,
     local::SinkHandle,
+    sampling::{Decision, Sampler, SamplingStats},
     session::Session,
 };
 
@@ -42,6 +44,12 @@ pub struct Routes {
     /// The live workloads; `None` when no output carries spans or every span goes under
     /// the agent's one resource.
     pub workloads: Option<WorkloadTable>,
+    /// Which sessions the outputs get.
+    pub sampler: Sampler,
+    /// What the sampler decided, counted.
+    pub sampling: Arc<SamplingStats>,
+    /// The session metrics, when exported: every session, before the sampler.
+    pub metrics: Option<SessionRecorder>,
 }
 
 /// Handles records until the channel closes.
@@ -55,9 +63,13 @@ pub async fn run(
     let mut sessions = Vec::with_capacity(BATCH);
     while rx.recv_many(&mut batch, BATCH).await > 0 {
         let clock = WallClock::sample();
-        decoded.extend(batch.drain(..).filter_map(|record| {
-            decode(&record, clock, routes.agent_start, &routes.links, &stats)
-        }));
+        for record in batch.drain(..) {
+            if let Some(session) = decode(&record, clock, routes.agent_start, &routes.links, &stats)
+                && let Some(session) = select(session, &mut routes)
+            {
+                decoded.push(session);
+            }
+        }
         identify(&mut decoded, &mut routes, &stats);
         sessions.extend(decoded.drain(..).map(Arc::new));
         for local in &routes.sinks {
@@ -87,6 +99,24 @@ fn decode(
             None
         }
     }
+}
+
+/// Counts a session in the session metrics, then asks the sampler whether the outputs get
+/// it (and with which threshold).
+fn select(mut session: Session, routes: &mut Routes) -> Option<Session> {
+    if let Some(metrics) = &mut routes.metrics {
+        metrics.record(&session);
+    }
+    if !routes.sampler.keeps_all() {
+        // Both ends of a connection share its trace id: they decide alike.
+        let decision = routes.sampler.decide(&session, session.context.trace_id);
+        routes.sampling.count(decision);
+        match decision {
+            Decision::Keep { threshold, .. } => session.threshold = threshold,
+            Decision::Drop(_) => return None,
+        }
+    }
+    Some(session)
 }
 
 /// Names the owners' containers and admits their workloads, once per batch; counts what

@@ -327,10 +327,13 @@ fn resolve_otlp(
 /// Names of the variables the agent reads (directly, through clap or through the SDK), by
 /// prefix or in full, and of those that hold a path (any bytes are valid in a path).
 const READ_PREFIXES: [&str; 3] = ["OTEL_EXPORTER_OTLP_", "OTEL_BSP_", "OTEL_AGENT_"];
-const READ_NAMES: [&str; 3] = [
+const READ_NAMES: [&str; 6] = [
     "OTEL_SDK_DISABLED",
     "OTEL_SERVICE_NAME",
     "OTEL_RESOURCE_ATTRIBUTES",
+    "OTEL_TRACES_SAMPLER",
+    "OTEL_TRACES_SAMPLER_ARG",
+    "OTEL_METRIC_EXPORT_INTERVAL",
 ];
 const PATH_VARIABLES: [&str; 2] = ["OTEL_AGENT_JSON_OUTPUT", "OTEL_AGENT_BTF"];
 
@@ -448,7 +451,7 @@ fn parse_bool(source: &str, value: &str) -> Result<bool, ConfigError> {
 }
 
 /// Durations in `OTEL_*` variables are integer milliseconds, at most [`MAX_DURATION`].
-fn parse_millis(source: &str, value: &str) -> Result<Duration, ConfigError> {
+pub(crate) fn parse_millis(source: &str, value: &str) -> Result<Duration, ConfigError> {
     value
         .trim()
         .parse::<u64>()
@@ -914,6 +917,10 @@ mod hardening_tests {
             "OTEL_BSP_SCHEDULE_DELAY",
             "OTEL_AGENT_STATS_INTERVAL",
             "OTEL_AGENT_CONSOLE",
+            "OTEL_TRACES_SAMPLER",
+            "OTEL_TRACES_SAMPLER_ARG",
+            "OTEL_METRIC_EXPORT_INTERVAL",
+            "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE",
         ] {
             let vars = [
                 ("PATH".into(), "/bin".into()),

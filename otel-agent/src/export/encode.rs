@@ -32,6 +32,7 @@ use super::{
 use crate::{
     export::span::{self, AttributeValue, SpanText},
     session::Session,
+    threshold::Threshold,
 };
 
 /// `ExportTraceServiceRequest.resource_spans`.
@@ -46,6 +47,7 @@ const SCOPE_SPANS_SPANS: u32 = 2;
 /// `Span` fields.
 const SPAN_TRACE_ID: u32 = 1;
 const SPAN_SPAN_ID: u32 = 2;
+const SPAN_TRACE_STATE: u32 = 3;
 const SPAN_PARENT_SPAN_ID: u32 = 4;
 const SPAN_NAME: u32 = 5;
 const SPAN_KIND: u32 = 6;
@@ -223,6 +225,9 @@ impl SpanEncoder {
         let context = &session.context;
         protobuf::bytes(out, SPAN_TRACE_ID, &context.trace_id.to_bytes());
         protobuf::bytes(out, SPAN_SPAN_ID, &context.span_id.to_bytes());
+        if let Some(threshold) = session.threshold {
+            trace_state(out, threshold);
+        }
         if let Some(parent) = context.parent_span_id {
             protobuf::bytes(out, SPAN_PARENT_SPAN_ID, &parent.to_bytes());
         }
@@ -249,6 +254,19 @@ impl SpanEncoder {
         });
         protobuf::fixed32(out, SPAN_FLAGS, context.flags);
     }
+}
+
+/// `Span.trace_state`: the W3C tracestate `ot=th:<hex>`, the sampling threshold
+/// ([`crate::threshold`]), written without allocating.
+fn trace_state(out: &mut Vec<u8>, threshold: Threshold) {
+    use std::io::Write as _;
+    // `ot=th:` and at most 14 digits.
+    let mut text = [0u8; 20];
+    let mut rest = &mut text[..];
+    // The buffer fits the longest value: the write cannot fail.
+    let _ = write!(rest, "ot=th:{}", threshold.th());
+    let len = 20 - rest.len();
+    protobuf::bytes(out, SPAN_TRACE_STATE, &text[..len]);
 }
 
 /// One `Span.attributes` entry: a `KeyValue` whose `AnyValue` holds exactly one member,
@@ -561,5 +579,30 @@ pub(crate) mod tests {
             (scope.name.as_str(), scope.version.as_str()),
             ("otel-agent", env!("CARGO_PKG_VERSION"))
         );
+    }
+
+    /// A sampled session's span carries its threshold as its W3C tracestate; others none.
+    #[test]
+    fn the_sampling_threshold_is_the_spans_tracestate() {
+        let mut sessions = [client_session(), client_session(), client_session()];
+        sessions[0].threshold = Threshold::from_ratio(0.5);
+        sessions[1].threshold = Threshold::from_ratio(0.01);
+        let mut out = Vec::new();
+        SpanEncoder::default().resource_spans(
+            &mut out,
+            &EncodedResource::new(&resource()),
+            &sessions,
+        );
+        let request = ExportTraceServiceRequest::decode(out.as_slice()).unwrap();
+        let states: Vec<_> = request.resource_spans[0].scope_spans[0]
+            .spans
+            .iter()
+            .map(|span| span.trace_state.as_str())
+            .collect();
+        assert_eq!(states, ["ot=th:8", "ot=th:fd70a", ""]);
+        // The longest value fits.
+        let mut out = Vec::new();
+        trace_state(&mut out, Threshold::from_ratio(1e-300).unwrap());
+        assert_eq!(&out[2..], b"ot=th:ffffffffffff");
     }
 }

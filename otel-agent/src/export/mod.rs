@@ -4,20 +4,27 @@
 //! (`transport`, configured by [`config`]), each session as the span [`span`] maps it,
 //! under the [`resource`] (`crate::json_lines` renders the same requests for a sink);
 //! and the staged shutdown that flushes what is queued
-//! within a deadline, or writes it to the disk [`spool`] (`--spool-dir`). The agent's self-metrics go through the OpenTelemetry SDK's OTLP
-//! exporter ([`metric_exporter`]) to the same collector.
+//! within a deadline, or writes it to the disk [`spool`] (`--spool-dir`). The agent's
+//! self-metrics and the [`session_metrics`] go through the OpenTelemetry SDK's OTLP exporter
+//! ([`metric_exporter`]) to the same collector.
 
 pub mod config;
 pub mod encode;
 pub(crate) mod protobuf;
 pub mod queue;
 pub mod resource;
+pub mod session_metrics;
 pub mod span;
 pub mod spool;
 pub(crate) mod transport;
 pub mod workload;
 
-use std::{collections::HashMap, path::Path, sync::Arc, time::Instant};
+use std::{
+    collections::HashMap,
+    path::Path,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use opentelemetry_otlp::{
     MetricExporter, Protocol, WithExportConfig, WithHttpConfig, WithTonicConfig,
@@ -26,6 +33,7 @@ use opentelemetry_otlp::{
         transport::{Certificate, ClientTlsConfig, Identity},
     },
 };
+use opentelemetry_sdk::metrics::{SdkMeterProvider, Temporality};
 use tokio::{sync::watch, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 
@@ -203,21 +211,61 @@ pub fn push_all(outputs: &[ExporterHandle], sessions: &[Arc<Session>]) {
     }
 }
 
-/// The OTLP metrics exporter for the agent's self-telemetry, to the same collector.
-pub fn metric_exporter(target: &OtlpTarget) -> Result<MetricExporter, ExportError> {
+/// An OTLP metrics exporter to the same collector (the self-metrics, the session
+/// metrics), with `temporality` (`None`: the SDK reads
+/// `OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE`).
+pub fn metric_exporter(
+    target: &OtlpTarget,
+    temporality: Option<Temporality>,
+) -> Result<MetricExporter, ExportError> {
     let endpoint = &target.metrics_endpoint;
+    let builder = MetricExporter::builder();
+    let builder = match temporality {
+        Some(temporality) => builder.with_temporality(temporality),
+        None => builder,
+    };
     Ok(match target.protocol {
-        OtlpProtocol::Grpc => {
-            tonic_options(MetricExporter::builder().with_tonic(), target, endpoint)?
-                .build()
-                .map_err(ExportError::Build)?
-        }
-        OtlpProtocol::HttpProtobuf => {
-            http_options(MetricExporter::builder().with_http(), target, endpoint)?
-                .build()
-                .map_err(ExportError::Build)?
-        }
+        OtlpProtocol::Grpc => tonic_options(builder.with_tonic(), target, endpoint)?
+            .build()
+            .map_err(ExportError::Build)?,
+        OtlpProtocol::HttpProtobuf => http_options(builder.with_http(), target, endpoint)?
+            .build()
+            .map_err(ExportError::Build)?,
     })
+}
+
+/// Shuts a meter provider down (which exports one last time), giving up after `timeout`
+/// (what remains of the shutdown deadline: the SDK's own shutdown waits up to 5 s whatever
+/// it is told). An export that fails or is cut short is a warning; a panic is an error.
+/// `what` names the metrics in the messages.
+pub async fn shutdown_meter_provider(
+    provider: SdkMeterProvider,
+    timeout: Duration,
+    what: &'static str,
+) -> Result<(), String> {
+    let shutdown = tokio::task::spawn_blocking(move || provider.shutdown());
+    match tokio::time::timeout(timeout, shutdown).await {
+        Ok(Ok(Ok(()))) => Ok(()),
+        Ok(Ok(Err(error))) => {
+            tracing::warn!(
+                error = %Escaped(&error.to_string()),
+                "the last {what} were not exported"
+            );
+            Ok(())
+        }
+        Ok(Err(error)) => Err(format!(
+            "the {what} shutdown panicked: {}",
+            Escaped(&error.to_string())
+        )),
+        // The blocking thread is left behind; the process exits without waiting for it.
+        Err(_) => {
+            tracing::warn!(
+                ?timeout,
+                "the last {what} were not exported: the shutdown deadline passed"
+            );
+            Ok(())
+        }
+    }
 }
 
 /// Applies `target` (endpoint, timeout, headers, compression, TLS) to a gRPC builder.

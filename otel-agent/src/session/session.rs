@@ -23,6 +23,7 @@ use crate::{
     isn::{self, IsnPair, SeqCounters, Side},
     link_policy::LinkPolicy,
     span_context::SpanContext,
+    threshold::Threshold,
 };
 
 /// Byte counters from `struct tcp_sock` at close, as tcplife reports them (sequence space:
@@ -115,6 +116,9 @@ pub struct Session {
     pub bytes: Option<ByteCounts>,
     /// `None` when the counters or sequence numbers are unknown, or the birth was not seen.
     pub payload: Option<Payload>,
+    /// The consistent-sampling threshold its span carries in its tracestate (`ot=th:...`),
+    /// set by the pipeline's sampler; `None`: no tracestate.
+    pub threshold: Option<Threshold>,
     pub health: Option<TcpHealth>,
     /// Inode number of the socket's network namespace.
     pub netns: Option<u32>,
@@ -234,6 +238,7 @@ impl Session {
             reset,
             bytes,
             payload,
+            threshold: None,
             health: record.has(flags::HEALTH_VALID).then_some(TcpHealth {
                 srtt_us: record.srtt_us,
                 total_retrans: record.total_retrans,
@@ -395,6 +400,7 @@ pub(crate) mod tests {
                     sent: 12_345,
                     received: 2_048
                 }),
+                threshold: None,
                 health: Some(TcpHealth {
                     srtt_us: 42,
                     total_retrans: 1,

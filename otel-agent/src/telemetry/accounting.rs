@@ -187,11 +187,41 @@ pub enum FilterCause {
     AfterTracking,
     /// Its birth was not seen and `--skip-unknown-birth` asked to skip such sessions.
     UnknownBirth,
+    /// The sampler left it out (`OTEL_TRACES_SAMPLER`): counted in the session metrics.
+    SampledOut,
+    /// A drop rule on its local or peer port (`--sample-drop-local-ports`,
+    /// `--sample-drop-peer-ports`): counted in the session metrics.
+    DropPort,
+    /// A drop rule on its peer's network (`--sample-drop-peer-networks`): counted in the
+    /// session metrics.
+    DropPeer,
+    /// A drop rule on its owner's name (`--sample-drop-processes`): counted in the session
+    /// metrics.
+    DropProcess,
 }
 
 impl FilterCause {
     /// Every cause, in the order of the log line.
-    pub const ALL: [Self; 3] = [Self::AtBirth, Self::AfterTracking, Self::UnknownBirth];
+    pub const ALL: [Self; 7] = [
+        Self::AtBirth,
+        Self::AfterTracking,
+        Self::UnknownBirth,
+        Self::SampledOut,
+        Self::DropPort,
+        Self::DropPeer,
+        Self::DropProcess,
+    ];
+
+    /// Where it happens: in the kernel (no record is emitted) or in the pipeline (after
+    /// `records_read`: no output gets the session).
+    pub const fn stage(self) -> Stage {
+        match self {
+            Self::AtBirth | Self::AfterTracking | Self::UnknownBirth => Stage::Kernel,
+            Self::SampledOut | Self::DropPort | Self::DropPeer | Self::DropProcess => {
+                Stage::Pipeline
+            }
+        }
+    }
 
     /// The one name: `cause="<name>"` on `otel_agent.sessions.filtered`, `filtered_<name>` in
     /// the log.
@@ -200,6 +230,10 @@ impl FilterCause {
             Self::AtBirth => "at_birth",
             Self::AfterTracking => "after_tracking",
             Self::UnknownBirth => "unknown_birth",
+            Self::SampledOut => "sampled_out",
+            Self::DropPort => "drop_port",
+            Self::DropPeer => "drop_peer",
+            Self::DropProcess => "drop_process",
         }
     }
 
@@ -344,7 +378,7 @@ pub enum Imbalance {
     /// `spool_found`.
     #[error(
         "{output}: {delivered} + unconfirmed + lost + queued = {accounted}, but records_read - \
-         the pipeline's losses = {expected}"
+         the pipeline's losses and filters = {expected}"
     )]
     Output {
         output: String,
@@ -354,7 +388,7 @@ pub enum Imbalance {
     },
     #[error(
         "{output}: enqueued + lost_queue_full = {accounted}, but records_read - the \
-         pipeline's losses = {expected}"
+         pipeline's losses and filters = {expected}"
     )]
     Enqueued {
         output: String,
@@ -374,7 +408,8 @@ impl Accounting {
     /// - `kernel_emitted (+ pins_adopted_records) = records_read (+ pins_left_records)`
     ///   (kernel losses happen before a record is emitted);
     /// - for every output, `delivered (exported or written) + exported_unconfirmed + every
-    ///   lost_<cause> of the output + queued = records_read - every loss of the pipeline`,
+    ///   lost_<cause> of the output + queued = records_read - every loss of the pipeline -
+    ///   every filtered_<cause> of the pipeline (sampled out, dropped by a rule)`,
     ///   where an export output also counts `spool_left` (in its disk spool at the end) with
     ///   `queued`, and `spool_found` (left in the spool by an earlier agent) with
     ///   `records_read` (the sessions it can deliver);
@@ -399,6 +434,12 @@ impl Accounting {
         let mut expected = read;
         for cause in LossCause::of_stage(Stage::Pipeline) {
             expected = expected.saturating_sub(session(&cause.key())?);
+        }
+        // Left out on purpose in the pipeline: no output was offered them.
+        for cause in FilterCause::ALL {
+            if cause.stage() == Stage::Pipeline {
+                expected = expected.saturating_sub(session(&cause.key())?);
+            }
         }
         for output in &self.outputs {
             let figure = |name: &str| output.figures.need(name, &output.output);
@@ -552,6 +593,10 @@ mod tests {
                 ("lost_ring_buffer_full", 7),
                 ("lost_decode_error", 1),
                 ("lost_channel_full", 2),
+                ("filtered_sampled_out", 0),
+                ("filtered_drop_port", 0),
+                ("filtered_drop_peer", 0),
+                ("filtered_drop_process", 0),
             ]),
             outputs: vec![
                 OutputFigures {
@@ -593,6 +638,27 @@ mod tests {
     #[test]
     fn balanced_figures_reconcile() {
         assert_eq!(balanced().reconcile(), Ok(()));
+    }
+
+    /// Sessions the sampler or a drop rule left out reach no output: they balance the
+    /// outputs' equations, and are not losses.
+    #[test]
+    fn pipeline_filters_are_subtracted_once_for_every_output() {
+        let mut filtered = balanced();
+        set(&mut filtered.session, "filtered_sampled_out", 4);
+        set(&mut filtered.session, "filtered_drop_port", 1);
+        assert!(filtered.reconcile().is_err());
+        for output in &mut filtered.outputs {
+            let delivered = output.kind.delivered();
+            let value = output.figures.get(delivered).unwrap();
+            set(&mut output.figures, delivered, value - 5);
+        }
+        let enqueued = filtered.outputs[0].figures.get("enqueued").unwrap();
+        set(&mut filtered.outputs[0].figures, "enqueued", enqueued - 5);
+        assert_eq!(filtered.reconcile(), Ok(()));
+        // Kernel filters are not subtracted: their sessions were never read.
+        assert_eq!(FilterCause::AtBirth.stage(), Stage::Kernel);
+        assert_eq!(FilterCause::SampledOut.stage(), Stage::Pipeline);
     }
 
     /// 6 sessions found in the spool, 2 of them torn; 1 dropped when it was full, 3 left in it
@@ -699,7 +765,7 @@ mod tests {
         assert_eq!(
             error.to_string(),
             "console: written + unconfirmed + lost + queued = 98, but records_read - the \
-             pipeline's losses = 97"
+             pipeline's losses and filters = 97"
         );
 
         let mut missing = balanced();

@@ -10,7 +10,8 @@
 //! | `otel_agent.sessions.unconfirmed` | counter | `output` | sessions of requests answered with a success that was not an OTLP response (may not have arrived) |
 //! | `otel_agent.sessions.lost` | counter | `cause` (`ring_buffer_full`, `probe_skipped`, `decode_error`, `channel_full`, `queue_full`, `rejected`, `output_full`, `output_failed`, `spool_full`, `spool_torn`, `at_shutdown`), `output` (the output's causes) | sessions lost, by cause ([`LossCause`]; `probe_skipped`: an upper bound) |
 //! | `otel_agent.probe.skipped` | counter | `program` (`inet_sock_set_state`, `tcp_receive_reset`, `sys_exit_accept`) | tracepoint hits the kernel skipped (`recursion_misses`; for `inet_sock_set_state`, those the backup program did not handle) |
-//! | `otel_agent.sessions.filtered` | counter | `cause` (`at_birth`, `after_tracking`, `unknown_birth`) | sessions deliberately left out, by cause ([`FilterCause`]) |
+//! | `otel_agent.sessions.filtered` | counter | `cause` (`at_birth`, `after_tracking`, `unknown_birth`, `sampled_out`, `drop_port`, `drop_peer`, `drop_process`) | sessions deliberately left out, by cause ([`FilterCause`]; the last four by the sampler and its drop rules, after the session metrics counted them) |
+//! | `otel_agent.sessions.kept` | counter | `rule` (`failed`, `long`) | sessions a keep rule kept whatever the sampler said |
 //! | `otel_agent.sessions.degraded` | counter | `cause` (`birth_not_seen`, `evicted`, `map_update_failed`, `probe_skipped_reset`, `probe_skipped_accept`, `container_unresolved`, `workload_overflow`) | sessions reported with less than they should carry, by cause ([`Degradation`]; `evicted` once the probe is detached) |
 //! | `otel_agent.sessions.birth_not_seen` | counter | | sessions reported with an unknown birth (the same as `degraded` with `cause=birth_not_seen`) |
 //! | `otel_agent.export.errors` | counter | `output` | failed export attempts (each retried) |
@@ -34,7 +35,7 @@ use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
 use crate::{
     accounting::{Degradation, FilterCause, LossCause, OutputKind, Stage},
     export::{self, ExportError, config::OtlpTarget, resource::agent_resource},
-    log_text::Escaped,
+    sampling::rules::KeepRule,
     stats::{ExportSnapshot, Snapshot},
 };
 
@@ -51,7 +52,7 @@ type ExportValue = fn(&ExportSnapshot) -> u64;
 impl SelfMetrics {
     /// Starts exporting to `target` every `interval`.
     pub fn start(target: &OtlpTarget, interval: Duration) -> Result<Self, ExportError> {
-        let reader = PeriodicReader::builder(export::metric_exporter(target)?)
+        let reader = PeriodicReader::builder(export::metric_exporter(target, None)?)
             .with_interval(interval)
             .build();
         let provider = SdkMeterProvider::builder()
@@ -70,34 +71,10 @@ impl SelfMetrics {
         }
     }
 
-    /// Exports the last snapshot and stops, giving up after `timeout` (what remains of the
-    /// shutdown deadline: the SDK's own shutdown waits up to 5 s whatever it is told). An
-    /// export that fails or is cut short is a warning; a panic is an error.
+    /// Exports the last snapshot and stops, giving up after `timeout`
+    /// ([`export::shutdown_meter_provider`]).
     pub async fn shutdown(self, timeout: Duration) -> Result<(), String> {
-        let provider = self.provider;
-        let shutdown = tokio::task::spawn_blocking(move || provider.shutdown());
-        match tokio::time::timeout(timeout, shutdown).await {
-            Ok(Ok(Ok(()))) => Ok(()),
-            Ok(Ok(Err(error))) => {
-                tracing::warn!(
-                    error = %Escaped(&error.to_string()),
-                    "the last self-metrics were not exported"
-                );
-                Ok(())
-            }
-            Ok(Err(error)) => Err(format!(
-                "the self-metrics shutdown panicked: {}",
-                Escaped(&error.to_string())
-            )),
-            // The blocking thread is left behind; the process exits without waiting for it.
-            Err(_) => {
-                tracing::warn!(
-                    ?timeout,
-                    "the last self-metrics were not exported: the shutdown deadline passed"
-                );
-                Ok(())
-            }
-        }
+        export::shutdown_meter_provider(self.provider, timeout, "self-metrics").await
     }
 }
 
@@ -221,6 +198,15 @@ fn register(meter: &Meter, latest: &Arc<Mutex<Snapshot>>) {
         },
     );
     counter(
+        "otel_agent.sessions.kept",
+        "Sessions a keep rule kept whatever the sampler said, by rule",
+        |s, i| {
+            for rule in KeepRule::ALL {
+                i.observe(s.sampling.kept(rule), &[KeyValue::new("rule", rule.name())]);
+            }
+        },
+    );
+    counter(
         "otel_agent.sessions.degraded",
         "Sessions reported with less than they should carry, by cause",
         |s, i| {
@@ -287,6 +273,7 @@ mod tests {
     use super::*;
     use crate::{
         probe::KernelCounters,
+        sampling::SamplingCounts,
         stats::{LocalSnapshot, SpoolSnapshot},
     };
 
@@ -385,6 +372,14 @@ mod tests {
             lost_channel_full: 3,
             container_unresolved: 26,
             workload_overflow: 27,
+            sampling: SamplingCounts {
+                sampled_out: 14,
+                drop_port: 15,
+                drop_peer: 16,
+                drop_process: 17,
+                kept_failed: 18,
+                kept_long: 19,
+            },
             exports: vec![ExportSnapshot {
                 output: "otlp",
                 lost_queue_full: 4,
@@ -446,7 +441,15 @@ mod tests {
                 (&["cause=at_birth"], 11),
                 (&["cause=after_tracking"], 12),
                 (&["cause=unknown_birth"], 13),
+                (&["cause=sampled_out"], 14),
+                (&["cause=drop_port"], 15),
+                (&["cause=drop_peer"], 16),
+                (&["cause=drop_process"], 17),
             ],
+        );
+        check(
+            "otel_agent.sessions.kept",
+            &[(&["rule=failed"], 18), (&["rule=long"], 19)],
         );
         check(
             "otel_agent.sessions.degraded",

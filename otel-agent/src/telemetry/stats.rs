@@ -15,6 +15,7 @@ use crate::{
     export::spool::SpoolStats,
     local::SinkHandle,
     probe::KernelCounters,
+    sampling::{SamplingCounts, SamplingStats, rules::KeepRule},
 };
 
 /// One export output's counters at one moment.
@@ -134,6 +135,8 @@ pub struct Snapshot {
     pub lost_channel_full: u64,
     pub container_unresolved: u64,
     pub workload_overflow: u64,
+    /// The sampler's and the rules' decisions.
+    pub sampling: SamplingCounts,
     pub exports: Vec<ExportSnapshot>,
     pub locals: Vec<LocalSnapshot>,
 }
@@ -205,6 +208,7 @@ impl Snapshot {
     pub fn take(
         kernel: KernelCounters,
         pipeline: &PipelineStats,
+        sampling: &SamplingStats,
         outputs: &[ExporterHandle],
         locals: &[SinkHandle],
     ) -> Self {
@@ -216,6 +220,7 @@ impl Snapshot {
             lost_channel_full: get(&pipeline.lost_channel_full),
             container_unresolved: get(&pipeline.degraded_container_unresolved),
             workload_overflow: get(&pipeline.degraded_workload_overflow),
+            sampling: sampling.counts(),
             exports: outputs.iter().map(ExportSnapshot::of).collect(),
             locals: locals.iter().map(LocalSnapshot::of).collect(),
         }
@@ -239,6 +244,10 @@ impl Snapshot {
             FilterCause::AtBirth => self.kernel.filtered_at_birth,
             FilterCause::AfterTracking => self.kernel.filtered_after_tracking,
             FilterCause::UnknownBirth => self.kernel.unknown_birth_skipped,
+            FilterCause::SampledOut => self.sampling.sampled_out,
+            FilterCause::DropPort => self.sampling.drop_port,
+            FilterCause::DropPeer => self.sampling.drop_peer,
+            FilterCause::DropProcess => self.sampling.drop_process,
         }
     }
 
@@ -279,6 +288,10 @@ impl Snapshot {
         for cause in LossCause::of_stage(Stage::Kernel).chain(LossCause::of_stage(Stage::Pipeline))
         {
             session.push(cause.key(), self.lost(cause));
+        }
+        // Kept by a rule whatever the sampler said: nothing left out.
+        for rule in KeepRule::ALL {
+            session.push(format!("kept_{}", rule.name()), self.sampling.kept(rule));
         }
         // Skipped hits a backup program handled: nothing lost, nothing degraded.
         session.push("recovered_probe_skipped", kernel.recovered_state_change);
@@ -341,6 +354,7 @@ mod tests {
             lost_channel_full: 1,
             container_unresolved: 11,
             workload_overflow: 12,
+            sampling: SamplingCounts::default(),
             exports: vec![ExportSnapshot {
                 output: "otlp",
                 enqueued: 8,
@@ -398,8 +412,10 @@ mod tests {
             [
                 "session accounting when=\"final\" kernel_tracked=12 kernel_emitted=10 \
                  records_read=10 filtered_at_birth=3 filtered_after_tracking=4 \
-                 filtered_unknown_birth=6 lost_ring_buffer_full=2 lost_probe_skipped=7 \
-                 lost_decode_error=0 lost_channel_full=1 recovered_probe_skipped=8 \
+                 filtered_unknown_birth=6 filtered_sampled_out=0 filtered_drop_port=0 \
+                 filtered_drop_peer=0 filtered_drop_process=0 lost_ring_buffer_full=2 lost_probe_skipped=7 \
+                 lost_decode_error=0 lost_channel_full=1 kept_failed=0 kept_long=0 \
+                 recovered_probe_skipped=8 \
                  degraded_birth_not_seen=5 degraded_evicted=1 degraded_map_update_failed=1 \
                  degraded_probe_skipped_reset=9 degraded_probe_skipped_accept=10 \
                  degraded_container_unresolved=11 degraded_workload_overflow=12",
@@ -430,7 +446,7 @@ mod tests {
         assert_eq!(
             lines[3],
             "the final accounting does not reconcile imbalance=console: written + unconfirmed \
-             + lost + queued = 10, but records_read - the pipeline's losses = 9"
+             + lost + queued = 10, but records_read - the pipeline's losses and filters = 9"
         );
         let json = Accounting::final_json(&lines.join("\n")).unwrap();
         assert_eq!(json["reconciled"], false, "{json}");
