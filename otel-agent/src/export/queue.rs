@@ -630,6 +630,14 @@ mod tests {
         session::tests::client_session,
     };
 
+    /// A collector that fails its first `failures` requests, then accepts.
+    fn failing(failures: usize) -> Shared {
+        Shared(Arc::new(Flaky {
+            failures,
+            ..Flaky::default()
+        }))
+    }
+
     /// Fails its first `failures` requests, then records the local port of every span it
     /// receives; `rejects` spans of each accepted request are reported as rejected.
     #[derive(Debug, Default)]
@@ -731,14 +739,12 @@ mod tests {
 
     /// Runs the worker until `done` holds (or 5 s), then stops it.
     async fn run_until(queue: &ExportQueue, destination: Shared, done: impl Fn() -> bool) {
-        let (stop, stopped) = watch::channel(None);
-        let worker = tokio::spawn(queue.clone().run(destination, encoder(), None, stopped));
+        let worker = Worker::spawn(queue, &destination, None);
         let deadline = Instant::now() + Duration::from_secs(5);
         while !done() && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        stop.send_replace(Some(Instant::now() + Duration::from_secs(1)));
-        worker.await.unwrap();
+        worker.stop().await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -803,10 +809,7 @@ mod tests {
     async fn failed_exports_keep_the_batch_and_deliver_it_when_the_collector_is_back() {
         let stats = Arc::new(QueueStats::default());
         let queue = ExportQueue::new(settings(10, 10, 4), stats.clone());
-        let destination = Shared(Arc::new(Flaky {
-            failures: 2,
-            ..Flaky::default()
-        }));
+        let destination = failing(2);
         queue.push(&[session(7), session(8), session(9)]);
         run_until(&queue, destination.clone(), || get(&stats.exported) >= 3).await;
         assert_eq!(
@@ -864,10 +867,7 @@ mod tests {
     async fn what_cannot_be_exported_by_the_deadline_is_counted_as_dropped() {
         let stats = Arc::new(QueueStats::default());
         let queue = ExportQueue::new(settings(10, 2, 2), stats.clone());
-        let destination = Shared(Arc::new(Flaky {
-            failures: usize::MAX,
-            ..Flaky::default()
-        }));
+        let destination = failing(usize::MAX);
         queue.push(&[session(1), session(2), session(3), session(4)]);
         let (_stop, stopped) = watch::channel(Some(Instant::now() + Duration::from_millis(200)));
         queue
@@ -952,12 +952,36 @@ mod tests {
         let (stats, spool) = spool(options);
         let queue = ExportQueue::new(settings(10, 2, 2), stats.clone());
         let up = Shared::default();
-        let (stop, stopped) = watch::channel(None);
-        let worker = tokio::spawn(queue.clone().run(up.clone(), encoder(), spool, stopped));
+        let worker = Worker::spawn(&queue, &up, spool);
         wait_for("the spool delivered", || get(&stats.exported) >= sessions).await;
-        stop.send_replace(Some(Instant::now() + Duration::from_secs(1)));
-        worker.await.unwrap();
+        worker.stop().await;
         (stats, up)
+    }
+
+    /// A worker of a queue, running until [`Worker::stop`].
+    struct Worker {
+        stop: watch::Sender<Option<Instant>>,
+        handle: tokio::task::JoinHandle<()>,
+    }
+
+    impl Worker {
+        fn spawn(queue: &ExportQueue, destination: &Shared, spool: Option<Spool>) -> Self {
+            let (stop, stopped) = watch::channel(None);
+            let handle = tokio::spawn(queue.clone().run(
+                destination.clone(),
+                encoder(),
+                spool,
+                stopped,
+            ));
+            Self { stop, handle }
+        }
+
+        /// Stops it with a deadline one second away and waits for it.
+        async fn stop(self) {
+            self.stop
+                .send_replace(Some(Instant::now() + Duration::from_secs(1)));
+            self.handle.await.unwrap();
+        }
     }
 
     /// The first request fails: it goes to the spool, and so do the sessions beyond half
@@ -968,23 +992,13 @@ mod tests {
         let dir = Dir::new("queue-outage");
         let (stats, spool) = spool(&dir.options(1 << 20));
         let queue = ExportQueue::new(settings(10, 2, 1), stats.clone());
-        let destination = Shared(Arc::new(Flaky {
-            failures: 2,
-            ..Flaky::default()
-        }));
-        let (stop, stopped) = watch::channel(None);
-        let worker = tokio::spawn(queue.clone().run(
-            destination.clone(),
-            encoder(),
-            spool,
-            stopped,
-        ));
+        let destination = failing(2);
+        let worker = Worker::spawn(&queue, &destination, spool);
         queue.push(&[session(1), session(2)]);
         wait_for("a failure", || get(&stats.export_errors) >= 1).await;
         queue.push(&(3..=8).map(session).collect::<Vec<_>>());
         wait_for("everything exported", || get(&stats.exported) >= 8).await;
-        stop.send_replace(Some(Instant::now() + Duration::from_secs(1)));
-        worker.await.unwrap();
+        worker.stop().await;
         assert_eq!(
             *destination.0.exported.lock().unwrap(),
             (1..=8).collect::<Vec<_>>()
@@ -1007,21 +1021,11 @@ mod tests {
         let (stats, spool) = spool(&dir.options(1 << 20));
         std::fs::remove_dir_all(dir.path()).unwrap();
         let queue = ExportQueue::new(settings(10, 2, 1), stats.clone());
-        let destination = Shared(Arc::new(Flaky {
-            failures: 1,
-            ..Flaky::default()
-        }));
-        let (stop, stopped) = watch::channel(None);
-        let worker = tokio::spawn(queue.clone().run(
-            destination.clone(),
-            encoder(),
-            spool,
-            stopped,
-        ));
+        let destination = failing(1);
+        let worker = Worker::spawn(&queue, &destination, spool);
         queue.push(&[session(1), session(2)]);
         wait_for("delivered from memory", || get(&stats.exported) >= 2).await;
-        stop.send_replace(Some(Instant::now() + Duration::from_secs(1)));
-        worker.await.unwrap();
+        worker.stop().await;
         assert_eq!(*destination.0.exported.lock().unwrap(), vec![1, 2]);
         assert_eq!(
             (
@@ -1041,10 +1045,7 @@ mod tests {
         let options = dir.options(1 << 20);
         let (stats, first) = spool(&options);
         let queue = ExportQueue::new(settings(10, 2, 2), stats.clone());
-        let down = Shared(Arc::new(Flaky {
-            failures: usize::MAX,
-            ..Flaky::default()
-        }));
+        let down = failing(usize::MAX);
         queue.push(&[session(1), session(2), session(3), session(4), session(5)]);
         let started = Instant::now();
         let (_stop, stopped) = watch::channel(Some(started + Duration::from_secs(3)));
