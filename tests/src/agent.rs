@@ -248,14 +248,31 @@ pub fn start_grpc_with_env(
     dir: &Path,
 ) -> ChildGuard {
     let pid = std::process::id().to_string();
-    let mut args = vec![
-        "-p",
-        &pid,
-        "--otlp-endpoint",
-        endpoint,
-        "--otlp-protocol",
-        "grpc",
-    ];
+    start_grpc_scoped(&["-p", &pid], endpoint, extra, env, dir)
+}
+
+/// Starts the agent exporting over gRPC to `endpoint`, kept to the sessions of the network
+/// namespace whose inode is `netns`, with `extra` flags and the variables `env`.
+pub fn start_grpc_in_netns(
+    netns: u32,
+    endpoint: &str,
+    extra: &[&str],
+    env: &[(&str, &str)],
+    dir: &Path,
+) -> ChildGuard {
+    let netns = netns.to_string();
+    start_grpc_scoped(&["--netns", &netns], endpoint, extra, env, dir)
+}
+
+fn start_grpc_scoped(
+    scope: &[&str],
+    endpoint: &str,
+    extra: &[&str],
+    env: &[(&str, &str)],
+    dir: &Path,
+) -> ChildGuard {
+    let mut args = scope.to_vec();
+    args.extend(["--otlp-endpoint", endpoint, "--otlp-protocol", "grpc"]);
     args.extend_from_slice(extra);
     start(&args, env, dir)
 }

@@ -133,19 +133,14 @@ impl Run {
         // matters for server spans in its namespace (there are none), so it names the same
         // network, as one configuration for every node would.
         let start = |netns: u32, peers: Option<&str>, dir: &TempDir| {
-            let netns = netns.to_string();
-            let mut args = vec![
-                "--netns",
-                &netns,
-                "--otlp-endpoint",
+            let extra = peers.map(|peers| ["--link-peers", peers]);
+            agent::start_grpc_in_netns(
+                netns,
                 &endpoint,
-                "--otlp-protocol",
-                "grpc",
-            ];
-            if let Some(peers) = peers {
-                args.extend(["--link-peers", peers]);
-            }
-            agent::start(&args, &[], dir.path())
+                extra.as_ref().map_or(&[][..], |extra| &extra[..]),
+                &[],
+                dir.path(),
+            )
         };
         let client_agent = start(hosts.client.inode(), Some(LINK_NETWORK), &dirs[1]);
         let server_agent = start(hosts.server.inode(), server_link_peers, &dirs[2]);

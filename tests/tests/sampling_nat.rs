@@ -47,15 +47,10 @@ fn through_a_nat_both_ends_of_every_connection_are_kept_or_dropped_together() {
     let start = |netns: u32, dir: &TempDir| {
         let rotel = Rotel::start_with_metrics(dir.path());
         let endpoint = format!("http://{}", rotel.grpc);
-        let netns = netns.to_string();
-        let agent = agent::start(
+        let agent = agent::start_grpc_in_netns(
+            netns,
+            &endpoint,
             &[
-                "--netns",
-                &netns,
-                "--otlp-endpoint",
-                &endpoint,
-                "--otlp-protocol",
-                "grpc",
                 "--bsp-schedule-delay",
                 "200ms",
                 // The link is where the agents run: the server span is the client span's
