@@ -51,7 +51,7 @@ use otel_agent::{
         resource::agent_resource,
         session_metrics::{DEFAULT_CARDINALITY_LIMIT, MetricsSettings, SessionMetrics},
         span::{self, SpanText},
-        workload::{ResourceMode, ResourceSettings, WorkloadTable},
+        workload::{PerWorkload as _, ResourceMode, ResourceSettings, WorkloadTable},
     },
     isn::{IsnPair, Side},
     link_policy::LinkPolicy,
@@ -195,7 +195,9 @@ fn per_session(c: &mut Criterion) {
 }
 
 /// The per-session cost of volume control: the session metrics (the SDK's histogram and
-/// counter, attribute sets cached) and the sampler's decision (a ratio and a drop rule).
+/// counter, attribute sets cached) on the one resource; the admission of the session's
+/// workload into the live set alone, and with the workload's instruments (what every
+/// session now costs before the sampler); the sampler's decision (a ratio and a drop rule).
 fn volume(c: &mut Criterion) {
     let clock = WallClock::sample();
     let session = Session::from_record(&record(7), clock, SystemTime::now(), &LinkPolicy::All)
@@ -204,8 +206,14 @@ fn volume(c: &mut Criterion) {
     let (_metrics, mut recorder) = SessionMetrics::start(
         InMemoryMetricExporter::default(),
         settings,
-        agent_resource(),
-    );
+        (agent_resource(), agent_resource()),
+        WORKLOADS.max_workloads,
+    )
+    .expect("export thread");
+    let mut table = WorkloadTable::new(WORKLOADS.mode, WORKLOADS.max_workloads);
+    let mut bare = WorkloadTable::new(WORKLOADS.mode, WORKLOADS.max_workloads);
+    let mut one = [session.clone()];
+    let now = Instant::now();
     let flags = SamplingFlags {
         sampler: Some("traceidratio".to_owned()),
         sampler_arg: Some("0.1".to_owned()),
@@ -219,7 +227,13 @@ fn volume(c: &mut Criterion) {
     let mut group = c.benchmark_group("volume");
     group.throughput(Throughput::Elements(1));
     group.bench_function("session_metrics", |b| {
-        b.iter(|| recorder.record(black_box(&session)));
+        b.iter(|| recorder.session(black_box(&session), None));
+    });
+    group.bench_function("workload_admission", |b| {
+        b.iter(|| bare.admit(black_box(&mut one), now, &mut ()));
+    });
+    group.bench_function("session_metrics_workload", |b| {
+        b.iter(|| table.admit(black_box(&mut one), now, &mut recorder));
     });
     group.bench_function("sample", |b| {
         b.iter(|| sampler.decide(black_box(&session), black_box(trace_id)));

@@ -52,7 +52,7 @@ pub fn run(
     netns: Option<&str>,
 ) -> PeerRun {
     run_with(
-        binary,
+        (binary, binary),
         ip,
         scenario,
         closed_port,
@@ -62,11 +62,13 @@ pub fn run(
     )
 }
 
-/// As [`run`], calling `server_ready` with the server's pid once it listens and before the
-/// client starts, and keeping the server process alive for `server_linger` after its
-/// session, as a long-running service would be.
+/// As [`run`], the server run from one copy of `tcp-peer` and the client from another
+/// (server, client: the same one, or two so that the ends are two workloads), calling
+/// `server_ready` with the server's pid once it listens and before the client starts, and
+/// keeping the server process alive for `server_linger` after its session, as a
+/// long-running service would be.
 pub fn run_with(
-    binary: &Path,
+    (binary, client_binary): (&Path, &Path),
     ip: IpAddr,
     scenario: &'static str,
     closed_port: u16,
@@ -85,7 +87,11 @@ pub fn run_with(
         (Some(server), port)
     };
     let port_text = server_port.to_string();
-    let mut client = spawn(binary, netns, &["client", &ip_text, &port_text, scenario]);
+    let mut client = spawn(
+        client_binary,
+        netns,
+        &["client", &ip_text, &port_text, scenario],
+    );
     let client_port = read_tagged(&mut client, "LOCAL");
     if let Some(server) = server.as_mut().filter(|_| scenario == "reset") {
         // The client aborts only once the server has read its data (see tcp-peer).

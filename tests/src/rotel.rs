@@ -142,8 +142,8 @@ impl Rotel {
     }
 }
 
-/// The last point of each series of a metric, by its attributes.
-pub type FinalPoints = BTreeMap<BTreeMap<String, String>, MetricPoint>;
+/// The last point of each series of a metric, by its resource's attributes and its own.
+pub type FinalPoints = BTreeMap<(BTreeMap<String, String>, BTreeMap<String, String>), MetricPoint>;
 
 impl Rotel {
     /// The last point of every series of the metric `name` (each export of a cumulative
@@ -154,7 +154,7 @@ impl Rotel {
         loop {
             let mut last = FinalPoints::new();
             for point in metric_points(&self.process.stdout_text(), name) {
-                last.insert(point.attributes.clone(), point);
+                last.insert((point.resource.clone(), point.attributes.clone()), point);
             }
             let total: f64 = last.values().map(|point| point.value).sum();
             if total == expected || Instant::now() >= deadline {
@@ -295,6 +295,8 @@ pub struct MetricPoint {
     pub value: f64,
     /// A histogram point's `Sum`.
     pub sum: f64,
+    /// The attributes of the resource the point arrived under.
+    pub resource: BTreeMap<String, String>,
 }
 
 /// Every data point of the metric `name` in rotel's detailed metrics log, in the order
@@ -303,18 +305,36 @@ pub fn metric_points(output: &str, name: &str) -> Vec<MetricPoint> {
     let mut points = Vec::new();
     let mut in_metric = false;
     let mut in_attributes = false;
+    let mut resource = BTreeMap::new();
+    let mut in_resource = false;
     for line in output.lines() {
         let trimmed = line.trim();
-        if let Some(found) = trimmed.strip_prefix("-> Name: ") {
+        if trimmed.starts_with("ResourceMetrics #") {
+            resource.clear();
+            in_resource = true;
+            in_metric = false;
+        } else if in_resource {
+            // The resource's lines, until its first scope.
+            if let Some((key, value)) = trimmed
+                .strip_prefix("-> ")
+                .and_then(|kv| kv.split_once(": "))
+            {
+                resource.insert(key.to_owned(), value.to_owned());
+            }
+            in_resource = !trimmed.starts_with("ScopeMetrics #");
+        } else if let Some(found) = trimmed.strip_prefix("-> Name: ") {
             in_metric = found == name;
             in_attributes = false;
-        } else if trimmed.starts_with("Metric #") || trimmed.starts_with("ResourceMetrics #") {
+        } else if trimmed.starts_with("Metric #") {
             in_metric = false;
         } else if !in_metric {
         } else if trimmed.starts_with("HistogramDataPoints #")
             || trimmed.starts_with("NumberDataPoints #")
         {
-            points.push(MetricPoint::default());
+            points.push(MetricPoint {
+                resource: resource.clone(),
+                ..MetricPoint::default()
+            });
             in_attributes = false;
         } else if trimmed == "Data point attributes:" {
             in_attributes = true;
@@ -390,6 +410,10 @@ Value: 100
             "Str(tcp accept :25555)"
         );
         assert_eq!(duration[0].attributes.len(), 2);
+        assert_eq!(
+            duration[0].resource,
+            BTreeMap::from([("service.name".to_owned(), "Str(otel-agent)".to_owned())])
+        );
         let payload = metric_points(output, "tcp.session.payload");
         assert_eq!(payload.len(), 1);
         assert_eq!(payload[0].value, 100.0);

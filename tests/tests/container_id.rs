@@ -69,7 +69,7 @@ fn on_cgroup_v1_a_live_containerised_owner_gets_its_container_id_from_proc() {
     );
     let binary = PathBuf::from(env!("CARGO_BIN_EXE_tcp-peer"));
     let run = peer::run_with(
-        &binary,
+        (&binary, &binary),
         "127.0.0.1".parse().unwrap(),
         "client-first",
         0,

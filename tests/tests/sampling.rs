@@ -3,7 +3,11 @@
 //! connection exported or neither, the kept fraction within binomial bounds, the threshold
 //! in each span's tracestate); `always_off` (no span, exact session metrics); the keep rule
 //! for failed sessions and the drop rules, each counted by cause and reconciled; the
-//! cardinality bound's overflow series. Every agent is kept to this test process (`-p`).
+//! cardinality bound's overflow series. Every agent is kept to this test process (`-p`),
+//! but those of the workload tests, kept to a network namespace they create (`--netns`),
+//! where `tcp-peer` copies of different names are the workloads: each workload's metrics
+//! on its spans' resource, the overflow resource's for those over `--max-workloads`, the
+//! named service's one resource.
 
 use std::{
     collections::{BTreeMap, HashSet},
@@ -15,6 +19,8 @@ use std::{
 
 use otel_agent_tests::{
     agent,
+    netns::NetNs,
+    peer,
     process::{ChildGuard, TempDir},
     require_root,
     rotel::{self, FinalPoints, ReceivedSpan, Rotel},
@@ -434,6 +440,220 @@ fn sessions_longer_than_the_rule_are_kept_at_both_ends() {
     assert_eq!(ports, expected);
     assert_eq!(spans[0].trace_id, spans[1].trace_id);
     rotel.final_points("tcp.session.duration", 4.0);
+}
+
+/// `tcp-peer`'s `client-first` exchanges in `netns`: the server run from `tcp-peer`, the
+/// client from `client`; the client's ports, in order.
+fn peer_exchanges(netns: &NetNs, client: &std::path::Path, count: usize) -> Vec<u16> {
+    (0..count)
+        .map(|_| {
+            peer::run_with(
+                (std::path::Path::new(env!("CARGO_BIN_EXE_tcp-peer")), client),
+                IpAddr::V4(Ipv4Addr::LOCALHOST),
+                "client-first",
+                0,
+                Some(netns.name.as_str()),
+                Duration::ZERO,
+                |_| {},
+            )
+            .client_port
+        })
+        .collect()
+}
+
+/// Starts the agent for the sessions of `netns` alone (`--netns`, not `-p`: the workloads
+/// are other processes), exporting to `endpoint` with `args` and `env`.
+fn start_in(
+    netns: &NetNs,
+    endpoint: &str,
+    (args, env): (&[&str], &[(&str, &str)]),
+    dir: &TempDir,
+) -> ChildGuard {
+    let mut all = vec!["--bsp-schedule-delay", "200ms"];
+    all.extend_from_slice(args);
+    agent::start_grpc_in_netns(netns.inode(), endpoint, &all, env, dir.path())
+}
+
+/// A copy of `tcp-peer` named `name` in `dir`: another executable, so another workload.
+fn peer_copy(dir: &TempDir, name: &str) -> std::path::PathBuf {
+    let path = dir.path().join(name);
+    std::fs::copy(env!("CARGO_BIN_EXE_tcp-peer"), &path).expect("copy tcp-peer");
+    path
+}
+
+/// `service.name` of a resource as rotel prints it, or `overflow` for the overflow
+/// resource.
+fn service(resource: &BTreeMap<String, String>) -> String {
+    if resource
+        .get("otel_agent.workload.overflow")
+        .map(String::as_str)
+        == Some("Bool(true)")
+    {
+        return "overflow".to_owned();
+    }
+    resource.get("service.name").cloned().unwrap_or_default()
+}
+
+/// Per resource (its `service`), the total of `points`.
+fn by_service(points: &FinalPoints, with: &[(&str, &str)]) -> BTreeMap<String, f64> {
+    let mut totals = BTreeMap::new();
+    for ((resource, attributes), point) in points {
+        if with
+            .iter()
+            .all(|(key, value)| attributes.get(*key).map(String::as_str) == Some(value))
+        {
+            *totals.entry(service(resource)).or_default() += point.value;
+        }
+    }
+    totals
+}
+
+/// Workload mode with `--max-workloads 2`, in a network namespace of its own: 3 exchanges
+/// between `tcp-peer` (server) and `metrics-client`, then 2 with `metrics-other-client` and 1
+/// with `metrics-dropped-client`, which find the live set full (their client sessions go to
+/// the overflow resource; the last one's span is dropped by its executable's name, a name
+/// its comm, `peer-client`, does not have). The metrics count every session on its span's
+/// resource: `tcp-peer` 6 accepts, `metrics-client` 3 connects, the overflow 3 connects,
+/// with their exact payload; each span's resource is the resource of its series.
+#[test]
+fn each_workloads_metrics_carry_its_spans_resource_and_the_overflow_its_own() {
+    require_root();
+    // Not kept to this process, but this process's own connections (to rotel, to see it
+    // listen) would reach the other tests' agents.
+    let _one = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let dir = TempDir::new("sampling-workloads");
+    let netns = NetNs::create("smw");
+    let (rotel, endpoint) = collector(&dir);
+    let client = peer_copy(&dir, "metrics-client");
+    let other = peer_copy(&dir, "metrics-other-client");
+    let dropped = peer_copy(&dir, "metrics-dropped-client");
+    let args = [
+        "--max-workloads",
+        "2",
+        "--sample-drop-processes",
+        "metrics-dropped-client",
+    ];
+    let mut agent = start_in(&netns, &endpoint, (&args, &[]), &dir);
+    peer_exchanges(&netns, &client, 3);
+    peer_exchanges(&netns, &other, 2);
+    let [dropped_port] = peer_exchanges(&netns, &dropped, 1)
+        .try_into()
+        .expect("one exchange");
+    agent::stop(&mut agent);
+    let stderr = agent.stderr_text();
+    agent::assert_reconciled(&stderr);
+    let session = agent::accounting(&stderr);
+    assert_eq!(agent::counter(&session, "records_read"), 12, "{session:?}");
+    assert_eq!(agent::counter(&session, "filtered_drop_process"), 1);
+    assert_eq!(agent::counter(&session, "degraded_workload_overflow"), 3);
+
+    let duration = rotel.final_points("tcp.session.duration", 12.0);
+    let counts = |kind: &str| by_service(&duration, &[("span.kind", kind)]);
+    assert_eq!(
+        counts("Str(SPAN_KIND_SERVER)"),
+        BTreeMap::from([("Str(tcp-peer)".to_owned(), 6.0)])
+    );
+    assert_eq!(
+        counts("Str(SPAN_KIND_CLIENT)"),
+        BTreeMap::from([
+            ("Str(metrics-client)".to_owned(), 3.0),
+            ("overflow".to_owned(), 3.0)
+        ])
+    );
+    let (sent, received) = peer::payload("client-first").expect("a scenario");
+    let payload = rotel.final_points("tcp.session.payload", (12 * (sent + received)) as f64);
+    assert_eq!(
+        by_service(&payload, &[("network.io.direction", "Str(transmit)")]),
+        BTreeMap::from([
+            ("Str(tcp-peer)".to_owned(), (6 * received) as f64),
+            ("Str(metrics-client)".to_owned(), (3 * sent) as f64),
+            ("overflow".to_owned(), (3 * sent) as f64),
+        ])
+    );
+
+    // 11 spans (the dropped client's is not exported), each under the resource of the
+    // metric series of its name and kind.
+    let spans = rotel.wait_for_spans(11, Duration::from_secs(10), |span| {
+        span.resource.contains_key("service.name")
+    });
+    assert_eq!(spans.len(), 11);
+    assert!(
+        spans.iter().all(|span| {
+            span.attributes
+                .get("network.local.port")
+                .map(String::as_str)
+                != Some(&format!("Int({dropped_port})"))
+        }),
+        "the dropped client's span"
+    );
+    let mut services = BTreeMap::<String, usize>::new();
+    for span in &spans {
+        *services.entry(service(&span.resource)).or_default() += 1;
+        let name = format!("Str({})", span.name);
+        let kind = format!("Str({})", span.kind);
+        let series: Vec<_> = duration
+            .keys()
+            .filter(|(_, attributes)| {
+                attributes.get("span.name") == Some(&name)
+                    && attributes.get("span.kind") == Some(&kind)
+            })
+            .map(|(resource, _)| resource)
+            .collect();
+        assert!(
+            series.contains(&&span.resource),
+            "{span:#?} has no series under its resource: {series:#?}"
+        );
+    }
+    assert_eq!(
+        services,
+        BTreeMap::from([
+            ("Str(tcp-peer)".to_owned(), 6),
+            ("Str(metrics-client)".to_owned(), 3),
+            ("overflow".to_owned(), 2),
+        ])
+    );
+}
+
+/// A named service (`OTEL_SERVICE_NAME`, so `--resource-mode single`): the metrics of two
+/// workloads' 4 sessions on the one resource, the spans'.
+#[test]
+fn a_named_service_counts_every_workload_on_its_one_resource() {
+    require_root();
+    // Not kept to this process, but this process's own connections (to rotel, to see it
+    // listen) would reach the other tests' agents.
+    let _one = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let dir = TempDir::new("sampling-named");
+    let netns = NetNs::create("smn");
+    let (rotel, endpoint) = collector(&dir);
+    let client = peer_copy(&dir, "metrics-client");
+    let mut agent = start_in(
+        &netns,
+        &endpoint,
+        (&[], &[("OTEL_SERVICE_NAME", "checkout")]),
+        &dir,
+    );
+    peer_exchanges(&netns, &client, 2);
+    agent::stop(&mut agent);
+    agent::assert_reconciled(&agent.stderr_text());
+    let duration = rotel.final_points("tcp.session.duration", 4.0);
+    assert_eq!(
+        by_service(&duration, &[]),
+        BTreeMap::from([("Str(checkout)".to_owned(), 4.0)])
+    );
+    let spans = rotel.wait_for_spans(4, Duration::from_secs(10), |_| true);
+    assert_eq!(spans.len(), 4);
+    for span in &spans {
+        assert!(
+            duration
+                .keys()
+                .any(|(resource, _)| *resource == span.resource),
+            "{span:#?}"
+        );
+    }
 }
 
 /// Command-line arguments, environment, and a part of the message the agent must print.

@@ -25,7 +25,7 @@ use crate::{
         config::{ExportConfig, Redacted},
         resource::{agent_resource, user_names_service},
         session_metrics::{MetricsSettings, SessionMetrics},
-        workload::{ResourceMode, ResourceSettings, WorkloadTable},
+        workload::{ResourceMode, ResourceSettings, WorkloadTable, overflow_resource},
     },
     link_policy::{LinkPolicy, host_addresses},
     log_text::{Escaped, with_causes},
@@ -162,9 +162,20 @@ pub async fn run(prepared: Prepared, signals: Signals) -> Result<(), AgentError>
     let (session_metrics, recorder) = match &config.otlp {
         Some(target) if cli.sampling.session_metrics => {
             let exporter = crate::export::metric_exporter(target, Some(metrics.temporality))?;
-            // Today one resource, the agent's; per workload once the workloads have theirs.
+            // The spans' resources: the sessions of no workload go under the agent's one
+            // resource in `single`, under the overflow resource otherwise.
+            let base = agent_resource();
+            let shared = match resources.mode {
+                ResourceMode::Single => base.clone(),
+                ResourceMode::Workload | ResourceMode::Process => overflow_resource(&base),
+            };
             let (session_metrics, recorder) =
-                SessionMetrics::start(exporter, metrics, agent_resource());
+                SessionMetrics::start(exporter, metrics, (base, shared), resources.max_workloads)
+                    .map_err(|error| {
+                    AgentError::Internal(format!(
+                        "cannot start the session metrics' export thread: {error}"
+                    ))
+                })?;
             (Some(session_metrics), Some(recorder))
         }
         _ => (None, None),

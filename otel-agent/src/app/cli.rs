@@ -208,7 +208,8 @@ pub struct ExportArgs {
     /// and the collector's k8sattributes tell workloads apart; `process`, one per process
     /// (adds process.pid); `single`, the agent's one resource. Default: `single` when
     /// OTEL_SERVICE_NAME or service.name in OTEL_RESOURCE_ATTRIBUTES names the service (a
-    /// sidecar: the pod is the service), else `workload`. Replaces --resource-per-process.
+    /// sidecar: the pod is the service), else `workload`. The session metrics go under the
+    /// same resource as the session's span. Replaces --resource-per-process.
     #[arg(
         long,
         env = "OTEL_AGENT_RESOURCE_MODE",
@@ -220,7 +221,7 @@ pub struct ExportArgs {
     /// Workload (or process) resources live at once at most; a session of a new workload
     /// beyond it goes under one overflow resource (otel_agent.workload.overflow=true) and is
     /// counted (degraded_workload_overflow). A workload leaves after 5 minutes without
-    /// sessions.
+    /// sessions. Each live workload holds its session metrics (one meter provider).
     #[arg(
         long,
         env = "OTEL_AGENT_MAX_WORKLOADS",
@@ -410,10 +411,17 @@ pub struct SamplingArgs {
     #[arg(long, env = "OTEL_AGENT_SAMPLE_DROP_PEER_NETWORKS", value_name = "CIDR,...", value_parser = parse_networks)]
     pub sample_drop_peer_networks: Option<Networks>,
 
-    /// Leave out sessions whose owner's task name (comm, at most 15 bytes) is one of these
+    /// Leave out sessions whose owner's task name (comm, at most 15 bytes) or executable's
+    /// file name (process.executable.name, at most 47 bytes kept) is one of these
     /// (comma-separated, exact).
     #[arg(long, env = "OTEL_AGENT_SAMPLE_DROP_PROCESSES", value_name = "NAME,...", value_parser = parse_process_names)]
     pub sample_drop_processes: Option<ProcessNames>,
+
+    /// Leave out sessions whose owner runs in one of these containers (comma-separated
+    /// container ids, full or shortened to at least 12 hex digits like `docker ps` shows
+    /// them; matched as a prefix of container.id).
+    #[arg(long, env = "OTEL_AGENT_SAMPLE_DROP_CONTAINERS", value_name = "ID,...", value_parser = parse_container_ids)]
+    pub sample_drop_containers: Option<ContainerIds>,
 
     /// Export the session metrics (tcp.session.duration, tcp.session.payload) next to the
     /// spans, counted before the sampler and its rules: true or false. Interval:
@@ -466,6 +474,10 @@ impl SamplingArgs {
                     .sample_drop_processes
                     .clone()
                     .map_or_else(Vec::new, |ProcessNames(names)| names),
+                drop_containers: self
+                    .sample_drop_containers
+                    .clone()
+                    .map_or_else(Vec::new, |ContainerIds(ids)| ids),
             },
         }
     }
@@ -475,9 +487,13 @@ impl SamplingArgs {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Networks(Vec<Network>);
 
-/// Task names of a drop rule.
+/// Task or executable names of a drop rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProcessNames(Vec<String>);
+
+/// Container ids (or their prefixes) of a drop rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerIds(Vec<String>);
 
 /// The ports of a drop rule: any number.
 fn parse_any_ports(text: &str) -> Result<PortList, String> {
@@ -500,16 +516,18 @@ fn parse_networks(text: &str) -> Result<Networks, String> {
         .map(Networks)
 }
 
-/// The longest task name the kernel keeps (`TASK_COMM_LEN` - 1).
-const MAX_COMM_LEN: usize = 15;
+/// The longest name a process rule can match: an executable's file name as the probe keeps
+/// it (`EXE_LEN` - 1 bytes; a task name has at most 15).
+const MAX_PROCESS_NAME_LEN: usize = common::EXE_LEN - 1;
 
 fn parse_process_names(text: &str) -> Result<ProcessNames, String> {
     text.split(',')
         .map(|name| {
             let name = name.trim();
-            if name.is_empty() || name.len() > MAX_COMM_LEN {
+            if name.is_empty() || name.len() > MAX_PROCESS_NAME_LEN {
                 Err(format!(
-                    "`{name}` is not a task name: 1 to {MAX_COMM_LEN} bytes, as `comm` shows it"
+                    "`{name}` is not a process name: 1 to {MAX_PROCESS_NAME_LEN} bytes, a task \
+                     name as `comm` shows it or an executable's file name"
                 ))
             } else {
                 Ok(name.to_owned())
@@ -517,6 +535,30 @@ fn parse_process_names(text: &str) -> Result<ProcessNames, String> {
         })
         .collect::<Result<Vec<_>, _>>()
         .map(ProcessNames)
+}
+
+/// The shortest container id prefix a drop rule takes: Docker's short id.
+const MIN_CONTAINER_PREFIX: usize = 12;
+
+fn parse_container_ids(text: &str) -> Result<ContainerIds, String> {
+    text.split(',')
+        .map(|id| {
+            let id = id.trim();
+            if (MIN_CONTAINER_PREFIX..=64).contains(&id.len())
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            {
+                Ok(id.to_owned())
+            } else {
+                Err(format!(
+                    "`{id}` is not a container id: {MIN_CONTAINER_PREFIX} to 64 lowercase hex \
+                     digits, the id or its start as `docker ps` or `crictl ps` shows it"
+                ))
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(ContainerIds)
 }
 
 impl ExportArgs {
@@ -1108,6 +1150,8 @@ mod tests {
             "10.0.0.0/8, fd00::/8",
             "--sample-drop-processes",
             "kubelet,otelcol-contrib",
+            "--sample-drop-containers",
+            "0123456789ab, fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210",
         ])
         .unwrap();
         let flags = cli.sampling.flags();
@@ -1125,6 +1169,7 @@ mod tests {
                     Network::parse("fd00::/8").unwrap()
                 ],
                 drop_processes: vec!["kubelet".into(), "otelcol-contrib".into()],
+                drop_containers: vec!["0123456789ab".into(), "fedcba9876543210".repeat(4)],
             }
         );
         // Failed sessions are kept by default; nothing is dropped.
@@ -1154,8 +1199,17 @@ mod tests {
                 .contains("`10.0.0.0/40` is not a network")
         );
         assert!(
-            error(&["--sample-drop-processes", "a-name-longer-than-15"]).contains("1 to 15 bytes")
+            error(&["--sample-drop-processes", "x".repeat(48).as_str()])
+                .contains("is not a process name: 1 to 47 bytes")
         );
+        for bad in ["0123456789a", "0123456789AB", "docker-0123456789ab"] {
+            assert!(
+                error(&["--sample-drop-containers", bad]).contains(&format!(
+                    "`{bad}` is not a container id: 12 to 64 lowercase hex digits"
+                )),
+                "{bad}"
+            );
+        }
         // More than the kernel filter's 16 ports is fine for a drop rule.
         let many = (1..=40)
             .map(|p| p.to_string())

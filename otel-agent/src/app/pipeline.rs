@@ -1,10 +1,10 @@
 //! The stage between the reader and the outputs: takes decoded records in batches, turns
-//! each into a [`Session`] with wall-clock times and its span context, counts it in the
-//! session metrics, asks the [`Sampler`] whether the outputs get it, names the kept ones'
-//! containers and admits their workloads (for spans), and offers them to the outputs
-//! ([`Routes`]): the exporters' queues and the sinks (the tcplife console, JSON lines), none
-//! of which it ever waits for. Ends when the reader closes the channel and every record
-//! received has been handled.
+//! each into a [`Session`] with wall-clock times and its span context, names the owners'
+//! containers and admits their workloads (once per batch), counts every session in the
+//! session metrics on its workload's resource, asks the [`Sampler`] whether the outputs get
+//! it, and offers the kept ones to the outputs ([`Routes`]): the exporters' queues and the
+//! sinks (the tcplife console, JSON lines), none of which it ever waits for. Ends when the
+//! reader closes the channel and every record received has been handled.
 
 use std::{
     sync::Arc,
@@ -18,7 +18,11 @@ use crate::{
     cgroup::Containers,
     clock::WallClock,
     events::PipelineStats,
-    export::{self, ExporterHandle, session_metrics::SessionRecorder, workload::WorkloadTable},
+    export::{
+        self, ExporterHandle,
+        session_metrics::{SessionRecorder, WorkloadMetrics},
+        workload::{PerWorkload as _, WorkloadTable},
+    },
     link_policy::LinkPolicy,
     local::SinkHandle,
     sampling::{Decision, Sampler, SamplingStats},
@@ -41,14 +45,15 @@ pub struct Routes {
     /// Where container ids come from; `None` when no output carries spans (OTLP or JSON
     /// lines): only they need container.id.
     pub containers: Option<Containers>,
-    /// The live workloads; `None` when no output carries spans or every span goes under
-    /// the agent's one resource.
-    pub workloads: Option<WorkloadTable>,
+    /// The live workloads, each with its session metrics (when exported); `None` when no
+    /// output carries spans or every span goes under the agent's one resource.
+    pub workloads: Option<WorkloadTable<Option<WorkloadMetrics>>>,
     /// Which sessions the outputs get.
     pub sampler: Sampler,
     /// What the sampler decided, counted.
     pub sampling: Arc<SamplingStats>,
-    /// The session metrics, when exported: every session, before the sampler.
+    /// The session metrics, when exported: every session, before the sampler, on its
+    /// workload's resource (each workload's instruments live in `workloads`).
     pub metrics: Option<SessionRecorder>,
 }
 
@@ -63,15 +68,16 @@ pub async fn run(
     let mut sessions = Vec::with_capacity(BATCH);
     while rx.recv_many(&mut batch, BATCH).await > 0 {
         let clock = WallClock::sample();
-        for record in batch.drain(..) {
-            if let Some(session) = decode(&record, clock, routes.agent_start, &routes.links, &stats)
-                && let Some(session) = select(session, &mut routes)
-            {
-                decoded.push(session);
-            }
-        }
+        decoded.extend(batch.drain(..).filter_map(|record| {
+            decode(&record, clock, routes.agent_start, &routes.links, &stats)
+        }));
         identify(&mut decoded, &mut routes, &stats);
-        sessions.extend(decoded.drain(..).map(Arc::new));
+        sessions.extend(
+            decoded
+                .drain(..)
+                .filter_map(|session| select(session, &routes))
+                .map(Arc::new),
+        );
         for local in &routes.sinks {
             local.offer(&sessions);
         }
@@ -101,12 +107,8 @@ fn decode(
     }
 }
 
-/// Counts a session in the session metrics, then asks the sampler whether the outputs get
-/// it (and with which threshold).
-fn select(mut session: Session, routes: &mut Routes) -> Option<Session> {
-    if let Some(metrics) = &mut routes.metrics {
-        metrics.record(&session);
-    }
+/// Asks the sampler whether the outputs get `session` (and with which threshold).
+fn select(mut session: Session, routes: &Routes) -> Option<Session> {
     if !routes.sampler.keeps_all() {
         // Both ends of a connection share its trace id: they decide alike.
         let decision = routes.sampler.decide(&session, session.context.trace_id);
@@ -119,8 +121,9 @@ fn select(mut session: Session, routes: &mut Routes) -> Option<Session> {
     Some(session)
 }
 
-/// Names the owners' containers and admits their workloads, once per batch; counts what
-/// stays unresolved and what overflows.
+/// Names the owners' containers and admits their workloads, once per batch, and counts
+/// every session in the session metrics of its workload (or of the overflow or single
+/// resource); counts what stays unresolved and what overflows.
 fn identify(sessions: &mut [Session], routes: &mut Routes, stats: &PipelineStats) {
     use std::sync::atomic::Ordering::Relaxed;
 
@@ -131,9 +134,13 @@ fn identify(sessions: &mut [Session], routes: &mut Routes, stats: &PipelineStats
             .fetch_add(unresolved, Relaxed);
     }
     if let Some(workloads) = &mut routes.workloads {
-        let overflowed = workloads.admit(sessions, Instant::now());
+        let overflowed = workloads.admit(sessions, Instant::now(), &mut routes.metrics);
         stats
             .degraded_workload_overflow
             .fetch_add(overflowed, Relaxed);
+    } else if let Some(metrics) = &mut routes.metrics {
+        for session in sessions.iter() {
+            metrics.session(session, None);
+        }
     }
 }

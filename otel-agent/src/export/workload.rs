@@ -9,7 +9,10 @@
 //! ([`WorkloadTable`], bounded: a node running thousands of distinct short-lived commands
 //! cannot grow memory or requests without limit; a workload beyond the bound is marked
 //! `workload_overflow` and counted), and each encoder groups a batch by workload and keeps
-//! each workload's resource encoded ([`WorkloadResources`]).
+//! each workload's resource encoded ([`WorkloadResources`]). The live set also holds what a
+//! workload owns besides its spans ([`PerWorkload`]: the session metrics' instruments),
+//! made when it is admitted and dropped when it leaves, so that nothing else keeps a table
+//! of workloads.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -131,52 +134,102 @@ impl WorkloadKey {
     }
 }
 
+/// What the live set holds for each workload besides its last session's time, and what it
+/// does with each session admitted: `()` holds nothing.
+pub trait PerWorkload {
+    /// A live workload's own state, dropped when the workload leaves the live set.
+    type State;
+    /// The state of a workload admitted now.
+    fn admitted(&mut self, key: &WorkloadKey) -> Self::State;
+    /// One session, with its workload's state (`None`: the session is over the bound, or
+    /// the mode has no workloads).
+    fn session(&mut self, session: &Session, state: Option<&mut Self::State>);
+}
+
+impl PerWorkload for () {
+    type State = ();
+    fn admitted(&mut self, _: &WorkloadKey) {}
+    fn session(&mut self, _: &Session, _: Option<&mut ()>) {}
+}
+
+/// Something per workload, or nothing (the session metrics, when exported).
+impl<P: PerWorkload> PerWorkload for Option<P> {
+    type State = Option<P::State>;
+    fn admitted(&mut self, key: &WorkloadKey) -> Self::State {
+        self.as_mut().map(|per| per.admitted(key))
+    }
+    fn session(&mut self, session: &Session, state: Option<&mut Self::State>) {
+        if let Some(per) = self {
+            per.session(session, state.and_then(Option::as_mut));
+        }
+    }
+}
+
 /// The live workloads, at most `max`: a workload is live from its first session until it
-/// has had none for [`IDLE_AFTER`] and room is needed.
+/// has had none for [`IDLE_AFTER`] and room is needed. Each holds its `S`
+/// ([`PerWorkload::State`]).
 #[derive(Debug)]
-pub struct WorkloadTable {
+pub struct WorkloadTable<S = ()> {
     mode: ResourceMode,
     max: usize,
-    last_seen: HashMap<WorkloadKey, Instant>,
+    live: HashMap<WorkloadKey, Live<S>>,
     last_sweep: Option<Instant>,
 }
 
-impl WorkloadTable {
+#[derive(Debug)]
+struct Live<S> {
+    seen: Instant,
+    state: S,
+}
+
+impl<S> WorkloadTable<S> {
     pub fn new(mode: ResourceMode, max: usize) -> Self {
         Self {
             mode,
             max: max.max(1),
-            last_seen: HashMap::new(),
+            live: HashMap::new(),
             last_sweep: None,
         }
     }
 
     /// Admits the workload of each session at `now`, marking `workload_overflow` on those
-    /// that find the table full; returns how many did.
-    pub fn admit(&mut self, sessions: &mut [Session], now: Instant) -> u64 {
+    /// that find the table full, and hands each session with its workload's state to
+    /// `per`; returns how many overflowed.
+    pub fn admit<P: PerWorkload<State = S>>(
+        &mut self,
+        sessions: &mut [Session],
+        now: Instant,
+        per: &mut P,
+    ) -> u64 {
         let mut overflowed = 0;
         for session in sessions {
             let Some(key) = WorkloadKey::of(self.mode, session) else {
+                per.session(session, None);
                 continue;
             };
-            if let Some(seen) = self.last_seen.get_mut(&key) {
-                *seen = now;
+            if let Some(live) = self.live.get_mut(&key) {
+                live.seen = now;
+                per.session(session, Some(&mut live.state));
                 continue;
             }
-            if self.last_seen.len() >= self.max {
+            if self.live.len() >= self.max {
                 self.sweep(now);
             }
-            if self.last_seen.len() >= self.max {
+            if self.live.len() >= self.max {
                 session.workload_overflow = true;
                 overflowed += 1;
+                per.session(session, None);
             } else {
-                self.last_seen.insert(key, now);
+                let state = per.admitted(&key);
+                let live = self.live.entry(key).or_insert(Live { seen: now, state });
+                per.session(session, Some(&mut live.state));
             }
         }
         overflowed
     }
 
-    /// Forgets the workloads idle for [`IDLE_AFTER`], at most once a [`SWEEP_INTERVAL`].
+    /// Forgets the workloads idle for [`IDLE_AFTER`] (dropping their state), at most once a
+    /// [`SWEEP_INTERVAL`].
     fn sweep(&mut self, now: Instant) {
         if self
             .last_sweep
@@ -185,15 +238,27 @@ impl WorkloadTable {
             return;
         }
         self.last_sweep = Some(now);
-        self.last_seen
-            .retain(|_, seen| now.saturating_duration_since(*seen) < IDLE_AFTER);
+        self.live
+            .retain(|_, live| now.saturating_duration_since(live.seen) < IDLE_AFTER);
     }
 
     /// How many workloads are live.
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.last_seen.len()
+        self.live.len()
     }
+}
+
+/// The resource of the sessions over the bound: the agent's `base`, marked with
+/// [`OVERFLOW_ATTRIBUTE`].
+pub fn overflow_resource(base: &Resource) -> Resource {
+    Resource::builder_empty()
+        .with_attributes(
+            base.iter()
+                .map(|(key, value)| KeyValue::new(key.clone(), value.clone()))
+                .chain([KeyValue::new(OVERFLOW_ATTRIBUTE, true)]),
+        )
+        .build()
 }
 
 /// An encoder's resources: the agent's (for [`ResourceMode::Single`] and the overflow) and
@@ -216,16 +281,9 @@ impl WorkloadResources {
     /// The resources built from the agent's `base` resource, for at most `max_workloads`
     /// live workloads.
     pub fn new(mode: ResourceMode, base: Resource, max_workloads: usize) -> Self {
-        let overflow = Resource::builder_empty()
-            .with_attributes(
-                base.iter()
-                    .map(|(key, value)| KeyValue::new(key.clone(), value.clone()))
-                    .chain([KeyValue::new(OVERFLOW_ATTRIBUTE, true)]),
-            )
-            .build();
         Self {
             mode,
-            overflow: EncodedResource::new(&overflow),
+            overflow: EncodedResource::new(&overflow_resource(&base)),
             base,
             max_cached: max_workloads.saturating_mul(2).max(1),
             encoded: HashMap::new(),
@@ -342,7 +400,7 @@ mod tests {
             .into_iter()
             .map(|exe| session(Some(exe), exe, None, 1))
             .collect();
-        assert_eq!(table.admit(&mut sessions, start), 2);
+        assert_eq!(table.admit(&mut sessions, start, &mut ()), 2);
         let overflowed: Vec<bool> = sessions.iter().map(|s| s.workload_overflow).collect();
         assert_eq!(overflowed, [false, false, true, false, true]);
         assert_eq!(table.len(), 2);
@@ -350,7 +408,7 @@ mod tests {
         // Once a and b have been idle long enough, new workloads take their place.
         let later = start + IDLE_AFTER;
         let mut fresh = vec![session(Some("c"), "c", None, 1)];
-        assert_eq!(table.admit(&mut fresh, later), 0);
+        assert_eq!(table.admit(&mut fresh, later, &mut ()), 0);
         assert!(!fresh[0].workload_overflow);
         assert_eq!(table.len(), 1);
     }

@@ -33,7 +33,7 @@ pub enum Dropped {
     Port,
     /// A drop rule on its peer's network.
     Peer,
-    /// A drop rule on its owner's name.
+    /// A drop rule on its workload: its owner's task or executable name, its container.
     Process,
 }
 

@@ -1,5 +1,6 @@
 //! The rules that override the sampler: keep every failed session, keep long sessions, drop
-//! sessions by local or peer port, peer network or process name. Each looks only at facts
+//! sessions by local or peer port, peer network, or workload (process or executable name,
+//! container id). Each looks only at facts
 //! of the session itself; which of them both ends of a connection share is in the README
 //! ("Sampling").
 
@@ -22,8 +23,12 @@ pub struct Rules {
     pub drop_peer_ports: Vec<u16>,
     /// Drop sessions whose peer address is in one of these networks.
     pub drop_peer_networks: Vec<Network>,
-    /// Drop sessions whose owner's task name (`comm`) is one of these.
+    /// Drop sessions whose owner's task name (`comm`) or executable's file name
+    /// (`process.executable.name`) is one of these.
     pub drop_processes: Vec<String>,
+    /// Drop sessions whose owner's container id starts with one of these (a full id, or the
+    /// short one `docker ps` shows).
+    pub drop_containers: Vec<String>,
 }
 
 /// Why a keep rule kept a session.
@@ -55,9 +60,11 @@ impl Rules {
             && self.drop_peer_ports.is_empty()
             && self.drop_peer_networks.is_empty()
             && self.drop_processes.is_empty()
+            && self.drop_containers.is_empty()
     }
 
-    /// The drop rule that matches `session`, if any (the first: ports, peer, process).
+    /// The drop rule that matches `session`, if any (the first: ports, peer, workload: its
+    /// process or executable name, its container).
     pub fn dropped(&self, session: &Session) -> Option<Dropped> {
         if self.drop_local_ports.contains(&session.local.port())
             || self.drop_peer_ports.contains(&session.remote.port())
@@ -72,7 +79,15 @@ impl Rules {
         {
             return Some(Dropped::Peer);
         }
-        if self.drop_processes.contains(&session.comm) {
+        let named = |name: &str| self.drop_processes.iter().any(|dropped| dropped == name);
+        if named(session.comm.as_str())
+            || session.exe.as_deref().is_some_and(named)
+            || session.container_id.as_deref().is_some_and(|id| {
+                self.drop_containers
+                    .iter()
+                    .any(|prefix| id.starts_with(prefix.as_str()))
+            })
+        {
             return Some(Dropped::Process);
         }
         None
@@ -211,6 +226,56 @@ mod tests {
             Some(Dropped::Process)
         );
         assert_eq!(dropped(|r| r.drop_processes = vec!["cur".into()]), None);
+    }
+
+    #[test]
+    fn drop_rules_match_the_executable_and_the_container() {
+        let session = Session {
+            exe: Some("a-long-executable-name".into()),
+            comm: "a-long-executab".to_owned(),
+            container_id: Some("ab12cd34ef56".repeat(6)[..64].into()),
+            ..client_session()
+        };
+        let dropped = |edit: fn(&mut Rules)| {
+            let mut rules = Rules::default();
+            edit(&mut rules);
+            rules.dropped(&session)
+        };
+        // The executable's full name, or the comm the kernel cut at 15 bytes.
+        assert_eq!(
+            dropped(|r| r.drop_processes = vec!["a-long-executable-name".into()]),
+            Some(Dropped::Process)
+        );
+        assert_eq!(
+            dropped(|r| r.drop_processes = vec!["a-long-executab".into()]),
+            Some(Dropped::Process)
+        );
+        assert_eq!(
+            dropped(|r| r.drop_processes = vec!["a-long-executable".into()]),
+            None
+        );
+        // The full container id, or its short form.
+        assert_eq!(
+            dropped(|r| r.drop_containers = vec!["ab12cd34ef56".repeat(6)[..64].to_owned()]),
+            Some(Dropped::Process)
+        );
+        assert_eq!(
+            dropped(|r| r.drop_containers = vec!["ab12cd34ef56".into()]),
+            Some(Dropped::Process)
+        );
+        assert_eq!(
+            dropped(|r| r.drop_containers = vec!["cd34ef56ab12".into()]),
+            None
+        );
+        // A host process has no container: no container rule drops it.
+        assert_eq!(
+            Rules {
+                drop_containers: vec!["ab12cd34ef56".into()],
+                ..Rules::default()
+            }
+            .dropped(&client_session()),
+            None
+        );
     }
 
     #[test]

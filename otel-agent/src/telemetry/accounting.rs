@@ -195,8 +195,9 @@ pub enum FilterCause {
     /// A drop rule on its peer's network (`--sample-drop-peer-networks`): counted in the
     /// session metrics.
     DropPeer,
-    /// A drop rule on its owner's name (`--sample-drop-processes`): counted in the session
-    /// metrics.
+    /// A drop rule on its workload: its owner's task or executable name
+    /// (`--sample-drop-processes`) or container (`--sample-drop-containers`): counted in the
+    /// session metrics.
     DropProcess,
 }
 
