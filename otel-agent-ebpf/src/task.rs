@@ -54,10 +54,12 @@ pub(crate) fn current_cgroup_id() -> u64 {
 }
 
 /// The last executable read on this CPU, per slot: `current_exe` reads the chain and the
-/// name only for a process (memory map and executable file) other than the last one.
+/// name only for a process (pid, memory map and executable file) other than the last one.
 #[repr(C)]
 struct LastExe {
-    /// `task->mm` and `mm->exe_file` of the process the name belongs to (0: none yet).
+    /// The process id, `task->mm` and `mm->exe_file` of the process the name belongs to
+    /// (`mm` 0: none yet).
+    pid: u64,
     mm: u64,
     file: u64,
     name: ExeName,
@@ -77,12 +79,13 @@ static LAST_EXE: PerCpuArray<LastExe> = PerCpuArray::with_max_entries(ACCEPT_SLO
 /// `bpf_get_current_task_btf`, so the verifier knows its type and turns the pointer loads
 /// along the chain into direct loads that fault safely (`BPF_PROBE_MEM`: a bad address
 /// reads as 0), far cheaper than a `bpf_probe_read_kernel` call each. The name itself is
-/// copied by a helper, only when the process (its `mm` and `exe_file`, both replaced by an
-/// `execve`) is not the last one seen in `slot` on this CPU: a server accepting, a client
-/// connecting again and again pay two loads and a compare. (A new process would get the
-/// last one's name only if both its `mm` and its `exe_file` were allocated at the addresses
-/// of the last one's, freed since, with no other process's name read in between on that
-/// CPU.) All zeros for a kernel thread
+/// copied by a helper, only when the process (its pid, and its `mm` and `exe_file`, both
+/// replaced by an `execve`) is not the last one seen in `slot` on this CPU: a server
+/// accepting, a client connecting again and again pay two loads and a compare. The pid is
+/// part of the key because the kernel reuses freed memory: a process started right after
+/// another one exited often gets its `mm` and `exe_file` at the very same addresses (the
+/// workload test met it), and without the pid it would be given the last one's name. All
+/// zeros for a kernel thread
 /// (its `mm` is NULL), for a task past `exit_mm`, or when the `EXE` offsets were not
 /// resolved.
 pub(crate) fn current_exe(slot: u32) -> ExeName {
@@ -103,7 +106,8 @@ pub(crate) fn current_exe(slot: u32) -> ExeName {
     // SAFETY: this CPU's entry for `slot`, which nothing else uses while the program runs
     // (preemption is disabled, and a program that may nest uses another slot).
     let last = unsafe { &mut *last };
-    if last.mm == mm && last.file == file {
+    let pid = u64::from(current_pid());
+    if last.pid == pid && last.mm == mm && last.file == file {
         return last.name;
     }
     let Some(name) = btf_load(file, global!(KERNEL_OFFSETS.file_dentry))
@@ -125,6 +129,7 @@ pub(crate) fn current_exe(slot: u32) -> ExeName {
         last.mm = 0;
         return zero_exe();
     }
+    last.pid = pid;
     last.mm = mm;
     last.file = file;
     last.name
