@@ -511,7 +511,7 @@ pub fn detach(path: &Path) -> Result<(), PinError> {
             dir = %Escaped(&shown),
             links = detached.links,
             maps = detached.maps,
-            discarded_records = ?detached.pending,
+            discarded_records = detached.pending,
             "detached the pinned probe and removed its pins"
         );
     }
